@@ -1,0 +1,93 @@
+# agentexec-operator. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+INSTALLED := $(VENV)/.installed
+CHART := charts/agentexec-operator
+HELM = $(shell bash -c 'source hack/versions.env; echo .cache/bin/helm-$$HELM_VERSION')
+
+# pytest exits 5 when a tier collects no test: that is not a failure.
+define pytest_tier
+$(PYTEST) $(1) || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests in $(1)" || exit $$rc; }
+endef
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: install
+install: $(INSTALLED) binaries ## Create .venv with the package, dev tools and test binaries
+
+.PHONY: binaries
+binaries: $(INSTALLED) ## Build etcd, kube-apiserver and helm into .cache/bin (once per version)
+	PATH=$(abspath $(BIN)):$$PATH bash hack/build-binaries.sh all
+
+.PHONY: run
+run: install ## Run the operator (local control plane + Temporal dev server if no cluster)
+	$(PY) hack/run_local.py
+
+.PHONY: lint
+lint: $(INSTALLED) ## ruff, mypy --strict, import-linter (and helm lint once the chart exists)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	@if [ -d $(CHART) ]; then $(MAKE) --no-print-directory helm-lint; fi
+
+.PHONY: fmt
+fmt: $(INSTALLED) ## Format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: test
+test: install lint test-unit test-integration test-e2e ## Everything CI runs: install, lint, all tiers
+
+.PHONY: test-unit
+test-unit: $(INSTALLED) ## Unit tier: pure code, no servers
+	$(call pytest_tier,tests/unit)
+
+.PHONY: test-integration
+test-integration: install ## Integration tier: a real Temporal dev server
+	$(call pytest_tier,tests/integration)
+
+.PHONY: test-e2e
+test-e2e: install ## E2E tier: real kube-apiserver + etcd + Temporal + the operator
+	$(call pytest_tier,tests/e2e)
+
+.PHONY: e2e-kind
+e2e-kind: install ## E2E against a kind cluster (skips where there is no Docker engine)
+	bash hack/e2e-kind.sh
+
+.PHONY: image
+image: ## Build the container image (needs a Docker engine)
+	@if ! docker info >/dev/null 2>&1; then \
+	  echo "SKIPPED (not built): no Docker engine reachable; 'make image' needs one"; exit 0; fi; \
+	docker build -t agentexec-operator:dev .
+
+.PHONY: helm-lint
+helm-lint: binaries ## helm lint --strict the chart
+	@if [ ! -d $(CHART) ]; then echo "no chart at $(CHART) yet"; exit 0; fi; \
+	$(HELM) lint --strict $(CHART)
+
+.PHONY: bench
+bench: install ## Run the benchmarks in bench/ (prints figures and ratios)
+	@set -e; found=0; for b in bench/*.py; do [ -e "$$b" ] || continue; found=1; \
+	  echo "== $$b"; $(PY) "$$b"; done; \
+	[ $$found -eq 1 ] || echo "no benchmarks in bench/ yet"
+
+.PHONY: clean
+clean: ## Remove the venv and build outputs (keeps the .cache/ binaries)
+	rm -rf $(VENV) build *.egg-info operator/*.egg-info

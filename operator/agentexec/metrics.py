@@ -1,0 +1,60 @@
+"""Every Prometheus metric the operator exports. The names are a contract:
+alerts, dashboards and docs/operations.md use them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+CONNECTION_LABELS = ("host_port", "namespace")
+
+
+class Metrics:
+    """One set of collectors on one registry (a fresh registry per test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.connection_status = Gauge(
+            "temporal_connection_status",
+            "1 while the operator's Temporal health probe succeeds, else 0.",
+            CONNECTION_LABELS,
+            registry=r,
+        )
+        self.reconnection_attempts = Counter(
+            "temporal_reconnection_attempts",
+            "Dial attempts after the first one (initial retries and re-dials).",
+            CONNECTION_LABELS,
+            registry=r,
+        )
+        self.connection_duration = Histogram(
+            "temporal_connection_duration_seconds",
+            "Length of each connected spell, observed when it ends.",
+            CONNECTION_LABELS,
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, float("inf")),
+            registry=r,
+        )
+        self.workers_running = Gauge(
+            "temporal_workers_running",
+            "Temporal workers currently running in this operator process.",
+            CONNECTION_LABELS,
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "temporal_circuit_open",
+            "1 while re-dials back off with the circuit-open ceiling, else 0.",
+            CONNECTION_LABELS,
+            registry=r,
+        )
+        self.probe_duration = Histogram(
+            "temporal_health_probe_duration_seconds",
+            "Duration of Temporal health probes, failed ones included.",
+            CONNECTION_LABELS,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.probe_failures = Counter(
+            "temporal_health_probe_failures",
+            "Temporal health probes that failed or timed out.",
+            CONNECTION_LABELS,
+            registry=r,
+        )

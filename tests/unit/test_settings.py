@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentexec.settings import SettingsError, load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert s.temporal.address == "localhost:7233"
+    assert s.temporal.namespace == "default"
+    assert (s.temporal.backoff_base, s.temporal.backoff_max) == (1.0, 30.0)
+    assert s.temporal.circuit_threshold == 10
+    assert s.temporal.circuit_backoff_max == 300.0
+    assert s.task_queue == "agentexec-executions"
+    assert s.runner_task_queue == "agentexec-runner"
+    assert s.queue_ttl == 3600.0
+    assert s.watch_namespaces == ()
+
+
+def test_reads_the_environment(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("secret")
+    s = load_settings(
+        {
+            "TEMPORAL_ADDRESS": "temporal.example:7233",
+            "TEMPORAL_NAMESPACE": "prod",
+            "TEMPORAL_API_KEY_FILE": str(key),
+            "TEMPORAL_PROBE_INTERVAL_SECONDS": "0.5",
+            "AGENTEXEC_WATCH_NAMESPACES": "b, a,,a",
+            "AGENTEXEC_RUNNER_ENABLED": "false",
+        }
+    )
+    assert s.temporal.address == "temporal.example:7233"
+    assert s.temporal.namespace == "prod"
+    assert s.temporal.api_key_file == key
+    assert s.temporal.probe_interval == 0.5
+    assert s.watch_namespaces == ("a", "b")
+    assert s.runner_enabled is False
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"TEMPORAL_ADDRESS": "no-port"}, "TEMPORAL_ADDRESS"),
+        ({"TEMPORAL_ADDRESS": "host:99999"}, "TEMPORAL_ADDRESS"),
+        ({"TEMPORAL_NAMESPACE": "  "}, "TEMPORAL_NAMESPACE"),
+        ({"TEMPORAL_PROBE_INTERVAL_SECONDS": "-1"}, "TEMPORAL_PROBE_INTERVAL_SECONDS"),
+        ({"TEMPORAL_PROBE_TIMEOUT_SECONDS": "soon"}, "TEMPORAL_PROBE_TIMEOUT_SECONDS"),
+        ({"TEMPORAL_BACKOFF_JITTER": "1.5"}, "TEMPORAL_BACKOFF_JITTER"),
+        ({"TEMPORAL_CIRCUIT_THRESHOLD": "0"}, "TEMPORAL_CIRCUIT_THRESHOLD"),
+        ({"TEMPORAL_TLS": "maybe"}, "TEMPORAL_TLS"),
+        ({"TEMPORAL_TLS_CA_FILE": "/nonexistent/ca.pem"}, "TEMPORAL_TLS_CA_FILE"),
+        ({"AGENTEXEC_HTTP_PORT": "0"}, "AGENTEXEC_HTTP_PORT"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        (
+            {"TEMPORAL_BACKOFF_BASE_SECONDS": "60", "TEMPORAL_BACKOFF_MAX_SECONDS": "30"},
+            "TEMPORAL_BACKOFF_MAX_SECONDS",
+        ),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{names}"):
+        load_settings(env)
+
+
+def test_cert_without_key_is_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "tls.crt"
+    cert.write_text("x")
+    with pytest.raises(SettingsError, match="TEMPORAL_TLS_KEY_FILE"):
+        load_settings({"TEMPORAL_TLS_CERT_FILE": str(cert)})
+
+
+def test_bad_values_are_not_echoed() -> None:
+    # The variable is named; its value, which may be a secret, is not.
+    with pytest.raises(SettingsError) as info:
+        load_settings({"TEMPORAL_PROBE_TIMEOUT_SECONDS": "sk-live-123"})
+    assert "TEMPORAL_PROBE_TIMEOUT_SECONDS" in str(info.value)
+    assert "sk-live-123" not in str(info.value)
