@@ -11,22 +11,49 @@ from typing import Any
 import kopf
 
 from agentexec import handlers
+from agentexec.executions import Reconciler
 from agentexec.http import build_app, start_http
+from agentexec.kube import Kube
 from agentexec.metrics import Metrics
+from agentexec.runner import load_agents
+from agentexec.runner.activity import RunnerActivities
 from agentexec.settings import Settings
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
+from agentexec.temporal.workflows import AgentExecutionWorkflow
 
 log = logging.getLogger("agentexec")
 
 
-def build_worker_specs(settings: Settings) -> Sequence[WorkerSpec]:
-    """The workers this process runs (workflows and the built-in runner)."""
-    return ()
+def build_worker_specs(settings: Settings, reconciler: Reconciler) -> Sequence[WorkerSpec]:
+    """The operator's workflow worker, and the built-in runner unless disabled."""
+    specs = [
+        WorkerSpec(
+            task_queue=settings.task_queue,
+            workflows=[AgentExecutionWorkflow],
+            activities=[reconciler.report_status],
+        )
+    ]
+    if settings.runner_enabled:
+        agents = load_agents()
+        log.info(
+            "built-in runner",
+            extra={"agents": sorted(agents), "task_queue": settings.runner_task_queue},
+        )
+        specs.append(
+            WorkerSpec(
+                task_queue=settings.runner_task_queue,
+                activities=[RunnerActivities(agents).run_agent],
+            )
+        )
+    return specs
 
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
-    manager = TemporalManager(settings.temporal, build_worker_specs(settings), metrics)
+    kube = await Kube.connect()
+    manager = TemporalManager(settings.temporal, (), metrics)
+    reconciler = Reconciler(settings, manager, kube, metrics)
+    manager.set_workers(build_worker_specs(settings, reconciler))
     ready = asyncio.Event()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -34,7 +61,14 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     def status() -> dict[str, Any]:
-        return {"temporal": manager.status(), "kubernetes": {"watching": ready.is_set()}}
+        return {
+            "temporal": manager.status(),
+            "kubernetes": {"watching": ready.is_set()},
+            "executions": {
+                "known": len(reconciler.records),
+                "waiting_for_temporal": reconciler.waiting,
+            },
+        }
 
     def readiness() -> tuple[bool, str]:
         # Ready once kopf's watches run; Temporal's state is data, not health.
@@ -44,16 +78,21 @@ async def run(settings: Settings) -> None:
     log.info("operator starting", extra={"http_port": settings.http_port, **manager.log_fields})
     try:
         async with manager:
-            await kopf.operator(
-                registry=handlers.registry,
-                clusterwide=not settings.watch_namespaces,
-                namespaces=settings.watch_namespaces,
-                standalone=settings.peering is None,
-                peering_name=settings.peering,
-                memo=kopf.Memo(settings=settings, manager=manager, metrics=metrics),
-                stop_flag=stop,
-                ready_flag=ready,
-            )
+            reconciler.start()
+            try:
+                await kopf.operator(
+                    registry=handlers.registry,
+                    clusterwide=not settings.watch_namespaces,
+                    namespaces=settings.watch_namespaces,
+                    standalone=settings.peering is None,
+                    peering_name=settings.peering,
+                    memo=kopf.Memo(settings=settings, reconciler=reconciler),
+                    stop_flag=stop,
+                    ready_flag=ready,
+                )
+            finally:
+                await reconciler.stop()
     finally:
         await runner.cleanup()
+        await kube.close()
         log.info("operator stopped")

@@ -1,16 +1,24 @@
-"""kopf handlers: thin. They observe, ask a pure planner, act, and patch status."""
+"""kopf handlers: thin. They observe, hand over to the Reconciler (which asks
+the pure planner), and turn its outcome into kopf's retry semantics."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import kopf
 
+from agentexec.executions import Reconciler
+from agentexec.kube import GROUP, PLURAL, VERSION
+from agentexec.metrics import Metrics
 from agentexec.settings import Settings
+from agentexec.temporal.manager import TemporalUnavailable
 
-GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
 FINALIZER = "agentexec.io/cancel-workflow"
+FORCE_DELETE = "agentexec.io/force-delete"
 
 registry = kopf.OperatorRegistry()
 log = logging.getLogger("agentexec.handlers")
@@ -30,7 +38,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     """Tune kopf; never touches Temporal (startup handlers block all watching)."""
     ours: Settings = memo.settings
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
+    # Our CRD prunes unknown status fields: keep kopf's bookkeeping in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentexec.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="agentexec.io", key="last-handled-configuration"
+    )
     settings.posting.reporting_component = "agentexec-operator"
     settings.posting.level = logging.WARNING
     # kopf #996/#1276: a watch can stall silently; bound every watch request
@@ -42,3 +54,60 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.name = ours.peering or "agentexec-operator"
     settings.peering.standalone = ours.peering is None
     settings.peering.clusterwide = not ours.watch_namespaces
+    settings.execution.max_workers = 50
+
+
+@asynccontextmanager
+async def timed(metrics: Metrics, handler: str) -> AsyncIterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    except (kopf.TemporaryError, kopf.PermanentError):
+        raise
+    except Exception:
+        metrics.reconcile_errors.labels(handler=handler).inc()
+        raise
+    finally:
+        metrics.reconcile_duration.labels(handler=handler).observe(time.monotonic() - started)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler = memo.reconciler
+    reconciler.observe(body, deleted=event.get("type") == "DELETED")
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    reconciler: Reconciler = memo.reconciler
+    async with timed(reconciler.metrics, "reconcile"):
+        outcome = await reconciler.reconcile(body)
+    logger.info(f"reconciled: {outcome}")
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+async def cancel(
+    body: kopf.Body, memo: kopf.Memo, retry: int, logger: kopf.Logger, **_: Any
+) -> None:
+    reconciler: Reconciler = memo.reconciler
+    if body.metadata.annotations.get(FORCE_DELETE) == "true":
+        message = (
+            f"{FORCE_DELETE}=true: finalizer removed without cancelling the workflow; "
+            "it may still run in Temporal"
+        )
+        logger.warning(message)
+        await reconciler.kube.post_event(body, "Warning", "ForceDeleted", message)
+        return
+    async with timed(reconciler.metrics, "delete"):
+        try:
+            outcome = await reconciler.cancel(body)
+        except TemporalUnavailable as exc:
+            # Waits for Temporal: the workflow must not outlive its resource.
+            # The force-delete annotation is the documented way out.
+            raise kopf.TemporaryError(
+                f"cannot cancel the workflow yet ({exc.message}); retrying. "
+                f"Annotate {FORCE_DELETE}=true to remove it anyway.",
+                delay=min(2.0 ** min(retry, 3), 10.0),
+            ) from exc
+    logger.info(f"workflow {outcome}")

@@ -22,7 +22,8 @@ class Metrics:
         )
         self.reconnection_attempts = Counter(
             "temporal_reconnection_attempts",
-            "Dial attempts after the first one (initial retries and re-dials).",
+            "Attempts to re-establish the connection: dials after the first one, "
+            "and health probes made while disconnected (they drive the SDK to reconnect).",
             CONNECTION_LABELS,
             registry=r,
         )
@@ -56,5 +57,35 @@ class Metrics:
             "temporal_health_probe_failures",
             "Temporal health probes that failed or timed out.",
             CONNECTION_LABELS,
+            registry=r,
+        )
+        self.executions = Gauge(
+            "agentexec_executions",
+            "AgentExecutions this operator sees, by phase (Unknown: no phase yet).",
+            ("phase",),
+            registry=r,
+        )
+        self.workflow_starts = Counter(
+            "agentexec_workflow_starts",
+            "Workflow start attempts by result: started, already_started, unavailable, failed.",
+            ("result",),
+            registry=r,
+        )
+        self.waiting_for_temporal = Gauge(
+            "agentexec_waiting_for_temporal",
+            "Executions queued until Temporal is available.",
+            registry=r,
+        )
+        self.reconcile_duration = Histogram(
+            "agentexec_reconcile_duration_seconds",
+            "Duration of create/resume/delete handling, by handler.",
+            ("handler",),
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "agentexec_reconcile_errors",
+            "Handler runs that raised (kopf retries them), by handler.",
+            ("handler",),
             registry=r,
         )

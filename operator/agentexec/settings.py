@@ -34,6 +34,9 @@ class TemporalSettings:
     connect_timeout: float = 10.0
     rpc_timeout: float = 5.0
     probe_interval: float = 1.0
+    # While disconnected, probe faster: a failed probe costs milliseconds and
+    # recovery is then noticed within this interval.
+    probe_interval_disconnected: float = 0.25
     probe_timeout: float = 1.0
     backoff_base: float = 1.0
     backoff_max: float = 30.0
@@ -62,6 +65,7 @@ class Settings:
     queue_ttl: float = 3600.0
     start_rate: float = 50.0
     condition_sync_interval: float = 2.0
+    sweep_interval: float = 30.0
     peering: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"
@@ -176,6 +180,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         connect_timeout=env.get("TEMPORAL_CONNECT_TIMEOUT_SECONDS", _seconds, d.connect_timeout),
         rpc_timeout=env.get("TEMPORAL_RPC_TIMEOUT_SECONDS", _seconds, d.rpc_timeout),
         probe_interval=env.get("TEMPORAL_PROBE_INTERVAL_SECONDS", _seconds, d.probe_interval),
+        probe_interval_disconnected=env.get(
+            "TEMPORAL_PROBE_INTERVAL_DISCONNECTED_SECONDS", _seconds, d.probe_interval_disconnected
+        ),
         probe_timeout=env.get("TEMPORAL_PROBE_TIMEOUT_SECONDS", _seconds, d.probe_timeout),
         backoff_base=env.get("TEMPORAL_BACKOFF_BASE_SECONDS", _seconds, d.backoff_base),
         backoff_max=env.get("TEMPORAL_BACKOFF_MAX_SECONDS", _seconds, d.backoff_max),
@@ -214,6 +221,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         condition_sync_interval=env.get(
             "AGENTEXEC_CONDITION_SYNC_SECONDS", _seconds, s.condition_sync_interval
         ),
+        sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", _seconds, s.sweep_interval),
         peering=env.get("AGENTEXEC_PEERING", _text, s.peering),
         log_level=env.get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), s.log_level),
         log_format=env.get("LOG_FORMAT", _choice("json", "text"), s.log_format),

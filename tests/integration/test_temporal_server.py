@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from temporalio.client import Client
+
 from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 

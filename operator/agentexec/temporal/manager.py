@@ -112,7 +112,7 @@ def _read(path: Any) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-class _SupervisedWorker:
+class SupervisedWorker:
     """A Worker kept running on one client; rebuilt when its run() ends."""
 
     QUICK_FAILURE = 30.0  # a run shorter than this counts as a failed restart
@@ -134,6 +134,11 @@ class _SupervisedWorker:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def worker(self) -> Worker | None:
+        """The SDK Worker of the current run (a new one after each restart)."""
+        return self._worker
 
     async def _loop(self) -> None:
         quick_failures = 0
@@ -233,7 +238,7 @@ class TemporalManager:
             redial_after_failures=settings.redial_after_failures,
         )
         self._client: Client | None = None
-        self._workers: list[_SupervisedWorker] = []
+        self._workers: list[SupervisedWorker] = []
         self._generation = 0
         self._redial_reason: str | None = None
         self._redial_wanted = asyncio.Event()
@@ -242,6 +247,7 @@ class TemporalManager:
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._disconnected.set()
+        self._installed = asyncio.Event()
         self._listeners: list[Callable[[ConnectionState], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._limiter = RateLimiter(period=30.0)
@@ -253,9 +259,23 @@ class TemporalManager:
         self.metrics.connection_status.labels(**self._labels).set(0)
         self.metrics.workers_running.labels(**self._labels).set(0)
         self.metrics.circuit_open.labels(**self._labels).set(0)
-        self.metrics.reconnection_attempts.labels(**self._labels)
+        # Labelled series exist from the start, so dashboards show zeros, not gaps.
+        for family in (
+            self.metrics.reconnection_attempts,
+            self.metrics.connection_duration,
+            self.metrics.probe_duration,
+            self.metrics.probe_failures,
+        ):
+            family.labels(**self._labels)
 
     # ----- lifecycle -----------------------------------------------------------
+
+    def set_workers(self, workers: Sequence[WorkerSpec]) -> None:
+        """Replace the worker set; only before start() (activities may need the
+        objects that are built around the manager)."""
+        if self._tasks:
+            raise RuntimeError("set_workers() after start()")
+        self.worker_specs = tuple(workers)
 
     def start(self) -> None:
         """Start the background tasks. Never blocks on Temporal."""
@@ -347,6 +367,20 @@ class TemporalManager:
                 "connection unhealthy, reconnecting", extra={**self.log_fields, "reason": reason}
             )
         self._redial_wanted.set()
+
+    async def reconnect(self, reason: str) -> None:
+        """Re-dial and wait until a new client is installed.
+
+        Concurrent callers share one re-dial: each waits for the next install.
+        """
+        generation = self._generation
+        self.request_redial(reason)
+        while self._generation == generation:
+            await self._installed.wait()
+
+    @property
+    def workers(self) -> tuple[SupervisedWorker, ...]:
+        return tuple(self._workers)
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -484,7 +518,7 @@ class TemporalManager:
         if old:
             log.info("stopping old workers", extra={**self.log_fields, "count": len(old)})
             await asyncio.gather(*(w.stop() for w in old))
-        fresh = [_SupervisedWorker(self, spec, client) for spec in self.worker_specs]
+        fresh = [SupervisedWorker(self, spec, client) for spec in self.worker_specs]
         self._workers = fresh
         for worker in fresh:
             worker.start()
@@ -492,6 +526,9 @@ class TemporalManager:
         # new client; the old one is dropped with its last reference.
         self._client = client
         self._generation += 1
+        # Wake reconnect() waiters, then re-arm for the next install.
+        self._installed.set()
+        self._installed = asyncio.Event()
         if fresh:
             log.info(
                 "all workers started",
@@ -504,8 +541,13 @@ class TemporalManager:
         while True:
             self._probe_now.clear()
             await self._probe_once()
+            interval = (
+                self.settings.probe_interval
+                if self._tracker.connected
+                else min(self.settings.probe_interval, self.settings.probe_interval_disconnected)
+            )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._probe_now.wait(), self.settings.probe_interval)
+                await asyncio.wait_for(self._probe_now.wait(), interval)
 
     async def _tcp_reachable(self) -> bool:
         try:
@@ -528,6 +570,9 @@ class TemporalManager:
                 self._redial_wanted.set()  # cut the dial backoff short
             self._reachable = reachable
             return
+        if not self._tracker.connected:
+            # While down, each probe is what drives the SDK channel to reconnect.
+            self.metrics.reconnection_attempts.labels(**self._labels).inc()
         started = time.monotonic()
         timeout = self.settings.probe_timeout
         try:

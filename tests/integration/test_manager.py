@@ -1,0 +1,215 @@
+"""The Temporal manager against a real dev server: down at start, killed,
+blackholed, workers dying, re-dials draining, concurrent triggers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from agentexec.metrics import Metrics
+from agentexec.settings import TemporalSettings
+from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, WorkerSpec
+from tests.integration import workflows
+from tests.support.relay import TcpRelay
+from tests.support.temporal import TemporalDevServer
+from tests.support.waiting import eventually
+
+MakeManager = Callable[..., TemporalManager]
+
+
+@pytest.fixture
+async def make_manager(temporal: TemporalDevServer, task_queue: str) -> AsyncIterator[MakeManager]:
+    managers: list[TemporalManager] = []
+
+    def make(address: str | None = None, **overrides: object) -> TemporalManager:
+        settings = dataclasses.replace(
+            TemporalSettings(
+                address=address or temporal.address,
+                backoff_base=0.2,
+                backoff_max=2.0,
+                connect_timeout=3.0,
+                worker_grace=10.0,
+            ),
+            **overrides,  # type: ignore[arg-type]
+        )
+        spec = WorkerSpec(
+            task_queue=task_queue,
+            workflows=[workflows.EchoWorkflow, workflows.SlowWorkflow],
+            activities=[workflows.echo, workflows.slow],
+        )
+        manager = TemporalManager(settings, [spec], Metrics())
+        managers.append(manager)
+        manager.start()
+        return manager
+
+    yield make
+    for manager in managers:
+        await manager.stop()
+
+
+def metric(manager: TemporalManager, name: str) -> float:
+    labels = {"host_port": manager.settings.address, "namespace": manager.settings.namespace}
+    value = manager.metrics.registry.get_sample_value(name, labels)
+    return -1.0 if value is None else value
+
+
+async def round_trip(manager: TemporalManager, task_queue: str) -> str:
+    """A workflow through the manager's current client and supervised worker."""
+    text = f"hello-{uuid.uuid4()}"
+    result = await manager.call(
+        lambda client: client.execute_workflow(
+            workflows.EchoWorkflow.run, text, id=f"echo-{uuid.uuid4()}", task_queue=task_queue
+        ),
+        timeout=30,
+    )
+    assert result == text
+    return result
+
+
+async def connected(manager: TemporalManager, timeout: float = 30) -> None:
+    await eventually(
+        manager.status, lambda s: s["connected"], timeout=timeout, what="manager connected"
+    )
+
+
+async def disconnected(manager: TemporalManager, timeout: float = 30) -> None:
+    await eventually(
+        manager.status, lambda s: not s["connected"], timeout=timeout, what="manager disconnected"
+    )
+
+
+async def test_temporal_down_at_start(
+    temporal: TemporalDevServer, make_manager: MakeManager, task_queue: str
+) -> None:
+    temporal.kill()
+    manager = make_manager()
+    await eventually(manager.status, lambda s: s["dial_attempts"] >= 2, what="retrying dials")
+
+    started = time.monotonic()
+    with pytest.raises(TemporalUnavailable) as refused:
+        manager.client()
+    assert time.monotonic() - started < 0.1  # at once, no hang
+    assert refused.value.reason == "TemporalUnavailable"
+    assert metric(manager, "temporal_connection_status") == 0
+    assert metric(manager, "temporal_workers_running") == 0
+
+    await asyncio.sleep(10)  # the scenario: Temporal appears 10 s later
+    temporal.start()
+    await connected(manager)
+    assert manager.workers_running == 1
+    assert metric(manager, "temporal_connection_status") == 1
+    assert metric(manager, "temporal_workers_running") == 1
+    assert metric(manager, "temporal_reconnection_attempts_total") >= 1
+    await round_trip(manager, manager.worker_specs[0].task_queue)
+
+
+@pytest.mark.parametrize("down_for", [5, 30, 90])
+async def test_sigkill_and_restart(
+    temporal: TemporalDevServer, make_manager: MakeManager, task_queue: str, down_for: int
+) -> None:
+    manager = make_manager()
+    await connected(manager)
+    await round_trip(manager, task_queue)
+    attempts_before = metric(manager, "temporal_reconnection_attempts_total")
+
+    temporal.kill()
+    await disconnected(manager, timeout=5)
+    assert metric(manager, "temporal_connection_status") == 0
+    with pytest.raises(TemporalUnavailable):
+        manager.client()
+    await asyncio.sleep(down_for)
+    temporal.start()
+
+    await connected(manager)
+    assert metric(manager, "temporal_connection_status") == 1
+    assert metric(manager, "temporal_reconnection_attempts_total") > attempts_before
+    assert metric(manager, "temporal_health_probe_failures_total") >= 1
+    assert manager.status()["downtime_seconds"] >= down_for
+    await round_trip(manager, task_queue)
+
+
+async def test_blackhole_is_detected_and_recovered(
+    temporal: TemporalDevServer, make_manager: MakeManager, task_queue: str
+) -> None:
+    relay = TcpRelay("127.0.0.1", temporal.port)
+    await relay.start()
+    try:
+        manager = make_manager(relay.address, probe_interval=1.0, probe_timeout=1.0)
+        await connected(manager)
+        await round_trip(manager, task_queue)
+
+        relay.blackhole()
+        cut = time.monotonic()
+        await disconnected(manager, timeout=10)
+        detected = time.monotonic() - cut
+        # Within probe interval + probe timeout (plus scheduling slack).
+        assert detected <= 1.0 + 1.0 + 0.75, detected
+        assert manager.status()["last_error"]
+
+        relay.restore()
+        await connected(manager, timeout=30)
+        await round_trip(manager, task_queue)
+    finally:
+        await relay.stop()
+
+
+async def test_a_worker_that_dies_is_restarted(make_manager: MakeManager, task_queue: str) -> None:
+    manager = make_manager()
+    await connected(manager)
+    await eventually(lambda: manager.workers_running, what="worker running")
+    victim = manager.workers[0].worker
+    assert victim is not None
+    await victim.shutdown()  # run() returns without the manager asking: a dead worker
+
+    await eventually(lambda: manager.worker_restarts, what="worker restarted", timeout=20)
+    await eventually(lambda: manager.workers_running == 1, what="worker running again")
+    assert manager.workers[0].worker is not victim
+    await round_trip(manager, task_queue)
+
+
+async def test_redial_drains_in_flight_activity(
+    make_manager: MakeManager, task_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = make_manager(worker_grace=10.0)
+    await connected(manager)
+    key = f"drain-{uuid.uuid4()}"
+    workflows.LOGS[key] = workflows.ActivityLog()
+    handle = await manager.client().start_workflow(
+        workflows.SlowWorkflow.run, args=[key, 3.0], id=key, task_queue=task_queue
+    )
+    await asyncio.wait_for(workflows.LOGS[key].started.wait(), 20)
+
+    caplog.set_level(logging.INFO, logger="agentexec.temporal")
+    await manager.reconnect("test: settings changed")
+    new_workers_at = time.monotonic()
+
+    log = workflows.LOGS[key]
+    assert not log.cancelled
+    assert log.finished_at is not None
+    assert log.finished_at <= new_workers_at  # drained before the old worker stopped
+    assert manager.generation == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.index("stopping old workers") < messages.index("all workers started")
+    assert await handle.result() == key
+    await round_trip(manager, task_queue)
+
+
+async def test_concurrent_reconnect_triggers_make_one_redial(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    await connected(manager)
+    assert manager.generation == 1
+    dials_before = manager.status()["dial_attempts"]
+
+    await asyncio.wait_for(
+        asyncio.gather(*(manager.reconnect(f"trigger {n}") for n in range(100))), 30
+    )
+
+    assert manager.generation == 2
+    assert manager.status()["dial_attempts"] == dials_before + 1
+    assert manager.status()["redial_pending"] is None
