@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.binaries import ROOT
 from tests.support.kube import ControlPlane
+from tests.support.operator import OperatorProcess
+from tests.support.temporal import TemporalDevServer
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +31,43 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> st
     name = f"t-{name}-{abs(hash(request.node.nodeid)) % 10_000}"
     control_plane.kubectl("create", "namespace", name)
     return name
+
+
+CRD = ROOT / "crds" / "agentexecutions.agentexec.io.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane: ControlPlane) -> None:
+    control_plane.kubectl("apply", "--server-side", "-f", str(CRD))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/agentexecutions.agentexec.io"
+    )
+
+
+@pytest.fixture
+def make_operator(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    crd: None,
+    tmp_path: Path,
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Operator processes watching the test's namespace, on its own task queues."""
+    started: list[OperatorProcess] = []
+
+    def make(start: bool = True, **env: str) -> OperatorProcess:
+        op = OperatorProcess(
+            tmp_path / f"operator-{len(started)}",
+            control_plane.kubeconfig,
+            env.pop("TEMPORAL_ADDRESS", temporal.address),
+            namespace,
+            env,
+        )
+        started.append(op)
+        if start:
+            op.start()
+        return op
+
+    yield make
+    for op in started:
+        op.stop()

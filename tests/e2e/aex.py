@@ -1,0 +1,69 @@
+"""Helpers to create and inspect AgentExecutions in e2e tests."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from temporalio.client import Client
+
+from tests.support.kube import ControlPlane
+
+
+def manifest(name: str, message: str = "hello", **spec: Any) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "agentexec.io/v1alpha1",
+            "kind": "AgentExecution",
+            "metadata": {"name": name},
+            "spec": {"agent": "echo", "message": message, **spec},
+        }
+    )
+
+
+def create(
+    plane: ControlPlane, namespace: str, name: str, message: str = "hello", **spec: Any
+) -> None:
+    plane.kubectl("create", "-n", namespace, "-f", "-", stdin=manifest(name, message, **spec))
+
+
+def get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    return plane.kubectl_json("get", "-n", namespace, "aex", name)
+
+
+def list_all(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = plane.kubectl_json("get", "-n", namespace, "aex")["items"]  # type: ignore[assignment]
+    return items
+
+
+def phase(obj: dict[str, Any]) -> str | None:
+    return obj.get("status", {}).get("phase")
+
+
+def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for cond in obj.get("status", {}).get("conditions", []):
+        if cond.get("type") == ctype:
+            return dict(cond)
+    return {}
+
+
+def summary(obj: dict[str, Any]) -> dict[str, Any]:
+    """What a failure message should show: phase, conditions, error."""
+    status = obj.get("status", {})
+    return {
+        "phase": status.get("phase"),
+        "conditions": {
+            c["type"]: (c.get("status"), c.get("reason")) for c in status.get("conditions", [])
+        },
+        "error": status.get("error"),
+    }
+
+
+async def workflow_runs(address: str, task_queue: str) -> Counter[str]:
+    """How many runs Temporal has per workflow ID on the operator's task queue."""
+    client = await Client.connect(address)
+    runs: Counter[str] = Counter()
+    async for wf in client.list_workflows(f"TaskQueue = '{task_queue}'"):
+        runs[wf.id] += 1
+    return runs

@@ -1,0 +1,160 @@
+"""AgentExecutions end to end: real control plane, real Temporal, the operator process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from tests.e2e import aex
+from tests.support.kube import ControlPlane
+from tests.support.operator import OperatorProcess
+from tests.support.temporal import TemporalDevServer
+from tests.support.waiting import eventually
+
+MakeOperator = Callable[..., OperatorProcess]
+
+
+async def reaches(
+    plane: ControlPlane, namespace: str, name: str, phase: str, timeout: float = 60
+) -> dict:
+    obj = await eventually(
+        lambda: aex.get(plane, namespace, name),
+        lambda o: aex.phase(o) == phase,
+        timeout=timeout,
+        interval=0.3,
+        what=f"{name} {phase}",
+    )
+    return obj
+
+
+async def test_reference_reconnection_scenario(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    temporal.kill()
+    operator = make_operator()
+
+    aex.create(control_plane, namespace, "first", "one")
+    pending = await eventually(
+        lambda: aex.get(control_plane, namespace, "first"),
+        lambda o: aex.phase(o) == "Pending",
+        what="first Pending",
+    )
+    assert aex.condition(pending, "TemporalConnected")["status"] == "False"
+    assert aex.condition(pending, "TemporalConnected")["reason"] in (
+        "TemporalUnavailable",
+        "CircuitOpen",
+    )
+    assert aex.condition(pending, "WorkflowStarted")["reason"] == "WaitingForTemporal"
+    assert pending["status"]["startAttempts"] >= 1
+
+    temporal.start()
+    done = await reaches(control_plane, namespace, "first", "Succeeded")
+    assert done["status"]["output"] == "one"
+    assert aex.condition(done, "TemporalConnected")["status"] == "True"
+    assert aex.condition(done, "Succeeded")["status"] == "True"
+    assert done["status"]["startTime"]
+    assert done["status"]["completionTime"]
+
+    temporal.kill()
+    await asyncio.sleep(1)
+    temporal.start()
+    aex.create(control_plane, namespace, "second", "two")
+    done = await reaches(control_plane, namespace, "second", "Succeeded")
+    assert done["status"]["output"] == "two"
+
+    runs = await aex.workflow_runs(temporal.address, operator.task_queue)
+    assert sorted(runs.values()) == [1, 1], runs
+
+
+async def test_fifty_created_during_an_outage_all_succeed_once(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    operator = make_operator()
+    temporal.kill()
+    names = [f"burst-{n}" for n in range(50)]
+    control_plane.kubectl(
+        "create", "-n", namespace, "-f", "-",
+        stdin="\n---\n".join(aex.manifest(n, n) for n in names),
+    )  # fmt: skip
+    await eventually(
+        lambda: aex.list_all(control_plane, namespace),
+        lambda items: len(items) == 50 and all(aex.phase(o) == "Pending" for o in items),
+        timeout=60,
+        what="50 Pending",
+    )
+    assert "agentexec_waiting_for_temporal 50.0" in operator.metrics()
+
+    temporal.start()
+    items = await eventually(
+        lambda: aex.list_all(control_plane, namespace),
+        lambda items: all(aex.phase(o) == "Succeeded" for o in items),
+        timeout=120,
+        what="50 Succeeded",
+    )
+    assert {o["metadata"]["name"]: o["status"]["output"] for o in items} == {n: n for n in names}
+    runs = await aex.workflow_runs(temporal.address, operator.task_queue)
+    assert len(runs) == 50
+    assert set(runs.values()) == {1}
+
+
+async def test_connection_state_is_mirrored_on_running_executions(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    make_operator()
+    aex.create(control_plane, namespace, "long", "slow", parameters={"delaySeconds": 120})
+    aex.create(control_plane, namespace, "quick", "fast")
+    await reaches(control_plane, namespace, "long", "Running")
+    done = await reaches(control_plane, namespace, "quick", "Succeeded")
+    done_version = done["metadata"]["resourceVersion"]
+
+    temporal.kill()
+    obj = await eventually(
+        lambda: aex.get(control_plane, namespace, "long"),
+        lambda o: aex.condition(o, "TemporalConnected").get("status") == "False",
+        timeout=10,
+        what="TemporalConnected False within 10 s",
+    )
+    assert aex.condition(obj, "TemporalConnected")["reason"] == "TemporalUnavailable"
+    temporal.start()
+    await eventually(
+        lambda: aex.get(control_plane, namespace, "long"),
+        lambda o: aex.condition(o, "TemporalConnected").get("status") == "True",
+        timeout=20,
+        what="TemporalConnected True again",
+    )
+    # Terminal executions are not touched.
+    assert aex.get(control_plane, namespace, "quick")["metadata"]["resourceVersion"] == done_version
+
+
+async def test_runner_failure_and_timeout_end_failed_with_reason(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    make_operator()
+    aex.create(control_plane, namespace, "fails", "x", parameters={"fail": "boom on purpose"})
+    aex.create(
+        control_plane, namespace, "slow", "x", parameters={"delaySeconds": 30}, timeoutSeconds=2
+    )
+    aex.create(control_plane, namespace, "nobody", "x", agent="no-such-agent")
+
+    failed = await reaches(control_plane, namespace, "fails", "Failed")
+    assert failed["status"]["error"] == {"reason": "RunnerFailed", "message": "boom on purpose"}
+    assert aex.condition(failed, "Succeeded")["status"] == "False"
+    assert aex.condition(failed, "Succeeded")["reason"] == "RunnerFailed"
+
+    timed_out = await reaches(control_plane, namespace, "slow", "Failed")
+    assert timed_out["status"]["error"]["reason"] == "Timeout"
+    assert "timeoutSeconds=2" in timed_out["status"]["error"]["message"]
+    assert aex.condition(timed_out, "Succeeded")["status"] == "False"
+
+    unknown = await reaches(control_plane, namespace, "nobody", "Failed")
+    assert unknown["status"]["error"]["reason"] == "UnknownAgent"
+    assert "no-such-agent" in unknown["status"]["error"]["message"]

@@ -1,0 +1,97 @@
+"""The operator as a real process (the console command), for the e2e tier."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tests.support.procs import ManagedProcess, free_port, wait_for
+
+
+class OperatorProcess:
+    def __init__(
+        self,
+        workdir: Path,
+        kubeconfig: Path,
+        temporal_address: str,
+        namespace: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.http_port = free_port()
+        self.task_queue = f"aex-{namespace}"
+        self.runner_queue = f"aex-runner-{namespace}"
+        full_env = {
+            **{
+                k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "AGENTEXEC_"))
+            },
+            "KUBECONFIG": str(kubeconfig),
+            "TEMPORAL_ADDRESS": temporal_address,
+            "TEMPORAL_CONNECT_TIMEOUT_SECONDS": "3",
+            "TEMPORAL_BACKOFF_MAX_SECONDS": "2",
+            "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS": "5",
+            "TEMPORAL_WORKER_GRACE_SECONDS": "5",
+            "AGENTEXEC_HTTP_PORT": str(self.http_port),
+            "AGENTEXEC_WATCH_NAMESPACES": namespace,
+            "AGENTEXEC_TASK_QUEUE": self.task_queue,
+            "AGENTEXEC_RUNNER_TASK_QUEUE": self.runner_queue,
+            "AGENTEXEC_CONDITION_SYNC_SECONDS": "1",
+            "AGENTEXEC_SWEEP_SECONDS": "5",
+            "LOG_FORMAT": "text",
+            "LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        self._proc = ManagedProcess(
+            "operator",
+            [str(Path(sys.executable).parent / "agentexec-operator")],
+            workdir / "operator.log",
+            env=full_env,
+        )
+
+    def start(self, wait: bool = True) -> None:
+        self._proc.start()
+        if wait:
+            try:
+                wait_for(self._ready, 60, "operator /readyz", 0.2)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\n{self._proc.log_tail()}") from None
+
+    def _ready(self) -> bool:
+        if not self._proc.running:
+            raise RuntimeError(f"operator exited:\n{self._proc.log_tail()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.http_port}/readyz", timeout=1
+            ) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def statusz(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/statusz", timeout=2) as r:
+            data: dict[str, Any] = json.load(r)
+            return data
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=2) as r:
+            return str(r.read().decode())
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def stop(self) -> None:
+        self._proc.stop(grace=20)
+
+    @property
+    def running(self) -> bool:
+        return self._proc.running
+
+    def log(self) -> str:
+        return self._proc.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self._proc.log_tail(lines)
