@@ -17,14 +17,13 @@ MakeOperator = Callable[..., OperatorProcess]
 async def reaches(
     plane: ControlPlane, namespace: str, name: str, phase: str, timeout: float = 60
 ) -> dict:
-    obj = await eventually(
+    return await eventually(
         lambda: aex.get(plane, namespace, name),
         lambda o: aex.phase(o) == phase,
         timeout=timeout,
         interval=0.3,
         what=f"{name} {phase}",
     )
-    return obj
 
 
 async def test_reference_reconnection_scenario(
