@@ -157,3 +157,152 @@ async def test_runner_failure_and_timeout_end_failed_with_reason(
     unknown = await reaches(control_plane, namespace, "nobody", "Failed")
     assert unknown["status"]["error"]["reason"] == "UnknownAgent"
     assert "no-such-agent" in unknown["status"]["error"]["message"]
+
+
+async def workflow_status(temporal: TemporalDevServer, obj: dict) -> str:
+    from temporalio.client import Client
+
+    client = await Client.connect(temporal.address)
+    desc = await client.get_workflow_handle(obj["status"]["workflow"]["id"]).describe()
+    assert desc.status is not None
+    return desc.status.name
+
+
+def gone(plane: ControlPlane, namespace: str, name: str) -> bool:
+    out = plane.kubectl("get", "-n", namespace, "aex", name, check=False)
+    return out.returncode != 0 and "NotFound" in out.stderr
+
+
+async def test_delete_cancels_the_workflow(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    make_operator()
+    aex.create(control_plane, namespace, "doomed", "x", parameters={"delaySeconds": 300})
+    running = await reaches(control_plane, namespace, "doomed", "Running")
+    assert "agentexec.io/cancel-workflow" in running["metadata"]["finalizers"]
+
+    control_plane.kubectl("delete", "-n", namespace, "aex", "doomed", "--wait=false")
+    await eventually(lambda: gone(control_plane, namespace, "doomed"), what="deleted", timeout=30)
+    assert await eventually(
+        lambda: workflow_status(temporal, running), lambda s: s == "CANCELED", what="cancelled"
+    )
+
+
+async def test_delete_while_temporal_is_down_waits_then_completes(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    make_operator()
+    aex.create(control_plane, namespace, "patient", "x", parameters={"delaySeconds": 300})
+    running = await reaches(control_plane, namespace, "patient", "Running")
+    temporal.kill()
+    control_plane.kubectl("delete", "-n", namespace, "aex", "patient", "--wait=false")
+    await asyncio.sleep(8)  # the scenario: Temporal stays down a while
+    waiting = aex.get(control_plane, namespace, "patient")
+    assert waiting["metadata"]["deletionTimestamp"]
+    assert "agentexec.io/cancel-workflow" in waiting["metadata"]["finalizers"]
+
+    temporal.start()
+    await eventually(lambda: gone(control_plane, namespace, "patient"), what="deleted", timeout=60)
+    assert await eventually(
+        lambda: workflow_status(temporal, running), lambda s: s == "CANCELED", what="cancelled"
+    )
+
+
+async def test_force_delete_annotation_removes_the_finalizer(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    make_operator()
+    aex.create(control_plane, namespace, "stuck", "x", parameters={"delaySeconds": 300})
+    await reaches(control_plane, namespace, "stuck", "Running")
+    temporal.kill()
+    control_plane.kubectl("delete", "-n", namespace, "aex", "stuck", "--wait=false")
+    control_plane.kubectl(
+        "annotate", "-n", namespace, "aex", "stuck", "agentexec.io/force-delete=true"
+    )
+    await eventually(lambda: gone(control_plane, namespace, "stuck"), what="deleted", timeout=30)
+    events = control_plane.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "reason=ForceDeleted", "-o", "name"
+    ).stdout
+    assert events.strip(), "a Warning event records the forced removal"
+
+
+async def test_crash_between_workflow_start_and_status_write(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """The window a crash can leave: the workflow exists, the status says nothing."""
+    from temporalio.client import Client
+
+    from agentexec.planner import workflow_id
+    from agentexec.temporal.types import ExecutionInput, ExecutionRef
+    from agentexec.temporal.workflows import AgentExecutionWorkflow
+
+    operator = make_operator(start=False)
+    aex.create(control_plane, namespace, "window", "orphan")
+    obj = aex.get(control_plane, namespace, "window")
+    assert "status" not in obj  # no operator has touched it
+    uid = obj["metadata"]["uid"]
+    client = await Client.connect(temporal.address)
+    # Exactly the start the operator makes, as if it then died before writing status.
+    await client.start_workflow(
+        AgentExecutionWorkflow.run,
+        ExecutionInput(
+            ref=ExecutionRef(namespace, "window", uid),
+            agent="echo",
+            message="orphan",
+            runner_task_queue=operator.runner_queue,
+            timeout_seconds=60,
+        ),
+        id=workflow_id(namespace, "window", uid),
+        task_queue=operator.task_queue,
+    )
+
+    operator.start()
+    done = await reaches(control_plane, namespace, "window", "Succeeded")
+    assert done["status"]["output"] == "orphan"
+    runs = await aex.workflow_runs(temporal.address, operator.task_queue)
+    assert dict(runs) == {workflow_id(namespace, "window", uid): 1}
+
+
+async def test_operator_sigkilled_while_starting_never_duplicates(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    first = make_operator()
+    names = [f"crash-{n}" for n in range(20)]
+    control_plane.kubectl(
+        "create", "-n", namespace, "-f", "-",
+        stdin="\n---\n".join(aex.manifest(n, n, parameters={"delaySeconds": 2}) for n in names),
+    )  # fmt: skip
+    # SIGKILL as soon as the first workflows exist: starts and writes in flight.
+    await eventually(
+        lambda: aex.workflow_runs(temporal.address, first.task_queue),
+        lambda runs: len(runs) >= 1,
+        interval=0.05,
+        what="first workflow",
+    )
+    first.kill()
+    second = make_operator()  # same namespace, same task queues
+    items = await eventually(
+        lambda: aex.list_all(control_plane, namespace),
+        lambda items: all(aex.phase(o) == "Succeeded" for o in items),
+        timeout=120,
+        what="all Succeeded after the crash",
+    )
+    assert {o["status"]["output"] for o in items} == set(names)
+    runs = await aex.workflow_runs(temporal.address, second.task_queue)
+    assert len(runs) == 20
+    assert set(runs.values()) == {1}

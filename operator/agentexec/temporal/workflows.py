@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -81,6 +81,9 @@ class AgentExecutionWorkflow:
                 result_type=AgentResult,
             )
         except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                # The workflow was cancelled and the agent with it.
+                raise asyncio.CancelledError() from err
             return _failure(err, inp.timeout_seconds)
         return ExecutionResult(phase="Succeeded", output=out.output)
 
