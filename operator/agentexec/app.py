@@ -31,6 +31,9 @@ def build_worker_specs(settings: Settings, reconciler: Reconciler) -> Sequence[W
             task_queue=settings.task_queue,
             workflows=[AgentExecutionWorkflow],
             activities=[reconciler.report_status],
+            # Each cached run holds a sandbox; the SDK default (1000) alone
+            # would cost more memory than the rest of the operator.
+            max_cached_workflows=200,
         )
     ]
     if settings.runner_enabled:

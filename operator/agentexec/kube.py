@@ -76,8 +76,9 @@ class Kube:
             if current is None or (uid is not None and current["metadata"].get("uid") != uid):
                 return None, None
             patch = plan(current)
-            if patch is None:
-                return current, None
+            status = current.get("status") or {}
+            if patch is None or all(status.get(k) == v for k, v in patch.items()):
+                return current, None  # nothing would change: no write, no event
             try:
                 written: dict[str, Any] = await self.custom.patch_namespaced_custom_object_status(
                     GROUP,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.e2e import aex
 from tests.support.kube import ControlPlane
@@ -306,3 +307,32 @@ async def test_operator_sigkilled_while_starting_never_duplicates(
     runs = await aex.workflow_runs(temporal.address, second.task_queue)
     assert len(runs) == 20
     assert set(runs.values()) == {1}
+
+
+async def test_external_runner_example_serves_its_queue(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+    tmp_path: Path,
+) -> None:
+    import sys
+
+    from tests.support.binaries import ROOT
+    from tests.support.procs import ManagedProcess
+
+    queue = f"shout-{namespace}"
+    runner = ManagedProcess(
+        "external-runner",
+        [sys.executable, str(ROOT / "examples" / "external-runner" / "worker.py"),
+         "--address", temporal.address, "--task-queue", queue],
+        tmp_path / "runner.log",
+    )  # fmt: skip
+    runner.start()
+    try:
+        make_operator(AGENTEXEC_RUNNER_ENABLED="false")
+        aex.create(control_plane, namespace, "shouted", "hello", agent="shout", taskQueue=queue)
+        done = await reaches(control_plane, namespace, "shouted", "Succeeded")
+        assert done["status"]["output"] == "HELLO!"
+    finally:
+        runner.stop()

@@ -87,6 +87,8 @@ class WorkerSpec:
     workflows: Sequence[type] = ()
     activities: Sequence[Callable[..., Any]] = ()
     max_concurrent_activities: int | None = None
+    # Workflows kept in memory between tasks; an evicted one is replayed.
+    max_cached_workflows: int | None = None
 
 
 @functools.cache
@@ -183,6 +185,8 @@ class SupervisedWorker:
         kwargs: dict[str, Any] = {}
         if self.spec.max_concurrent_activities is not None:
             kwargs["max_concurrent_activities"] = self.spec.max_concurrent_activities
+        if self.spec.max_cached_workflows is not None:
+            kwargs["max_cached_workflows"] = self.spec.max_cached_workflows
         return Worker(
             self.client,
             task_queue=self.spec.task_queue,

@@ -1,0 +1,282 @@
+"""AgentExecutions through the operator: latency, outage recovery, throughput, memory.
+
+Real control plane (etcd + kube-apiserver), real Temporal dev server, the
+operator as a process (tests/support). Figures:
+
+  (a) creation -> WorkflowStarted=True latency, p50/p99 over N executions
+      created one by one with Temporal up;
+  (b) M executions created during an outage: Temporal answering -> all started;
+  (c) K echo executions through the operator, wall time, against a plain SDK
+      loop in this process that starts and awaits K workflows running the same
+      echo activity (ratio);
+  (d) operator RSS after (c).
+
+Usage: python bench/executions.py [--latency 200] [--outage 500] [--throughput 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kubernetes_asyncio import client as kclient  # noqa: E402
+from kubernetes_asyncio import config as kconfig  # noqa: E402
+from kubernetes_asyncio import watch as kwatch  # noqa: E402
+from temporalio import workflow  # noqa: E402
+from temporalio.client import Client  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from agentexec.runner.activity import RunnerActivities  # noqa: E402
+from agentexec.runner.echo import EchoAgent  # noqa: E402
+from agentexec.temporal.types import AgentRequest, AgentResult  # noqa: E402
+from tests.support.kube import ControlPlane  # noqa: E402
+from tests.support.operator import OperatorProcess  # noqa: E402
+from tests.support.temporal import TemporalDevServer  # noqa: E402
+
+G, V, P = "agentexec.io", "v1alpha1", "agentexecutions"
+
+
+@workflow.defn(name="BaselineEcho", sandboxed=False)
+class BaselineEcho:
+    """The baseline: the same echo activity, started and awaited with the bare SDK."""
+
+    @workflow.run
+    async def run(self, message: str) -> str:
+        out: AgentResult = await workflow.execute_activity(
+            "run_agent",
+            AgentRequest(agent="echo", message=message),
+            start_to_close_timeout=timedelta(seconds=60),
+            result_type=AgentResult,
+        )
+        return out.output
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Observer:
+    """Watches the namespace; records when each execution was first started / done."""
+
+    def __init__(self, api: kclient.CustomObjectsApi, namespace: str) -> None:
+        self.api, self.namespace = api, namespace
+        self.started: dict[str, float] = {}
+        self.done: dict[str, float] = {}
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            w = kwatch.Watch()
+            try:
+                async for event in w.stream(
+                    self.api.list_namespaced_custom_object, G, V, self.namespace, P,
+                    timeout_seconds=300,
+                ):  # fmt: skip
+                    self._see(event["object"])
+            except Exception:
+                await asyncio.sleep(0.1)
+
+    def _see(self, obj: dict[str, Any]) -> None:
+        name, now = obj["metadata"]["name"], time.monotonic()
+        status = obj.get("status") or {}
+        for cond in status.get("conditions", []):
+            if cond.get("type") == "WorkflowStarted" and cond.get("status") == "True":
+                self.started.setdefault(name, now)
+        if status.get("phase") in ("Succeeded", "Failed", "Cancelled"):
+            self.done.setdefault(name, now)
+
+    async def until(self, seen: dict[str, float], names: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(n in seen for n in names):
+            if time.monotonic() > deadline:
+                missing = [n for n in names if n not in seen]
+                raise TimeoutError(f"{len(missing)} not there after {timeout}s: {missing[:5]}")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+
+
+def body(name: str, message: str = "bench") -> dict[str, Any]:
+    return {
+        "apiVersion": f"{G}/{V}",
+        "kind": "AgentExecution",
+        "metadata": {"name": name},
+        "spec": {"agent": "echo", "message": message},
+    }
+
+
+async def create_many(api: kclient.CustomObjectsApi, ns: str, names: list[str]) -> None:
+    sem = asyncio.Semaphore(20)
+
+    async def one(name: str) -> None:
+        async with sem:
+            await api.create_namespaced_custom_object(G, V, ns, P, body(name))
+
+    await asyncio.gather(*(one(n) for n in names))
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def baseline(address: str, count: int) -> float:
+    client = await Client.connect(address)
+    queue = f"baseline-{uuid.uuid4()}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[BaselineEcho],
+        activities=[RunnerActivities({"echo": EchoAgent()}).run_agent],
+    ):
+        started = time.monotonic()
+        handles = await asyncio.gather(
+            *(
+                client.start_workflow(
+                    BaselineEcho.run, f"m{n}", id=f"{queue}-{n}", task_queue=queue
+                )
+                for n in range(count)
+            )
+        )
+        await asyncio.gather(*(h.result() for h in handles))
+        return time.monotonic() - started
+
+
+async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    work = Path(tempfile.mkdtemp(prefix="bench-executions-"))
+    plane = ControlPlane(work / "kube")
+    temporal = TemporalDevServer(work / "temporal")
+    plane.start()
+    temporal.start()
+    plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    plane.kubectl("wait", "--for=condition=Established", "crd/agentexecutions.agentexec.io")
+    ns = "bench"
+    plane.kubectl("create", "namespace", ns)
+    operator = OperatorProcess(
+        work / "operator", plane.kubeconfig, temporal.address, ns,
+        {"AGENTEXEC_CONDITION_SYNC_SECONDS": "2", "AGENTEXEC_SWEEP_SECONDS": "30",
+         "LOG_LEVEL": "WARNING", "AGENTEXEC_START_RATE": "100"},
+    )  # fmt: skip
+    operator.start()
+    api_client = await kconfig.new_client_from_config(str(plane.kubeconfig))
+    api = kclient.CustomObjectsApi(api_client)
+    observer = Observer(api, ns)
+    results: dict[str, Any] = {}
+    try:
+        # (a) one at a time, Temporal up
+        lat: list[float] = []
+        for n in range(latency_n):
+            name = f"lat-{n}"
+            t0 = time.monotonic()
+            await api.create_namespaced_custom_object(G, V, ns, P, body(name))
+            await observer.until(observer.started, [name], 30)
+            lat.append(observer.started[name] - t0)
+        results["a"] = (statistics.median(lat), pct(lat, 0.99))
+        print(
+            f"(a) create -> WorkflowStarted over {latency_n}: "
+            f"p50 {results['a'][0] * 1000:.0f} ms, p99 {results['a'][1] * 1000:.0f} ms",
+            flush=True,
+        )
+
+        # (b) created during an outage
+        temporal.kill()
+        names = [f"outage-{n}" for n in range(outage_n)]
+        await create_many(api, ns, names)
+        await asyncio.sleep(3)
+        temporal.start(wait=False)
+        answered = await first_answer(temporal.address)
+        await observer.until(observer.started, names, 300)
+        results["b"] = max(observer.started[n] for n in names) - answered
+        print(
+            f"(b) {outage_n} created during an outage: all started {results['b']:.2f} s "
+            "after Temporal answered",
+            flush=True,
+        )
+        await observer.until(observer.done, names, 300)
+
+        # (c) throughput through the operator vs the bare SDK
+        names = [f"tp-{n}" for n in range(throughput_n)]
+        t0 = time.monotonic()
+        await create_many(api, ns, names)
+        await observer.until(observer.done, names, 600)
+        through_operator = time.monotonic() - t0
+        sdk = await baseline(temporal.address, throughput_n)
+        results["c"] = (through_operator, sdk, through_operator / sdk)
+        print(
+            f"(c) {throughput_n} echo executions: operator {through_operator:.1f} s, "
+            f"bare SDK {sdk:.1f} s, ratio {through_operator / sdk:.2f}",
+            flush=True,
+        )
+
+        # (d) memory
+        assert operator._proc.pid is not None
+        results["d"] = rss_mb(operator._proc.pid)
+        total = latency_n + outage_n + throughput_n
+        print(f"(d) operator RSS with {total} executions: {results['d']:.0f} MB", flush=True)
+    finally:
+        await observer.stop()
+        await api_client.close()
+        operator.stop()
+        temporal.stop()
+        plane.stop()
+
+    a50, a99 = results["a"]
+    print("\nAgentExecutions through the operator")
+    print(
+        f"| (a) create -> WorkflowStarted, {latency_n} "
+        f"| p50 {a50 * 1000:.0f} ms | p99 {a99 * 1000:.0f} ms"
+        f" | target p99 <= 1 s: {'met' if a99 <= 1 else 'MISSED'} |"
+    )
+    print(
+        f"| (b) {outage_n} during an outage "
+        f"| all started {results['b']:.2f} s after Temporal answered"
+        f" | target <= 10 s: {'met' if results['b'] <= 10 else 'MISSED'} |"
+    )
+    op, sdk, ratio = results["c"]
+    print(
+        f"| (c) {throughput_n} echo executions | operator {op:.1f} s vs bare SDK {sdk:.1f} s"
+        f" | ratio {ratio:.2f}, target <= 2.0: {'met' if ratio <= 2 else 'MISSED'} |"
+    )
+    print(
+        f"| (d) operator RSS | {results['d']:.0f} MB | target <= 200 MB: "
+        f"{'met' if results['d'] <= 200 else 'MISSED'} |"
+    )
+
+
+async def first_answer(address: str) -> float:
+    while True:
+        try:
+            c = await asyncio.wait_for(Client.connect(address), 0.5)
+            await c.service_client.check_health(timeout=timedelta(seconds=0.5))
+            return time.monotonic()
+        except Exception:
+            await asyncio.sleep(0.02)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--latency", type=int, default=200)
+    parser.add_argument("--outage", type=int, default=500)
+    parser.add_argument("--throughput", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(main(args.latency, args.outage, args.throughput))

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from agentexec import planner
+from agentexec.planner import Connection
+
+T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+DOWN = Connection(False, "TemporalUnavailable", "Temporal at t:7233 is unavailable")
+UP = Connection(True, "Connected", "connected to t:7233")
+WF = {"id": "agentexec/ns/a/u1", "runId": "r1", "namespace": "default", "taskQueue": "q"}
+
+
+def body(status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "metadata": {"name": "a", "namespace": "ns", "uid": "u1", "generation": generation},
+        "spec": {"agent": "echo", "message": "hi"},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def apply(obj: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
+    assert patch is not None
+    return {**obj, "status": {**obj.get("status", {}), **patch}}
+
+
+def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
+    found = planner.condition_of(obj, ctype)
+    assert found is not None, ctype
+    return dict(found)
+
+
+def test_workflow_id_is_derived_from_namespace_name_and_uid() -> None:
+    assert planner.workflow_id("ns", "a", "u1") == "agentexec/ns/a/u1"
+    assert planner.workflow_id("ns", "a", "u2") != planner.workflow_id("ns", "a", "u1")
+
+
+def test_waiting_says_why_and_counts_attempts() -> None:
+    first = apply(body(), planner.plan_waiting(body(), DOWN, T0, ttl=3600))
+    assert first["status"]["phase"] == "Pending"
+    assert first["status"]["startAttempts"] == 1
+    assert first["status"]["queuedTime"] == "2026-11-28T12:00:00Z"
+    assert cond(first, "TemporalConnected")["status"] == "False"
+    assert cond(first, "TemporalConnected")["reason"] == "TemporalUnavailable"
+    assert cond(first, "WorkflowStarted")["reason"] == "WaitingForTemporal"
+    assert cond(first, "Succeeded")["status"] == "Unknown"
+    second = apply(first, planner.plan_waiting(first, DOWN, T0 + timedelta(seconds=30), 3600))
+    assert second["status"]["startAttempts"] == 2
+    assert second["status"]["queuedTime"] == "2026-11-28T12:00:00Z"
+    # Same status: the transition time stays where the flip happened.
+    assert cond(second, "TemporalConnected")["lastTransitionTime"] == "2026-11-28T12:00:00Z"
+
+
+def test_waiting_past_the_ttl_fails_with_queue_timeout() -> None:
+    waiting = apply(body(), planner.plan_waiting(body(), DOWN, T0, ttl=60))
+    late = apply(waiting, planner.plan_waiting(waiting, DOWN, T0 + timedelta(seconds=61), 60))
+    assert late["status"]["phase"] == "Failed"
+    assert late["status"]["error"]["reason"] == "QueueTimeout"
+    assert cond(late, "WorkflowStarted")["reason"] == "QueueTimeout"
+    assert cond(late, "Succeeded")["status"] == "False"
+    assert late["status"]["completionTime"]
+
+
+def test_started_moves_to_running_and_flips_transition_times() -> None:
+    waiting = apply(body(), planner.plan_waiting(body(), DOWN, T0, ttl=3600))
+    t1 = T0 + timedelta(seconds=5)
+    running = apply(waiting, planner.plan_started(waiting, t1, workflow=WF, conn=UP))
+    assert running["status"]["phase"] == "Running"
+    assert running["status"]["workflow"] == WF
+    assert running["status"]["startAttempts"] == 2
+    assert running["status"]["startTime"] == "2026-11-28T12:00:05Z"
+    assert cond(running, "TemporalConnected")["lastTransitionTime"] == "2026-11-28T12:00:05Z"
+    assert cond(running, "WorkflowStarted")["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("phase", "reason", "succeeded"),
+    [
+        ("Succeeded", None, "True"),
+        ("Failed", "RunnerFailed", "False"),
+        ("Cancelled", "Deleted", "False"),
+    ],
+)
+def test_terminal_phases(phase: str, reason: str | None, succeeded: str) -> None:
+    running = apply(body(), planner.plan_started(body(), T0, workflow=WF, conn=UP))
+    done = apply(
+        running,
+        planner.plan_report(
+            running, T0, phase=phase, workflow=WF, conn=UP, output="out", reason=reason, message="m"
+        ),
+    )
+    assert done["status"]["phase"] == phase
+    assert cond(done, "Succeeded")["status"] == succeeded
+    assert done["status"]["completionTime"]
+    if phase == "Succeeded":
+        assert done["status"]["output"] == "out"
+        assert "error" not in done["status"]
+    else:
+        assert done["status"]["error"] == {"reason": reason, "message": "m"}
+
+
+def test_a_terminal_phase_is_never_changed() -> None:
+    done = apply(body(), planner.plan_terminal(body(), "Succeeded", T0, output="x"))
+    assert planner.plan_report(done, T0, phase="Running", workflow=WF, conn=UP) is None
+    assert planner.plan_terminal(done, "Failed", T0, reason="Late") is None
+    assert planner.plan_waiting(done, DOWN, T0, 3600) is None
+    assert planner.plan_connection(done, DOWN, T0) is None
+
+
+def test_connection_condition_only_written_when_it_changes() -> None:
+    running = apply(body(), planner.plan_started(body(), T0, workflow=WF, conn=UP))
+    assert planner.plan_connection(running, UP, T0) is None
+    down = apply(running, planner.plan_connection(running, DOWN, T0 + timedelta(seconds=9)))
+    assert cond(down, "TemporalConnected")["status"] == "False"
+    assert cond(down, "TemporalConnected")["lastTransitionTime"] == "2026-11-28T12:00:09Z"
+    # The other conditions are kept as they were.
+    assert cond(down, "WorkflowStarted") == cond(running, "WorkflowStarted")
+
+
+def test_foreign_conditions_are_kept_and_generation_recorded() -> None:
+    obj = body({"conditions": [{"type": "Audited", "status": "True"}, "garbage"]}, generation=3)
+    out = apply(obj, planner.plan_waiting(obj, DOWN, T0, 3600))
+    types = [c["type"] for c in out["status"]["conditions"]]
+    assert types == ["Audited", "TemporalConnected", "WorkflowStarted", "Succeeded"]
+    assert cond(out, "TemporalConnected")["observedGeneration"] == 3
+    assert out["status"]["observedGeneration"] == 3
+
+
+@pytest.mark.parametrize(
+    "status",
+    [None, {}, {"phase": 7}, {"conditions": "nope"}, {"startAttempts": "x", "queuedTime": 5}],
+)
+def test_odd_status_never_crashes(status: dict[str, Any] | None) -> None:
+    obj = body(status)
+    waiting = planner.plan_waiting(obj, DOWN, T0, 3600)
+    assert waiting is not None
+    assert waiting["phase"] == "Pending"
+    assert planner.plan_started(obj, T0, workflow=WF, conn=UP) is not None
+
+
+def test_huge_output_is_capped() -> None:
+    done = planner.plan_terminal(body(), "Succeeded", T0, output="x" * (planner.MAX_OUTPUT + 10))
+    assert done is not None
+    assert len(done["output"]) == planner.MAX_OUTPUT
