@@ -33,33 +33,17 @@ sys.path.insert(0, str(ROOT))
 from kubernetes_asyncio import client as kclient  # noqa: E402
 from kubernetes_asyncio import config as kconfig  # noqa: E402
 from kubernetes_asyncio import watch as kwatch  # noqa: E402
-from temporalio import workflow  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from agentexec.runner.activity import RunnerActivities  # noqa: E402
 from agentexec.runner.echo import EchoAgent  # noqa: E402
-from agentexec.temporal.types import AgentRequest, AgentResult  # noqa: E402
+from bench.baseline import BaselineEcho  # noqa: E402
 from tests.support.kube import ControlPlane  # noqa: E402
 from tests.support.operator import OperatorProcess  # noqa: E402
 from tests.support.temporal import TemporalDevServer  # noqa: E402
 
 G, V, P = "agentexec.io", "v1alpha1", "agentexecutions"
-
-
-@workflow.defn(name="BaselineEcho", sandboxed=False)
-class BaselineEcho:
-    """The baseline: the same echo activity, started and awaited with the bare SDK."""
-
-    @workflow.run
-    async def run(self, message: str) -> str:
-        out: AgentResult = await workflow.execute_activity(
-            "run_agent",
-            AgentRequest(agent="echo", message=message),
-            start_to_close_timeout=timedelta(seconds=60),
-            result_type=AgentResult,
-        )
-        return out.output
 
 
 def pct(values: list[float], q: float) -> float:
@@ -173,7 +157,8 @@ async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
     operator = OperatorProcess(
         work / "operator", plane.kubeconfig, temporal.address, ns,
         {"AGENTEXEC_CONDITION_SYNC_SECONDS": "2", "AGENTEXEC_SWEEP_SECONDS": "30",
-         "LOG_LEVEL": "WARNING", "AGENTEXEC_START_RATE": "100"},
+         "LOG_LEVEL": "WARNING", "AGENTEXEC_START_RATE": "100",
+         "MALLOC_ARENA_MAX": "2"},  # as the image sets it (Dockerfile)
     )  # fmt: skip
     operator.start()
     api_client = await kconfig.new_client_from_config(str(plane.kubeconfig))

@@ -225,7 +225,10 @@ class Reconciler:
         workflow = self._workflow_ref(body, run_id)
         conn = self.connection()
         await self._write(
-            key, uid, lambda b: planner.plan_started(b, _now(), workflow=workflow, conn=conn)
+            key,
+            uid,
+            lambda b: planner.plan_started(b, _now(), workflow=workflow, conn=conn),
+            body=dict(body),  # first try on what we have; a conflict re-reads
         )
         if closed:  # it had already finished (we restarted before writing status)
             return await self.sync_from_temporal(body)

@@ -3,6 +3,8 @@ the pure planner), and turn its outcome into kopf's retry semantics."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +23,24 @@ FINALIZER = "agentexec.io/cancel-workflow"
 FORCE_DELETE = "agentexec.io/force-delete"
 
 registry = kopf.OperatorRegistry()
+
+
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled configuration, stored as a digest.
+
+    kopf keeps the whole essence (spec, labels, annotations) in one annotation;
+    with a 256 KiB message or large labels that annotation alone would pass
+    the API server's 256 KiB limit and every kopf patch would fail. We have no
+    update handlers (the spec is immutable), so a digest is all kopf needs to
+    tell "changed" from "same".
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        blob = json.dumps(essence, sort_keys=True, default=str).encode()
+        return {"spec": {"digest": hashlib.sha256(blob).hexdigest()}}
+
+
 log = logging.getLogger("agentexec.handlers")
 
 
@@ -40,7 +60,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = FINALIZER
     # Our CRD prunes unknown status fields: keep kopf's bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentexec.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(
         prefix="agentexec.io", key="last-handled-configuration"
     )
     settings.posting.reporting_component = "agentexec-operator"
@@ -54,7 +74,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.name = ours.peering or "agentexec-operator"
     settings.peering.standalone = ours.peering is None
     settings.peering.clusterwide = not ours.watch_namespaces
-    settings.execution.max_workers = 50
 
 
 @asynccontextmanager
@@ -72,7 +91,9 @@ async def timed(metrics: Metrics, handler: str) -> AsyncIterator[None]:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # async on purpose: kopf runs sync handlers in a thread pool, and this one
+    # runs for every watch event.
     reconciler: Reconciler = memo.reconciler
     reconciler.observe(body, deleted=event.get("type") == "DELETED")
 

@@ -336,3 +336,27 @@ async def test_external_runner_example_serves_its_queue(
         assert done["status"]["output"] == "HELLO!"
     finally:
         runner.stop()
+
+
+async def test_largest_message_and_big_labels_succeed(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    """kopf's bookkeeping must not copy a 256 KiB spec into an annotation."""
+    import json
+
+    make_operator()
+    message = "m" * (256 * 1024)
+    labels = {f"team.example.com/label-{n}": "v" * 63 for n in range(60)}
+    doc = json.loads(aex.manifest("biggest", message))
+    doc["metadata"]["labels"] = labels
+    doc["metadata"]["annotations"] = {"note.example.com/big": "a" * 100_000}
+    control_plane.kubectl("create", "-n", namespace, "-f", "-", stdin=json.dumps(doc))
+    done = await reaches(control_plane, namespace, "biggest", "Succeeded")
+    assert done["status"]["output"] == message
+    # kopf finished its own handling too, with a digest, not a copy of the spec.
+    handled = await eventually(
+        lambda: aex.get(control_plane, namespace, "biggest")["metadata"]["annotations"],
+        lambda a: "agentexec.io/last-handled-configuration" in a,
+        what="kopf's last-handled annotation",
+    )
+    assert len(handled["agentexec.io/last-handled-configuration"]) < 200

@@ -46,7 +46,8 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 class AgentExecutionWorkflow:
     @workflow.run
     async def run(self, inp: ExecutionInput) -> ExecutionResult:
-        await self._report(inp, ExecutionResult(phase="Running"))
+        # Running is written by the operator when this workflow is started (and
+        # by resume after a crash); the workflow reports how it ended.
         try:
             result = await self._run_agent(inp)
         except asyncio.CancelledError:
