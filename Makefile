@@ -11,6 +11,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 INSTALLED := $(VENV)/.installed
 CHART := charts/agentexec-operator
 HELM = $(shell bash -c 'source hack/versions.env; echo .cache/bin/helm-$$HELM_VERSION')
+PROMTOOL = $(shell bash -c 'source hack/versions.env; echo .cache/bin/promtool-$$PROMETHEUS_VERSION')
 
 # pytest exits 5 when a tier collects no test: that is not a failure.
 define pytest_tier
@@ -32,7 +33,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED) binaries ## Create .venv with the package, dev tools and test binaries
 
 .PHONY: binaries
-binaries: $(INSTALLED) ## Build etcd, kube-apiserver and helm into .cache/bin (once per version)
+binaries: $(INSTALLED) ## Build etcd, kube-apiserver, helm, promtool into .cache/bin (once per version)
 	PATH=$(abspath $(BIN)):$$PATH bash hack/build-binaries.sh all
 
 .PHONY: run
@@ -45,7 +46,9 @@ lint: $(INSTALLED) ## ruff, mypy --strict, import-linter (and helm lint once the
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	@if [ -d $(CHART) ]; then $(MAKE) --no-print-directory helm-lint; fi
+	$(BIN)/hadolint Dockerfile
+	bash -n hack/*.sh
+	$(MAKE) --no-print-directory helm-lint
 
 .PHONY: fmt
 fmt: $(INSTALLED) ## Format and autofix
@@ -78,9 +81,11 @@ image: ## Build the container image (needs a Docker engine)
 	docker build -t agentexec-operator:dev .
 
 .PHONY: helm-lint
-helm-lint: binaries ## helm lint --strict the chart
-	@if [ ! -d $(CHART) ]; then echo "no chart at $(CHART) yet"; exit 0; fi; \
+helm-lint: binaries ## helm lint --strict (defaults and everything on), promtool check rules
 	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/everything-on-values.yaml
+	$(PROMTOOL) check rules $(CHART)/files/alerts.yaml
+	@echo "rendered objects are validated by the API server in tests/e2e/test_chart.py"
 
 .PHONY: bench
 bench: install ## Run the benchmarks in bench/ (prints figures and ratios)

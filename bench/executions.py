@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -30,20 +31,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubernetes_asyncio import client as kclient  # noqa: E402
-from kubernetes_asyncio import config as kconfig  # noqa: E402
-from kubernetes_asyncio import watch as kwatch  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
+from agentexec.kube import GROUP, VERSION, Kube  # noqa: E402
 from agentexec.runner.activity import RunnerActivities  # noqa: E402
 from agentexec.runner.echo import EchoAgent  # noqa: E402
 from bench.baseline import BaselineEcho  # noqa: E402
 from tests.support.kube import ControlPlane  # noqa: E402
 from tests.support.operator import OperatorProcess  # noqa: E402
 from tests.support.temporal import TemporalDevServer  # noqa: E402
-
-G, V, P = "agentexec.io", "v1alpha1", "agentexecutions"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -54,20 +51,16 @@ def pct(values: list[float], q: float) -> float:
 class Observer:
     """Watches the namespace; records when each execution was first started / done."""
 
-    def __init__(self, api: kclient.CustomObjectsApi, namespace: str) -> None:
-        self.api, self.namespace = api, namespace
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube, self.namespace = kube, namespace
         self.started: dict[str, float] = {}
         self.done: dict[str, float] = {}
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
-            w = kwatch.Watch()
             try:
-                async for event in w.stream(
-                    self.api.list_namespaced_custom_object, G, V, self.namespace, P,
-                    timeout_seconds=300,
-                ):  # fmt: skip
+                async for event in self.kube.watch(Kube.path(self.namespace)):
                     self._see(event["object"])
             except Exception:
                 await asyncio.sleep(0.1)
@@ -95,19 +88,19 @@ class Observer:
 
 def body(name: str, message: str = "bench") -> dict[str, Any]:
     return {
-        "apiVersion": f"{G}/{V}",
+        "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "AgentExecution",
         "metadata": {"name": name},
         "spec": {"agent": "echo", "message": message},
     }
 
 
-async def create_many(api: kclient.CustomObjectsApi, ns: str, names: list[str]) -> None:
+async def create_many(kube: Kube, ns: str, names: list[str]) -> None:
     sem = asyncio.Semaphore(20)
 
     async def one(name: str) -> None:
         async with sem:
-            await api.create_namespaced_custom_object(G, V, ns, P, body(name))
+            await kube.request("POST", Kube.path(ns), body(name))
 
     await asyncio.gather(*(one(n) for n in names))
 
@@ -161,9 +154,9 @@ async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
          "MALLOC_ARENA_MAX": "2"},  # as the image sets it (Dockerfile)
     )  # fmt: skip
     operator.start()
-    api_client = await kconfig.new_client_from_config(str(plane.kubeconfig))
-    api = kclient.CustomObjectsApi(api_client)
-    observer = Observer(api, ns)
+    os.environ["KUBECONFIG"] = str(plane.kubeconfig)
+    kube = await Kube.connect()
+    observer = Observer(kube, ns)
     results: dict[str, Any] = {}
     try:
         # (a) one at a time, Temporal up
@@ -171,7 +164,7 @@ async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
         for n in range(latency_n):
             name = f"lat-{n}"
             t0 = time.monotonic()
-            await api.create_namespaced_custom_object(G, V, ns, P, body(name))
+            await kube.request("POST", Kube.path(ns), body(name))
             await observer.until(observer.started, [name], 30)
             lat.append(observer.started[name] - t0)
         results["a"] = (statistics.median(lat), pct(lat, 0.99))
@@ -184,7 +177,7 @@ async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
         # (b) created during an outage
         temporal.kill()
         names = [f"outage-{n}" for n in range(outage_n)]
-        await create_many(api, ns, names)
+        await create_many(kube, ns, names)
         await asyncio.sleep(3)
         temporal.start(wait=False)
         answered = await first_answer(temporal.address)
@@ -200,7 +193,7 @@ async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
         # (c) throughput through the operator vs the bare SDK
         names = [f"tp-{n}" for n in range(throughput_n)]
         t0 = time.monotonic()
-        await create_many(api, ns, names)
+        await create_many(kube, ns, names)
         await observer.until(observer.done, names, 600)
         through_operator = time.monotonic() - t0
         sdk = await baseline(temporal.address, throughput_n)
@@ -218,7 +211,7 @@ async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
         print(f"(d) operator RSS with {total} executions: {results['d']:.0f} MB", flush=True)
     finally:
         await observer.stop()
-        await api_client.close()
+        await kube.close()
         operator.stop()
         temporal.stop()
         plane.stop()

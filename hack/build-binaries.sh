@@ -75,12 +75,19 @@ GO
 }
 
 build_kube() {
-  local name=$1 out=$BIN_DIR/$1-$KUBE_VERSION
+  local name=$1 out=$BIN_DIR/$1-$KUBE_VERSION-r$KUBE_BUILD_REV
   [ -x "$out" ] && return
   local dir
   dir=$(kube_module)
   log "building $name $KUBE_VERSION (cold: several minutes)"
-  (cd "$dir" && "$GO" build -trimpath -ldflags="-s -w" -o "$out.tmp" "k8s.io/kubernetes/cmd/$name")
+  # The version the server reports (helm's kubeVersion checks read it); a
+  # module build has none unless stamped here.
+  local minor=${KUBE_VERSION#v1.}
+  minor=${minor%%.*}
+  local pkg=k8s.io/component-base/version
+  local ldflags="-s -w -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  (cd "$dir" && "$GO" build -trimpath -ldflags="$ldflags" -o "$out.tmp" "k8s.io/kubernetes/cmd/$name")
   mv "$out.tmp" "$out"
 }
 
@@ -123,18 +130,46 @@ build_go_install() {
   rm -rf "$gobin"
 }
 
+# promtool from a wrapper module: prometheus' own go.mod cannot be used by
+# `go install pkg@version`.
+build_promtool() {
+  local out=$BIN_DIR/promtool-$PROMETHEUS_VERSION
+  [ -x "$out" ] && return
+  local dir=$CACHE_DIR/src/prometheus-$PROMETHEUS_VERSION
+  mkdir -p "$dir"
+  cat >"$dir/go.mod" <<GO
+module agentexec.io/hack/promtool
+
+go 1.24
+
+require github.com/prometheus/prometheus $PROMETHEUS_VERSION
+GO
+  cat >"$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "github.com/prometheus/prometheus/cmd/promtool"
+GO
+  log "building promtool $PROMETHEUS_VERSION"
+  (cd "$dir" && "$GO" mod tidy >/dev/null 2>&1 && "$GO" build -trimpath -ldflags="-s -w" -o "$out.tmp" github.com/prometheus/prometheus/cmd/promtool)
+  mv "$out.tmp" "$out"
+}
+
 what=${1:-all}
 case $what in
   kube-apiserver | kube-controller-manager) build_kube "$what" ;;
   etcd) build_etcd ;;
   helm) build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
+  promtool) build_promtool ;;
   all)
     build_etcd
     build_kube kube-apiserver
     build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+    build_promtool
     ;;
   *)
-    echo "usage: $0 [kube-apiserver|kube-controller-manager|etcd|helm|all]" >&2
+    echo "usage: $0 [kube-apiserver|kube-controller-manager|etcd|helm|promtool|all]" >&2
     exit 2
     ;;
 esac

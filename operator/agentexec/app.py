@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -89,6 +90,9 @@ async def run(settings: Settings) -> None:
                     namespaces=settings.watch_namespaces,
                     standalone=settings.peering is None,
                     peering_name=settings.peering,
+                    # kopf freezes every peer of equal priority: each replica
+                    # draws its own, and the highest reconciles.
+                    priority=random.randint(1, 1_000_000) if settings.peering else None,
                     memo=kopf.Memo(settings=settings, reconciler=reconciler),
                     stop_flag=stop,
                     ready_flag=ready,

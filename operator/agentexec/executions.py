@@ -117,10 +117,11 @@ class Reconciler:
         self.records: dict[Key, Record] = {}
         self._phases: Counter[str] = Counter()
         self._waiting: dict[Key, str] = {}
+        self._starting: set[Key] = set()
         self._wake_queue = asyncio.Event()
         self._conn_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._writes = asyncio.Semaphore(16)
+        self._writes = asyncio.Semaphore(32)
         manager.add_listener(lambda _state: self._conn_dirty.set())
 
     # ----- lifecycle ------------------------------------------------------------
@@ -320,6 +321,7 @@ class Reconciler:
                 await asyncio.wait(set(running))
 
     async def _start_waiting(self, key: Key, uid: str) -> None:
+        self._starting.add(key)
         async with self._writes:
             try:
                 body = await self.kube.get(*key)
@@ -452,7 +454,11 @@ class Reconciler:
         stale = [
             (key, record)
             for key, record in list(self.records.items())
-            if record.phase not in planner.TERMINAL and record.connected != wanted
+            if record.phase not in planner.TERMINAL
+            and record.connected != wanted
+            # A queued execution gets the condition with its start; writing it
+            # here too would only race that write.
+            and not (conn.connected and (key in self._waiting or key in self._starting))
         ]
 
         async def one(key: Key, record: Record) -> None:

@@ -74,6 +74,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.name = ours.peering or "agentexec-operator"
     settings.peering.standalone = ours.peering is None
     settings.peering.clusterwide = not ours.watch_namespaces
+    # A SIGKILLed leader is presumed alive until its record expires: keep that
+    # short so a standby takes over within ~20 s (kopf's default is 60 s).
+    settings.peering.lifetime = 15
 
 
 @asynccontextmanager

@@ -12,8 +12,16 @@ from typing import Any
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+# kopf passes its whole OperatorSettings and object reference as extras.
+_DROPPED = {"settings", "k8s_skip"}
+
+
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in _DROPPED}
+    ref = fields.pop("k8s_ref", None)
+    if isinstance(ref, dict):
+        fields["object"] = f"{ref.get('namespace', '')}/{ref.get('name', '')}".lstrip("/")
+    return fields
 
 
 class JsonFormatter(logging.Formatter):

@@ -35,10 +35,12 @@ def venv_tool(name: str) -> Path:
 
 def built_tool(name: str) -> Path:
     """A binary built from Go modules by hack/build-binaries.sh, built on first use."""
-    key = {"kube-apiserver": "KUBE_VERSION", "kube-controller-manager": "KUBE_VERSION"}.get(
-        name, f"{name.upper()}_VERSION"
-    )
-    path = CACHE_DIR / "bin" / f"{name}-{versions()[key]}"
+    pins = versions()
+    if name.startswith("kube-"):
+        version = f"{pins['KUBE_VERSION']}-r{pins['KUBE_BUILD_REV']}"
+    else:
+        version = pins[f"{name.upper()}_VERSION"]
+    path = CACHE_DIR / "bin" / f"{name}-{version}"
     if not path.exists():
         subprocess.run(["bash", str(ROOT / "hack" / "build-binaries.sh"), name], check=True)
     return path

@@ -25,3 +25,14 @@ def test_json_lines_carry_structured_fields() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "reconnected"
     assert (line["address"], line["attempt"]) == ("t:7233", 3)
+
+
+def test_kopf_extras_are_compacted() -> None:
+    record = logging.makeLogRecord({"msg": "Handler 'observe' succeeded.", "name": "kopf.objects"})
+    record.settings = object()
+    record.k8s_skip = True
+    record.k8s_ref = {"kind": "AgentExecution", "namespace": "ns", "name": "a", "uid": "u"}
+    line = json.loads(JsonFormatter().format(record))
+    assert "settings" not in line
+    assert "k8s_skip" not in line
+    assert line["object"] == "ns/a"

@@ -1,0 +1,62 @@
+"""The alert rules only use metrics the code exports: a renamed metric breaks this."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from agentexec.metrics import Metrics
+
+ALERTS = Path(__file__).resolve().parents[2] / "charts/agentexec-operator/files/alerts.yaml"
+PROMQL_WORDS = {"max", "sum", "rate", "by", "and", "or", "unless", "without", "on"}
+
+
+def exported_names() -> set[str]:
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        names.add(family.name)
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        names.update(family.name + s for s in suffixes.get(family.type, ()))
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", " ", expr)  # drop label lists
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # drop range selectors
+    tokens = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", expr))
+    return {t for t in tokens if t not in PROMQL_WORDS and "_" in t}
+
+
+def test_every_alert_uses_exported_metrics() -> None:
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} == {
+        "AgentExecTemporalDisconnected",
+        "AgentExecTemporalCircuitOpen",
+        "AgentExecExecutionsWaitingForTemporal",
+        "AgentExecReconcileErrors",
+    }
+    exported = exported_names()
+    for rule in rules:
+        used = metric_names(rule["expr"])
+        assert used, rule["alert"]
+        assert used <= exported, f"{rule['alert']} uses unknown metrics {used - exported}"
+
+
+def test_the_contract_metric_names_are_exported() -> None:
+    exported = exported_names()
+    for name in (
+        "temporal_connection_status",
+        "temporal_reconnection_attempts_total",
+        "temporal_connection_duration_seconds_bucket",
+        "temporal_workers_running",
+        "temporal_circuit_open",
+        "temporal_health_probe_duration_seconds_bucket",
+        "temporal_health_probe_failures_total",
+        "agentexec_executions",
+        "agentexec_workflow_starts_total",
+        "agentexec_waiting_for_temporal",
+        "agentexec_reconcile_duration_seconds_bucket",
+    ):
+        assert name in exported, name
