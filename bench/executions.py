@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from agentexec.runner.echo import EchoAgent  # noqa: E402
 from bench.baseline import BaselineEcho  # noqa: E402
 from tests.support.kube import ControlPlane  # noqa: E402
 from tests.support.operator import OperatorProcess  # noqa: E402
-from tests.support.temporal import TemporalDevServer  # noqa: E402
+from tests.support.temporal import TemporalDevServer, first_answer  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -237,16 +236,6 @@ async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
         f"| (d) operator RSS | {results['d']:.0f} MB | target <= 200 MB: "
         f"{'met' if results['d'] <= 200 else 'MISSED'} |"
     )
-
-
-async def first_answer(address: str) -> float:
-    while True:
-        try:
-            c = await asyncio.wait_for(Client.connect(address), 0.5)
-            await c.service_client.check_health(timeout=timedelta(seconds=0.5))
-            return time.monotonic()
-        except Exception:
-            await asyncio.sleep(0.02)
 
 
 if __name__ == "__main__":

@@ -24,18 +24,16 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from temporalio.client import Client  # noqa: E402
 
 from agentexec.metrics import Metrics  # noqa: E402
 from agentexec.settings import TemporalSettings  # noqa: E402
 from agentexec.temporal.manager import TemporalManager  # noqa: E402
-from tests.support.temporal import TemporalDevServer  # noqa: E402
+from tests.support.temporal import TemporalDevServer, first_answer  # noqa: E402
 
 REFERENCE = {
     "probe_interval": 15.0,
@@ -44,19 +42,6 @@ REFERENCE = {
     "backoff_base": 1.0,
     "backoff_max": 30.0,
 }
-
-
-async def first_answer(address: str, timeout: float = 120) -> float:
-    """When the server answers a fresh client's health check."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            client = await asyncio.wait_for(Client.connect(address), 0.5)
-            await client.service_client.check_health(timeout=timedelta(seconds=0.5))
-            return time.monotonic()
-        except Exception:
-            await asyncio.sleep(0.02)
-    raise TimeoutError("Temporal never answered")
 
 
 async def wait_state(manager: TemporalManager, connected: bool, timeout: float = 120) -> float:

@@ -174,6 +174,24 @@ def gone(plane: ControlPlane, namespace: str, name: str) -> bool:
     return out.returncode != 0 and "NotFound" in out.stderr
 
 
+async def long_running(plane: ControlPlane, namespace: str, name: str) -> dict:
+    """An execution whose agent runs for minutes, once it is Running."""
+    aex.create(plane, namespace, name, "x", parameters={"delaySeconds": 300})
+    return await reaches(plane, namespace, name, "Running")
+
+
+async def deleted_and_cancelled(
+    plane: ControlPlane, temporal: TemporalDevServer, running: dict, timeout: float = 30
+) -> None:
+    meta = running["metadata"]
+    await eventually(
+        lambda: gone(plane, meta["namespace"], meta["name"]), what="deleted", timeout=timeout
+    )
+    assert await eventually(
+        lambda: workflow_status(temporal, running), lambda s: s == "CANCELED", what="cancelled"
+    )
+
+
 async def test_delete_cancels_the_workflow(
     control_plane: ControlPlane,
     temporal: TemporalDevServer,
@@ -181,15 +199,11 @@ async def test_delete_cancels_the_workflow(
     make_operator: MakeOperator,
 ) -> None:
     make_operator()
-    aex.create(control_plane, namespace, "doomed", "x", parameters={"delaySeconds": 300})
-    running = await reaches(control_plane, namespace, "doomed", "Running")
+    running = await long_running(control_plane, namespace, "doomed")
     assert "agentexec.io/cancel-workflow" in running["metadata"]["finalizers"]
 
     control_plane.kubectl("delete", "-n", namespace, "aex", "doomed", "--wait=false")
-    await eventually(lambda: gone(control_plane, namespace, "doomed"), what="deleted", timeout=30)
-    assert await eventually(
-        lambda: workflow_status(temporal, running), lambda s: s == "CANCELED", what="cancelled"
-    )
+    await deleted_and_cancelled(control_plane, temporal, running)
 
 
 async def test_delete_while_temporal_is_down_waits_then_completes(
@@ -199,8 +213,7 @@ async def test_delete_while_temporal_is_down_waits_then_completes(
     make_operator: MakeOperator,
 ) -> None:
     make_operator()
-    aex.create(control_plane, namespace, "patient", "x", parameters={"delaySeconds": 300})
-    running = await reaches(control_plane, namespace, "patient", "Running")
+    running = await long_running(control_plane, namespace, "patient")
     temporal.kill()
     control_plane.kubectl("delete", "-n", namespace, "aex", "patient", "--wait=false")
     await asyncio.sleep(8)  # the scenario: Temporal stays down a while
@@ -209,10 +222,7 @@ async def test_delete_while_temporal_is_down_waits_then_completes(
     assert "agentexec.io/cancel-workflow" in waiting["metadata"]["finalizers"]
 
     temporal.start()
-    await eventually(lambda: gone(control_plane, namespace, "patient"), what="deleted", timeout=60)
-    assert await eventually(
-        lambda: workflow_status(temporal, running), lambda s: s == "CANCELED", what="cancelled"
-    )
+    await deleted_and_cancelled(control_plane, temporal, running, timeout=60)
 
 
 async def test_force_delete_annotation_removes_the_finalizer(
@@ -222,8 +232,7 @@ async def test_force_delete_annotation_removes_the_finalizer(
     make_operator: MakeOperator,
 ) -> None:
     make_operator()
-    aex.create(control_plane, namespace, "stuck", "x", parameters={"delaySeconds": 300})
-    await reaches(control_plane, namespace, "stuck", "Running")
+    await long_running(control_plane, namespace, "stuck")
     temporal.kill()
     control_plane.kubectl("delete", "-n", namespace, "aex", "stuck", "--wait=false")
     control_plane.kubectl(

@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -212,4 +213,21 @@ async def test_concurrent_reconnect_triggers_make_one_redial(make_manager: MakeM
 
     assert manager.generation == 2
     assert manager.status()["dial_attempts"] == dials_before + 1
+    assert manager.status()["redial_pending"] is None
+
+
+async def test_rotated_api_key_is_applied_in_place(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    key = tmp_path / "api-key"
+    key.write_text("first-key\n")
+    manager = make_manager(api_key_file=key)
+    await connected(manager)
+    assert manager.client().api_key == "first-key"
+
+    key.write_text("second-key\n")
+    manager.check_settings()
+
+    assert manager.client().api_key == "second-key"
+    assert manager.generation == 1  # in place: no re-dial, workers untouched
     assert manager.status()["redial_pending"] is None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
+
+from temporalio.client import Client
 
 from tests.support.binaries import venv_tool
 from tests.support.procs import ManagedProcess, free_port, port_open, wait_for
@@ -90,3 +94,17 @@ class TemporalDevServer:
         # The frontend accepts connections before the default namespace exists.
         out = self.cli_run("operator", "namespace", "describe", "--namespace", "default")
         return out.returncode == 0
+
+
+async def first_answer(address: str, timeout: float = 120) -> float:
+    """time.monotonic() when the server first answers a fresh client's health
+    check (polled every 20 ms): the moment recovery latencies are measured from."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client = await asyncio.wait_for(Client.connect(address), 0.5)
+            await client.service_client.check_health(timeout=timedelta(seconds=0.5))
+            return time.monotonic()
+        except Exception:
+            await asyncio.sleep(0.02)
+    raise TimeoutError(f"Temporal at {address} never answered")
