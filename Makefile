@@ -88,10 +88,10 @@ helm-lint: binaries ## helm lint --strict (defaults and everything on), promtool
 	@echo "rendered objects are validated by the API server in tests/e2e/test_chart.py"
 
 .PHONY: bench
-bench: install ## Run the benchmarks in bench/ (prints figures and ratios)
-	@set -e; found=0; for b in bench/*.py; do [ -e "$$b" ] || continue; found=1; \
-	  echo "== $$b"; $(PY) "$$b"; done; \
-	[ $$found -eq 1 ] || echo "no benchmarks in bench/ yet"
+bench: install ## Run bench/manager.py, bench/executions.py, bench/scaling.py (figures and ratios)
+	$(PY) bench/manager.py
+	$(PY) bench/executions.py
+	$(PY) bench/scaling.py
 
 .PHONY: clean
 clean: ## Remove the venv and build outputs (keeps the .cache/ binaries)

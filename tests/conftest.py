@@ -46,3 +46,12 @@ def temporal(temporal_server: TemporalDevServer) -> Iterator[TemporalDevServer]:
 def task_queue(request: pytest.FixtureRequest) -> str:
     """A task queue no other test uses."""
     return f"tq-{request.node.name}"[:200]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.support.report import SUMMARY
+
+    if SUMMARY:
+        terminalreporter.section("scenario counts")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)

@@ -26,6 +26,7 @@ from tests.e2e import aex
 from tests.support.kube import ControlPlane
 from tests.support.operator import OperatorProcess
 from tests.support.relay import TcpRelay
+from tests.support.report import SUMMARY
 from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
@@ -126,7 +127,7 @@ async def run_scenario(
     )
     counts["unexplained"] = len(stream.unexplained)
     counts["samples"] = stream.samples
-    print(f"\n[chaos] {title}: {dict(counts)}")
+    SUMMARY.append(f"[chaos] {title}: {dict(counts)}")
     assert counts["lost"] == 0
     assert counts["duplicates"] == 0
     assert counts["zombies"] == 0
