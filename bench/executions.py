@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,87 +137,114 @@ async def baseline(address: str, count: int) -> float:
         return time.monotonic() - started
 
 
-async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
-    import logging
+@dataclass
+class Env:
+    plane: ControlPlane
+    temporal: TemporalDevServer
+    operator: OperatorProcess
+    kube: Kube
+    observer: Observer
+    namespace: str
 
+
+@contextlib.asynccontextmanager
+async def bench_env(name: str, operator_env: dict[str, str]) -> AsyncIterator[Env]:
+    """Control plane, Temporal, the CRD, a namespace, the operator (with
+    MALLOC_ARENA_MAX=2, as the image sets it), a client and a watch."""
     logging.basicConfig(level=logging.ERROR)
-    work = Path(tempfile.mkdtemp(prefix="bench-executions-"))
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     plane = ControlPlane(work / "kube")
     temporal = TemporalDevServer(work / "temporal")
     plane.start()
     temporal.start()
     plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     plane.kubectl("wait", "--for=condition=Established", "crd/agentexecutions.agentexec.io")
-    ns = "bench"
-    plane.kubectl("create", "namespace", ns)
+    plane.kubectl("create", "namespace", name)
     operator = OperatorProcess(
-        work / "operator", plane.kubeconfig, temporal.address, ns,
-        {"AGENTEXEC_CONDITION_SYNC_SECONDS": "2", "AGENTEXEC_SWEEP_SECONDS": "30",
-         "LOG_LEVEL": "WARNING", "AGENTEXEC_START_RATE": "100",
-         "MALLOC_ARENA_MAX": "2"},  # as the image sets it (Dockerfile)
-    )  # fmt: skip
+        work / "operator",
+        plane.kubeconfig,
+        temporal.address,
+        name,
+        {"LOG_LEVEL": "WARNING", "MALLOC_ARENA_MAX": "2", **operator_env},
+    )
     operator.start()
     os.environ["KUBECONFIG"] = str(plane.kubeconfig)
     kube = await Kube.connect()
-    observer = Observer(kube, ns)
-    results: dict[str, Any] = {}
+    observer = Observer(kube, name)
     try:
-        # (a) one at a time, Temporal up
-        lat: list[float] = []
-        for n in range(latency_n):
-            name = f"lat-{n}"
-            t0 = time.monotonic()
-            await kube.request("POST", Kube.path(ns), body(name))
-            await observer.until(observer.started, [name], 30)
-            lat.append(observer.started[name] - t0)
-        results["a"] = (statistics.median(lat), pct(lat, 0.99))
-        print(
-            f"(a) create -> WorkflowStarted over {latency_n}: "
-            f"p50 {results['a'][0] * 1000:.0f} ms, p99 {results['a'][1] * 1000:.0f} ms",
-            flush=True,
-        )
-
-        # (b) created during an outage
-        temporal.kill()
-        names = [f"outage-{n}" for n in range(outage_n)]
-        await create_many(kube, ns, names)
-        await asyncio.sleep(3)
-        temporal.start(wait=False)
-        answered = await first_answer(temporal.address)
-        await observer.until(observer.started, names, 300)
-        results["b"] = max(observer.started[n] for n in names) - answered
-        print(
-            f"(b) {outage_n} created during an outage: all started {results['b']:.2f} s "
-            "after Temporal answered",
-            flush=True,
-        )
-        await observer.until(observer.done, names, 300)
-
-        # (c) throughput through the operator vs the bare SDK
-        names = [f"tp-{n}" for n in range(throughput_n)]
-        t0 = time.monotonic()
-        await create_many(kube, ns, names)
-        await observer.until(observer.done, names, 600)
-        through_operator = time.monotonic() - t0
-        sdk = await baseline(temporal.address, throughput_n)
-        results["c"] = (through_operator, sdk, through_operator / sdk)
-        print(
-            f"(c) {throughput_n} echo executions: operator {through_operator:.1f} s, "
-            f"bare SDK {sdk:.1f} s, ratio {through_operator / sdk:.2f}",
-            flush=True,
-        )
-
-        # (d) memory
-        assert operator._proc.pid is not None
-        results["d"] = rss_mb(operator._proc.pid)
-        total = latency_n + outage_n + throughput_n
-        print(f"(d) operator RSS with {total} executions: {results['d']:.0f} MB", flush=True)
+        yield Env(plane, temporal, operator, kube, observer, name)
     finally:
         await observer.stop()
         await kube.close()
         operator.stop()
         temporal.stop()
         plane.stop()
+
+
+async def main(latency_n: int, outage_n: int, throughput_n: int) -> None:
+    env_vars = {
+        "AGENTEXEC_CONDITION_SYNC_SECONDS": "2",
+        "AGENTEXEC_SWEEP_SECONDS": "30",
+        "AGENTEXEC_START_RATE": "100",
+    }
+    async with bench_env("bench", env_vars) as env:
+        await measure(env, latency_n, outage_n, throughput_n)
+
+
+async def measure(env: Env, latency_n: int, outage_n: int, throughput_n: int) -> None:
+    kube, observer, ns = env.kube, env.observer, env.namespace
+    temporal, operator = env.temporal, env.operator
+    results: dict[str, Any] = {}
+    # (a) one at a time, Temporal up
+    lat: list[float] = []
+    for n in range(latency_n):
+        name = f"lat-{n}"
+        t0 = time.monotonic()
+        await kube.request("POST", Kube.path(ns), body(name))
+        await observer.until(observer.started, [name], 30)
+        lat.append(observer.started[name] - t0)
+    results["a"] = (statistics.median(lat), pct(lat, 0.99))
+    print(
+        f"(a) create -> WorkflowStarted over {latency_n}: "
+        f"p50 {results['a'][0] * 1000:.0f} ms, p99 {results['a'][1] * 1000:.0f} ms",
+        flush=True,
+    )
+
+    # (b) created during an outage
+    temporal.kill()
+    names = [f"outage-{n}" for n in range(outage_n)]
+    await create_many(kube, ns, names)
+    await asyncio.sleep(3)
+    temporal.start(wait=False)
+    answered = await first_answer(temporal.address)
+    await observer.until(observer.started, names, 300)
+    results["b"] = max(observer.started[n] for n in names) - answered
+    print(
+        f"(b) {outage_n} created during an outage: all started {results['b']:.2f} s "
+        "after Temporal answered",
+        flush=True,
+    )
+    await observer.until(observer.done, names, 300)
+
+    # (c) throughput through the operator vs the bare SDK
+    names = [f"tp-{n}" for n in range(throughput_n)]
+    t0 = time.monotonic()
+    await create_many(kube, ns, names)
+    await observer.until(observer.done, names, 600)
+    through_operator = time.monotonic() - t0
+    sdk = await baseline(temporal.address, throughput_n)
+    results["c"] = (through_operator, sdk, through_operator / sdk)
+    print(
+        f"(c) {throughput_n} echo executions: operator {through_operator:.1f} s, "
+        f"bare SDK {sdk:.1f} s, ratio {through_operator / sdk:.2f}",
+        flush=True,
+    )
+
+    # (d) memory
+    assert operator.pid is not None
+    results["d"] = rss_mb(operator.pid)
+    total = latency_n + outage_n + throughput_n
+    print(f"(d) operator RSS with {total} executions: {results['d']:.0f} MB", flush=True)
 
     a50, a99 = results["a"]
     print("\nAgentExecutions through the operator")

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,34 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agentexec.kube import Kube  # noqa: E402
-from bench.executions import Observer, body, create_many, pct, rss_mb  # noqa: E402
-from tests.support.kube import ControlPlane  # noqa: E402
-from tests.support.operator import OperatorProcess  # noqa: E402
-from tests.support.temporal import TemporalDevServer  # noqa: E402
+from bench.executions import bench_env, body, create_many, pct, rss_mb  # noqa: E402
 
 
 async def main(steps: list[int], probe: int) -> None:
-    logging.basicConfig(level=logging.ERROR)
-    work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
-    plane = ControlPlane(work / "kube")
-    temporal = TemporalDevServer(work / "temporal")
-    plane.start()
-    temporal.start()
-    plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    plane.kubectl("wait", "--for=condition=Established", "crd/agentexecutions.agentexec.io")
-    ns = "scaling"
-    plane.kubectl("create", "namespace", ns)
-    operator = OperatorProcess(
-        work / "operator", plane.kubeconfig, temporal.address, ns,
-        {"LOG_LEVEL": "WARNING", "AGENTEXEC_SWEEP_SECONDS": "60", "MALLOC_ARENA_MAX": "2"},
-    )  # fmt: skip
-    operator.start()
-    os.environ["KUBECONFIG"] = str(plane.kubeconfig)
-    kube = await Kube.connect()
-    observer = Observer(kube, ns)
     rows: list[tuple[int, float, float, float]] = []
     population = 0
-    try:
+    async with bench_env("scaling", {"AGENTEXEC_SWEEP_SECONDS": "60"}) as env:
+        kube, observer, ns = env.kube, env.observer, env.namespace
         for step in steps:
             names = [f"pop-{n}" for n in range(population, step)]
             started = time.monotonic()
@@ -68,20 +45,14 @@ async def main(steps: list[int], probe: int) -> None:
                 await kube.request("POST", Kube.path(ns), body(name))
                 await observer.until(observer.started, [name], 60)
                 lat.append(observer.started[name] - t0)
-            assert operator._proc.pid is not None
-            rss = rss_mb(operator._proc.pid)
+            assert env.operator.pid is not None
+            rss = rss_mb(env.operator.pid)
             rows.append((step, rss, statistics.median(lat), pct(lat, 0.99)))
             print(
                 f"{step} executions (filled in {fill:.0f} s): RSS {rss:.0f} MB, "
                 f"create->started p50 {rows[-1][2] * 1000:.0f} ms p99 {rows[-1][3] * 1000:.0f} ms",
                 flush=True,
             )
-    finally:
-        await observer.stop()
-        await kube.close()
-        operator.stop()
-        temporal.stop()
-        plane.stop()
 
     base = rows[0]
     print("\nOperator scaling (ratios against the first step, same run)")

@@ -67,3 +67,28 @@ async def workflow_runs(address: str, task_queue: str) -> Counter[str]:
     async for wf in client.list_workflows(f"TaskQueue = '{task_queue}'"):
         runs[wf.id] += 1
     return runs
+
+
+async def all_succeed_once(
+    plane: ControlPlane,
+    namespace: str,
+    names: list[str],
+    temporal_address: str,
+    task_queue: str,
+    timeout: float = 120,
+) -> list[dict[str, Any]]:
+    """Every execution (message = its name) Succeeded with its output, and
+    Temporal holds exactly one run for each: nothing lost, nothing twice."""
+    from tests.support.waiting import eventually
+
+    items = await eventually(
+        lambda: list_all(plane, namespace),
+        lambda objs: len(objs) == len(names) and all(phase(o) == "Succeeded" for o in objs),
+        timeout=timeout,
+        what=f"all {len(names)} Succeeded",
+    )
+    assert {o["metadata"]["name"]: o["status"]["output"] for o in items} == {n: n for n in names}
+    runs = await workflow_runs(temporal_address, task_queue)
+    assert len(runs) == len(names)
+    assert set(runs.values()) == {1}
+    return items

@@ -91,16 +91,9 @@ async def test_fifty_created_during_an_outage_all_succeed_once(
     assert "agentexec_waiting_for_temporal 50.0" in operator.metrics()
 
     temporal.start()
-    items = await eventually(
-        lambda: aex.list_all(control_plane, namespace),
-        lambda items: all(aex.phase(o) == "Succeeded" for o in items),
-        timeout=120,
-        what="50 Succeeded",
+    await aex.all_succeed_once(
+        control_plane, namespace, names, temporal.address, operator.task_queue
     )
-    assert {o["metadata"]["name"]: o["status"]["output"] for o in items} == {n: n for n in names}
-    runs = await aex.workflow_runs(temporal.address, operator.task_queue)
-    assert len(runs) == 50
-    assert set(runs.values()) == {1}
 
 
 async def test_connection_state_is_mirrored_on_running_executions(
@@ -306,16 +299,7 @@ async def test_operator_sigkilled_while_starting_never_duplicates(
     )
     first.kill()
     second = make_operator()  # same namespace, same task queues
-    items = await eventually(
-        lambda: aex.list_all(control_plane, namespace),
-        lambda items: all(aex.phase(o) == "Succeeded" for o in items),
-        timeout=120,
-        what="all Succeeded after the crash",
-    )
-    assert {o["status"]["output"] for o in items} == set(names)
-    runs = await aex.workflow_runs(temporal.address, second.task_queue)
-    assert len(runs) == 20
-    assert set(runs.values()) == {1}
+    await aex.all_succeed_once(control_plane, namespace, names, temporal.address, second.task_queue)
 
 
 async def test_external_runner_example_serves_its_queue(

@@ -90,6 +90,10 @@ class OperatorProcess:
     def running(self) -> bool:
         return self._proc.running
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
     def log(self) -> str:
         return self._proc.log_path.read_text(errors="replace")
 
