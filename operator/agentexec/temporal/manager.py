@@ -397,8 +397,7 @@ class TemporalManager:
         self._listeners.append(listener)
 
     def refresh_workers_gauge(self) -> None:
-        running = sum(1 for w in self._workers if w.running)
-        self.metrics.workers_running.labels(**self._labels).set(running)
+        self.metrics.workers_running.labels(**self._labels).set(self.workers_running)
 
     @property
     def workers_running(self) -> int:
