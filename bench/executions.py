@@ -111,6 +111,17 @@ async def create_many(kube: Kube, ns: str, names: list[str]) -> None:
     await asyncio.gather(*(one(n) for n in names))
 
 
+async def started_one_by_one(env: Env, names: list[str], timeout: float) -> list[float]:
+    """Create each execution after the previous one started; create -> started latencies."""
+    latencies = []
+    for name in names:
+        t0 = time.monotonic()
+        await env.kube.request("POST", Kube.path(env.namespace), body(name))
+        await env.observer.until(env.observer.started, [name], timeout)
+        latencies.append(env.observer.started[name] - t0)
+    return latencies
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -208,13 +219,7 @@ async def measure(env: Env, latency_n: int, outage_n: int, throughput_n: int) ->
     temporal, operator = env.temporal, env.operator
     r: dict[str, float] = {}
     # (a) one at a time, Temporal up
-    lat: list[float] = []
-    for n in range(latency_n):
-        name = f"lat-{n}"
-        t0 = time.monotonic()
-        await kube.request("POST", Kube.path(ns), body(name))
-        await observer.until(observer.started, [name], 30)
-        lat.append(observer.started[name] - t0)
+    lat = await started_one_by_one(env, [f"lat-{n}" for n in range(latency_n)], 30)
     r["a50"], r["a99"] = statistics.median(lat), pct(lat, 0.99)
     print(
         f"(a) create -> WorkflowStarted over {latency_n}: "

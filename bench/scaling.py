@@ -23,15 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agentexec.kube import Kube  # noqa: E402
 from bench.executions import (  # noqa: E402
     bench_env,
-    body,
     create_many,
     each,
     median_of,
     pct,
     rss_mb,
+    started_one_by_one,
 )
 
 
@@ -47,13 +46,7 @@ async def one_run(steps: list[int], probe: int) -> list[dict[str, float]]:
             await observer.until(observer.done, names, 1800)
             population = step
             fill = time.monotonic() - started
-            lat = []
-            for n in range(probe):
-                name = f"probe-{step}-{n}"
-                t0 = time.monotonic()
-                await kube.request("POST", Kube.path(ns), body(name))
-                await observer.until(observer.started, [name], 60)
-                lat.append(observer.started[name] - t0)
+            lat = await started_one_by_one(env, [f"probe-{step}-{n}" for n in range(probe)], 60)
             assert env.operator.pid is not None
             row = {"rss": rss_mb(env.operator.pid), "p50": statistics.median(lat)}
             row["p99"] = pct(lat, 0.99)
