@@ -1,7 +1,8 @@
 """The operator's own HTTP endpoints: /metrics, /statusz, /healthz, /readyz.
 
 Liveness never depends on Temporal: restarting the pod does not bring
-Temporal back (the reference system's admin API idea, without that trap).
+Temporal back. It fails only when a background loop that should run has
+stopped (a bug that a restart does cure).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ StatusFn = Callable[[], dict[str, Any]]
 ReadyFn = Callable[[], tuple[bool, str]]
 
 
-def build_app(metrics: Metrics, status: StatusFn, ready: ReadyFn) -> web.Application:
+def build_app(
+    metrics: Metrics, status: StatusFn, ready: ReadyFn, alive: ReadyFn | None = None
+) -> web.Application:
     started = time.time()
 
     async def metrics_handler(_: web.Request) -> web.Response:
@@ -31,7 +34,11 @@ def build_app(metrics: Metrics, status: StatusFn, ready: ReadyFn) -> web.Applica
         return web.json_response(status(), dumps=_dumps)
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "uptime_seconds": round(time.time() - started)})
+        ok, why = alive() if alive is not None else (True, "ok")
+        return web.json_response(
+            {"status": "ok" if ok else why, "uptime_seconds": round(time.time() - started)},
+            status=200 if ok else 503,
+        )
 
     async def readyz(_: web.Request) -> web.Response:
         ok, why = ready()

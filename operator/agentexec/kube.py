@@ -9,15 +9,12 @@ kubernetes_asyncio when it is installed: ~45 MB resident for nothing).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import ssl
 import tempfile
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,6 @@ MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "agentexec-operator"
 
 log = logging.getLogger("agentexec.kube")
-Plan = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 class KubeError(Exception):
@@ -141,91 +137,42 @@ class Kube:
                 return None
             raise
 
-    async def patch_status(
-        self,
-        namespace: str,
-        name: str,
-        plan: Plan,
-        *,
-        uid: str | None = None,
-        body: dict[str, Any] | None = None,
-        attempts: int = 8,
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """Read, plan, write; on a conflict read again and re-plan.
-
-        The patch carries the resourceVersion it was planned from, so a write
-        never overwrites a status it did not see (no lost condition updates).
-        Returns (the object as written or last read, the patch applied or
-        None); (None, None) when the object is gone or is another UID.
-        """
-        for attempt in range(attempts):
-            current = (
-                body if (body is not None and attempt == 0) else await self.get(namespace, name)
-            )
-            if current is None or (uid is not None and current["metadata"].get("uid") != uid):
-                return None, None
-            patch = plan(current)
-            status = current.get("status") or {}
-            if patch is None or all(status.get(k) == v for k, v in patch.items()):
-                return current, None  # nothing would change: no write, no event
-            try:
-                written = await self.request(
-                    "PATCH",
-                    self.path(namespace, name, "status"),
-                    {
-                        "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                        "status": patch,
-                    },
-                    MERGE_PATCH,
-                )
-            except KubeError as exc:
-                if exc.status == 409:
-                    continue
-                if exc.status == 404:
-                    return None, None
-                raise
-            return written, patch
-        raise RuntimeError(
-            f"status of {namespace}/{name}: still conflicting after {attempts} tries"
+    async def write_status(
+        self, namespace: str, name: str, resource_version: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge ``status`` into the status subresource, only if the object is
+        still at ``resource_version`` (raises KubeError 409 otherwise): a write
+        never overwrites a status it did not see. Returns the object as written."""
+        return await self.request(
+            "PATCH",
+            self.path(namespace, name, "status"),
+            {"metadata": {"resourceVersion": resource_version}, "status": dict(status)},
+            MERGE_PATCH,
         )
 
-    async def post_event(
-        self, body: Mapping[str, Any], event_type: str, reason: str, message: str
-    ) -> None:
-        """A Kubernetes Event on the execution; failures are logged, never raised."""
-        meta = body.get("metadata", {})
-        namespace = meta.get("namespace")
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{str(meta.get('name', 'aex'))[:200]}.{uuid.uuid4().hex[:12]}",
-                "namespace": namespace,
-            },
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": meta.get("name"),
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-        }
-        try:
-            await asyncio.wait_for(
-                self.request("POST", f"/api/v1/namespaces/{namespace}/events", event), 10
-            )
-        except Exception as exc:
-            log.warning(
-                "could not post event",
-                extra={"reason": reason, "object": meta.get("name"), "error": str(exc)[:200]},
-            )
+    async def write_finalizers(
+        self, namespace: str, name: str, resource_version: str, finalizers: list[str]
+    ) -> dict[str, Any]:
+        """Set ``metadata.finalizers`` (a merge patch replaces the list: the
+        resourceVersion precondition keeps other controllers' entries safe)."""
+        return await self.request(
+            "PATCH",
+            self.path(namespace, name),
+            {"metadata": {"resourceVersion": resource_version, "finalizers": finalizers}},
+            MERGE_PATCH,
+        )
+
+    async def create_event(self, namespace: str, event: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+
+    async def patch_event(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return await self.request(
+            "PATCH", f"/api/v1/namespaces/{namespace}/events/{name}", patch, MERGE_PATCH
+        )
+
+    @staticmethod
+    def lease_path(namespace: str, name: str = "") -> str:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        return f"{path}/{name}" if name else path

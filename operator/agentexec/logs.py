@@ -56,6 +56,8 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # kopf logs "Handler 'observe' succeeded" per watch event at INFO: noise.
+    logging.getLogger("kopf.objects").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 class RateLimiter:

@@ -67,7 +67,8 @@ class Metrics:
         )
         self.workflow_starts = Counter(
             "agentexec_workflow_starts",
-            "Workflow start attempts by result: started, already_started, unavailable, failed.",
+            "Workflow start attempts by result: started, closed (it had already run), "
+            "unavailable, rejected.",
             ("result",),
             registry=r,
         )
@@ -76,16 +77,29 @@ class Metrics:
             "Executions queued until Temporal is available.",
             registry=r,
         )
+        self.executions_finished = Counter(
+            "agentexec_executions_finished",
+            "Executions that reached a terminal phase, by phase and reason.",
+            ("phase", "reason"),
+            registry=r,
+        )
+        self.execution_duration = Histogram(
+            "agentexec_execution_duration_seconds",
+            "Time from creation to a terminal phase, by phase.",
+            ("phase",),
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
             "agentexec_reconcile_duration_seconds",
-            "Duration of create/resume/delete handling, by handler.",
+            "Duration of one reconcile of one execution (handler=reconcile).",
             ("handler",),
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
         self.reconcile_errors = Counter(
             "agentexec_reconcile_errors",
-            "Handler runs that raised (kopf retries them), by handler.",
+            "Reconciles that failed and were retried with backoff, by handler.",
             ("handler",),
             registry=r,
         )

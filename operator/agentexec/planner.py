@@ -7,10 +7,13 @@ patch for ``status``), or None when nothing needs writing. No I/O here.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from agentexec.temporal.types import Answer, ExecutionResult, Outcome, StatusReport
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "Pending",
@@ -20,6 +23,9 @@ PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "Cancelled",
 )
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+FINALIZER = "agentexec.io/cancel-workflow"
+FORCE_DELETE = "agentexec.io/force-delete"
 
 TEMPORAL_CONNECTED = "TemporalConnected"
 WORKFLOW_STARTED = "WorkflowStarted"
@@ -143,8 +149,14 @@ def _connection_condition(conn: Connection) -> Condition:
     )
 
 
-def plan_waiting(body: Body, conn: Connection, now: datetime, ttl: float) -> StatusPatch | None:
-    """Temporal is unavailable: Pending with the reason, or QueueTimeout past the TTL."""
+def plan_waiting(
+    body: Body, conn: Connection, now: datetime, ttl: float, attempted: bool = True
+) -> StatusPatch | None:
+    """Temporal is unavailable: Pending with the reason, or QueueTimeout past the TTL.
+
+    Only called while Temporal is unavailable, so the TTL never fails an
+    execution while Temporal is connected and the queue drains.
+    """
     if is_terminal(body):
         return None
     status = status_of(body)
@@ -166,7 +178,7 @@ def plan_waiting(body: Body, conn: Connection, now: datetime, ttl: float) -> Sta
         "phase": PENDING,
         "observedGeneration": generation_of(body),
         "queuedTime": timestamp(queued),
-        "startAttempts": attempts + 1,
+        "startAttempts": attempts + (1 if attempted else 0),
         "conditions": build_conditions(
             body,
             [
@@ -184,7 +196,9 @@ def plan_waiting(body: Body, conn: Connection, now: datetime, ttl: float) -> Sta
     }
 
 
-def plan_start_failed(body: Body, now: datetime, message: str) -> StatusPatch | None:
+def plan_start_failed(
+    body: Body, now: datetime, message: str, conn: Connection | None = None
+) -> StatusPatch | None:
     """Temporal answered but refused the start (not an outage)."""
     if is_terminal(body):
         return None
@@ -194,7 +208,12 @@ def plan_start_failed(body: Body, now: datetime, message: str) -> StatusPatch | 
         "observedGeneration": generation_of(body),
         "startAttempts": (attempts if isinstance(attempts, int) else 0) + 1,
         "conditions": build_conditions(
-            body, [Condition(WORKFLOW_STARTED, "False", "StartFailed", message)], now
+            body,
+            [
+                *([_connection_condition(conn)] if conn is not None else []),
+                Condition(WORKFLOW_STARTED, "False", "StartFailed", message),
+            ],
+            now,
         ),
     }
 
@@ -289,7 +308,10 @@ def plan_report(
     """A report from the workflow itself (Running, then how it ended)."""
     if phase == RUNNING:
         return plan_started(body, now, workflow=workflow, conn=conn, counted_attempt=False)
-    patch = plan_terminal(body, phase, now, output=output, reason=reason, message=message)
+    # A terminal write refreshes the connection condition too.
+    patch = plan_terminal(
+        body, phase, now, output=output, reason=reason, message=message, conn=conn
+    )
     if patch is not None:
         patch["workflow"] = dict(workflow)
         if not status_of(body).get("startTime"):
@@ -312,11 +334,301 @@ def plan_connection(body: Body, conn: Connection, now: datetime) -> StatusPatch 
     return {"conditions": build_conditions(body, [_connection_condition(conn)], now)}
 
 
-# How a closed workflow that did not (or could not) report maps to a phase.
-CLOSED_STATUS = {
-    "FAILED": (FAILED, "WorkflowFailed"),
-    "CANCELED": (CANCELLED, "Cancelled"),
-    "TERMINATED": (FAILED, "Terminated"),
-    "TIMED_OUT": (FAILED, "Timeout"),
-    "CONTINUED_AS_NEW": (FAILED, "ContinuedAsNew"),
-}
+def plan_progress(
+    body: Body, now: datetime, *, reason: str, message: str, conn: Connection
+) -> StatusPatch | None:
+    """A running execution's progress (e.g. NoRunner) on its Succeeded condition."""
+    if is_terminal(body):
+        return None
+    return {
+        "conditions": build_conditions(
+            body,
+            [
+                _connection_condition(conn),
+                Condition(SUCCEEDED_CONDITION, "Unknown", reason, message),
+            ],
+            now,
+        )
+    }
+
+
+def ttl_left(body: Body, now: datetime, ttl: float) -> float:
+    queued = parse_time(status_of(body).get("queuedTime")) or now
+    return ttl - (now - queued).total_seconds()
+
+
+# ----- the decision: given what is true now, what to do --------------------------
+
+
+class Call(enum.Enum):
+    """The Temporal call a decision needs before it can finish deciding."""
+
+    NONE = "none"
+    START = "start"
+    DESCRIBE = "describe"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything a decision depends on, read fresh for each reconcile."""
+
+    body: Body  # the execution as the watch (or our last write) has it
+    conn: Connection
+    now: datetime
+    queue_ttl: float
+    report: StatusReport | None = None  # what the workflow reported, not yet applied
+    answer: Answer | None = None  # Temporal's answer to the call decided before
+    check: bool = False  # verify a started execution against Temporal (sweep, resume)
+
+
+@dataclass(frozen=True)
+class Decision:
+    call: Call = Call.NONE  # ask Temporal, then decide again with its answer
+    add_finalizer: bool = False  # first: then decide again on the object as written
+    status: StatusPatch | None = None
+    remove_finalizer: bool = False  # after the status write
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    report_done: bool = False  # the pending report is applied (or moot)
+    backoff: str | None = None  # not done: retry with per-key backoff (why)
+    outcome: str = ""  # what happened, for logs and metrics
+
+
+def _uid(body: Body) -> str:
+    meta = body.get("metadata")
+    return str(meta.get("uid", "")) if isinstance(meta, Mapping) else ""
+
+
+def _meta(body: Body) -> Mapping[str, Any]:
+    meta = body.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _end_event(phase: str, patch: Mapping[str, Any]) -> Event:
+    if phase == SUCCEEDED:
+        return Event("Normal", SUCCEEDED, "the agent finished")
+    error = patch.get("error") or {}
+    return Event("Warning", str(error.get("reason", phase)), str(error.get("message", "")))
+
+
+def _finish(
+    o: Observed, result_phase: str, patch: StatusPatch | None, outcome: str, ours: bool
+) -> Decision:
+    events = (_end_event(result_phase, patch),) if patch is not None else ()
+    return Decision(
+        status=patch,
+        remove_finalizer=ours,
+        events=events,
+        report_done=o.report is not None,
+        outcome=outcome,
+    )
+
+
+def _from_result(
+    o: Observed, result: ExecutionResult, workflow: Mapping[str, str], ours: bool
+) -> Decision:
+    patch = plan_report(
+        o.body,
+        o.now,
+        phase=result.phase,
+        workflow=workflow,
+        conn=o.conn,
+        output=result.output,
+        reason=result.reason,
+        message=result.message,
+    )
+    return _finish(o, result.phase, patch, f"finished: {result.phase}", ours)
+
+
+def decide(o: Observed) -> Decision:
+    """What to do with one execution now. Pure: the reconcile loop does the I/O."""
+    body, meta, now = o.body, _meta(o.body), o.now
+    finalizers = meta.get("finalizers")
+    ours = isinstance(finalizers, list) and FINALIZER in finalizers
+    report = o.report if o.report is not None and o.report.ref.uid == _uid(body) else None
+    report_moot = o.report is not None and report is None
+    phase = phase_of(body)
+    answer = o.answer
+
+    if meta.get("deletionTimestamp"):
+        return _decide_delete(o, ours)
+    if phase in TERMINAL:
+        # Finished: the finalizer has no job left, and nothing writes again.
+        return Decision(remove_finalizer=ours, report_done=o.report is not None, outcome="terminal")
+    if report is not None and report.result.phase in TERMINAL:
+        workflow = {
+            "id": report.workflow_id,
+            "runId": report.run_id,
+            "namespace": report.namespace or _recorded(body).get("namespace", ""),
+            "taskQueue": report.task_queue or _recorded(body).get("taskQueue", ""),
+        }
+        return _from_result(o, report.result, workflow, ours)
+    if not ours:
+        return Decision(add_finalizer=True, outcome="finalizer")
+
+    recorded = _recorded(body)
+    if recorded.get("id"):
+        return _decide_started(o, recorded, report, report_moot)
+
+    # Not started yet.
+    if answer is None:
+        if not o.conn.connected:
+            return _waiting(o, o.conn, attempted=False, report_moot=report_moot)
+        return Decision(call=Call.START, report_done=report_moot)
+    if answer.outcome == Outcome.STARTED and answer.workflow is not None:
+        return Decision(
+            status=plan_started(body, now, workflow=answer.workflow, conn=o.conn),
+            report_done=report_moot,
+            outcome="started",
+        )
+    if answer.outcome == Outcome.CLOSED and answer.result is not None:
+        return _from_result(o, answer.result, answer.workflow or {}, ours)
+    if answer.outcome == Outcome.UNAVAILABLE:
+        conn = Connection(False, answer.reason or "TemporalUnavailable", answer.message)
+        return _waiting(o, conn, attempted=True, report_moot=report_moot)
+    # Rejected (or an answer that makes no sense for a start): say why, back off.
+    message = f"Temporal refused to start the workflow ({answer.reason}): {answer.message}"
+    return Decision(
+        status=plan_start_failed(body, now, message, o.conn),
+        events=(Event("Warning", "StartFailed", message),),
+        backoff=answer.reason or "StartFailed",
+        report_done=report_moot,
+        outcome="start-refused",
+    )
+
+
+def _recorded(body: Body) -> Mapping[str, Any]:
+    workflow = status_of(body).get("workflow")
+    return workflow if isinstance(workflow, Mapping) else {}
+
+
+def _waiting(o: Observed, conn: Connection, *, attempted: bool, report_moot: bool) -> Decision:
+    patch = plan_waiting(o.body, conn, o.now, o.queue_ttl, attempted=attempted)
+    if patch is not None and patch.get("phase") == FAILED:
+        return Decision(
+            status=patch,
+            events=(_end_event(FAILED, patch),),
+            remove_finalizer=True,
+            report_done=report_moot,
+            outcome="queue-timeout",
+        )
+    events: tuple[Event, ...] = ()
+    if patch is not None and attempted:
+        events = (
+            Event(
+                "Warning",
+                "WaitingForTemporal",
+                f"workflow not started; it starts when Temporal is available: {conn.message}",
+            ),
+        )
+    return Decision(
+        status=patch,
+        events=events,
+        # Look again when the TTL runs out (Temporal coming back wakes it sooner).
+        requeue_after=max(0.5, ttl_left(o.body, o.now, o.queue_ttl) + 0.5),
+        report_done=report_moot,
+        outcome="waiting",
+    )
+
+
+def _decide_started(
+    o: Observed, recorded: Mapping[str, Any], report: StatusReport | None, report_moot: bool
+) -> Decision:
+    body, now, answer = o.body, o.now, o.answer
+    if report is not None:  # a progress report, e.g. NoRunner
+        reason = report.result.reason or RUNNING
+        message = report.result.message or ""
+        return Decision(
+            status=plan_progress(body, now, reason=reason, message=message, conn=o.conn),
+            events=(Event("Warning", reason, message),) if reason != RUNNING else (),
+            report_done=True,
+            outcome=f"progress: {reason}",
+        )
+    if answer is None:
+        if o.check and o.conn.connected:
+            return Decision(call=Call.DESCRIBE, report_done=report_moot)
+        return Decision(
+            status=plan_connection(body, o.conn, now), report_done=report_moot, outcome="running"
+        )
+    if answer.outcome == Outcome.RUNNING:
+        succeeded = condition_of(body, SUCCEEDED_CONDITION) or {}
+        if answer.agent_started and succeeded.get("reason") == "NoRunner":
+            patch = plan_progress(
+                body, now, reason=RUNNING, message="a runner took the agent", conn=o.conn
+            )
+        else:
+            patch = plan_connection(body, o.conn, now)
+        return Decision(status=patch, report_done=report_moot, outcome="running")
+    if answer.outcome == Outcome.CLOSED and answer.result is not None:
+        return _from_result(o, answer.result, answer.workflow or dict(recorded), ours=True)
+    if answer.outcome == Outcome.NOT_FOUND:
+        message = (
+            f"workflow {recorded.get('id')} no longer exists in Temporal namespace "
+            f"{recorded.get('namespace')!r} (retention expired, deleted, or the namespace "
+            "changed); it is not run again"
+        )
+        patch = plan_terminal(
+            body, FAILED, now, reason="WorkflowLost", message=message, conn=o.conn
+        )
+        return _finish(o, FAILED, patch, "workflow-lost", ours=True)
+    if answer.outcome == Outcome.UNAVAILABLE:
+        conn = Connection(False, answer.reason or "TemporalUnavailable", answer.message)
+        return Decision(
+            status=plan_connection(body, conn, now), report_done=report_moot, outcome="unknown"
+        )
+    return Decision(
+        events=(Event("Warning", "DescribeFailed", answer.message),),
+        backoff=answer.reason or "DescribeFailed",
+        report_done=report_moot,
+        outcome="describe-refused",
+    )
+
+
+def _decide_delete(o: Observed, ours: bool) -> Decision:
+    body, answer = o.body, o.answer
+    done = o.report is not None
+    if not ours:
+        return Decision(report_done=done, outcome="deleting")
+    annotations = _meta(body).get("annotations")
+    if isinstance(annotations, Mapping) and annotations.get(FORCE_DELETE) == "true":
+        return Decision(
+            remove_finalizer=True,
+            events=(
+                Event(
+                    "Warning",
+                    "ForceDeleted",
+                    f"{FORCE_DELETE}=true: finalizer removed without cancelling the workflow; "
+                    "it may still run in Temporal",
+                ),
+            ),
+            report_done=done,
+            outcome="force-deleted",
+        )
+    reported_end = o.report is not None and o.report.result.phase in TERMINAL
+    if is_terminal(body) or reported_end:
+        return Decision(remove_finalizer=True, report_done=done, outcome="deleted")
+    if answer is None:
+        return Decision(call=Call.CANCEL, report_done=done)
+    if answer.outcome in (Outcome.CANCEL_REQUESTED, Outcome.NOT_FOUND, Outcome.CLOSED):
+        return Decision(remove_finalizer=True, report_done=done, outcome="cancelled")
+    return Decision(
+        events=(
+            Event(
+                "Warning",
+                "DeletionBlocked",
+                f"cannot cancel the workflow yet ({answer.message}); the finalizer stays until "
+                f"Temporal answers. Annotate {FORCE_DELETE}=true to remove it anyway.",
+            ),
+        ),
+        backoff=answer.reason or "TemporalUnavailable",
+        report_done=done,
+        outcome="delete-waiting",
+    )

@@ -63,10 +63,18 @@ class Settings:
     http_port: int = 8080
     watch_namespaces: tuple[str, ...] = ()
     queue_ttl: float = 3600.0
-    start_rate: float = 50.0
+    start_rate: float = 200.0
+    reconcile_workers: int = 16
     condition_sync_interval: float = 2.0
     sweep_interval: float = 30.0
-    peering: str | None = None
+    no_runner_seconds: float = 60.0
+    report_timeout: float = 600.0
+    leader_election: bool = True
+    leader_election_namespace: str | None = None  # None: the pod's own namespace, else "default"
+    leader_election_name: str = "agentexec-operator"
+    leader_election_lease_seconds: float = 15.0
+    pod_name: str | None = None  # the leader identity in a pod (downward API)
+    pod_namespace: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -218,11 +226,27 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         watch_namespaces=env.get("AGENTEXEC_WATCH_NAMESPACES", _namespaces, s.watch_namespaces),
         queue_ttl=env.get("AGENTEXEC_QUEUE_TTL_SECONDS", _seconds, s.queue_ttl),
         start_rate=env.get("AGENTEXEC_START_RATE", _seconds, s.start_rate),
+        reconcile_workers=env.get(
+            "AGENTEXEC_RECONCILE_WORKERS", _positive_int, s.reconcile_workers
+        ),
         condition_sync_interval=env.get(
             "AGENTEXEC_CONDITION_SYNC_SECONDS", _seconds, s.condition_sync_interval
         ),
         sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", _seconds, s.sweep_interval),
-        peering=env.get("AGENTEXEC_PEERING", _text, s.peering),
+        no_runner_seconds=env.get("AGENTEXEC_NO_RUNNER_SECONDS", _seconds, s.no_runner_seconds),
+        report_timeout=env.get("AGENTEXEC_REPORT_TIMEOUT_SECONDS", _seconds, s.report_timeout),
+        leader_election=env.get("AGENTEXEC_LEADER_ELECTION", _bool, s.leader_election),
+        leader_election_namespace=env.get(
+            "AGENTEXEC_LEADER_ELECTION_NAMESPACE", _text, s.leader_election_namespace
+        ),
+        leader_election_name=env.get(
+            "AGENTEXEC_LEADER_ELECTION_NAME", _text, s.leader_election_name
+        ),
+        leader_election_lease_seconds=env.get(
+            "AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS", _seconds, s.leader_election_lease_seconds
+        ),
+        pod_name=env.get("POD_NAME", _text, s.pod_name),
+        pod_namespace=env.get("POD_NAMESPACE", _text, s.pod_namespace),
         log_level=env.get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), s.log_level),
         log_format=env.get("LOG_FORMAT", _choice("json", "text"), s.log_format),
     )

@@ -127,7 +127,8 @@ async def test_odd_objects_are_handled_and_nothing_is_lost(
     kept = aex.get(control_plane, namespace, "pre-written-conditions")
     assert aex.condition(kept, "Audited") == {"type": "Audited", "status": "True"}
     timed_out = aex.get(control_plane, namespace, "nobody-serves-queue")
-    assert timed_out["status"]["error"]["reason"] == "Timeout"
+    # Nobody ever took the agent: its own reason, not a plain timeout.
+    assert timed_out["status"]["error"]["reason"] == "NoRunner"
 
     await eventually(
         lambda: (

@@ -152,6 +152,14 @@ async def test_operator_runs_with_only_the_charts_rbac(
         operator.stop()
 
 
+def reconciles(op: OperatorProcess) -> float:
+    """How many reconciles this replica ran (its own metric)."""
+    for line in op.metrics().splitlines():
+        if line.startswith('agentexec_reconcile_duration_seconds_count{handler="reconcile"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 async def test_two_replicas_one_reconciles_and_the_other_takes_over(
     control_plane: ControlPlane,
     temporal: TemporalDevServer,
@@ -159,61 +167,56 @@ async def test_two_replicas_one_reconciles_and_the_other_takes_over(
     crd: None,
     make_operator: Callable[..., OperatorProcess],
 ) -> None:
-    control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "kopf-peering.yaml"))
-    control_plane.kubectl(
-        "create", "-n", namespace, "-f", "-",
-        stdin=yaml.safe_dump({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-                              "metadata": {"name": "aex"}}),
-    )  # fmt: skip
-    ops = [make_operator(AGENTEXEC_PEERING="aex") for _ in range(2)]
-
-    def last_peering(op: OperatorProcess) -> str:
-        lines = [ln for ln in op.log().splitlines() if "kopf._core.engines.peering" in ln]
-        return lines[-1] if lines else ""
-
-    # Settled: both peers registered, one resumed, the other paused. (kopf
-    # starts every peer paused; one that ran alone first pauses when a higher
-    # priority peer appears, handing over without duplicates.)
-    await eventually(
-        lambda: control_plane.kubectl_json("get", "-n", namespace, "kopfpeering", "aex"),
-        lambda peering: len(peering.get("status") or {}) == 2,
-        timeout=60,
-        what="both replicas registered as peers",
-    )
-    active = (
+    lease = {"AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS": "6"}
+    ops = [make_operator(POD_NAME=f"replica-{n}", **lease) for n in range(2)]
+    leader = (
         await eventually(
-            lambda: [op for op in ops if "Resuming operations" in last_peering(op)],
+            lambda: [op for op in ops if op.statusz()["leader"]["leading"]],
             lambda found: len(found) == 1,
-            timeout=60,
-            what="exactly one replica active",
+            timeout=30,
+            what="exactly one replica leading",
         )
     )[0]
-    standby = next(op for op in ops if op is not active)
-    standby_log_before = len(standby.log())
+    standby = next(op for op in ops if op is not leader)
+    held = control_plane.kubectl_json("get", "-n", namespace, "lease", "agentexec-operator")
+    assert held["spec"]["holderIdentity"] == leader.statusz()["leader"]["identity"]
 
     names = [f"before-{n}" for n in range(5)]
     for name in names:
         aex.create(control_plane, namespace, name, name, parameters={"delaySeconds": 1})
     await eventually(
         lambda: aex.list_all(control_plane, namespace),
-        lambda items: all(aex.phase(o) == "Succeeded" for o in items),
+        lambda items: len(items) == 5 and all(aex.phase(o) == "Succeeded" for o in items),
         timeout=60,
         what="first batch",
     )
-    assert "reconciled: started" in active.log()
-    assert "reconciled: started" not in standby.log()[standby_log_before:]
+    # The standby watched every event (its cache is warm) and wrote nothing.
+    assert reconciles(leader) >= 5
+    assert reconciles(standby) == 0
+    assert standby.statusz()["executions"]["known"] == 5
 
-    active.kill()
+    leader.kill()
+    killed = time.monotonic()
     later = [f"after-{n}" for n in range(5)]
     for name in later:
         aex.create(control_plane, namespace, name, name)
-    # The standby takes over once the killed leader's peering record expires
-    # (lifetime 15 s), then does the work; the bound is generous for a loaded CI.
-    taken_over = time.monotonic()
+    await eventually(
+        lambda: standby.statusz()["leader"]["leading"], timeout=30, what="the standby leads"
+    )
+    took_over = time.monotonic() - killed
     await aex.all_succeed_once(
         control_plane, namespace, names + later, temporal.address, ops[0].task_queue, timeout=120
     )
+    # A graceful stop releases the Lease: a successor leads at once, not after expiry.
+    successor = make_operator(POD_NAME="replica-2", **lease)
+    standby.stop()
+    stopped = time.monotonic()
+    await eventually(
+        lambda: successor.statusz()["leader"]["leading"], timeout=30, what="the successor leads"
+    )
+    handed_over = time.monotonic() - stopped
+    assert handed_over < 5, handed_over
     SUMMARY.append(
-        f"[peering] standby finished the 5 new executions "
-        f"{time.monotonic() - taken_over:.1f} s after the leader was killed"
+        f"[lease] takeover {took_over:.1f} s after the leader was SIGKILLed (lease 6 s); "
+        f"hand-over {handed_over:.1f} s after a graceful stop"
     )

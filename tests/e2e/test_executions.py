@@ -48,7 +48,8 @@ async def test_reference_reconnection_scenario(
         "CircuitOpen",
     )
     assert aex.condition(pending, "WorkflowStarted")["reason"] == "WaitingForTemporal"
-    assert pending["status"]["startAttempts"] >= 1
+    # Temporal is known to be down: no start was tried yet (no attempt is wasted).
+    assert pending["status"]["startAttempts"] == 0
 
     temporal.start()
     done = await reaches(control_plane, namespace, "first", "Succeeded")
@@ -346,10 +347,9 @@ async def test_largest_message_and_big_labels_succeed(
     control_plane.kubectl("create", "-n", namespace, "-f", "-", stdin=json.dumps(doc))
     done = await reaches(control_plane, namespace, "biggest", "Succeeded")
     assert done["status"]["output"] == message
-    # kopf finished its own handling too, with a digest, not a copy of the spec.
-    handled = await eventually(
-        lambda: aex.get(control_plane, namespace, "biggest")["metadata"]["annotations"],
-        lambda a: "agentexec.io/last-handled-configuration" in a,
-        what="kopf's last-handled annotation",
+    # kopf only watches: it never copies the spec into an annotation of its own
+    # (which would pass the 256 KiB limit and make every patch fail).
+    annotations = done["metadata"].get("annotations") or {}
+    assert not [a for a in annotations if a.startswith(("kopf.", "agentexec.io/"))], list(
+        annotations
     )
-    assert len(handled["agentexec.io/last-handled-configuration"]) < 200

@@ -8,6 +8,7 @@ kubeconfig it writes is what the tests, kubectl and the operator use.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import urllib.error
@@ -182,3 +183,22 @@ class ControlPlane:
     def kubectl_json(self, *args: str) -> dict[str, object]:
         data: dict[str, object] = json.loads(self.kubectl(*args, "-o", "json").stdout)
         return data
+
+    def request_counts(self, resource: str) -> dict[str, float]:
+        """The API server's own count of requests on ``resource`` (its /metrics),
+        by "VERB[/subresource]" and by "code=NNN"."""
+        text = self.kubectl("get", "--raw", "/metrics").stdout
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line.startswith("apiserver_request_total{") or (
+                f'resource="{resource}"' not in line
+            ):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            value = float(line.rsplit(" ", 1)[1])
+            sub = labels.get("subresource")
+            verb = labels.get("verb", "?") + (f"/{sub}" if sub else "")
+            counts[verb] = counts.get(verb, 0.0) + value
+            code = f"code={labels.get('code', '?')}"
+            counts[code] = counts.get(code, 0.0) + value
+        return counts

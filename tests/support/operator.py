@@ -41,6 +41,8 @@ class OperatorProcess:
             "AGENTEXEC_RUNNER_TASK_QUEUE": self.runner_queue,
             "AGENTEXEC_CONDITION_SYNC_SECONDS": "1",
             "AGENTEXEC_SWEEP_SECONDS": "5",
+            # Each test's operators elect their leader in the test's namespace.
+            "AGENTEXEC_LEADER_ELECTION_NAMESPACE": namespace,
             "LOG_FORMAT": "text",
             "LOG_LEVEL": "INFO",
             **(env or {}),

@@ -22,7 +22,9 @@ class TemporalDevServer:
     lose them all).
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.db_path = workdir / "temporal.sqlite"
@@ -42,6 +44,7 @@ class TemporalDevServer:
                 str(self.db_path),
                 "--log-level",
                 "warn",
+                *extra_args,
             ],
             workdir / "temporal.log",
         )

@@ -5,6 +5,7 @@ Plain dataclasses only: the workflow sandbox re-imports this module.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,10 @@ class ExecutionInput:
     timeout_seconds: int
     session_id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Fields added after v0.1.0 have defaults: inputs recorded in running
+    # workflows' histories still decode (see docs/operations.md, upgrades).
+    no_runner_seconds: int = 60  # say NoRunner when no runner took the agent by then
+    report_timeout_seconds: int = 3600  # give up writing the report; the operator reads it later
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class AgentResult:
 class ExecutionResult:
     """How the execution ended; also what the workflow reports to the resource."""
 
-    phase: str  # Running, Succeeded, Failed or Cancelled
+    phase: str  # Running (a progress report), Succeeded, Failed or Cancelled
     output: str | None = None
     reason: str | None = None
     message: str | None = None
@@ -63,6 +68,30 @@ class StatusReport:
     result: ExecutionResult
     workflow_id: str
     run_id: str
+    namespace: str | None = None
+    task_queue: str | None = None
+
+
+class Outcome(enum.Enum):
+    """What reconciliation learned from Temporal (see temporal/gateway.py)."""
+
+    STARTED = "started"  # the workflow runs (new, or the one already there)
+    RUNNING = "running"
+    CLOSED = "closed"  # finished; ``result`` says how
+    CANCEL_REQUESTED = "cancel_requested"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"  # Temporal did not answer: wait for it
+    REJECTED = "rejected"  # Temporal answered no: back off, say why
+
+
+@dataclass(frozen=True)
+class Answer:
+    outcome: Outcome
+    workflow: dict[str, str] | None = None  # id, runId, namespace, taskQueue
+    result: ExecutionResult | None = None  # when CLOSED
+    agent_started: bool | None = None  # when RUNNING: a runner picked the agent up
+    reason: str = ""  # when UNAVAILABLE or REJECTED: a condition reason
+    message: str = ""
 
 
 # Names that tie the workflow to its activities and runners. An external
@@ -73,3 +102,6 @@ REPORT_STATUS_ACTIVITY = "report_status"
 # ApplicationError types that retrying cannot fix.
 AGENT_ERROR = "AgentError"
 UNKNOWN_AGENT = "UnknownAgent"
+# The type of the error a workflow ends with when its agent failed; its first
+# detail is the ExecutionResult (Temporal's UI and metrics see the failure).
+EXECUTION_FAILED = "AgentExecutionFailed"

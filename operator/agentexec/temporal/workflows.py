@@ -10,12 +10,13 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutType
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from agentexec.temporal.types import (
         AGENT_ERROR,
+        EXECUTION_FAILED,
         REPORT_STATUS_ACTIVITY,
         RUN_AGENT_ACTIVITY,
         UNKNOWN_AGENT,
@@ -40,6 +41,10 @@ REPORT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
 HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+# Added in 0.2: a failed agent fails the workflow (after reporting), so
+# Temporal's own UI, metrics and alerts see it. Histories recorded before
+# this marker replay the old ending (completed with a Failed result).
+FAIL_ON_AGENT_FAILURE = "fail-workflow-on-agent-failure"
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -60,10 +65,49 @@ class AgentExecutionWorkflow:
             )
             raise
         await self._report(inp, result)
+        if result.phase == "Failed" and workflow.patched(FAIL_ON_AGENT_FAILURE):
+            raise ApplicationError(
+                result.message or result.reason or "the agent failed",
+                result,
+                type=EXECUTION_FAILED,
+                non_retryable=True,
+            )
         return result
 
     async def _run_agent(self, inp: ExecutionInput) -> ExecutionResult:
         timeout = timedelta(seconds=inp.timeout_seconds)
+        # First wait at most no_runner_seconds for a runner to take the agent:
+        # if none does, say so on the resource and keep waiting until timeout.
+        no_runner = timedelta(seconds=max(1, min(inp.no_runner_seconds, inp.timeout_seconds)))
+        try:
+            return await self._agent(inp, timeout, schedule_to_start=no_runner)
+        except _NoRunnerYet:
+            waited = workflow.now() - workflow.info().start_time
+        await self._report(
+            inp,
+            ExecutionResult(
+                phase="Running",
+                reason="NoRunner",
+                message=f"no runner has taken the agent from task queue "
+                f"{inp.runner_task_queue!r} for {int(no_runner.total_seconds())}s; "
+                f"still waiting (timeoutSeconds={inp.timeout_seconds})",
+            ),
+            final=False,
+        )
+        remaining = max(timedelta(seconds=1), timeout - waited)
+        try:
+            return await self._agent(inp, remaining, schedule_to_start=remaining)
+        except _NoRunnerYet:
+            return ExecutionResult(
+                phase="Failed",
+                reason="NoRunner",
+                message=f"no runner took the agent from task queue {inp.runner_task_queue!r} "
+                f"within timeoutSeconds={inp.timeout_seconds}",
+            )
+
+    async def _agent(
+        self, inp: ExecutionInput, timeout: timedelta, schedule_to_start: timedelta
+    ) -> ExecutionResult:
         try:
             out = await workflow.execute_activity(
                 RUN_AGENT_ACTIVITY,
@@ -76,7 +120,10 @@ class AgentExecutionWorkflow:
                 ),
                 task_queue=inp.runner_task_queue,
                 start_to_close_timeout=timeout,
-                schedule_to_close_timeout=timeout,
+                # A little over the run's own bound, so that "nobody took it"
+                # (schedule-to-start) fires first when no runner ever came.
+                schedule_to_close_timeout=timeout + timedelta(seconds=5),
+                schedule_to_start_timeout=schedule_to_start,
                 heartbeat_timeout=min(HEARTBEAT_TIMEOUT, timeout),
                 retry_policy=AGENT_RETRY,
                 result_type=AgentResult,
@@ -85,25 +132,58 @@ class AgentExecutionWorkflow:
             if isinstance(err.cause, CancelledError):
                 # The workflow was cancelled and the agent with it.
                 raise asyncio.CancelledError() from err
+            cause = err.cause
+            if (
+                isinstance(cause, TemporalTimeoutError)
+                and cause.type == TimeoutType.SCHEDULE_TO_START
+            ):
+                raise _NoRunnerYet() from err
             return _failure(err, inp.timeout_seconds)
         return ExecutionResult(phase="Succeeded", output=out.output)
 
-    async def _report(self, inp: ExecutionInput, result: ExecutionResult) -> None:
+    async def _report(
+        self, inp: ExecutionInput, result: ExecutionResult, final: bool = True
+    ) -> None:
         info = workflow.info()
-        await workflow.execute_activity(
-            REPORT_STATUS_ACTIVITY,
-            StatusReport(
-                ref=inp.ref, result=result, workflow_id=info.workflow_id, run_id=info.run_id
-            ),
-            start_to_close_timeout=timedelta(seconds=30),
-            schedule_to_close_timeout=timedelta(hours=1),
-            retry_policy=REPORT_RETRY,
-        )
+        try:
+            await workflow.execute_activity(
+                REPORT_STATUS_ACTIVITY,
+                StatusReport(
+                    ref=inp.ref,
+                    result=result,
+                    workflow_id=info.workflow_id,
+                    run_id=info.run_id,
+                    namespace=info.namespace,
+                    task_queue=info.task_queue,
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=timedelta(seconds=inp.report_timeout_seconds),
+                retry_policy=REPORT_RETRY,
+            )
+        except ActivityError:
+            # The Kubernetes API stayed unreachable longer than the report's
+            # retries: the result stays in this workflow's history and the
+            # operator applies it from there. Never lose it, never wait forever.
+            workflow.logger.warning("could not report %s to the resource", result.phase)
+            if not final:
+                return
+
+
+class _NoRunnerYet(Exception):
+    """No runner took the agent within the schedule-to-start timeout."""
 
 
 def _failure(err: ActivityError, timeout_seconds: int) -> ExecutionResult:
+    """How a failed agent activity ends the execution: each cause its own reason."""
     cause = err.cause
     if isinstance(cause, TemporalTimeoutError):
+        if cause.type == TimeoutType.HEARTBEAT:
+            return ExecutionResult(
+                phase="Failed",
+                reason="HeartbeatTimeout",
+                message="the agent stopped heartbeating (its runner died or hung) and its "
+                "retries ran out",
+            )
         return ExecutionResult(
             phase="Failed",
             reason="Timeout",

@@ -1,0 +1,558 @@
+"""Reconciliation of AgentExecutions: triggers enqueue, one reconcile decides.
+
+Every trigger only puts the execution's key on the work queue: watch events,
+Temporal becoming connected (or not), the sweep, the workflow's reports,
+the queue TTL (a delayed add). ``reconcile(key)`` then reads what is true
+now (the watch's view of the object, or our own last write if newer),
+asks the pure planner for a decision, makes the Temporal call the decision
+needs (and decides again with the answer), and applies it: finalizer,
+status, events, requeue. One reconcile per key at a time, so a queued start
+can never land after a delete decided there was nothing to cancel.
+
+Only the replica holding the Lease runs the queue, the sweep and the
+connection trigger; the others keep their cache warm and write nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from agentexec import planner
+from agentexec.events import EventRecorder
+from agentexec.kube import Kube, KubeError
+from agentexec.metrics import Metrics
+from agentexec.planner import Body, Call, Connection, Decision, Observed
+from agentexec.settings import Settings
+from agentexec.temporal.gateway import TemporalGateway
+from agentexec.temporal.manager import TemporalManager
+from agentexec.temporal.types import (
+    REPORT_STATUS_ACTIVITY,
+    Answer,
+    ExecutionInput,
+    ExecutionRef,
+    Outcome,
+    StatusReport,
+)
+from agentexec.workqueue import TokenBucket, WorkQueue
+
+log = logging.getLogger("agentexec.controller")
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def key_of(body: Body) -> Key | None:
+    meta = body.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    ns, name = meta.get("namespace"), meta.get("name")
+    return (ns, name) if isinstance(ns, str) and isinstance(name, str) else None
+
+
+def build_input(body: Body, settings: Settings) -> ExecutionInput:
+    """The workflow input from the spec; defaults for anything odd or missing."""
+    meta = body.get("metadata", {})
+    spec = body.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    params = spec.get("parameters")
+    timeout = spec.get("timeoutSeconds")
+    queue = spec.get("taskQueue")
+    session = spec.get("sessionId")
+    return ExecutionInput(
+        ref=ExecutionRef(meta["namespace"], meta["name"], meta["uid"]),
+        agent=str(spec.get("agent", "")),
+        message=str(spec.get("message", "")),
+        runner_task_queue=queue if isinstance(queue, str) and queue else settings.runner_task_queue,
+        timeout_seconds=timeout if isinstance(timeout, int) and timeout > 0 else 3600,
+        session_id=session if isinstance(session, str) else None,
+        parameters=dict(params) if isinstance(params, Mapping) else {},
+        no_runner_seconds=int(settings.no_runner_seconds),
+        report_timeout_seconds=int(settings.report_timeout),
+    )
+
+
+def _rv(body: Body) -> int | None:
+    try:
+        return int(body["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _slim(body: Body) -> dict[str, Any]:
+    """What reconcile needs of an object, and no more (memory per execution).
+
+    A finished execution keeps its identity, finalizers and phase only.
+    """
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    slim_meta = {
+        k: meta[k]
+        for k in (
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+            "finalizers",
+            "creationTimestamp",
+        )
+        if k in meta
+    }
+    if isinstance(annotations, Mapping) and planner.FORCE_DELETE in annotations:
+        slim_meta["annotations"] = {planner.FORCE_DELETE: annotations[planner.FORCE_DELETE]}
+    status = body.get("status")
+    status = status if isinstance(status, Mapping) else {}
+    if status.get("phase") in planner.TERMINAL:
+        return {"metadata": slim_meta, "status": {"phase": status["phase"]}}
+    return {"metadata": slim_meta, "spec": body.get("spec"), "status": dict(status)}
+
+
+class ExecutionCache:
+    """The latest view of every execution: the watch's, or our own write if newer."""
+
+    def __init__(self) -> None:
+        self._objects: dict[Key, dict[str, Any]] = {}
+        self.phases: Counter[str] = Counter()
+
+    def put(self, key: Key, body: Body) -> bool:
+        """Keep ``body`` unless we already hold it or a newer version.
+
+        Returns whether it was news: the watch echoing our own write (same
+        resourceVersion) or lagging behind it is not, and enqueues nothing.
+        """
+        old = self._objects.get(key)
+        if old is not None:
+            old_rv, new_rv = _rv(old), _rv(body)
+            same = old["metadata"].get("uid") == body.get("metadata", {}).get("uid")
+            if same and old_rv is not None and new_rv is not None and new_rv <= old_rv:
+                return False
+            self.phases[planner.phase_of(old) or "Unknown"] -= 1
+        slim = _slim(body)
+        self._objects[key] = slim
+        self.phases[planner.phase_of(slim) or "Unknown"] += 1
+        return True
+
+    def remove(self, key: Key) -> None:
+        old = self._objects.pop(key, None)
+        if old is not None:
+            self.phases[planner.phase_of(old) or "Unknown"] -= 1
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        return self._objects.get(key)
+
+    def items(self) -> Iterator[tuple[Key, dict[str, Any]]]:
+        return iter(list(self._objects.items()))
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+
+def needs_attention(body: Body) -> bool:
+    """Whether reconcile has anything to do for this object (at start-up, on a
+    connection change): not for finished executions without our finalizer."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return planner.FINALIZER in (meta.get("finalizers") or [])
+    if planner.is_terminal(body):
+        return planner.FINALIZER in (meta.get("finalizers") or [])
+    return True
+
+
+@dataclass
+class _Report:
+    report: StatusReport
+    waiters: list[asyncio.Future[bool]] = field(default_factory=list)
+
+
+class NotLeader(Exception):
+    pass
+
+
+class Loops:
+    """Long-lived background loops that survive their own errors and say so."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.failures: Counter[str] = Counter()
+
+    def spawn(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
+        """Run ``step`` forever; it returns the seconds until the next run.
+
+        An error is logged and retried with backoff; the loop never ends by itself.
+        """
+
+        async def forever() -> None:
+            failures = 0
+            while True:
+                try:
+                    delay = await step()
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    self.failures[name] += 1
+                    delay = min(30.0, 0.5 * 2.0 ** min(failures, 6))
+                    log.warning(
+                        "background loop failed; retrying",
+                        extra={
+                            "loop": name,
+                            "error": f"{type(exc).__name__}: {exc}"[:300],
+                            "retry_in_seconds": delay,
+                        },
+                    )
+                await asyncio.sleep(delay)
+
+        self._tasks[name] = asyncio.create_task(forever(), name=name)
+
+    def stopped(self) -> list[str]:
+        """Loops that should run and do not (a bug: /healthz reports them)."""
+        return sorted(name for name, task in self._tasks.items() if task.done())
+
+    async def stop(self) -> None:
+        tasks, self._tasks = list(self._tasks.values()), {}
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        manager: TemporalManager,
+        kube: Kube,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.kube = kube
+        self.metrics = metrics
+        self.gateway = TemporalGateway(manager, settings.task_queue, settings.temporal.rpc_timeout)
+        self.events = EventRecorder(kube)
+        self.cache = ExecutionCache()
+        self.queue: WorkQueue[Key] = WorkQueue(max_delay=60.0)
+        self.starts = TokenBucket(settings.start_rate, burst=max(1, int(settings.start_rate)))
+        self.loops = Loops()
+        self.leading = False
+        self._reports: dict[Key, _Report] = {}
+        self._check: set[Key] = set()
+        self._touched: dict[Key, float] = {}
+        self._connection_changed = asyncio.Event()
+        manager.add_listener(lambda _state: self._connection_changed.set())
+        metrics.waiting_for_temporal.set_function(self._count_waiting)
+
+    # ----- leadership -------------------------------------------------------------
+
+    async def start_leading(self) -> None:
+        self.leading = True
+        for key, body in self.cache.items():
+            if needs_attention(body):
+                if planner.status_of(body).get("workflow"):
+                    self._check.add(key)  # resume: what happened while nobody led?
+                self.queue.add(key)
+        self.queue.start(self.reconcile, self.settings.reconcile_workers)
+        self.loops.spawn("sweep", self._sweep)
+        self.loops.spawn("connection-trigger", self._connection_trigger)
+
+    async def stop_leading(self) -> None:
+        self.leading = False
+        await self.queue.stop()
+        await self.loops.stop()
+        # Reports waiting here fail now, and Temporal retries them on the leader.
+        for report in self._reports.values():
+            for waiter in report.waiters:
+                if not waiter.done():
+                    waiter.set_result(False)
+        self._reports.clear()
+
+    def stopped_loops(self) -> list[str]:
+        if not self.leading:
+            return []
+        stopped = self.loops.stopped()
+        if not self.queue.running:
+            stopped.append("reconcile-workers")
+        return stopped
+
+    # ----- triggers ------------------------------------------------------------
+
+    def on_event(self, event_type: str | None, body: Body) -> None:
+        """A watch event (the initial listing included): cache it, enqueue its key."""
+        key = key_of(body)
+        if key is None:
+            return
+        if event_type == "DELETED":
+            self._forget(key, body.get("metadata", {}).get("uid"))
+            return
+        if not self.cache.put(key, body):
+            return
+        self._publish_phases()
+        if event_type is None and not needs_attention(body):
+            return  # start-up listing of a finished execution: nothing to do
+        if event_type is None and planner.status_of(body).get("workflow"):
+            self._check.add(key)
+        self.queue.add(key)
+
+    def _forget(self, key: Key, uid: object) -> None:
+        self.cache.remove(key)
+        self.queue.remove(key)
+        self._check.discard(key)
+        self._touched.pop(key, None)
+        report = self._reports.pop(key, None)
+        if report is not None:
+            _resolve(report)
+        if isinstance(uid, str):
+            self.events.forget(uid)
+        self._publish_phases()
+
+    async def _connection_trigger(self) -> float:
+        await self._connection_changed.wait()
+        self._connection_changed.clear()
+        if not self.manager.connected:
+            # Batch flaps: one pass per interval however often the state changes.
+            await asyncio.sleep(self.settings.condition_sync_interval)
+        for key, body in self.cache.items():
+            if needs_attention(body):
+                self.queue.add(key)
+        return 0.0
+
+    async def _sweep(self) -> float:
+        """Started executions nobody looked at for a while: ask Temporal."""
+        if self.manager.connected:
+            stale = time.monotonic() - self.settings.sweep_interval
+            for key, body in self.cache.items():
+                if (
+                    not planner.is_terminal(body)
+                    and planner.status_of(body).get("workflow")
+                    and self._touched.get(key, 0.0) < stale
+                ):
+                    self._check.add(key)
+                    self.queue.add(key)
+        return self.settings.sweep_interval
+
+    @activity.defn(name=REPORT_STATUS_ACTIVITY)
+    async def report_status(self, report: StatusReport) -> None:
+        """The workflow says how it ended: enqueue, and return once it is written."""
+        if not self.leading:
+            # Temporal retries the activity; it lands on the leader.
+            raise ApplicationError("this replica is not the leader", type="NotLeader")
+        key = (report.ref.namespace, report.ref.name)
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        pending = self._reports.get(key)
+        superseded = (
+            pending is not None
+            and pending.report.result.phase in planner.TERMINAL
+            and report.result.phase not in planner.TERMINAL
+        )
+        if pending is not None and superseded:
+            pending.waiters.append(waiter)
+        else:
+            # A new object (not mutated): a reconcile already holding the old
+            # one will not mistake it for what it applied.
+            waiters = [*(pending.waiters if pending else []), waiter]
+            self._reports[key] = _Report(report, waiters)
+        self.queue.add(key)
+        if not await asyncio.wait_for(asyncio.shield(waiter), 25):
+            raise ApplicationError(
+                "leadership moved before the report was written", type="NotLeader"
+            )
+
+    # ----- reconcile --------------------------------------------------------------
+
+    def connection(self) -> Connection:
+        if self.manager.connected:
+            return Connection(True, "Connected", f"connected to {self.settings.temporal.address}")
+        unavailable = self.manager.unavailable()
+        return Connection(False, unavailable.reason, unavailable.message)
+
+    async def reconcile(self, key: Key) -> float | None:
+        body = self.cache.get(key)
+        pending = self._reports.get(key)
+        if body is None:
+            self._forget(key, None)
+            return None
+        self._touched[key] = time.monotonic()
+        check = key in self._check
+        self._check.discard(key)
+        obs = Observed(
+            body=body,
+            conn=self.connection(),
+            now=_now(),
+            queue_ttl=self.settings.queue_ttl,
+            report=pending.report if pending else None,
+            check=check,
+        )
+        started = time.monotonic()
+        try:
+            decision, decided_on = await self._decide(key, obs)
+            await self._apply(key, decided_on, decision, pending)
+        except KubeError as exc:
+            if exc.status not in (404, 409):
+                self.metrics.reconcile_errors.labels(handler="reconcile").inc()
+            if exc.status == 409:
+                # Someone else wrote since our view: re-read, decide again at once.
+                await self._refresh(key)
+                return 0.0
+            if exc.status == 404:
+                self._forget(key, None)
+                return None
+            raise
+        except Exception:
+            self.metrics.reconcile_errors.labels(handler="reconcile").inc()
+            raise
+        finally:
+            self.metrics.reconcile_duration.labels(handler="reconcile").observe(
+                time.monotonic() - started
+            )
+        if decision.backoff:
+            if check:
+                self._check.add(key)
+            self.metrics.reconcile_errors.labels(handler="reconcile").inc()
+            raise _Backoff(decision.backoff)
+        return decision.requeue_after
+
+    async def _decide(self, key: Key, obs: Observed) -> tuple[Decision, Body]:
+        for _ in range(4):
+            decision = planner.decide(obs)
+            if decision.add_finalizer:
+                body = await self._write_finalizers(key, obs.body, add=True)
+                obs = replace(obs, body=body, now=_now())
+                continue
+            if decision.call is not Call.NONE and obs.answer is None:
+                answer = await self._call(decision.call, obs.body)
+                obs = replace(obs, answer=answer, conn=self.connection(), now=_now())
+                continue
+            return decision, obs.body
+        raise RuntimeError(f"no decision for {key} after four steps")
+
+    async def _call(self, call: Call, body: Body) -> Answer:
+        meta = body["metadata"]
+        wid = planner.workflow_id(meta["namespace"], meta["name"], meta["uid"])
+        recorded = planner.status_of(body).get("workflow") or {}
+        if call is Call.START:
+            await self.starts.acquire()
+            answer = await self.gateway.start(wid, build_input(body, self.settings))
+            self.metrics.workflow_starts.labels(result=answer.outcome.value).inc()
+            return answer
+        if call is Call.DESCRIBE:
+            return await self.gateway.describe({"id": wid, **recorded})
+        return await self.gateway.cancel(str(recorded.get("id") or wid), recorded.get("namespace"))
+
+    async def _apply(
+        self, key: Key, body: Body, decision: Decision, pending: _Report | None
+    ) -> None:
+        """Write what was decided, on the version it was decided on (a 409 if
+        the object moved on meanwhile: then reconcile decides again)."""
+        if decision.status:
+            current = body.get("status") or {}
+            if any(current.get(k) != v for k, v in decision.status.items()):
+                written = await self.kube.write_status(
+                    *key, body["metadata"]["resourceVersion"], decision.status
+                )
+                self.cache.put(key, written)
+                body = written
+        if decision.events:
+            for event in decision.events:
+                await self.events.record(body, event.type, event.reason, event.message)
+        phase = (decision.status or {}).get("phase")
+        if phase in planner.TERMINAL:
+            self._finished(key, body, phase, decision.status or {})
+        if decision.remove_finalizer:
+            await self._write_finalizers(key, body, add=False)
+        if decision.report_done and pending is not None:
+            if self._reports.get(key) is pending:
+                del self._reports[key]
+            _resolve(pending)
+
+    def _finished(self, key: Key, body: Body, phase: str, status: Mapping[str, Any]) -> None:
+        error = status.get("error") or {}
+        reason = error.get("reason", phase)
+        self.metrics.executions_finished.labels(phase=phase, reason=reason).inc()
+        created = planner.parse_time((body.get("metadata") or {}).get("creationTimestamp"))
+        if created is not None:
+            self.metrics.execution_duration.labels(phase=phase).observe(
+                max(0.0, (_now() - created).total_seconds())
+            )
+        log.info(
+            "execution finished",
+            extra={"execution": "/".join(key), "phase": phase, "reason": reason},
+        )
+        self.events.forget(str(body.get("metadata", {}).get("uid", "")))
+        self._publish_phases()
+
+    async def _write_finalizers(self, key: Key, body: Body, add: bool) -> dict[str, Any]:
+        meta = body["metadata"]
+        current = [f for f in (meta.get("finalizers") or []) if isinstance(f, str)]
+        wanted = (
+            [*current, planner.FINALIZER] if add else [f for f in current if f != planner.FINALIZER]
+        )
+        if wanted == current:
+            return dict(body)
+        written = await self.kube.write_finalizers(*key, meta["resourceVersion"], wanted)
+        self.cache.put(key, written)
+        return self.cache.get(key) or written
+
+    async def _refresh(self, key: Key) -> None:
+        fresh = await self.kube.get(*key)
+        if fresh is None:
+            self._forget(key, None)
+        else:
+            self.cache.remove(key)
+            self.cache.put(key, fresh)
+
+    # ----- what /statusz and /metrics show ---------------------------------------
+
+    def _count_waiting(self) -> float:
+        return float(
+            sum(
+                1
+                for _, body in self.cache.items()
+                if not planner.is_terminal(body)
+                and not planner.status_of(body).get("workflow")
+                and (planner.condition_of(body, planner.WORKFLOW_STARTED) or {}).get("reason")
+                == "WaitingForTemporal"
+            )
+        )
+
+    def _publish_phases(self) -> None:
+        for phase in ("Unknown", *planner.TERMINAL, planner.PENDING, planner.RUNNING):
+            self.metrics.executions.labels(phase=phase).set(self.cache.phases[phase])
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "leading": self.leading,
+            "known": len(self.cache),
+            "queued": len(self.queue),
+            "waiting_for_temporal": int(self._count_waiting()),
+            "pending_reports": len(self._reports),
+            "loops_stopped": self.stopped_loops(),
+        }
+
+
+class _Backoff(Exception):
+    """A decision that could not finish (Temporal refused): retry with backoff."""
+
+
+def _resolve(report: _Report) -> None:
+    for waiter in report.waiters:
+        if not waiter.done():
+            waiter.set_result(True)
+
+
+__all__ = ["Controller", "NotLeader", "Outcome", "build_input", "key_of"]

@@ -1,0 +1,194 @@
+"""The Temporal calls reconciliation makes, with every answer classified.
+
+Reconcile never sees an exception from Temporal: it gets an ``Answer`` that
+says what is true (started, running, closed with a result, not found) or why
+it could not be learned (unavailable: wait; rejected: back off and say why).
+Lookups of a started execution use the workflow's namespace as recorded in
+its status, not today's settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, describe_error
+from agentexec.temporal.types import (
+    EXECUTION_FAILED,
+    Answer,
+    ExecutionInput,
+    ExecutionResult,
+    Outcome,
+)
+from agentexec.temporal.workflows import AgentExecutionWorkflow
+
+log = logging.getLogger("agentexec.gateway")
+
+
+_REJECTED_REASONS = {
+    RPCStatusCode.PERMISSION_DENIED: "PermissionDenied",
+    RPCStatusCode.UNAUTHENTICATED: "Unauthenticated",
+    RPCStatusCode.RESOURCE_EXHAUSTED: "RateLimited",
+    RPCStatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    RPCStatusCode.NOT_FOUND: "NotFound",
+    RPCStatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+}
+
+# How a workflow that closed without a result maps to a phase and reason.
+CLOSED_STATUS = {
+    WorkflowExecutionStatus.FAILED: ("Failed", "WorkflowFailed"),
+    WorkflowExecutionStatus.CANCELED: ("Cancelled", "Cancelled"),
+    WorkflowExecutionStatus.TERMINATED: ("Failed", "Terminated"),
+    WorkflowExecutionStatus.TIMED_OUT: ("Failed", "Timeout"),
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: ("Failed", "ContinuedAsNew"),
+}
+
+
+class TemporalGateway:
+    def __init__(self, manager: TemporalManager, task_queue: str, rpc_timeout: float) -> None:
+        self.manager = manager
+        self.task_queue = task_queue
+        self.rpc_timeout = rpc_timeout
+
+    def _ref(self, client: Client, workflow_id: str, run_id: str) -> dict[str, str]:
+        return {
+            "id": workflow_id,
+            "runId": run_id,
+            "namespace": client.namespace,
+            "taskQueue": self.task_queue,
+        }
+
+    async def start(self, workflow_id: str, inp: ExecutionInput) -> Answer:
+        """Start the execution's one workflow, or find the one already there."""
+
+        async def call(client: Client) -> Answer:
+            try:
+                handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+                    AgentExecutionWorkflow.run,
+                    inp,
+                    id=workflow_id,
+                    task_queue=self.task_queue,
+                    # Running already: that one. Closed already: refuse, never a second run.
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    rpc_timeout=timedelta(seconds=self.rpc_timeout),
+                )
+            except WorkflowAlreadyStartedError:
+                # It ran and closed before we could record it (we restarted).
+                return await self._describe(client, workflow_id, client.namespace)
+            run_id = handle.result_run_id or handle.first_execution_run_id or ""
+            return Answer(Outcome.STARTED, workflow=self._ref(client, workflow_id, run_id))
+
+        return await self._guarded(call)
+
+    async def describe(self, workflow: dict[str, Any]) -> Answer:
+        """Where the recorded workflow is now (with its result once closed)."""
+        wid, namespace = str(workflow.get("id", "")), workflow.get("namespace")
+
+        async def call(client: Client) -> Answer:
+            return await self._describe(client, wid, str(namespace or client.namespace))
+
+        return await self._guarded(call)
+
+    async def cancel(self, workflow_id: str, namespace: str | None) -> Answer:
+        async def call(client: Client) -> Answer:
+            scoped = _in_namespace(client, namespace)
+            await scoped.get_workflow_handle(workflow_id).cancel(
+                rpc_timeout=timedelta(seconds=self.rpc_timeout)
+            )
+            return Answer(Outcome.CANCEL_REQUESTED)
+
+        return await self._guarded(call)
+
+    async def _describe(self, client: Client, wid: str, namespace: str) -> Answer:
+        resp = await client.workflow_service.describe_workflow_execution(
+            DescribeWorkflowExecutionRequest(
+                namespace=namespace, execution=WorkflowExecution(workflow_id=wid)
+            ),
+            retry=True,
+            timeout=timedelta(seconds=self.rpc_timeout),
+        )
+        info = resp.workflow_execution_info
+        ref = {
+            "id": wid,
+            "runId": info.execution.run_id,
+            "namespace": namespace,
+            "taskQueue": info.task_queue or self.task_queue,
+        }
+        status = WorkflowExecutionStatus(info.status)
+        if status == WorkflowExecutionStatus.RUNNING:
+            started = any(
+                a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                for a in resp.pending_activities
+            )
+            return Answer(Outcome.RUNNING, workflow=ref, agent_started=started or None)
+        handle = _in_namespace(client, namespace).get_workflow_handle(
+            wid, run_id=info.execution.run_id, result_type=ExecutionResult
+        )
+        if status == WorkflowExecutionStatus.COMPLETED:
+            return Answer(Outcome.CLOSED, workflow=ref, result=await handle.result())
+        if status == WorkflowExecutionStatus.FAILED:
+            try:
+                await handle.result()
+            except WorkflowFailureError as err:
+                result = _result_of_failure(err)
+                if result is not None:
+                    return Answer(Outcome.CLOSED, workflow=ref, result=result)
+        phase, reason = CLOSED_STATUS.get(status, ("Failed", "WorkflowFailed"))
+        return Answer(
+            Outcome.CLOSED,
+            workflow=ref,
+            result=ExecutionResult(
+                phase=phase,
+                reason=reason,
+                message=f"the workflow ended {status.name.lower()} in Temporal without reporting",
+            ),
+        )
+
+    async def _guarded(self, fn: Any) -> Answer:
+        try:
+            answer: Answer = await self.manager.call(fn, timeout=2 * self.rpc_timeout)
+        except TemporalUnavailable as exc:
+            return Answer(Outcome.UNAVAILABLE, reason=exc.reason, message=exc.message)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND and "namespace" not in str(exc).lower():
+                return Answer(Outcome.NOT_FOUND, message=str(exc)[:500])
+            reason = _REJECTED_REASONS.get(exc.status, "StartFailed")
+            return Answer(Outcome.REJECTED, reason=reason, message=describe_error(exc)[:1000])
+        return answer
+
+
+def _in_namespace(client: Client, namespace: str | None) -> Client:
+    """The same connection, scoped to another namespace (no dial)."""
+    if not namespace or namespace == client.namespace:
+        return client
+    return Client(client.service_client, namespace=namespace, data_converter=client.data_converter)
+
+
+def _result_of_failure(err: WorkflowFailureError) -> ExecutionResult | None:
+    """A workflow that failed on purpose carries its ExecutionResult as details."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.type == EXECUTION_FAILED and cause.details:
+        detail = cause.details[0]
+        if isinstance(detail, ExecutionResult):
+            return detail
+        if isinstance(detail, dict):
+            try:
+                return ExecutionResult(**detail)
+            except TypeError:
+                return None
+    return None

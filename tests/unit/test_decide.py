@@ -1,0 +1,201 @@
+"""planner.decide: what reconcile does for each state of an execution. Table-driven."""
+
+# ruff: noqa: E501  (one case a line reads best as a table)
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from agentexec import planner
+from agentexec.planner import Call, Connection, Observed
+from agentexec.temporal.types import Answer, ExecutionRef, ExecutionResult, Outcome, StatusReport
+
+T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+UP = Connection(True, "Connected", "connected to t:7233")
+DOWN = Connection(False, "TemporalUnavailable", "Temporal at t:7233 is unavailable")
+NS_MISSING = Connection(False, "NamespaceNotFound", "namespace 'x' does not exist")
+WF = {"id": "agentexec/ns/a/u1", "runId": "r1", "namespace": "default", "taskQueue": "q"}
+
+
+def obj(
+    phase: str | None = None,
+    *,
+    finalizer: bool = True,
+    deleting: bool = False,
+    workflow: bool = False,
+    queued: datetime | None = None,
+    force: bool = False,
+    extra_status: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "a", "namespace": "ns", "uid": "u1", "resourceVersion": "7"}
+    if finalizer:
+        meta["finalizers"] = ["someone.else/keep", planner.FINALIZER]
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-29T12:00:00Z"
+    if force:
+        meta["annotations"] = {planner.FORCE_DELETE: "true"}
+    status: dict[str, Any] = dict(extra_status or {})
+    if phase:
+        status["phase"] = phase
+    if workflow:
+        status["workflow"] = dict(WF)
+    if queued:
+        status["queuedTime"] = planner.timestamp(queued)
+    return {"metadata": meta, "spec": {"agent": "echo", "message": "hi"}, "status": status}
+
+
+def report(phase: str, reason: str | None = None, uid: str = "u1") -> StatusReport:
+    return StatusReport(
+        ref=ExecutionRef("ns", "a", uid),
+        result=ExecutionResult(phase=phase, output="out", reason=reason, message="m"),
+        workflow_id=WF["id"],
+        run_id="r1",
+        namespace="default",
+        task_queue="q",
+    )
+
+
+def observed(body: dict[str, Any], **kw: Any) -> Observed:
+    return Observed(body=body, conn=kw.pop("conn", UP), now=kw.pop("now", T0), queue_ttl=60, **kw)
+
+
+@pytest.mark.parametrize(
+    ("case", "o", "call", "add_fin", "remove_fin", "phase", "outcome"),
+    [
+        ("new: finalizer first", observed(obj(finalizer=False)), Call.NONE, True, False, None, "finalizer"),
+        ("new, connected: start", observed(obj()), Call.START, False, False, None, ""),
+        ("new, Temporal down: wait, no attempt", observed(obj(), conn=DOWN), Call.NONE, False, False, "Pending", "waiting"),
+        ("new, namespace missing: wait", observed(obj(), conn=NS_MISSING), Call.NONE, False, False, "Pending", "waiting"),
+        ("started", observed(obj(), answer=Answer(Outcome.STARTED, workflow=WF)), Call.NONE, False, False, "Running", "started"),
+        ("start found it already closed", observed(obj(), answer=Answer(Outcome.CLOSED, workflow=WF, result=ExecutionResult("Succeeded", output="x"))), Call.NONE, False, True, "Succeeded", "finished: Succeeded"),
+        ("start: Temporal unavailable", observed(obj(), answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable", message="gone")), Call.NONE, False, False, "Pending", "waiting"),
+        ("start refused", observed(obj(), answer=Answer(Outcome.REJECTED, reason="InvalidArgument", message="id too long")), Call.NONE, False, False, "Pending", "start-refused"),
+        ("running, nothing to check", observed(obj("Running", workflow=True)), Call.NONE, False, False, None, "running"),
+        ("running, sweep asks Temporal", observed(obj("Running", workflow=True), check=True), Call.DESCRIBE, False, False, None, ""),
+        ("running, Temporal down: no describe", observed(obj("Running", workflow=True), check=True, conn=DOWN), Call.NONE, False, False, None, "running"),
+        ("workflow lost", observed(obj("Running", workflow=True), answer=Answer(Outcome.NOT_FOUND)), Call.NONE, False, True, "Failed", "workflow-lost"),
+        ("closed without report", observed(obj("Running", workflow=True), answer=Answer(Outcome.CLOSED, workflow=WF, result=ExecutionResult("Failed", reason="Terminated", message="t"))), Call.NONE, False, True, "Failed", "finished: Failed"),
+        ("final report", observed(obj("Running", workflow=True), report=report("Succeeded")), Call.NONE, False, True, "Succeeded", "finished: Succeeded"),
+        ("report for an older object of the same name", observed(obj("Running", workflow=True), report=report("Succeeded", uid="old")), Call.NONE, False, False, None, "running"),
+        ("progress report: NoRunner", observed(obj("Running", workflow=True), report=report("Running", "NoRunner")), Call.NONE, False, False, None, "progress: NoRunner"),
+        ("terminal: finalizer goes, Temporal never asked", observed(obj("Succeeded", workflow=True), conn=DOWN), Call.NONE, False, True, None, "terminal"),
+        ("terminal without finalizer: nothing", observed(obj("Failed", finalizer=False)), Call.NONE, False, False, None, "terminal"),
+        ("deleting a finished one: no Temporal", observed(obj("Succeeded", deleting=True), conn=DOWN), Call.NONE, False, True, None, "deleted"),
+        ("deleting a running one: cancel", observed(obj("Running", deleting=True, workflow=True)), Call.CANCEL, False, False, None, ""),
+        ("deleting a pending one: cancel by derived id", observed(obj("Pending", deleting=True)), Call.CANCEL, False, False, None, ""),
+        ("deleting, cancelled", observed(obj("Running", deleting=True, workflow=True), answer=Answer(Outcome.CANCEL_REQUESTED)), Call.NONE, False, True, None, "cancelled"),
+        ("deleting, never started", observed(obj("Pending", deleting=True), answer=Answer(Outcome.NOT_FOUND)), Call.NONE, False, True, None, "cancelled"),
+        ("deleting, Temporal down: wait, say how to force", observed(obj("Running", deleting=True, workflow=True), answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable", message="down")), Call.NONE, False, False, None, "delete-waiting"),
+        ("force delete", observed(obj("Running", deleting=True, workflow=True, force=True), conn=DOWN), Call.NONE, False, True, None, "force-deleted"),
+        ("deleting, not ours any more", observed(obj("Running", deleting=True, finalizer=False)), Call.NONE, False, False, None, "deleting"),
+    ],
+)  # fmt: skip
+def test_decide(
+    case: str,
+    o: Observed,
+    call: Call,
+    add_fin: bool,
+    remove_fin: bool,
+    phase: str | None,
+    outcome: str,
+) -> None:
+    d = planner.decide(o)
+    assert d.call == call, case
+    assert d.add_finalizer == add_fin, case
+    assert d.remove_finalizer == remove_fin, case
+    assert (d.status or {}).get("phase") == phase, (case, d.status)
+    assert d.outcome == outcome, case
+
+
+def test_a_refused_start_backs_off_with_one_warning_naming_the_reason() -> None:
+    d = planner.decide(
+        observed(obj(), answer=Answer(Outcome.REJECTED, reason="InvalidArgument", message="id"))
+    )
+    assert d.backoff == "InvalidArgument"
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "StartFailed")]
+    cond = planner.condition_of({"status": d.status}, planner.WORKFLOW_STARTED)
+    assert cond is not None
+    assert cond["reason"] == "StartFailed"
+
+
+def test_deletion_blocked_names_the_force_delete_annotation() -> None:
+    d = planner.decide(
+        observed(
+            obj("Running", deleting=True, workflow=True),
+            answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable", message="down"),
+        )
+    )
+    assert d.backoff
+    assert d.events[0].reason == "DeletionBlocked"
+    assert planner.FORCE_DELETE in d.events[0].message
+
+
+def test_the_queue_ttl_counts_only_while_temporal_is_unavailable() -> None:
+    long_ago = T0 - timedelta(seconds=600)  # queued 10 min ago, TTL 60 s
+    # Connected and draining: started, never failed for the TTL.
+    assert planner.decide(observed(obj(queued=long_ago))).call == Call.START
+    # Still unavailable past the TTL: QueueTimeout, and the finalizer goes.
+    d = planner.decide(observed(obj(queued=long_ago), conn=DOWN))
+    assert d.status is not None
+    assert d.status["phase"] == "Failed"
+    assert d.status["error"]["reason"] == "QueueTimeout"
+    assert d.remove_finalizer
+    # Within the TTL: look again when it runs out.
+    d = planner.decide(observed(obj(queued=T0 - timedelta(seconds=20)), conn=DOWN))
+    assert d.requeue_after == pytest.approx(40.5)
+
+
+def test_waiting_does_not_count_attempts_it_did_not_make() -> None:
+    d = planner.decide(observed(obj(), conn=DOWN))
+    assert d.status is not None
+    assert d.status["startAttempts"] == 0
+    assert d.events == ()  # nothing was tried: no Warning
+    d = planner.decide(
+        observed(obj(), answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable"))
+    )
+    assert d.status is not None
+    assert d.status["startAttempts"] == 1
+    assert d.events[0].reason == "WaitingForTemporal"
+
+
+def test_a_terminal_write_refreshes_the_connection_condition() -> None:
+    stale = obj(
+        "Running",
+        workflow=True,
+        extra_status={
+            "conditions": [
+                {"type": "TemporalConnected", "status": "False", "reason": "TemporalUnavailable"}
+            ]
+        },
+    )
+    d = planner.decide(observed(stale, report=report("Succeeded")))
+    cond = planner.condition_of({"status": d.status}, planner.TEMPORAL_CONNECTED)
+    assert cond is not None
+    assert cond["status"] == "True"
+
+
+def test_workflow_lost_says_which_workflow_and_namespace() -> None:
+    d = planner.decide(observed(obj("Running", workflow=True), answer=Answer(Outcome.NOT_FOUND)))
+    assert d.status is not None
+    assert d.status["error"]["reason"] == "WorkflowLost"
+    assert WF["id"] in d.status["error"]["message"]
+    assert "'default'" in d.status["error"]["message"]
+
+
+def test_a_runner_taking_the_agent_clears_no_runner() -> None:
+    waiting = obj(
+        "Running",
+        workflow=True,
+        extra_status={
+            "conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "NoRunner"}]
+        },
+    )
+    d = planner.decide(
+        observed(waiting, answer=Answer(Outcome.RUNNING, workflow=WF, agent_started=True))
+    )
+    cond = planner.condition_of({"status": d.status}, planner.SUCCEEDED_CONDITION)
+    assert cond is not None
+    assert cond["reason"] == "Running"
