@@ -40,8 +40,8 @@ binaries: $(INSTALLED) ## Build etcd, kube-apiserver, helm, promtool into .cache
 	PATH=$(abspath $(BIN)):$$PATH bash hack/build-binaries.sh all
 
 .PHONY: run
-run: install ## Run the operator (local control plane + Temporal dev server if no cluster)
-	$(PY) hack/run_local.py
+run: install ## Run the operator on a local control plane + Temporal dev server (USE_KUBECONFIG=1: your current context)
+	$(PY) hack/run_local.py $(if $(USE_KUBECONFIG),--use-kubeconfig)
 
 .PHONY: lint
 lint: $(INSTALLED) ## ruff, mypy --strict, import-linter, hadolint, helm lint, kube-score
