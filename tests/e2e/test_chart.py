@@ -630,3 +630,43 @@ def test_kube_score_passes_with_only_the_documented_exceptions() -> None:
     assert scored.returncode == 0, scored.stdout + scored.stderr
     assert "kube-score: default render OK" in scored.stdout
     assert "kube-score: everything-on render OK" in scored.stdout
+
+
+def test_values_and_schema_are_in_step() -> None:
+    """Every value in values.yaml is typed in values.schema.json and has a
+    comment above it."""
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    leaves: set[tuple[str, ...]] = set()
+
+    def walk(value: Any, node: dict[str, Any], path: tuple[str, ...]) -> None:
+        if not isinstance(value, dict) or "properties" not in node:
+            leaves.add(path)
+            return
+        unknown = set(value) - set(node["properties"])
+        assert not unknown, f"{'.'.join(path) or 'values'}: not in the schema: {unknown}"
+        for key, sub in value.items():
+            walk(sub, node["properties"][key], (*path, key))
+
+    walk(values, schema, ())
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        if re.match(r"^\s*[A-Za-z][A-Za-z0-9]*:", line) and key_path(lines, n) in leaves:
+            assert lines[n - 1].strip().startswith("#"), f"values.yaml:{n + 1} has no comment"
+
+
+def key_path(lines: list[str], n: int) -> tuple[str, ...]:
+    """The mapping keys leading to the key on line n (list items are skipped,
+    so keys inside lists get paths that are not values)."""
+    indent = len(lines[n]) - len(lines[n].lstrip())
+    path = [lines[n].strip().split(":")[0]]
+    for line in reversed(lines[:n]):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        level = len(line) - len(line.lstrip())
+        if level < indent:
+            path.insert(0, stripped.split(":")[0])
+            indent = level
+    return tuple(path)
