@@ -4,10 +4,11 @@
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY operator ./operator
+# PIP_CONSTRAINT (not -c) also pins the isolated build's setuptools.
 RUN python -m venv /opt/agentexec \
- && /opt/agentexec/bin/pip install --no-compile .
+ && PIP_CONSTRAINT=/src/constraints.txt /opt/agentexec/bin/pip install --no-compile .
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="agentexec-operator" \

@@ -10,8 +10,11 @@ PY := $(BIN)/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 INSTALLED := $(VENV)/.installed
 CHART := charts/agentexec-operator
-HELM = $(shell bash -c 'source hack/versions.env; echo .cache/bin/helm-$$HELM_VERSION')
+HELM = $(shell bash -c 'source hack/versions.env; echo .cache/bin/helm-$$HELM_VERSION-r$$HELM_BUILD_REV')
 PROMTOOL = $(shell bash -c 'source hack/versions.env; echo .cache/bin/promtool-$$PROMETHEUS_VERSION')
+KUBE_SCORE = $(shell bash -c 'source hack/versions.env; echo .cache/bin/kube-score-$$KUBE_SCORE_VERSION')
+KUBE_MINOR = $(shell bash -c 'source hack/versions.env; echo $${KUBE_VERSION%.*}')
+SCORE_EXCEPTIONS := charts/kube-score-exceptions.txt
 
 # pytest exits 5 when a tier collects no test: that is not a failure.
 define pytest_tier
@@ -37,11 +40,11 @@ binaries: $(INSTALLED) ## Build etcd, kube-apiserver, helm, promtool into .cache
 	PATH=$(abspath $(BIN)):$$PATH bash hack/build-binaries.sh all
 
 .PHONY: run
-run: install ## Run the operator (local control plane + Temporal dev server if no cluster)
-	$(PY) hack/run_local.py
+run: install ## Run the operator on a local control plane + Temporal dev server (USE_KUBECONFIG=1: your current context)
+	$(PY) hack/run_local.py $(if $(USE_KUBECONFIG),--use-kubeconfig)
 
 .PHONY: lint
-lint: $(INSTALLED) ## ruff, mypy --strict, import-linter (and helm lint once the chart exists)
+lint: $(INSTALLED) ## ruff, mypy --strict, import-linter, hadolint, helm lint, kube-score
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -49,6 +52,7 @@ lint: $(INSTALLED) ## ruff, mypy --strict, import-linter (and helm lint once the
 	$(BIN)/hadolint Dockerfile
 	bash -n hack/*.sh
 	$(MAKE) --no-print-directory helm-lint
+	$(MAKE) --no-print-directory chart-score
 
 .PHONY: fmt
 fmt: $(INSTALLED) ## Format and autofix
@@ -86,6 +90,23 @@ helm-lint: binaries ## helm lint --strict (defaults and everything on), promtool
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/everything-on-values.yaml
 	$(PROMTOOL) check rules $(CHART)/files/alerts.yaml
 	@echo "rendered objects are validated by the API server in tests/e2e/test_chart.py"
+
+# kube-score fails on CRITICAL and (--exit-one-on-warning) on WARNING; each
+# line of $(SCORE_EXCEPTIONS) is "<render|all> <check> # reason".
+.PHONY: chart-score
+chart-score: binaries ## kube-score on the default and everything-on renders (exceptions: charts/kube-score-exceptions.txt)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	for render in default everything-on; do \
+	  values=; [ $$render = default ] || values="-f $(CHART)/ci/everything-on-values.yaml"; \
+	  ignores=$$(awk -v r=$$render '!/^#/ && NF && ($$1 == r || $$1 == "all") {printf ($$2 ~ /^--/ ? " %s" : " --ignore-test %s"), $$2}' $(SCORE_EXCEPTIONS)); \
+	  $(HELM) template agentexec $(CHART) --namespace agentexec $$values >"$$tmp/$$render.yaml"; \
+	  if $(KUBE_SCORE) score --kubernetes-version $(KUBE_MINOR) --exit-one-on-warning \
+	       --output-format ci $$ignores "$$tmp/$$render.yaml" >"$$tmp/$$render.txt"; then \
+	    echo "kube-score: $$render render OK"; \
+	  else \
+	    grep -v '^\[OK\]' "$$tmp/$$render.txt"; echo "kube-score: $$render render FAILED"; exit 1; \
+	  fi; \
+	done
 
 .PHONY: bench
 bench: install ## Run bench/manager.py, bench/executions.py, bench/scaling.py (figures and ratios)

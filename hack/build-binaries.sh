@@ -3,7 +3,7 @@
 # from Go modules, once, into $CACHE_DIR/bin keyed by version. A binary that is
 # already there is reused, so a warm `make test` builds nothing.
 #
-#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|etcd|helm|all]
+#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|etcd|helm|promtool|kube-score|all]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -135,6 +135,34 @@ build_go_install() {
   rm -rf "$gobin"
 }
 
+# helm as its release build stamps it (helm's Makefile, LDFLAGS): without the
+# chartutil k8sVersion variables the default capabilities say v1.20, so
+# `helm template` fails the chart's kubeVersion check unless --kube-version is
+# given. The Kubernetes version is derived from helm's client-go, as upstream.
+build_helm() {
+  local out=$BIN_DIR/helm-$HELM_VERSION-r$HELM_BUILD_REV
+  [ -x "$out" ] && return
+  local gomod client_go major minor
+  gomod=$("$GO" mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  client_go=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")
+  client_go=${client_go#v}
+  major=$((${client_go%%.*} + 1))
+  minor=${client_go#*.}
+  minor=${minor%%.*}
+  local v=helm.sh/helm/v3/internal/version
+  local ldflags="-s -w -X $v.version=$HELM_VERSION -X $v.metadata= -X $v.gitTreeState=clean"
+  local k
+  for k in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags="$ldflags -X $k.k8sVersionMajor=$major -X $k.k8sVersionMinor=$minor"
+  done
+  local gobin
+  gobin=$(mktemp -d)
+  log "building helm $HELM_VERSION (stamped; Kubernetes $major.$minor)"
+  GOBIN=$gobin "$GO" install -trimpath -ldflags="$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mv "$gobin/helm" "$out"
+  rm -rf "$gobin"
+}
+
 # promtool from a wrapper module: prometheus' own go.mod cannot be used by
 # `go install pkg@version`.
 build_promtool() {
@@ -165,16 +193,18 @@ what=${1:-all}
 case $what in
   kube-apiserver | kube-controller-manager) build_kube "$what" ;;
   etcd) build_etcd ;;
-  helm) build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
+  helm) build_helm ;;
   promtool) build_promtool ;;
+  kube-score) build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" ;;
   all)
     build_etcd
     build_kube kube-apiserver
-    build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+    build_helm
     build_promtool
+    build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION"
     ;;
   *)
-    echo "usage: $0 [kube-apiserver|kube-controller-manager|etcd|helm|promtool|all]" >&2
+    echo "usage: $0 [kube-apiserver|kube-controller-manager|etcd|helm|promtool|kube-score|all]" >&2
     exit 2
     ;;
 esac

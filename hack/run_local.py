@@ -1,14 +1,20 @@
-"""`make run`: the operator against your cluster, or against an embedded one.
+"""`make run`: the operator against an embedded cluster, or, when asked, yours.
 
-With a reachable cluster in the current kubeconfig, the CRDs are applied there
-and the operator runs against it and the Temporal named by TEMPORAL_ADDRESS.
-Without one, a local control plane (etcd + kube-apiserver) and a Temporal dev
-server are started first. Ctrl-C stops everything this script started.
+By default a local control plane (etcd + kube-apiserver) and a Temporal dev
+server are started, whatever the kubeconfig says: the script names the
+context it leaves alone. `make run USE_KUBECONFIG=1` (`--use-kubeconfig`)
+applies the CRDs to the cluster of the current context and runs the operator
+against it, after naming that context, cluster and server. Ctrl-C stops
+everything this script started and removes its working directory (it holds
+the local cluster's private keys).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,9 +35,28 @@ def say(text: str) -> None:
     print(f"make run: {text}", flush=True)
 
 
+def current_context(kubectl: Path) -> str | None:
+    """'context C (cluster K, server S)' of the current kubeconfig, read
+    locally (nothing is sent to that cluster), or None without one."""
+    view = subprocess.run(
+        [str(kubectl), "config", "view", "--minify", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if view.returncode != 0:
+        return None
+    config = json.loads(view.stdout or "{}")
+    context = config.get("current-context")
+    if not context:
+        return None
+    clusters = config.get("clusters") or [{}]
+    cluster = clusters[0].get("name", "?")
+    server = (clusters[0].get("cluster") or {}).get("server", "?")
+    return f"context {context!r} (cluster {cluster!r}, server {server})"
+
+
 def cluster_reachable(kubectl: Path) -> bool:
-    if not (os.environ.get("KUBECONFIG") or Path.home().joinpath(".kube", "config").exists()):
-        return False
     probe = subprocess.run(
         [str(kubectl), "version", "--request-timeout=5s", "-o", "json"],
         capture_output=True,
@@ -44,22 +69,44 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__)
+    parser.add_argument(
+        "--use-kubeconfig",
+        action="store_true",
+        help="run against the current kubeconfig context's cluster (make run USE_KUBECONFIG=1)",
+    )
+    args = parser.parse_args(argv)
     kubectl = venv_tool("kubectl")
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "text")
     started: list[ControlPlane | TemporalDevServer] = []
+    context = current_context(kubectl)
+    if args.use_kubeconfig:
+        if context is None:
+            say("--use-kubeconfig: the kubeconfig has no current context")
+            return 2
+        if not cluster_reachable(kubectl):
+            say(f"--use-kubeconfig: {context} does not answer")
+            return 2
+        if "TEMPORAL_ADDRESS" not in env:
+            # An operator there dialling our localhost would mark every
+            # execution in that cluster as disconnected.
+            say(f"--use-kubeconfig needs TEMPORAL_ADDRESS: the Temporal that {context} uses")
+            return 2
     workdir = Path(tempfile.mkdtemp(prefix="agentexec-run-"))
-    say(f"working directory {workdir}")
+    say(f"working directory {workdir} (removed on exit)")
     # Explicit: a shell that starts us in the background ignores SIGINT.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     operator: ManagedProcess | None = None
     try:
-        if cluster_reachable(kubectl):
-            say("using the cluster in your current kubeconfig")
+        if args.use_kubeconfig:
+            say(f"using {context}, as asked: applying the CRDs there")
         else:
-            say("no reachable cluster in your kubeconfig: starting a local control plane")
+            if context is not None:
+                say(f"not using your kubeconfig's {context}; `make run USE_KUBECONFIG=1` would")
+            say("starting a local control plane")
             plane = ControlPlane(workdir / "kube")
             started.append(plane)
             plane.start()
@@ -115,6 +162,7 @@ Ctrl-C stops everything `make run` started.
             operator.stop(grace=20)
         for component in reversed(started):
             component.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         say("stopped everything it started")
 
 

@@ -4,23 +4,35 @@ installs, refuses bad values, and grants exactly what the operator needs."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.e2e import aex
-from tests.support.binaries import ROOT
+from tests.support.binaries import ROOT, built_tool, venv_tool, versions
 from tests.support.helm import CHART, EVERYTHING_ON, Helm
 from tests.support.kube import ControlPlane
 from tests.support.operator import OperatorProcess
+from tests.support.pki import CertificateAuthority
+from tests.support.procs import ManagedProcess
 from tests.support.report import SUMMARY
 from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The cluster's CRDs are applied from crds/ by the `crd` fixture (as where
+# CRDs are managed centrally), so releases here do not install them.
+NO_CRDS = ("--set", "crds.install=false")
 
 
 @pytest.fixture
@@ -28,9 +40,101 @@ def helm(control_plane: ControlPlane, tmp_path: Path) -> Helm:
     return Helm(control_plane, tmp_path / "helm")
 
 
+def objects(rendered: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def the(rendered: str, kind: str) -> dict[str, Any]:
+    found = [o for o in objects(rendered) if o["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind} rendered"
+    return found[0]
+
+
+def pod_spec(rendered: str) -> dict[str, Any]:
+    spec: dict[str, Any] = the(rendered, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
 def test_chart_crd_is_the_crds_file() -> None:
-    for crd in (ROOT / "crds").glob("*.yaml"):
-        assert (CHART / "crds" / crd.name).read_bytes() == crd.read_bytes(), crd.name
+    """crds/ is the source; the chart carries each file as is: ours under
+    files/crds/ (a template, governed by crds.install), kopf's peering CRDs in
+    the chart's crds/ (installed by Helm before the templates)."""
+    copies = {"agentexecutions.agentexec.io.yaml": "files/crds", "kopf-peering.yaml": "crds"}
+    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(copies)
+    for name, folder in copies.items():
+        copy = CHART / folder / name
+        assert copy.read_bytes() == (ROOT / "crds" / name).read_bytes(), name
+    assert not (CHART / "crds" / "agentexecutions.agentexec.io.yaml").exists()
+
+
+def test_helm_template_needs_no_kube_version(helm: Helm) -> None:
+    """The project's helm carries its release stamp: `helm template` passes the
+    chart's kubeVersion check with no --kube-version (an unstamped build
+    believes it is talking to Kubernetes v1.20)."""
+    version = helm.run("version", "--template", "{{.Version}}").stdout.strip()
+    assert version == versions()["HELM_VERSION"]
+    rendered = helm.template_result()
+    assert rendered.returncode == 0, rendered.stderr
+    assert the(rendered.stdout, "Deployment")
+
+
+@pytest.mark.parametrize("install", [True, False])
+def test_crds_install_decides_whether_the_release_carries_the_crd(
+    helm: Helm, install: bool
+) -> None:
+    rendered = helm.template("--include-crds", "--set", f"crds.install={str(install).lower()}")
+    crds = {
+        o["metadata"]["name"]: o
+        for o in objects(rendered)
+        if o["kind"] == "CustomResourceDefinition"
+    }
+    kopfs = {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"}
+    if not install:
+        assert set(crds) == kopfs  # from the chart's crds/, skipped by --skip-crds
+        assert "CustomResourceDefinition" not in helm.template("--set", "crds.install=false")
+        return
+    assert set(crds) == {"agentexecutions.agentexec.io"} | kopfs
+    ours = crds["agentexecutions.agentexec.io"]
+    source = yaml.safe_load((ROOT / "crds" / "agentexecutions.agentexec.io.yaml").read_text())
+    assert ours["spec"] == source["spec"]
+    assert ours["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # Without --include-crds too: it is a template, so `helm upgrade` applies it.
+    assert the(helm.template(), "CustomResourceDefinition")["spec"] == source["spec"]
+    unkept = the(helm.template("--set", "crds.keep=false"), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in (unkept["metadata"].get("annotations") or {})
+
+
+def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_path: Path) -> None:
+    """A fresh cluster: the release's KopfPeering objects need kopf's CRDs
+    before the templates are applied (why those stay in the chart's crds/),
+    and the AgentExecution CRD comes with the release."""
+    fresh = ControlPlane(tmp_path / "fresh")
+    fresh.start()
+    try:
+        helm.plane = fresh
+        fresh.kubectl("create", "namespace", "aex")
+        helm.run("install", "aex", str(CHART), "-n", "aex", "--set", "replicaCount=2",
+                 "--set", "strategy.type=RollingUpdate")  # fmt: skip
+        assert fresh.kubectl_json("get", "clusterkopfpeering", "aex-agentexec-operator")
+        crd = fresh.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
+        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "aex"  # type: ignore[index]
+    finally:
+        fresh.stop()
+
+
+def test_a_release_adopts_the_crds_and_keeps_them_on_uninstall(
+    control_plane: ControlPlane, helm: Helm, namespace: str, crd: None
+) -> None:
+    # The session's CRDs were applied with kubectl; --take-ownership adopts them.
+    helm.run("install", "crds", str(CHART), "-n", namespace, "--take-ownership",
+             "--set", f"watchNamespaces={{{namespace}}}")  # fmt: skip
+    owned = control_plane.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
+    annotations = owned["metadata"]["annotations"]  # type: ignore[index]
+    assert annotations["meta.helm.sh/release-name"] == "crds"
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    aex.create(control_plane, namespace, "survivor", "still here")
+    helm.run("uninstall", "crds", "-n", namespace, "--wait")
+    assert aex.get(control_plane, namespace, "survivor")["spec"]["message"] == "still here"
 
 
 @pytest.mark.parametrize("values", [None, EVERYTHING_ON], ids=["defaults", "everything-on"])
@@ -43,13 +147,13 @@ def test_rendered_objects_pass_server_side_validation(
         control_plane.kubectl("create", "namespace", ns, check=False)
     rendered = helm.template("--namespace", namespace, *(["-f", str(values)] if values else []))
     kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered) if doc}
-    assert {"Deployment", "ServiceAccount", "Service"} <= kinds
+    assert {"Deployment", "ServiceAccount", "Service", "CustomResourceDefinition"} <= kinds
     out = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered, check=False)
     assert out.returncode == 0, out.stderr
 
 
 def test_install_creates_the_objects_and_schema_refuses_bad_values(
-    control_plane: ControlPlane, helm: Helm, namespace: str
+    control_plane: ControlPlane, helm: Helm, namespace: str, crd: None
 ) -> None:
     refused = helm.run(
         "install", "bad", str(CHART), "-n", namespace, "--set", "replicaCount=two", check=False
@@ -63,8 +167,9 @@ def test_install_creates_the_objects_and_schema_refuses_bad_values(
     assert "additional properties 'replicas' not allowed" in unknown.stderr
 
     helm.run(
-        "install", "aex", str(CHART), "-n", namespace, "--set", f"watchNamespaces={{{namespace}}}"
-    )
+        "install", "aex", str(CHART), "-n", namespace,
+        "--set", f"watchNamespaces={{{namespace}}}", *NO_CRDS,
+    )  # fmt: skip
     names = control_plane.kubectl(
         "get", "-n", namespace, "deploy,sa,svc,role,rolebinding", "-o", "name"
     ).stdout.split()
@@ -101,8 +206,9 @@ async def test_operator_runs_with_only_the_charts_rbac(
     tmp_path: Path,
 ) -> None:
     helm.run(
-        "install", "rbac", str(CHART), "-n", namespace, "--set", f"watchNamespaces={{{namespace}}}"
-    )
+        "install", "rbac", str(CHART), "-n", namespace,
+        "--set", f"watchNamespaces={{{namespace}}}", *NO_CRDS,
+    )  # fmt: skip
     sa = f"system:serviceaccount:{namespace}:rbac-agentexec-operator"
     kubeconfig = service_account_kubeconfig(
         control_plane, namespace, "rbac-agentexec-operator", tmp_path / "sa-kubeconfig"
@@ -117,7 +223,7 @@ async def test_operator_runs_with_only_the_charts_rbac(
     assert "Forbidden" in denied.stderr
     assert 'cannot delete resource "agentexecutions"' in denied.stderr
     can = control_plane.kubectl(
-        "auth", "can-i", "patch", "agentexecutions.agentexec.io/status",
+        "auth", "can-i", "patch", "agentexecutions.agentexec.io", "--subresource=status",
         "-n", namespace, f"--as={sa}", check=False,
     )  # fmt: skip
     assert can.stdout.strip() == "yes"
@@ -220,3 +326,350 @@ async def test_two_replicas_one_reconciles_and_the_other_takes_over(
         f"[lease] takeover {took_over:.1f} s after the leader was SIGKILLed (lease 6 s); "
         f"hand-over {handed_over:.1f} s after a graceful stop"
     )
+
+
+def mount_as_kubelet(
+    plane: ControlPlane, namespace: str, pod: dict[str, Any], root: Path
+) -> dict[str, str]:
+    """What the operator container would see: its Secret volumes projected
+    under `root` as the kubelet projects them (only `items` when given; a
+    listed key the Secret lacks fails the mount), and its env with the
+    mount paths moved under `root`."""
+    container = pod["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    for volume in pod["volumes"]:
+        if "secret" not in volume:
+            continue
+        secret = plane.kubectl_json(
+            "get", "secret", "-n", namespace, volume["secret"]["secretName"]
+        )
+        data: dict[str, str] = secret.get("data") or {}  # type: ignore[assignment]
+        items = volume["secret"].get("items") or [{"key": k, "path": k} for k in data]
+        target = root / mounts[volume["name"]].lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            assert item["key"] in data, f"mount fails: Secret has no key {item['key']!r}"
+            (target / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+    return {
+        e["name"]: re.sub(r"^/etc/agentexec/", f"{root}/etc/agentexec/", e["value"])
+        for e in container["env"]
+        if "value" in e
+    }
+
+
+TLS_SETUPS = {
+    # mTLS to a server whose certificate is publicly trusted: a
+    # kubernetes.io/tls Secret, no ca.crt; the system roots verify the server.
+    "public-ca-mtls": ({"tls.crt", "tls.key"}, {"keys": {"ca": ""}}),
+    # A private CA and no client certificate (an API key, or none).
+    "private-ca-no-client-cert": ({"ca.crt"}, {"keys": {"cert": "", "key": ""}}),
+    # The full set, as cert-manager writes it.
+    "private-ca-mtls": ({"ca.crt", "tls.crt", "tls.key"}, {}),
+}
+
+
+@pytest.mark.parametrize("setup", TLS_SETUPS)
+def test_tls_secret_mounts_only_the_keys_it_has_and_the_operator_starts(
+    control_plane: ControlPlane, helm: Helm, namespace: str, tmp_path: Path, setup: str
+) -> None:
+    keys, tls_values = TLS_SETUPS[setup]
+    ca = CertificateAuthority(tmp_path / "pki")
+    client = ca.issue("client", "agentexec-operator")
+    files = {"ca.crt": ca.cert_path, "tls.crt": client.cert, "tls.key": client.key}
+    control_plane.kubectl(
+        "create", "secret", "generic", "temporal-tls", "-n", namespace,
+        *(f"--from-file={k}={files[k]}" for k in sorted(keys)),
+    )  # fmt: skip
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump({"temporal": {"tls": {"enabled": True, "secretName": "temporal-tls",
+                                             **tls_values}}})
+    )  # fmt: skip
+    rendered = helm.template("--namespace", namespace, "-f", str(values))
+    deployment = yaml.safe_dump(the(rendered, "Deployment"))
+    valid = control_plane.kubectl(
+        "apply", "--dry-run=server", "-f", "-", stdin=deployment, check=False
+    )
+    assert valid.returncode == 0, valid.stderr
+
+    env = mount_as_kubelet(control_plane, namespace, pod_spec(rendered), tmp_path / "pod")
+    told = {name for name in env if name.startswith("TEMPORAL_TLS_") and name.endswith("_FILE")}
+    expected = {"TEMPORAL_TLS_CA_FILE"} if "ca.crt" in keys else set()
+    if "tls.crt" in keys:
+        expected |= {"TEMPORAL_TLS_CERT_FILE", "TEMPORAL_TLS_KEY_FILE"}
+    assert told == expected
+    checked = subprocess.run(
+        [str(Path(sys.executable).parent / "agentexec-operator"), "--check-config"],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.stdout.strip() == "configuration ok", checked.stderr
+
+
+def test_tls_keys_refuse_half_a_client_pair(helm: Helm) -> None:
+    half = helm.template_result(
+        "--set", "temporal.tls.secretName=t", "--set", "temporal.tls.keys.key="
+    )  # fmt: skip
+    assert half.returncode != 0
+    assert "temporal.tls.keys.cert and temporal.tls.keys.key: name both" in half.stderr
+
+
+@pytest.fixture
+def role_aggregation(control_plane: ControlPlane, tmp_path: Path) -> Iterator[None]:
+    """kube-controller-manager running only the ClusterRole aggregation
+    controller, which fills the built-in view/edit/admin roles."""
+    kcm = ManagedProcess(
+        "kube-controller-manager",
+        [
+            str(built_tool("kube-controller-manager")),
+            f"--kubeconfig={control_plane.kubeconfig}",
+            "--controllers=clusterrole-aggregation",
+            "--leader-elect=false",
+            "--secure-port=0",
+        ],
+        tmp_path / "kube-controller-manager.log",
+    )
+    kcm.start()
+    try:
+        yield
+    finally:
+        kcm.stop()
+
+
+async def test_tenants_with_the_builtin_roles_can_use_agentexecutions(
+    control_plane: ControlPlane, helm: Helm, namespace: str, crd: None, role_aggregation: None
+) -> None:
+    helm.run("install", "tenants", str(CHART), "-n", namespace, *NO_CRDS,
+             "--set", f"watchNamespaces={{{namespace}}}")  # fmt: skip
+    for role, user in (("view", "alice"), ("edit", "bob"), ("admin", "carol")):
+        control_plane.kubectl(
+            "create", "rolebinding", f"{user}-{role}", "-n", namespace,
+            f"--clusterrole={role}", f"--user={user}",
+        )  # fmt: skip
+
+    def can(user: str, verb: str, subresource: str = "") -> bool:
+        out = control_plane.kubectl(
+            "auth", "can-i", verb, "agentexecutions.agentexec.io", f"--subresource={subresource}",
+            "-n", namespace, f"--as={user}", check=False,
+        )  # fmt: skip
+        return out.stdout.strip() == "yes"
+
+    expected = {
+        ("alice", "list"): True, ("alice", "watch"): True, ("alice", "create"): False,
+        ("alice", "delete"): False,
+        ("bob", "create"): True, ("bob", "delete"): True, ("bob", "patch"): True,
+        ("carol", "create"): True, ("carol", "deletecollection"): True,
+    }  # fmt: skip
+    await eventually(
+        lambda: {key: can(*key) for key in expected},
+        lambda seen: seen == expected,
+        timeout=30,
+        what="the built-in roles grant AgentExecutions as aggregated",
+    )
+    # Status is the operator's: no tenant role writes it.
+    for user in ("alice", "bob", "carol"):
+        assert not can(user, "patch", "status")
+    assert can("alice", "get", "status")
+
+
+def network_policy(helm: Helm, *args: str) -> dict[str, Any]:
+    rendered = helm.template("--set", "networkPolicy.enabled=true", *args)
+    spec: dict[str, Any] = the(rendered, "NetworkPolicy")["spec"]
+    return spec
+
+
+API_SERVER = ("--set", "networkPolicy.apiServer.to[0].ipBlock.cidr=10.96.0.1/32")
+
+
+def test_network_policy_names_destinations_and_closes_ingress_by_default(
+    control_plane: ControlPlane, helm: Helm, namespace: str
+) -> None:
+    refused = helm.template_result("--set", "networkPolicy.enabled=true")
+    assert refused.returncode != 0
+    assert "networkPolicy.apiServer.to" in refused.stderr
+
+    spec = network_policy(helm, *API_SERVER)
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == []  # no metricsFrom: nobody may connect
+    by_port = {p["port"]: rule for rule in spec["egress"] for p in rule["ports"]}
+    assert set(by_port) == {53, 443, 6443, 7233}
+    for rule in spec["egress"]:
+        assert rule["to"], f"egress rule without destination: {rule}"
+    assert by_port[443]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}]
+    # Temporal: the namespace of the default address temporal-frontend.temporal:7233.
+    assert by_port[7233]["to"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "temporal"}}}
+    ]
+    assert by_port[53]["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+
+    only_6443 = network_policy(helm, *API_SERVER, "--set", "networkPolicy.apiServer.ports={6443}")
+    assert {p["port"] for rule in only_6443["egress"] for p in rule["ports"]} == {53, 6443, 7233}
+
+    outside = helm.template_result(
+        "--set", "networkPolicy.enabled=true", *API_SERVER,
+        "--set", "temporal.address=my-ns.tmprl.cloud:7233",
+    )  # fmt: skip
+    assert outside.returncode != 0
+    assert "networkPolicy.temporal.to" in outside.stderr
+
+    everything = the(helm.template("-f", str(EVERYTHING_ON)), "NetworkPolicy")
+    assert all(rule["from"] for rule in everything["spec"]["ingress"])
+    assert all(rule["to"] for rule in everything["spec"]["egress"])
+    for policy in (spec, everything["spec"]):
+        doc = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "np", "namespace": namespace}, "spec": policy}  # fmt: skip
+        valid = control_plane.kubectl(
+            "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(doc), check=False
+        )
+        assert valid.returncode == 0, valid.stderr
+
+
+def test_deployment_never_runs_two_reconcilers_and_takes_placement_values(helm: Helm) -> None:
+    default = the(helm.template(), "Deployment")
+    assert default["spec"]["strategy"] == {"type": "Recreate"}
+    rolling = helm.template_result("--set", "strategy.type=RollingUpdate")
+    assert rolling.returncode != 0
+    assert "strategy.type must be Recreate with replicaCount 1" in rolling.stderr
+
+    everything = the(helm.template("-f", str(EVERYTHING_ON)), "Deployment")
+    assert everything["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    pod = everything["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "platform-high"
+    [spread] = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert spread["labelSelector"]["matchLabels"] == everything["spec"]["selector"]["matchLabels"]
+
+
+def documented_block(marker: str) -> str:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    found = re.search(rf"<!-- {re.escape(marker)}.*?-->\n```sh\n(.*?)```", text, re.S)
+    assert found, f"docs/operations.md has no block marked {marker}"
+    return found.group(1)
+
+
+def test_uninstall_step_releases_executions_left_without_an_operator(
+    control_plane: ControlPlane, namespace: str, crd: None, tmp_path: Path
+) -> None:
+    """After `helm uninstall`, executions still carry the operator's finalizer
+    and deleting them (or their namespace) hangs; the documented step removes
+    only that finalizer."""
+    for name, finalizers in (
+        ("left", ["agentexec.io/cancel-workflow"]),
+        ("shared", ["example.com/audit", "agentexec.io/cancel-workflow"]),
+    ):
+        manifest = json.loads(aex.manifest(name))
+        manifest["metadata"]["finalizers"] = finalizers
+        control_plane.kubectl("create", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
+    hung = control_plane.kubectl(
+        "delete", "aex", "left", "shared", "-n", namespace, "--timeout=3s", check=False
+    )
+    assert hung.returncode != 0  # waits for the finalizer that nobody removes
+
+    step = documented_block("uninstall:remove-finalizers")
+    assert "kubectl get aex -A " in step
+    step = step.replace("kubectl get aex -A ", f"kubectl get aex -n {namespace} ")
+    kubectl_dir = tmp_path / "bin"
+    kubectl_dir.mkdir()
+    (kubectl_dir / "kubectl").symlink_to(venv_tool("kubectl"))
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", step],
+        env={**os.environ, "PATH": f"{kubectl_dir}:{os.environ['PATH']}",
+             "KUBECONFIG": str(control_plane.kubeconfig)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    gone = control_plane.kubectl("get", "aex", "left", "-n", namespace, check=False)
+    assert "NotFound" in gone.stderr
+    shared = aex.get(control_plane, namespace, "shared")
+    assert shared["metadata"]["finalizers"] == ["example.com/audit"]
+
+
+def test_image_build_is_pinned_and_licensed(tmp_path: Path) -> None:
+    """Every package the image's `pip install .` resolves is pinned in
+    constraints.txt, which the Dockerfile applies; the LICENSE is the one
+    pyproject.toml declares."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY pyproject.toml README.md constraints.txt ./" in dockerfile
+    assert "PIP_CONSTRAINT=/src/constraints.txt /opt/agentexec/bin/pip install" in dockerfile
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--dry-run", "--ignore-installed",
+         "--report", str(report), str(ROOT), "setuptools>=69"],
+        env={**os.environ, "PIP_CONSTRAINT": str(ROOT / "constraints.txt")},
+        check=True, timeout=600,
+    )  # fmt: skip
+    resolved = {
+        re.sub(r"[-_.]+", "-", item["metadata"]["name"].lower()): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    resolved.pop("agentexec-operator")
+    assert resolved == pins
+
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in license_text
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_kube_score_passes_with_only_the_documented_exceptions() -> None:
+    """`make chart-score` (part of `make lint`): kube-score on the default and
+    the everything-on render; each exception in one file, with its reason."""
+    exceptions = ROOT / "charts" / "kube-score-exceptions.txt"
+    for line in exceptions.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.match(r"^(default|everything-on|all)\s+(--)?[a-z0-9-]+\s+#\s+\S", line), line
+    scored = subprocess.run(
+        ["make", "--no-print-directory", "chart-score"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    assert "kube-score: default render OK" in scored.stdout
+    assert "kube-score: everything-on render OK" in scored.stdout
+
+
+def test_values_and_schema_are_in_step() -> None:
+    """Every value in values.yaml is typed in values.schema.json and has a
+    comment above it."""
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    leaves: set[tuple[str, ...]] = set()
+
+    def walk(value: Any, node: dict[str, Any], path: tuple[str, ...]) -> None:
+        if not isinstance(value, dict) or "properties" not in node:
+            leaves.add(path)
+            return
+        unknown = set(value) - set(node["properties"])
+        assert not unknown, f"{'.'.join(path) or 'values'}: not in the schema: {unknown}"
+        for key, sub in value.items():
+            walk(sub, node["properties"][key], (*path, key))
+
+    walk(values, schema, ())
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        if re.match(r"^\s*[A-Za-z][A-Za-z0-9]*:", line) and key_path(lines, n) in leaves:
+            assert lines[n - 1].strip().startswith("#"), f"values.yaml:{n + 1} has no comment"
+
+
+def key_path(lines: list[str], n: int) -> tuple[str, ...]:
+    """The mapping keys leading to the key on line n (list items are skipped,
+    so keys inside lists get paths that are not values)."""
+    indent = len(lines[n]) - len(lines[n].lstrip())
+    path = [lines[n].strip().split(":")[0]]
+    for line in reversed(lines[:n]):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        level = len(line) - len(line.lstrip())
+        if level < indent:
+            path.insert(0, stripped.split(":")[0])
+            indent = level
+    return tuple(path)

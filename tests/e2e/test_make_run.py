@@ -1,5 +1,6 @@
 """`make run` on a machine with no kubeconfig: a working local cluster, and a
-Ctrl-C that leaves no process behind."""
+Ctrl-C that leaves no process and no directory behind; with a kubeconfig, the
+cluster it names is used only when asked."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tests.support.binaries import ROOT, venv_tool
+from tests.support.kube import ControlPlane
 from tests.support.procs import wait_for
 
 
@@ -75,3 +77,49 @@ def test_make_run_without_kubeconfig(tmp_path: Path) -> None:
     assert "stopped everything it started" in out_path.read_text()
     assert not pid_alive(operator_pid)
     assert processes_mentioning(workdir) == []
+    # It held the local cluster's private keys.
+    assert not Path(workdir).exists()
+
+
+def test_make_run_leaves_the_kubeconfigs_cluster_alone_unless_asked(
+    tmp_path: Path, control_plane: ControlPlane
+) -> None:
+    """A kubeconfig that reaches a cluster is named and not used; only
+    --use-kubeconfig (make run USE_KUBECONFIG=1) uses it, and then it needs
+    the Temporal that cluster uses."""
+    kube = tmp_path / ".kube"
+    kube.mkdir()
+    (kube / "config").write_text(control_plane.kubeconfig.read_text())
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "TEMPORAL_ADDRESS")}
+    env["HOME"] = str(tmp_path)
+    server = control_plane.url
+
+    asked = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "run_local.py"), "--use-kubeconfig"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert asked.returncode == 2
+    assert "--use-kubeconfig needs TEMPORAL_ADDRESS" in asked.stdout
+    assert f"context 'agentexec-local' (cluster 'agentexec-local', server {server})" in asked.stdout
+
+    out_path = tmp_path / "run.out"
+    with out_path.open("w") as out:
+        run = subprocess.Popen(
+            [sys.executable, str(ROOT / "hack" / "run_local.py")],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        text = wait_for(
+            lambda: (t := out_path.read_text()) and "starting a local control plane" in t and t,
+            timeout=60,
+            what="make run choosing its cluster",
+            interval=0.2,
+        )
+        assert "not using your kubeconfig's context 'agentexec-local'" in text
+        assert server in text
+        workdir = re.search(r"working directory (\S+)", text).group(1)  # type: ignore[union-attr]
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=90)
+    assert run.returncode == 0, out_path.read_text()
+    assert not Path(workdir).exists()
