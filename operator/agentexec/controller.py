@@ -494,6 +494,7 @@ class Controller:
             extra={"execution": "/".join(key), "phase": phase, "reason": reason},
         )
         self.events.forget(str(body.get("metadata", {}).get("uid", "")))
+        self._touched.pop(key, None)  # finished: the sweep never looks at it again
         self._publish_phases()
 
     async def _write_finalizers(self, key: Key, body: Body, add: bool) -> dict[str, Any]:
@@ -541,6 +542,12 @@ class Controller:
             "queued": len(self.queue),
             "waiting_for_temporal": int(self._count_waiting()),
             "pending_reports": len(self._reports),
+            # Per-key state held anywhere besides the cache (a leak shows here).
+            "tracked_keys": self.queue.tracked()
+            + len(self._touched)
+            + len(self._check)
+            + len(self._reports)
+            + len(self.events),
             "loops_stopped": self.stopped_loops(),
         }
 

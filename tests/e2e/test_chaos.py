@@ -239,3 +239,49 @@ async def test_outage_longer_than_queue_ttl(
     )
     assert counts["failed:QueueTimeout"] > 0
     assert counts["succeeded"] > 0
+
+
+async def test_second_outage_while_the_backlog_drains(
+    control_plane: ControlPlane, temporal: TemporalDevServer, namespace: str,
+    make_operator: MakeOperator,
+) -> None:  # fmt: skip
+    # A slow start rate keeps a backlog draining when Temporal goes away again.
+    operator = make_operator(AGENTEXEC_START_RATE="4")
+
+    async def fault() -> None:
+        temporal.kill()
+        await asyncio.sleep(20)
+        temporal.start()
+        await asyncio.sleep(3)
+        temporal.kill()
+        await asyncio.sleep(10)
+        temporal.start()
+
+    await run_scenario(
+        "second outage while draining", control_plane, temporal, namespace, operator, fault
+    )
+
+
+async def test_apiserver_down_while_the_queue_ttl_expires(
+    control_plane: ControlPlane, temporal: TemporalDevServer, namespace: str,
+    make_operator: MakeOperator,
+) -> None:  # fmt: skip
+    operator = make_operator(AGENTEXEC_QUEUE_TTL_SECONDS="10")
+
+    async def fault() -> None:
+        temporal.kill()
+        await asyncio.sleep(6)
+        control_plane.stop_apiserver()
+        await asyncio.sleep(15)  # TTLs run out while no write can land
+        control_plane.start_apiserver()
+        await asyncio.sleep(5)
+        temporal.start()
+
+    def queue_timeout(obj: dict[str, Any]) -> bool:
+        return obj["status"].get("error", {}).get("reason") == "QueueTimeout"
+
+    counts = await run_scenario(
+        "kube-apiserver down while the TTL expires", control_plane, temporal, namespace,
+        operator, fault, queue_timeout,
+    )  # fmt: skip
+    assert counts["failed:QueueTimeout"] > 0

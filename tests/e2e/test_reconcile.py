@@ -150,7 +150,7 @@ async def test_deleting_a_finished_execution_never_waits_for_temporal(
     namespace: str,
     make_operator: MakeOperator,
 ) -> None:
-    make_operator()
+    operator = make_operator()
     aex.create(control_plane, namespace, "finished", "x")
     done = await reaches(
         control_plane, namespace, "finished", lambda o: aex.phase(o) == "Succeeded", "Succeeded"
@@ -166,6 +166,13 @@ async def test_deleting_a_finished_execution_never_waits_for_temporal(
     started = time.monotonic()
     control_plane.kubectl("delete", "-n", namespace, "aex", "finished", "--timeout=30s")
     assert time.monotonic() - started < 15
+    # The deleted key left every structure of the operator.
+    state = await eventually(
+        lambda: operator.statusz()["executions"],
+        lambda e: e["known"] == 0 and e["tracked_keys"] == 0,
+        what="nothing kept of the deleted execution",
+    )
+    assert state["queued"] == 0
 
 
 async def test_connection_condition_is_right_on_an_execution_that_was_queued(

@@ -41,8 +41,10 @@ class OperatorProcess:
             "AGENTEXEC_RUNNER_TASK_QUEUE": self.runner_queue,
             "AGENTEXEC_CONDITION_SYNC_SECONDS": "1",
             "AGENTEXEC_SWEEP_SECONDS": "5",
-            # Each test's operators elect their leader in the test's namespace.
+            # Each test's operators elect their leader in the test's namespace;
+            # like a pod's name, the identity survives a restart of the process.
             "AGENTEXEC_LEADER_ELECTION_NAMESPACE": namespace,
+            "POD_NAME": f"{namespace}-{workdir.name}",
             "LOG_FORMAT": "text",
             "LOG_LEVEL": "INFO",
             **(env or {}),
