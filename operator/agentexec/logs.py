@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed as `extra=`.
@@ -27,7 +28,8 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            # RFC 3339 with milliseconds and the zone, as log pipelines parse it.
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -58,6 +60,20 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     # kopf logs "Handler 'observe' succeeded" per watch event at INFO: noise.
     logging.getLogger("kopf.objects").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    for name in ("kopf._core.reactor.queueing", "kopf._cogs.clients.watching", "kopf"):
+        logging.getLogger(name).addFilter(ExpectedStartupRetry())
+
+
+class ExpectedStartupRetry(logging.Filter):
+    """kopf logs the API server's "storage is (re)initializing" answer to its
+    first list (right after a CRD is established; kopf retries a second later)
+    as an ERROR. It is expected and harmless: say it at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "is (re)initializing" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = None
+        return True
 
 
 class RateLimiter:

@@ -3,9 +3,21 @@ alerts, dashboards and docs/operations.md use them."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from agentexec import __version__
 
 CONNECTION_LABELS = ("host_port", "namespace")
+# Counters' `_created` series double the series count and no alert uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -14,6 +26,17 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # process_* (CPU, memory, file descriptors) and python_info, as every
+        # Python exporter has them.
+        r.register(PROCESS_COLLECTOR)
+        r.register(PLATFORM_COLLECTOR)
+        self.build_info = Gauge(
+            "agentexec_build_info",
+            "Always 1; the labels say which build runs.",
+            ("version",),
+            registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
         self.connection_status = Gauge(
             "temporal_connection_status",
             "1 while the operator's Temporal health probe succeeds, else 0.",
@@ -103,3 +126,8 @@ class Metrics:
             ("handler",),
             registry=r,
         )
+        # Every series exists from the start (at 0), so rate() and alerts see
+        # the first increment instead of a series appearing from nowhere.
+        for result in ("started", "closed", "unavailable", "rejected"):
+            self.workflow_starts.labels(result=result)
+        self.reconcile_errors.labels(handler="reconcile")

@@ -36,3 +36,24 @@ def test_kopf_extras_are_compacted() -> None:
     assert "settings" not in line
     assert "k8s_skip" not in line
     assert line["object"] == "ns/a"
+
+
+def test_json_time_has_milliseconds_and_the_zone() -> None:
+    record = logging.makeLogRecord({"msg": "x", "created": 1796000000.25})
+    line = json.loads(JsonFormatter().format(record))
+    assert line["time"] == "2026-11-30T00:53:20.250+00:00"
+
+
+def test_the_expected_startup_retry_is_not_an_error() -> None:
+    from agentexec.logs import ExpectedStartupRetry
+
+    record = logging.makeLogRecord(
+        {"msg": "Request attempt #1/9 failed; will retry: GET ... 503 "
+         "apiserver is shutting down or storage is (re)initializing", "levelno": 40,
+         "levelname": "ERROR"}
+    )  # fmt: skip
+    assert ExpectedStartupRetry().filter(record)
+    assert record.levelname == "INFO"
+    other = logging.makeLogRecord({"msg": "real trouble", "levelno": 40, "levelname": "ERROR"})
+    ExpectedStartupRetry().filter(other)
+    assert other.levelname == "ERROR"
