@@ -181,7 +181,8 @@ async def test_connection_condition_is_right_on_an_execution_that_was_queued(
     namespace: str,
     make_operator: MakeOperator,
 ) -> None:
-    make_operator()
+    # No sweep during the test: the connection trigger alone must set it right.
+    make_operator(AGENTEXEC_SWEEP_SECONDS="600")
     temporal.kill()
     aex.create(control_plane, namespace, "queued", "x", parameters={"delaySeconds": 60})
     await reaches(
@@ -197,7 +198,7 @@ async def test_connection_condition_is_right_on_an_execution_that_was_queued(
     temporal.kill()
     await reaches(control_plane, namespace, "queued", connected("False"), "False after an outage")
     temporal.start()
-    obj = await reaches(control_plane, namespace, "queued", connected("True"), "True again")
+    obj = await reaches(control_plane, namespace, "queued", connected("True"), "True again", 20)
     assert aex.phase(obj) == "Running"
 
 
