@@ -132,7 +132,9 @@ async def run_scenario(
     assert counts["duplicates"] == 0
     assert counts["zombies"] == 0
     assert counts["unexplained"] == 0, sorted(stream.unexplained)[:10]
-    assert counts["created"] > 10
+    # The stream ran (not a correctness bound: a loaded machine, or an API
+    # server that refuses creations for most of the window, makes fewer).
+    assert counts["created"] > 5
     return counts
 
 
