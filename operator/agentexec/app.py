@@ -73,6 +73,15 @@ def identity(settings: Settings) -> str:
     return settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
+async def _first(*awaitables: Any) -> None:
+    """Wait until the first of ``awaitables`` is done (tasks given are not cancelled)."""
+    tasks = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in awaitables]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task, given in zip(tasks, awaitables, strict=True):
+        if task is not given and not task.done():
+            task.cancel()
+
+
 async def run(settings: Settings) -> None:
     metrics = Metrics()
     kube = await Kube.connect()
@@ -80,10 +89,19 @@ async def run(settings: Settings) -> None:
     controller = Controller(settings, manager, kube, metrics)
     manager.set_workers(build_worker_specs(settings, controller))
     ready = asyncio.Event()
-    stop = asyncio.Event()
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def request_stop(sig: signal.Signals) -> None:
+        if not stopping.is_set():
+            log.info("stop requested: handing over, draining workers", extra={"signal": sig.name})
+        stopping.set()
+
+    def take_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, request_stop, sig)
+
+    take_signals()
     elector = (
         LeaseElector(
             kube,
@@ -133,30 +151,47 @@ async def run(settings: Settings) -> None:
             **manager.log_fields,
         },
     )
-    campaign: asyncio.Task[None] | None = None
+    kopf_stop = asyncio.Event()
     try:
         async with manager:
-            if elector is not None:
-                campaign = asyncio.create_task(elector.run(), name="leader-election")
-            else:
+            campaign = (
+                asyncio.create_task(elector.run(), name="leader-election") if elector else None
+            )
+            if elector is None:
                 await controller.start_leading()
-            try:
-                await kopf.operator(
+            watching = asyncio.create_task(
+                kopf.operator(
                     registry=handlers.registry,
                     clusterwide=not settings.watch_namespaces,
                     namespaces=settings.watch_namespaces,
                     standalone=True,
                     memo=kopf.Memo(settings=settings, controller=controller),
-                    stop_flag=stop,
+                    stop_flag=kopf_stop,
                     ready_flag=ready,
-                )
-            finally:
-                if campaign is not None:
-                    campaign.cancel()
-                    await asyncio.gather(campaign, return_exceptions=True)
-                    await elector.release() if elector else None
-                else:
-                    await controller.stop_leading()
+                ),
+                name="kopf",
+            )
+            # kopf installs its own SIGINT/SIGTERM handlers as it starts, and on
+            # a signal cancels every task it did not start with (ours included,
+            # without the Lease ever being released). Take the signals back once
+            # it runs, so a stop hands over first and stops kopf last.
+            await _first(ready.wait(), watching)
+            take_signals()
+            await _first(stopping.wait(), watching)
+            # 1. Stop reconciling and release the Lease: a successor starts now.
+            if campaign is not None and elector is not None:
+                campaign.cancel()
+                await asyncio.gather(campaign, return_exceptions=True)
+                await elector.release()
+            else:
+                await controller.stop_leading()
+        # 2. Leaving the manager drains the workers (in-flight activities get
+        #    TEMPORAL_WORKER_GRACE_SECONDS). 3. Then kopf stops watching.
+        kopf_stop.set()
+        try:
+            await watching
+        except Exception as exc:
+            log.warning("kopf stopped with an error", extra={"error": str(exc)[:300]})
     finally:
         await http.cleanup()
         await kube.close()
