@@ -73,6 +73,15 @@ def test_helm_template_needs_no_kube_version(helm: Helm) -> None:
     believes it is talking to Kubernetes v1.20)."""
     version = helm.run("version", "--template", "{{.Version}}").stdout.strip()
     assert version == versions()["HELM_VERSION"]
+    # Every way the project finds helm names this stamped build.
+    assert helm.binary == built_tool("helm")
+    kind_script = (ROOT / "hack" / "e2e-kind.sh").read_text()
+    [assignment] = re.findall(r"^HELM=.*$", kind_script, re.M)
+    kind_helm = subprocess.run(
+        ["bash", "-c", f'source hack/versions.env; {assignment}; echo "$HELM"'],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert ROOT / kind_helm == built_tool("helm")
     rendered = helm.template_result()
     assert rendered.returncode == 0, rendered.stderr
     assert the(rendered.stdout, "Deployment")
