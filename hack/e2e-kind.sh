@@ -15,7 +15,7 @@ command -v kind >/dev/null || { echo "e2e-kind: kind not found (go install sigs.
 source hack/versions.env
 CLUSTER=${KIND_CLUSTER:-agentexec-e2e}
 IMAGE=agentexec-operator:e2e
-HELM=.cache/bin/helm-$HELM_VERSION
+HELM=.cache/bin/helm-$HELM_VERSION-r$HELM_BUILD_REV
 KUBECTL=.venv/bin/kubectl
 export KUBECONFIG=$ROOT/.cache/kind-kubeconfig
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agentexec.settings import load_settings
 from tests.e2e import aex
 from tests.support.binaries import ROOT, built_tool, venv_tool, versions
 from tests.support.helm import CHART, EVERYTHING_ON, Helm
@@ -56,15 +57,15 @@ def pod_spec(rendered: str) -> dict[str, Any]:
 
 
 def test_chart_crd_is_the_crds_file() -> None:
-    """crds/ is the source; the chart carries each file as is: ours under
-    files/crds/ (a template, governed by crds.install), kopf's peering CRDs in
-    the chart's crds/ (installed by Helm before the templates)."""
-    copies = {"agentexecutions.agentexec.io.yaml": "files/crds", "kopf-peering.yaml": "crds"}
-    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(copies)
-    for name, folder in copies.items():
-        copy = CHART / folder / name
-        assert copy.read_bytes() == (ROOT / "crds" / name).read_bytes(), name
-    assert not (CHART / "crds" / "agentexecutions.agentexec.io.yaml").exists()
+    """crds/ is the source, and holds only our CRD (leadership is a Lease, no
+    kopf peering CRDs); the chart carries it as is under files/crds/ (a
+    template, governed by crds.install) and has no crds/ folder, which Helm
+    would install unconditionally and never upgrade."""
+    name = "agentexecutions.agentexec.io.yaml"
+    assert [p.name for p in (ROOT / "crds").iterdir()] == [name]
+    assert [p.name for p in (CHART / "files" / "crds").iterdir()] == [name]
+    assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes()
+    assert not (CHART / "crds").exists()
 
 
 def test_helm_template_needs_no_kube_version(helm: Helm) -> None:
@@ -73,6 +74,15 @@ def test_helm_template_needs_no_kube_version(helm: Helm) -> None:
     believes it is talking to Kubernetes v1.20)."""
     version = helm.run("version", "--template", "{{.Version}}").stdout.strip()
     assert version == versions()["HELM_VERSION"]
+    # Every way the project finds helm names this stamped build.
+    assert helm.binary == built_tool("helm")
+    kind_script = (ROOT / "hack" / "e2e-kind.sh").read_text()
+    [assignment] = re.findall(r"^HELM=.*$", kind_script, re.M)
+    kind_helm = subprocess.run(
+        ["bash", "-c", f'source hack/versions.env; {assignment}; echo "$HELM"'],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert ROOT / kind_helm == built_tool("helm")
     rendered = helm.template_result()
     assert rendered.returncode == 0, rendered.stderr
     assert the(rendered.stdout, "Deployment")
@@ -88,12 +98,10 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
         for o in objects(rendered)
         if o["kind"] == "CustomResourceDefinition"
     }
-    kopfs = {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"}
     if not install:
-        assert set(crds) == kopfs  # from the chart's crds/, skipped by --skip-crds
-        assert "CustomResourceDefinition" not in helm.template("--set", "crds.install=false")
+        assert crds == {}
         return
-    assert set(crds) == {"agentexecutions.agentexec.io"} | kopfs
+    assert set(crds) == {"agentexecutions.agentexec.io"}
     ours = crds["agentexecutions.agentexec.io"]
     source = yaml.safe_load((ROOT / "crds" / "agentexecutions.agentexec.io.yaml").read_text())
     assert ours["spec"] == source["spec"]
@@ -105,19 +113,25 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
 
 
 def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_path: Path) -> None:
-    """A fresh cluster: the release's KopfPeering objects need kopf's CRDs
-    before the templates are applied (why those stay in the chart's crds/),
-    and the AgentExecution CRD comes with the release."""
+    """A fresh cluster: the AgentExecution CRD comes with the release, and it
+    is the only CRD the release brings (leadership needs the built-in Lease,
+    not kopf's peering CRDs); the Lease's Role is in the release namespace."""
     fresh = ControlPlane(tmp_path / "fresh")
     fresh.start()
     try:
         helm.plane = fresh
         fresh.kubectl("create", "namespace", "aex")
-        helm.run("install", "aex", str(CHART), "-n", "aex", "--set", "replicaCount=2",
-                 "--set", "strategy.type=RollingUpdate")  # fmt: skip
-        assert fresh.kubectl_json("get", "clusterkopfpeering", "aex-agentexec-operator")
+        helm.run("install", "aex", str(CHART), "-n", "aex", "--set", "replicaCount=2")
+        crds = fresh.kubectl("get", "crd", "-o", "name").stdout.split()
+        assert crds == [
+            "customresourcedefinition.apiextensions.k8s.io/agentexecutions.agentexec.io"
+        ]
         crd = fresh.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "aex"  # type: ignore[index]
+        role: dict[str, Any] = fresh.kubectl_json(
+            "get", "role", "-n", "aex", "aex-agentexec-operator-leader-election"
+        )
+        assert {g for rule in role["rules"] for g in rule["apiGroups"]} == {"coordination.k8s.io"}
     finally:
         fresh.stop()
 
@@ -177,6 +191,8 @@ def test_install_creates_the_objects_and_schema_refuses_bad_values(
     assert "serviceaccount/aex-agentexec-operator" in names
     assert "service/aex-agentexec-operator-metrics" in names
     assert "role.rbac.authorization.k8s.io/aex-agentexec-operator" in names
+    assert "role.rbac.authorization.k8s.io/aex-agentexec-operator-leader-election" in names
+    assert "rolebinding.rbac.authorization.k8s.io/aex-agentexec-operator-leader-election" in names
     deploy = control_plane.kubectl_json("get", "-n", namespace, "deploy", "aex-agentexec-operator")
     pod = deploy["spec"]["template"]["spec"]  # type: ignore[index]
     container = pod["containers"][0]
@@ -197,6 +213,18 @@ def service_account_kubeconfig(plane: ControlPlane, namespace: str, sa: str, pat
     return path
 
 
+def leader_env(deployment: dict[str, Any], pod_name: str) -> dict[str, str]:
+    """The Deployment's leader-election variables as the kubelet resolves them
+    for a pod named `pod_name` (the downward API's metadata fields)."""
+    pod = {"metadata.name": pod_name, "metadata.namespace": deployment["metadata"]["namespace"]}
+    resolved = {}
+    for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if e["name"].startswith(("AGENTEXEC_LEADER_ELECTION", "POD_")):
+            field = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            resolved[e["name"]] = pod[field] if field else e["value"]
+    return resolved
+
+
 async def test_operator_runs_with_only_the_charts_rbac(
     control_plane: ControlPlane,
     temporal: TemporalDevServer,
@@ -209,6 +237,7 @@ async def test_operator_runs_with_only_the_charts_rbac(
         "install", "rbac", str(CHART), "-n", namespace,
         "--set", f"watchNamespaces={{{namespace}}}", *NO_CRDS,
     )  # fmt: skip
+    lease = "rbac-agentexec-operator"
     sa = f"system:serviceaccount:{namespace}:rbac-agentexec-operator"
     kubeconfig = service_account_kubeconfig(
         control_plane, namespace, "rbac-agentexec-operator", tmp_path / "sa-kubeconfig"
@@ -228,9 +257,37 @@ async def test_operator_runs_with_only_the_charts_rbac(
     )  # fmt: skip
     assert can.stdout.strip() == "yes"
 
-    # The reference reconnection scenario, as that identity.
+    def allowed(*args: str) -> bool:
+        out = control_plane.kubectl("auth", "can-i", *args, f"--as={sa}", check=False)
+        return out.stdout.strip() == "yes"
+
+    # Only what the operator calls: status is written, never read; the Lease
+    # is read, created and updated in the release namespace, and no other.
+    assert not allowed("get", "agentexecutions.agentexec.io", "--subresource=status",
+                       "-n", namespace)  # fmt: skip
+    assert allowed("create", "leases.coordination.k8s.io", "-n", namespace)
+    for verb in ("get", "update"):
+        assert allowed(verb, f"leases.coordination.k8s.io/{lease}", "-n", namespace)
+        assert not allowed(verb, "leases.coordination.k8s.io/another", "-n", namespace)
+    for verb in ("list", "watch", "patch", "delete"):
+        assert not allowed(verb, f"leases.coordination.k8s.io/{lease}", "-n", namespace)
+    assert not allowed("create", "leases.coordination.k8s.io", "-n", "default")
+
+    # The reference reconnection scenario, as that identity, with the pod's
+    # leader-election variables from the installed Deployment: the Lease is
+    # the release's, in the namespace POD_NAMESPACE names.
+    deployment: dict[str, Any] = control_plane.kubectl_json("get", "-n", namespace, "deploy", lease)
+    pod_name = f"{lease}-5d4c8b9f7-x2x7q"
+    env = leader_env(deployment, pod_name)
+    assert env == {
+        "AGENTEXEC_LEADER_ELECTION": "true", "AGENTEXEC_LEADER_ELECTION_NAME": lease,
+        "AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS": "15",
+        "POD_NAME": pod_name, "POD_NAMESPACE": namespace,
+    }  # fmt: skip
+    # Unset the test harness's own Lease namespace: POD_NAMESPACE decides.
+    env["AGENTEXEC_LEADER_ELECTION_NAMESPACE"] = ""
     temporal.kill()
-    operator = OperatorProcess(tmp_path / "op", kubeconfig, temporal.address, namespace)
+    operator = OperatorProcess(tmp_path / "op", kubeconfig, temporal.address, namespace, env)
     operator.start()
     try:
         aex.create(control_plane, namespace, "first", "one")
@@ -253,7 +310,13 @@ async def test_operator_runs_with_only_the_charts_rbac(
                 what=f"{name} Succeeded",
             )
             assert done["status"]["output"] == message
+        leader = operator.statusz()["leader"]
+        assert leader["leading"]
+        assert leader["identity"] == pod_name
+        held: dict[str, Any] = control_plane.kubectl_json("get", "-n", namespace, "lease", lease)
+        assert held["spec"]["holderIdentity"] == pod_name
         assert "Forbidden" not in operator.log()
+        assert "lease request failed" not in operator.log()
     finally:
         operator.stop()
 
@@ -526,20 +589,71 @@ def test_network_policy_names_destinations_and_closes_ingress_by_default(
         assert valid.returncode == 0, valid.stderr
 
 
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 def test_deployment_never_runs_two_reconcilers_and_takes_placement_values(helm: Helm) -> None:
+    """The Lease keeps one reconciler through a rolling update, with any
+    replica count; without leader election only Recreate and one replica."""
     default = the(helm.template(), "Deployment")
-    assert default["spec"]["strategy"] == {"type": "Recreate"}
-    rolling = helm.template_result("--set", "strategy.type=RollingUpdate")
+    assert default["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}
+    }  # fmt: skip
+    env = env_of(default)
+    assert env["AGENTEXEC_LEADER_ELECTION"]["value"] == "true"
+    assert env["AGENTEXEC_LEADER_ELECTION_NAME"]["value"] == "rel-agentexec-operator"
+    assert env["AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS"]["value"] == "15"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # Recreate takes no rollingUpdate (the API server would refuse one).
+    recreate = the(helm.template("--set", "strategy.type=Recreate"), "Deployment")
+    assert recreate["spec"]["strategy"] == {"type": "Recreate"}
+
+    standalone = ("--set", "leaderElection.enabled=false")
+    rolling = helm.template_result(*standalone)
     assert rolling.returncode != 0
-    assert "strategy.type must be Recreate with replicaCount 1" in rolling.stderr
+    assert "leaderElection.enabled=false needs strategy.type Recreate" in rolling.stderr
+    several = helm.template_result(*standalone, "--set", "strategy.type=Recreate",
+                                   "--set", "replicaCount=2")  # fmt: skip
+    assert several.returncode != 0
+    assert "leaderElection.enabled=false needs replicaCount 1" in several.stderr
+    alone = helm.template(*standalone, "--set", "strategy.type=Recreate")
+    assert env_of(the(alone, "Deployment"))["AGENTEXEC_LEADER_ELECTION"]["value"] == "false"
+    assert not [o for o in objects(alone) if o["kind"] == "Role"]
+    short = helm.template_result("--set", "leaderElection.leaseSeconds=2")
+    assert short.returncode != 0
+    assert "leaseSeconds" in short.stderr
 
     everything = the(helm.template("-f", str(EVERYTHING_ON)), "Deployment")
-    assert everything["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert everything["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert env_of(everything)["AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS"]["value"] == "10"
     pod = everything["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "platform-high"
     [spread] = pod["topologySpreadConstraints"]
     assert spread["topologyKey"] == "topology.kubernetes.io/zone"
     assert spread["labelSelector"]["matchLabels"] == everything["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("values", [None, EVERYTHING_ON], ids=["defaults", "everything-on"])
+def test_every_variable_the_chart_sets_is_one_the_operator_reads(
+    helm: Helm, values: Path | None
+) -> None:
+    """An unknown variable is silently ignored by the operator, so a stale one
+    (AGENTEXEC_PEERING, once) would configure nothing: every name the chart
+    sets must be one load_settings asks for."""
+    asked: set[str] = set()
+
+    class Recording(dict[str, str]):
+        def get(self, key: str, default: Any = None) -> Any:
+            asked.add(key)
+            return super().get(key, default)
+
+    load_settings(Recording())
+    rendered = helm.template(*(["-f", str(values)] if values else []))
+    env = env_of(the(rendered, "Deployment"))
+    assert set(env) - asked == set()
+    assert {"POD_NAME", "POD_NAMESPACE", "AGENTEXEC_LEADER_ELECTION_NAME"} <= set(env)
 
 
 def documented_block(marker: str) -> str:

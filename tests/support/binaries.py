@@ -38,6 +38,10 @@ def built_tool(name: str) -> Path:
     pins = versions()
     if name.startswith("kube-"):
         version = f"{pins['KUBE_VERSION']}-r{pins['KUBE_BUILD_REV']}"
+    elif name == "helm":
+        # Stamped as helm's release build (an unstamped one misreads the
+        # Kubernetes version): keyed by HELM_BUILD_REV too.
+        version = f"{pins['HELM_VERSION']}-r{pins['HELM_BUILD_REV']}"
     else:
         version = pins[f"{name.upper()}_VERSION"]
     path = CACHE_DIR / "bin" / f"{name}-{version}"

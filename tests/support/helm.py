@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.support.binaries import CACHE_DIR, ROOT, versions
+from tests.support.binaries import ROOT, built_tool
 from tests.support.kube import ControlPlane
 
 CHART = ROOT / "charts" / "agentexec-operator"
@@ -15,14 +15,10 @@ EVERYTHING_ON = CHART / "ci" / "everything-on-values.yaml"
 
 
 def helm_binary() -> Path:
-    """The stamped helm of hack/versions.env, built on first use. (Keyed by
-    HELM_BUILD_REV too: an unstamped build of the same version misreads the
-    Kubernetes version and fails the chart's kubeVersion check.)"""
-    pins = versions()
-    path = CACHE_DIR / "bin" / f"helm-{pins['HELM_VERSION']}-r{pins['HELM_BUILD_REV']}"
-    if not path.exists():
-        subprocess.run(["bash", str(ROOT / "hack" / "build-binaries.sh"), "helm"], check=True)
-    return path
+    """The stamped helm of hack/versions.env, built on first use (see
+    built_tool: an unstamped build of the same version misreads the
+    Kubernetes version and fails the chart's kubeVersion check)."""
+    return built_tool("helm")
 
 
 class Helm:

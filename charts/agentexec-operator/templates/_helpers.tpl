@@ -42,11 +42,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   verbs: [get, list, watch, patch]
 - apiGroups: [agentexec.io]
   resources: [agentexecutions/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
-- apiGroups: [kopf.dev]
-  resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
 {{- end -}}
