@@ -10,7 +10,7 @@ import yaml
 from agentexec.metrics import Metrics
 
 ALERTS = Path(__file__).resolve().parents[2] / "charts/agentexec-operator/files/alerts.yaml"
-PROMQL_WORDS = {"max", "sum", "rate", "by", "and", "or", "unless", "without", "on"}
+PROMQL_WORDS = {"max", "sum", "rate", "by", "and", "or", "unless", "without", "on", "absent"}
 
 
 def exported_names() -> set[str]:
@@ -25,6 +25,7 @@ def exported_names() -> set[str]:
 def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\b(by|without)\s*\([^)]*\)", " ", expr)  # drop label lists
     expr = re.sub(r"\[[^\]]*\]", " ", expr)  # drop range selectors
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # drop label matchers
     tokens = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", expr))
     return {t for t in tokens if t not in PROMQL_WORDS and "_" in t}
 
@@ -36,12 +37,34 @@ def test_every_alert_uses_exported_metrics() -> None:
         "AgentExecTemporalCircuitOpen",
         "AgentExecExecutionsWaitingForTemporal",
         "AgentExecReconcileErrors",
+        "AgentExecOperatorAbsent",
+        "AgentExecExecutionsFailing",
     }
     exported = exported_names()
     for rule in rules:
         used = metric_names(rule["expr"])
         assert used, rule["alert"]
         assert used <= exported, f"{rule['alert']} uses unknown metrics {used - exported}"
+        # Every alert names its runbook section, and that section exists.
+        assert f"#{rule['annotations']['runbook']}" in rule["annotations"]["description"]
+
+
+def test_runbook_sections_exist_in_the_operations_guide() -> None:
+    guide = (ALERTS.parents[3] / "docs" / "operations.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in guide.splitlines()
+        if line.startswith("#")
+    }
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    assert {r["annotations"]["runbook"] for r in rules} <= anchors
+
+
+def test_disconnected_alert_is_per_replica() -> None:
+    rules = {
+        r["alert"]: r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]
+    }
+    assert "by" not in rules["AgentExecTemporalDisconnected"]["expr"]
 
 
 def test_the_contract_metric_names_are_exported() -> None:
@@ -58,5 +81,8 @@ def test_the_contract_metric_names_are_exported() -> None:
         "agentexec_workflow_starts_total",
         "agentexec_waiting_for_temporal",
         "agentexec_reconcile_duration_seconds_bucket",
+        "agentexec_executions_finished_total",
+        "agentexec_execution_duration_seconds_bucket",
+        "agentexec_build_info",
     ):
         assert name in exported, name
