@@ -130,9 +130,12 @@ async def test_connection_state_is_mirrored_on_running_executions(
 
 
 async def test_runner_failure_and_timeout_end_failed_with_reason(
-    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
 ) -> None:
-    make_operator()
+    operator = make_operator()
     aex.create(control_plane, namespace, "fails", "x", parameters={"fail": "boom on purpose"})
     aex.create(
         control_plane, namespace, "slow", "x", parameters={"delaySeconds": 30}, timeoutSeconds=2
@@ -152,6 +155,12 @@ async def test_runner_failure_and_timeout_end_failed_with_reason(
     unknown = await reaches(control_plane, namespace, "nobody", "Failed")
     assert unknown["status"]["error"]["reason"] == "UnknownAgent"
     assert "no-such-agent" in unknown["status"]["error"]["message"]
+
+    # Temporal sees the failures too: the workflows ended failed, not completed.
+    assert await workflow_status(temporal, failed) == "FAILED"
+    assert await workflow_status(temporal, unknown) == "FAILED"
+    # Expected outcomes are said on the resource, not as tracebacks in the log.
+    assert "Traceback" not in operator.log(), operator.log_tail()
 
 
 async def workflow_status(temporal: TemporalDevServer, obj: dict) -> str:

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Mapping
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec.runner import Agent, AgentFailed
 from agentexec.temporal.types import (
@@ -34,12 +34,19 @@ class RunnerActivities:
                 f"no agent named {request.agent!r} on this runner (known: {known})",
                 type=UNKNOWN_AGENT,
                 non_retryable=True,
+                # An expected outcome, said on the resource: no traceback in the log.
+                category=ApplicationErrorCategory.BENIGN,
             )
         beat = asyncio.create_task(_heartbeat())
         try:
             return await agent.run(request)
         except AgentFailed as exc:
-            raise ApplicationError(str(exc), type=AGENT_ERROR, non_retryable=True) from exc
+            raise ApplicationError(
+                str(exc),
+                type=AGENT_ERROR,
+                non_retryable=True,
+                category=ApplicationErrorCategory.BENIGN,
+            ) from exc
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
