@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from agentexec.temporal.types import (
+    EXECUTION_FAILED,
     REPORT_STATUS_ACTIVITY,
     RUN_AGENT_ACTIVITY,
     ExecutionInput,
@@ -119,9 +121,12 @@ async def run_with(
             id=f"contract-{uuid.uuid4()}",
             task_queue=task_queue,
         )
+        failure: BaseException | None = None
         try:
             # Three attempts with 1 s and 2 s backoff fit well inside this.
             result = await asyncio.wait_for(handle.result(), 30)
+        except WorkflowFailureError as err:
+            failure = err.cause
         except TimeoutError:
             failures = [
                 e.workflow_task_failed_event_attributes.failure.message
@@ -132,6 +137,14 @@ async def run_with(
                 f"the workflow never finished: {len(failures)} workflow task failures, "
                 f"last {failures[-1:]}; reports {reports}"
             )
+    if failure is not None:
+        # A failed agent fails the workflow after reporting (so Temporal's UI
+        # and metrics see it too); the report is what the resource gets.
+        assert isinstance(failure, ApplicationError), failure
+        assert failure.type == EXECUTION_FAILED, failure
+        assert reports, "the workflow failed without reporting"
+        result = reports[-1]
+        assert failure.message == result.message, (failure, result)
     return result, reports
 
 
