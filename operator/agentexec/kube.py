@@ -9,12 +9,14 @@ kubernetes_asyncio when it is installed: ~45 MB resident for nothing).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,11 @@ class KubeError(Exception):
         self.status = status
 
 
+# Where kopf.login_with_service_account reads the pod's token. Projected tokens
+# rotate (kubelet refreshes the file at 80% of their life, 1 h by default).
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
 def login() -> kopf.ConnectionInfo:
     """The same credentials kopf's login handler uses."""
     kwargs: dict[str, Any] = {"settings": kopf.OperatorSettings(), "logger": log}
@@ -42,6 +49,84 @@ def login() -> kopf.ConnectionInfo:
     if info is None:
         raise RuntimeError("no Kubernetes credentials: not in a pod and no usable kubeconfig")
     return info
+
+
+class Credentials:
+    """The Authorization header, kept current as kopf keeps its own.
+
+    A token file is re-read when it changes (checked at most every
+    ``check_every`` seconds, and at once after a 401); without one, a 401 logs
+    in again through kopf's login functions (a kubeconfig rewritten by a tool).
+    """
+
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        token_file: Path | None = None,
+        relogin: Callable[[], kopf.ConnectionInfo] | None = login,
+        check_every: float = 1.0,
+    ) -> None:
+        self.token_file, self.relogin, self.check_every = token_file, relogin, check_every
+        self._header = _authorization(info)
+        self._file_seen: tuple[int, int, int] | None = None
+        self._checked = 0.0
+        if token_file is not None:
+            self._read_file()
+
+    def header(self) -> str | None:
+        if self.token_file is not None and time.monotonic() - self._checked >= self.check_every:
+            self._read_file()
+        return self._header
+
+    async def refresh(self, rejected: str | None) -> bool:
+        """After a 401 with ``rejected``: True when there is a different header to try."""
+        if self.token_file is not None:
+            self._read_file(force=True)
+        elif self.relogin is not None:
+            try:
+                info = await asyncio.to_thread(self.relogin)
+            except Exception as exc:
+                log.warning("Kubernetes re-login failed", extra={"error": str(exc)[:200]})
+                return False
+            self._header = _authorization(info)
+        changed = self._header is not None and self._header != rejected
+        log.warning(
+            "Kubernetes credentials rejected (401)",
+            extra={"retrying_with_new_credentials": changed},
+        )
+        return changed
+
+    def _read_file(self, force: bool = False) -> None:
+        assert self.token_file is not None
+        self._checked = time.monotonic()
+        try:
+            st = self.token_file.stat()  # follows kubelet's ..data symlink swap
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if seen == self._file_seen and not force:
+                return
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            log.warning("cannot read the token file", extra={"error": str(exc)[:200]})
+            return
+        if token:
+            if self._file_seen is not None and f"Bearer {token}" != self._header:
+                log.info("Kubernetes token file changed; using the new token")
+            self._header, self._file_seen = f"Bearer {token}", seen
+
+
+def _token_file(info: kopf.ConnectionInfo) -> Path | None:
+    """In a pod, kopf read the token from the projected file: follow its rotation."""
+    in_pod = info.token is not None and info.server == "https://kubernetes.default.svc"
+    return SERVICE_ACCOUNT_TOKEN if in_pod and SERVICE_ACCOUNT_TOKEN.exists() else None
+
+
+def _authorization(info: kopf.ConnectionInfo) -> str | None:
+    if info.token:
+        return f"{info.scheme or 'Bearer'} {info.token}"
+    if info.username and info.password:
+        basic = base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
+        return f"Basic {basic}"
+    return None
 
 
 def _data(value: str | bytes) -> bytes:
@@ -74,14 +159,10 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 
 
 class Kube:
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
+    def __init__(self, info: kopf.ConnectionInfo, credentials: Credentials | None = None) -> None:
         self.server = info.server.rstrip("/")
+        self.credentials = credentials or Credentials(info)
         headers = {"Accept": "application/json", "User-Agent": COMPONENT}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username and info.password:
-            basic = base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
-            headers["Authorization"] = f"Basic {basic}"
         self.session = aiohttp.ClientSession(
             headers=headers,
             connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=64),
@@ -90,7 +171,12 @@ class Kube:
 
     @classmethod
     async def connect(cls) -> Kube:
-        return cls(login())
+        info = login()
+        return cls(info, Credentials(info, _token_file(info)))
+
+    def _auth(self, headers: dict[str, str] | None = None) -> dict[str, str]:
+        header = self.credentials.header()
+        return {**(headers or {}), **({"Authorization": header} if header else {})}
 
     async def close(self) -> None:
         await self.session.close()
@@ -100,24 +186,40 @@ class Kube:
     ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else None
-        async with self.session.request(
-            method, self.server + path, data=data, headers=headers
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                try:
-                    message = json.loads(text).get("message", text)
-                except ValueError:
-                    message = text
-                raise KubeError(resp.status, str(message)[:500])
-            result: dict[str, Any] = json.loads(text) if text else {}
-            return result
+        status, text = await self._send(method, path, data, headers)
+        if status >= 400:
+            try:
+                message = json.loads(text).get("message", text)
+            except ValueError:
+                message = text
+            raise KubeError(status, str(message)[:500])
+        result: dict[str, Any] = json.loads(text) if text else {}
+        return result
+
+    async def _send(
+        self, method: str, path: str, data: str | None, headers: dict[str, str] | None
+    ) -> tuple[int, str]:
+        """One request; after a 401, once more if the credentials have changed since."""
+        for first in (True, False):
+            auth = self._auth(headers)
+            async with self.session.request(
+                method, self.server + path, data=data, headers=auth
+            ) as resp:
+                if (
+                    resp.status == 401
+                    and first
+                    and await self.credentials.refresh(auth.get("Authorization"))
+                ):
+                    continue
+                return resp.status, await resp.text()
+        raise AssertionError("unreachable")
 
     async def watch(self, path: str) -> AsyncIterator[dict[str, Any]]:
         """Watch events of a collection path (used by the benchmarks)."""
         async with self.session.get(
             self.server + path,
             params={"watch": "1"},
+            headers=self._auth(),
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         ) as resp:
             async for line in resp.content:

@@ -6,8 +6,11 @@ Plain dataclasses only: the workflow sandbox re-imports this module.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from temporalio.converter import value_to_type
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,24 @@ class AgentRequest:
 @dataclass(frozen=True)
 class AgentResult:
     output: str
+
+
+def agent_result_from(value: Any) -> AgentResult:
+    """A runner's decoded JSON result as an AgentResult, or ValueError saying
+    what the runner sent (a runner of another version, or a broken one)."""
+    try:
+        result = value_to_type(AgentResult, value)
+    except TypeError as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        problem = f"{exc}{cause}"
+    else:
+        if isinstance(result, AgentResult):
+            return result
+        problem = "no result"
+    sent = json.dumps(value, default=repr)[:200]
+    raise ValueError(
+        f"the runner's {RUN_AGENT_ACTIVITY} result is not an AgentResult: {problem}; it sent {sent}"
+    )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,13 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutType
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    TimeoutType,
+)
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -22,10 +28,10 @@ with workflow.unsafe.imports_passed_through():
         UNKNOWN_AGENT,
         WORKFLOW_TYPE,
         AgentRequest,
-        AgentResult,
         ExecutionInput,
         ExecutionResult,
         StatusReport,
+        agent_result_from,
     )
 
 # Transient runner failures (a crashed worker, a lost connection) are retried;
@@ -126,7 +132,8 @@ class AgentExecutionWorkflow:
                 schedule_to_start_timeout=schedule_to_start,
                 heartbeat_timeout=min(HEARTBEAT_TIMEOUT, timeout),
                 retry_policy=AGENT_RETRY,
-                result_type=AgentResult,
+                # No result_type: a result the SDK cannot decode would fail the
+                # workflow task forever, leaving the execution Running (#11).
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
@@ -139,7 +146,11 @@ class AgentExecutionWorkflow:
             ):
                 raise _NoRunnerYet() from err
             return _failure(err, inp.timeout_seconds)
-        return ExecutionResult(phase="Succeeded", output=out.output)
+        try:
+            result = agent_result_from(out)
+        except ValueError as err:
+            return ExecutionResult(phase="Failed", reason="RunnerFailed", message=str(err))
+        return ExecutionResult(phase="Succeeded", output=result.output)
 
     async def _report(
         self, inp: ExecutionInput, result: ExecutionResult, final: bool = True
@@ -191,5 +202,17 @@ def _failure(err: ActivityError, timeout_seconds: int) -> ExecutionResult:
         )
     if isinstance(cause, ApplicationError) and cause.type == UNKNOWN_AGENT:
         return ExecutionResult(phase="Failed", reason="UnknownAgent", message=cause.message)
-    message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-    return ExecutionResult(phase="Failed", reason="RunnerFailed", message=message)
+    return ExecutionResult(phase="Failed", reason="RunnerFailed", message=_messages(cause or err))
+
+
+def _messages(err: BaseException) -> str:
+    """The failure and its causes: the SDK's "Failed decoding arguments" says
+    which field a runner of another version could not decode only in its cause."""
+    parts: list[str] = []
+    cur: BaseException | None = err
+    while cur is not None and len(parts) < 4:
+        text = cur.message if isinstance(cur, FailureError) else str(cur)
+        if text and text not in parts:  # `raise ... from exc` often repeats the text
+            parts.append(text)
+        cur = cur.cause if isinstance(cur, FailureError) else None
+    return ": ".join(parts)
