@@ -9,6 +9,8 @@ its status, not today's settings.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
@@ -161,7 +163,9 @@ class TemporalGateway:
 
     async def _guarded(self, fn: Any) -> Answer:
         try:
-            answer: Answer = await self.manager.call(fn, timeout=2 * self.rpc_timeout)
+            answer: Answer = await self._until_disconnected(
+                self.manager.call(fn, timeout=2 * self.rpc_timeout)
+            )
         except TemporalUnavailable as exc:
             return Answer(Outcome.UNAVAILABLE, reason=exc.reason, message=exc.message)
         except RPCError as exc:
@@ -170,6 +174,27 @@ class TemporalGateway:
             reason = _REJECTED_REASONS.get(exc.status, "StartFailed")
             return Answer(Outcome.REJECTED, reason=reason, message=describe_error(exc)[:1000])
         return answer
+
+    async def _until_disconnected(self, call: Any) -> Answer:
+        """The call, given up as soon as the manager sees Temporal go away.
+
+        Against a blackholed server a call hangs until its deadline (10 s),
+        while the probe notices within about a second: the execution then
+        says "waiting for Temporal" at once instead of saying nothing.
+        """
+        task = asyncio.ensure_future(call)
+        lost = asyncio.ensure_future(self.manager.wait_disconnected())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise self.manager.unavailable()
+        result: Answer = task.result()
+        return result
 
 
 def _in_namespace(client: Client, namespace: str | None) -> Client:
