@@ -47,6 +47,17 @@ class RunnerActivities:
                 non_retryable=True,
                 category=ApplicationErrorCategory.BENIGN,
             ) from exc
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            if details is not None and (details.timed_out or details.not_found):
+                # The server already ended this attempt (timeoutSeconds, or the
+                # workflow is gone): the outcome is on the resource, and the SDK
+                # would log the cancellation as a failure with a traceback.
+                raise ApplicationError(
+                    "the agent was stopped: its attempt timed out or its workflow is gone",
+                    category=ApplicationErrorCategory.BENIGN,
+                ) from None
+            raise
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
