@@ -294,6 +294,8 @@ async def measure(env: Env, latency_n: int, outage_n: int, throughput_n: int) ->
 async def measure_restart(env: Env, total: int) -> dict[str, float]:
     """(e) R executions kept, 90 % finished: restart, then one new execution."""
     kube, ns, plane = env.kube, env.namespace, env.plane
+    assert env.operator.pid is not None
+    rss_empty = rss_mb(env.operator.pid)  # the same operator with one execution
     env.operator.stop()
     finished = int(total * 0.9)
     names = [f"kept-{n}" for n in range(total)]
@@ -336,11 +338,13 @@ async def measure_restart(env: Env, total: int) -> dict[str, float]:
         )
         assert operator.pid is not None
         r["e_rss"] = rss_mb(operator.pid)
+        r["e_kb_per"] = (r["e_rss"] - rss_empty) * 1024 / (total + 1)
         print(
             f"(e) restart with {total} kept ({finished} finished): first new execution started "
             f"{r['e_first']:.2f} s after ready; start-up API requests on executions: "
             f"{r['e_writes']:.0f} writes (for {total - finished + 1} unfinished), "
-            f"{r['e_reads']:.0f} reads; RSS {r['e_rss']:.0f} MB",
+            f"{r['e_reads']:.0f} reads; RSS {r['e_rss']:.0f} MB "
+            f"({rss_empty:.0f} MB with one execution: {r['e_kb_per']:.1f} KB per execution kept)",
             flush=True,
         )
         return r
@@ -397,6 +401,11 @@ def report(
             f"| {m['e_first']:.2f} s; {m['e_writes']:.0f} writes, {m['e_reads']:.0f} reads; "
             f"RSS {m['e_rss']:.0f} MB | {each(runs, 'e_first', '.2f')} s "
             f"| <= 5 s: {'met' if m['e_first'] <= 5 else 'MISSED'} |"
+        )
+        print(
+            f"| (e) memory per execution kept | {m['e_kb_per']:.1f} KB "
+            f"| {each(runs, 'e_kb_per', '.1f')} KB "
+            f"| <= 10 KB: {'met' if m['e_kb_per'] <= 10 else 'MISSED'} |"
         )
 
 
