@@ -307,7 +307,9 @@ class Controller:
             return  # start-up listing of a finished execution: nothing to do
         if event_type is None and planner.status_of(body).get("workflow"):
             self._check.add(key)
-        self.queue.add(key)
+        # A new execution goes ahead of any backlog (start-up resync, a burst
+        # released by Temporal coming back): its latency is what users see.
+        self.queue.add(key, first=event_type == "ADDED")
 
     def _forget(self, key: Key, uid: object) -> None:
         self.cache.remove(key)

@@ -77,12 +77,17 @@ class WorkQueue(Generic[K]):
 
     # ----- triggers ---------------------------------------------------------------
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, first: bool = False) -> None:
+        """Queue ``key`` once; ``first`` puts it ahead of the backlog (a new
+        object must not wait behind a start-up resync of thousands)."""
         if key in self._dirty:
             return
         self._dirty.add(key)
         if key not in self._processing:
-            self._queue.append(key)
+            if first:
+                self._queue.appendleft(key)
+            else:
+                self._queue.append(key)
             self._ready.set()
 
     def add_after(self, key: K, delay: float) -> None:

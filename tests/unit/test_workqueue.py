@@ -131,3 +131,20 @@ async def test_token_bucket_bounds_the_rate() -> None:
     for _ in range(11):
         await bucket.acquire()
     assert loop.time() - started >= 0.09
+
+
+async def test_a_key_added_first_goes_ahead_of_the_backlog() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    runs: list[str] = []
+
+    async def reconcile(key: str) -> None:
+        runs.append(key)
+
+    for n in range(5):
+        queue.add(f"old-{n}")
+    queue.add("new", first=True)
+    queue.start(reconcile, workers=1)
+    await asyncio.sleep(0.05)
+    await queue.stop()
+    assert runs[0] == "new"
+    assert len(runs) == 6
