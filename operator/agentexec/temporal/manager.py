@@ -121,6 +121,29 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
+# What the SDK's Rust core (rustls) says when a TLS handshake fails, and
+# which setting to look at for each.
+_TLS_HINTS = (
+    ("UnknownIssuer", "the server's certificate is not signed by TEMPORAL_TLS_CA_FILE"),
+    ("NotValidForName", "the server's certificate does not name TEMPORAL_TLS_SERVER_NAME"),
+    ("Expired", "a certificate has expired"),
+    ("certificate", "check TEMPORAL_TLS_CA_FILE, TEMPORAL_TLS_CERT_FILE and _KEY_FILE"),
+    ("tls", "check TEMPORAL_TLS_CA_FILE, TEMPORAL_TLS_CERT_FILE and _KEY_FILE"),
+    ("handshake", "check TEMPORAL_TLS_CA_FILE, TEMPORAL_TLS_CERT_FILE and _KEY_FILE"),
+)
+
+
+def describe_dial_error(exc: BaseException, uses_tls: bool) -> str:
+    """A dial failure, with what to check when it is a TLS handshake failure."""
+    text = describe_error(exc)
+    if uses_tls:
+        lowered = text.lower()
+        for marker, hint in _TLS_HINTS:
+            if marker.lower() in lowered:
+                return f"TLS handshake failed ({hint}): {text}"[:500]
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSpec:
     """One worker the manager keeps running: a task queue and what it serves."""
@@ -157,7 +180,14 @@ def _read(path: Any) -> bytes | None:
 
 
 class SupervisedWorker:
-    """A Worker kept running on one client; rebuilt when its run() ends."""
+    """A Worker kept running; rebuilt when its run() ends.
+
+    A new client (re-dial, rotated TLS files) goes under the running Worker
+    (the SDK's ``Worker.client`` setter): shutting a worker down cancels its
+    in-flight activities once the grace is over, and the SDK reports that as
+    a retryable failure, so an agent that runs for hours would start again
+    from scratch on every certificate rotation.
+    """
 
     QUICK_FAILURE = 30.0  # a run shorter than this counts as a failed restart
     MAX_QUICK_FAILURES = 3
@@ -229,6 +259,25 @@ class SupervisedWorker:
                     "workers restarted",
                     extra={**self.manager.log_fields, "task_queue": self.spec.task_queue},
                 )
+
+    def replace_client(self, client: Client) -> bool:
+        """Put ``client`` under the running worker; False if the SDK refuses."""
+        worker = self._worker if self._running else None
+        if worker is not None:
+            try:
+                worker.client = client
+            except Exception as exc:
+                log.warning(
+                    "worker cannot take the new client",
+                    extra={
+                        **self.manager.log_fields,
+                        "task_queue": self.spec.task_queue,
+                        "error": describe_error(exc),
+                    },
+                )
+                return False
+        self.client = client  # and every later build uses it
+        return True
 
     def _build(self) -> Worker:
         kwargs: dict[str, Any] = {}
@@ -305,6 +354,7 @@ class TemporalManager:
         self._announced = (False, TEMPORAL_UNAVAILABLE)
         self._listeners: list[Callable[[ConnectionState], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._draining: set[asyncio.Task[None]] = set()
         self._limiter = RateLimiter(period=30.0)
         self._fingerprint = self._settings_fingerprint()
         host, _, port = settings.address.rpartition(":")
@@ -352,7 +402,7 @@ class TemporalManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         workers, self._workers = self._workers, []
-        await asyncio.gather(*(w.stop() for w in workers))
+        await asyncio.gather(*(w.stop() for w in workers), *self._draining)
         self._client = None
         self.refresh_workers_gauge()
 
@@ -554,7 +604,7 @@ class TemporalManager:
 
     async def _dial_failed(self, exc: Exception, replacing: bool) -> None:
         now = time.monotonic()
-        error = describe_error(exc)
+        error = describe_dial_error(exc, self.settings.uses_tls)
         flip = self._tracker.dial_failed(now, error, replacing)
         self._set_circuit()
         self._announce(flip)
@@ -583,15 +633,39 @@ class TemporalManager:
             await asyncio.wait_for(self._redial_wanted.wait(), delay)
 
     async def _install(self, client: Client) -> None:
-        """Old workers drain, new ones start on the new client, then the swap."""
-        old = self._workers
-        if old:
-            log.info("stopping old workers", extra={**self.log_fields, "count": len(old)})
-            await asyncio.gather(*(w.stop() for w in old))
-        fresh = [SupervisedWorker(self, spec, client) for spec in self.worker_specs]
-        self._workers = fresh
-        for worker in fresh:
-            worker.start()
+        """Workers move to the new client where they run, then the swap.
+
+        Only a worker whose SDK Worker refuses the new client is replaced: a
+        new one starts on the new client first, then the old one drains
+        (in-flight activities get the grace period).
+        """
+        if not self._workers:
+            fresh = [SupervisedWorker(self, spec, client) for spec in self.worker_specs]
+            self._workers = fresh
+            for worker in fresh:
+                worker.start()
+            if fresh:
+                log.info(
+                    "all workers started",
+                    extra={**self.log_fields, "task_queues": [w.spec.task_queue for w in fresh]},
+                )
+        else:
+            stuck = [w for w in self._workers if not w.replace_client(client)]
+            for old in stuck:
+                new = SupervisedWorker(self, old.spec, client)
+                self._workers[self._workers.index(old)] = new
+                new.start()
+                log.info(
+                    "replacing a worker; the old one drains",
+                    extra={**self.log_fields, "task_queue": old.spec.task_queue},
+                )
+                drain = asyncio.create_task(old.stop())
+                self._draining.add(drain)
+                drain.add_done_callback(self._draining.discard)
+            log.info(
+                "new client under the running workers",
+                extra={**self.log_fields, "replaced": len(stuck)},
+            )
         # The swap: a single assignment, so every later client() call sees the
         # new client; the old one is dropped with its last reference.
         self._client = client
@@ -599,11 +673,6 @@ class TemporalManager:
         # Wake reconnect() waiters, then re-arm for the next install.
         self._installed.set()
         self._installed = asyncio.Event()
-        if fresh:
-            log.info(
-                "all workers started",
-                extra={**self.log_fields, "task_queues": [w.spec.task_queue for w in fresh]},
-            )
 
     # ----- probing --------------------------------------------------------------
 
