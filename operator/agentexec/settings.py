@@ -38,7 +38,7 @@ class TemporalSettings:
     probe_interval: float = 1.0
     # While disconnected, probe faster: a failed probe costs milliseconds and
     # recovery is then noticed within this interval.
-    probe_interval_disconnected: float = 0.25
+    probe_interval_disconnected: float = 0.1
     probe_timeout: float = 1.0
     backoff_base: float = 1.0
     backoff_max: float = 30.0

@@ -16,6 +16,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
+from temporalio.runtime import Runtime, TelemetryConfig
 
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
@@ -205,6 +206,37 @@ async def test_a_redial_keeps_in_flight_activities_running(
     assert worker is not None
     assert worker.client is manager.client()
     await round_trip(manager, task_queue)
+
+
+async def test_a_worker_that_refuses_the_new_client_is_replaced_after_draining(
+    make_manager: MakeManager, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager(worker_grace=10.0)
+    await connected(manager)
+    key = f"refuse-{uuid.uuid4()}"
+    workflows.LOGS[key] = workflows.ActivityLog()
+    handle = await manager.client().start_workflow(
+        workflows.SlowWorkflow.run, args=[key, 2.0], id=key, task_queue=task_queue
+    )
+    await asyncio.wait_for(workflows.LOGS[key].started.wait(), 20)
+    old = manager.workers[0]
+
+    # The SDK refuses a client from another runtime under a running Worker:
+    # the one case where the worker itself has to be replaced.
+    async def dial_on_another_runtime() -> Client:
+        runtime = Runtime(telemetry=TelemetryConfig())
+        return await Client.connect(manager.settings.address, runtime=runtime)
+
+    monkeypatch.setattr(manager, "_dial", dial_on_another_runtime)
+    await manager.reconnect("test: a client the worker refuses")
+
+    assert manager.workers[0] is not old
+    assert await asyncio.wait_for(handle.result(), 30) == key
+    log = workflows.LOGS[key]
+    assert not log.cancelled  # the old worker drained within the grace
+    assert log.attempts == [1]
+    await eventually(lambda: not old.running, what="the old worker stopped")
+    await round_trip(manager, task_queue)  # served by the new worker
 
 
 async def test_concurrent_reconnect_triggers_make_one_redial(make_manager: MakeManager) -> None:

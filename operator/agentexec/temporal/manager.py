@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import NamespaceState
+from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure
 from temporalio.api.workflowservice.v1 import (
     DescribeNamespaceRequest,
     DescribeWorkflowExecutionRequest,
@@ -107,13 +108,19 @@ def is_unavailable(exc: BaseException) -> bool:
     return type(exc) is RuntimeError
 
 
-def is_namespace_not_found(exc: BaseException) -> bool:
-    """Whether a call failed because the namespace does not exist (for the frontend)."""
+def is_namespace_not_found(exc: BaseException, namespace: str) -> bool:
+    """Whether a call failed because ``namespace`` does not exist (for the frontend).
+
+    Only that namespace: an execution may name another one, and that one
+    missing is the execution's problem, not the connection's.
+    """
     if not isinstance(exc, RPCError) or exc.status != RPCStatusCode.NOT_FOUND:
         return False
-    return any(
-        detail.type_url.endswith("NamespaceNotFoundFailure") for detail in exc.grpc_status.details
-    )
+    for detail in exc.grpc_status.details:
+        failure = NamespaceNotFoundFailure()
+        if detail.Unpack(failure) and failure.namespace == namespace:
+            return True
+    return False
 
 
 def describe_error(exc: BaseException) -> str:
@@ -351,6 +358,7 @@ class TemporalManager:
         self._disconnected.set()
         self._installed = asyncio.Event()
         self._health_refused_by: Client | None = None
+        self._namespace_doubted = False
         self._announced = (False, TEMPORAL_UNAVAILABLE)
         self._listeners: list[Callable[[ConnectionState], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -459,7 +467,10 @@ class TemporalManager:
         try:
             return await asyncio.wait_for(fn(client), timeout or self.settings.rpc_timeout)
         except Exception as exc:
-            if is_namespace_not_found(exc):
+            if is_namespace_not_found(exc, self.settings.namespace):
+                # The next probe asks the way this call did (through the
+                # frontend's namespace cache), so the state follows.
+                self._namespace_doubted = True
                 self.report_failure(exc)
                 raise TemporalUnavailable(
                     NAMESPACE_NOT_FOUND,
@@ -779,7 +790,8 @@ class TemporalManager:
             raise health
         if health is not True:
             raise ProbeRefused("the frontend's health check answered NOT_SERVING")
-        if not self._tracker.connected:
+        if not self._tracker.connected or self._namespace_doubted:
+            self._namespace_doubted = False
             return await self._ask_through_namespace_cache(client)
         return "ok"
 
@@ -805,7 +817,7 @@ class TemporalManager:
                 timeout + 0.25,
             )
         except RPCError as exc:
-            if is_namespace_not_found(exc):
+            if is_namespace_not_found(exc, self.settings.namespace):
                 return NAMESPACE_NOT_FOUND
             if exc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: the workflow, as expected
                 raise
