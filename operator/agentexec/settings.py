@@ -24,7 +24,9 @@ class SettingsError(ValueError):
 class TemporalSettings:
     address: str = "localhost:7233"
     namespace: str = "default"
-    tls: bool = False
+    # None (TEMPORAL_TLS unset): TLS when anything asks for it (a CA, a client
+    # certificate, a server name, an API key, as the SDK does for a key).
+    tls: bool | None = None
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -36,7 +38,7 @@ class TemporalSettings:
     probe_interval: float = 1.0
     # While disconnected, probe faster: a failed probe costs milliseconds and
     # recovery is then noticed within this interval.
-    probe_interval_disconnected: float = 0.25
+    probe_interval_disconnected: float = 0.1
     probe_timeout: float = 1.0
     backoff_base: float = 1.0
     backoff_max: float = 30.0
@@ -51,7 +53,17 @@ class TemporalSettings:
 
     @property
     def uses_tls(self) -> bool:
-        return self.tls or self.tls_ca_file is not None or self.tls_cert_file is not None
+        if self.tls is not None:
+            return self.tls
+        return any(
+            value is not None
+            for value in (
+                self.tls_ca_file,
+                self.tls_cert_file,
+                self.tls_server_name,
+                self.api_key_file,
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     temporal = TemporalSettings(
         address=env.get("TEMPORAL_ADDRESS", _address, d.address),
         namespace=env.get("TEMPORAL_NAMESPACE", _text, d.namespace),
-        tls=env.get("TEMPORAL_TLS", _bool, d.tls),
+        tls=env.get("TEMPORAL_TLS", _bool, None),
         tls_ca_file=env.get("TEMPORAL_TLS_CA_FILE", _file, None),
         tls_cert_file=env.get("TEMPORAL_TLS_CERT_FILE", _file, None),
         tls_key_file=env.get("TEMPORAL_TLS_KEY_FILE", _file, None),
@@ -207,6 +219,17 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "TEMPORAL_SETTINGS_CHECK_INTERVAL_SECONDS", _seconds, d.settings_check_interval
         ),
     )
+    if temporal.tls is False:
+        # Never silently drop what was configured: plaintext with TLS files
+        # or a server name is a mistake. An API key over plaintext is allowed
+        # when said so (a local server behind a proxy that checks it).
+        for name, value in (
+            ("TEMPORAL_TLS_CA_FILE", temporal.tls_ca_file),
+            ("TEMPORAL_TLS_CERT_FILE", temporal.tls_cert_file),
+            ("TEMPORAL_TLS_SERVER_NAME", temporal.tls_server_name),
+        ):
+            if value is not None:
+                raise SettingsError(f"{name}: set, but TEMPORAL_TLS is false")
     if (temporal.tls_cert_file is None) != (temporal.tls_key_file is None):
         raise SettingsError("TEMPORAL_TLS_CERT_FILE and TEMPORAL_TLS_KEY_FILE: set both or neither")
     if temporal.backoff_max < temporal.backoff_base:

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
+from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
+from temporalio.client import Client
+from temporalio.runtime import Runtime, TelemetryConfig
 
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
 from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, WorkerSpec
 from tests.integration import workflows
+from tests.support.binaries import venv_tool
+from tests.support.procs import ManagedProcess, free_port
 from tests.support.relay import TcpRelay
 from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
@@ -174,31 +181,62 @@ async def test_a_worker_that_dies_is_restarted(make_manager: MakeManager, task_q
     await round_trip(manager, task_queue)
 
 
-async def test_redial_drains_in_flight_activity(
-    make_manager: MakeManager, task_queue: str, caplog: pytest.LogCaptureFixture
+async def test_a_redial_keeps_in_flight_activities_running(
+    make_manager: MakeManager, task_queue: str
+) -> None:
+    # An activity that outlives the worker grace: a drain would cancel it.
+    manager = make_manager(worker_grace=1.0)
+    await connected(manager)
+    key = f"redial-{uuid.uuid4()}"
+    workflows.LOGS[key] = workflows.ActivityLog()
+    handle = await manager.client().start_workflow(
+        workflows.SlowWorkflow.run, args=[key, 5.0], id=key, task_queue=task_queue
+    )
+    await asyncio.wait_for(workflows.LOGS[key].started.wait(), 20)
+    worker = manager.workers[0].worker
+
+    await manager.reconnect("test: settings changed")
+
+    assert await asyncio.wait_for(handle.result(), 30) == key
+    log = workflows.LOGS[key]
+    assert not log.cancelled
+    assert log.attempts == [1]  # finished once, on its first attempt
+    assert manager.generation == 2
+    assert manager.workers[0].worker is worker  # the same SDK Worker, on the new client
+    assert worker is not None
+    assert worker.client is manager.client()
+    await round_trip(manager, task_queue)
+
+
+async def test_a_worker_that_refuses_the_new_client_is_replaced_after_draining(
+    make_manager: MakeManager, task_queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manager = make_manager(worker_grace=10.0)
     await connected(manager)
-    key = f"drain-{uuid.uuid4()}"
+    key = f"refuse-{uuid.uuid4()}"
     workflows.LOGS[key] = workflows.ActivityLog()
     handle = await manager.client().start_workflow(
-        workflows.SlowWorkflow.run, args=[key, 3.0], id=key, task_queue=task_queue
+        workflows.SlowWorkflow.run, args=[key, 2.0], id=key, task_queue=task_queue
     )
     await asyncio.wait_for(workflows.LOGS[key].started.wait(), 20)
+    old = manager.workers[0]
 
-    caplog.set_level(logging.INFO, logger="agentexec.temporal")
-    await manager.reconnect("test: settings changed")
-    new_workers_at = time.monotonic()
+    # The SDK refuses a client from another runtime under a running Worker:
+    # the one case where the worker itself has to be replaced.
+    async def dial_on_another_runtime() -> Client:
+        runtime = Runtime(telemetry=TelemetryConfig())
+        return await Client.connect(manager.settings.address, runtime=runtime)
 
+    monkeypatch.setattr(manager, "_dial", dial_on_another_runtime)
+    await manager.reconnect("test: a client the worker refuses")
+
+    assert manager.workers[0] is not old
+    assert await asyncio.wait_for(handle.result(), 30) == key
     log = workflows.LOGS[key]
-    assert not log.cancelled
-    assert log.finished_at is not None
-    assert log.finished_at <= new_workers_at  # drained before the old worker stopped
-    assert manager.generation == 2
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages.index("stopping old workers") < messages.index("all workers started")
-    assert await handle.result() == key
-    await round_trip(manager, task_queue)
+    assert not log.cancelled  # the old worker drained within the grace
+    assert log.attempts == [1]
+    await eventually(lambda: not old.running, what="the old worker stopped")
+    await round_trip(manager, task_queue)  # served by the new worker
 
 
 async def test_concurrent_reconnect_triggers_make_one_redial(make_manager: MakeManager) -> None:
@@ -221,7 +259,7 @@ async def test_rotated_api_key_is_applied_in_place(
 ) -> None:
     key = tmp_path / "api-key"
     key.write_text("first-key\n")
-    manager = make_manager(api_key_file=key)
+    manager = make_manager(api_key_file=key, tls=False)  # the dev server speaks plaintext
     await connected(manager)
     assert manager.client().api_key == "first-key"
 
@@ -231,3 +269,118 @@ async def test_rotated_api_key_is_applied_in_place(
     assert manager.client().api_key == "second-key"
     assert manager.generation == 1  # in place: no re-dial, workers untouched
     assert manager.status()["redial_pending"] is None
+
+
+# ----- issue #11, section 1: the probe asks about our namespace ------------------
+
+
+async def test_a_missing_namespace_is_its_own_state_until_it_is_created(
+    temporal: TemporalDevServer, make_manager: MakeManager, task_queue: str
+) -> None:
+    namespace = f"ns-{uuid.uuid4().hex[:12]}"
+    manager = make_manager(namespace=namespace, probe_interval_disconnected=0.05)
+    seen: list[tuple[bool, str]] = []
+    manager.add_listener(lambda state: seen.append((state.connected, state.reason)))
+
+    await eventually(
+        manager.status,
+        lambda s: s.get("reason") == "NamespaceNotFound",
+        timeout=10,
+        what="reason NamespaceNotFound",
+    )
+    refused = manager.unavailable()
+    assert refused.reason == "NamespaceNotFound"
+    assert namespace in refused.message
+    with pytest.raises(TemporalUnavailable):
+        manager.client()
+    assert metric(manager, "temporal_connection_status") == 0
+
+    # The connection itself is fine: no re-dial, and no worker that fails and
+    # restarts, however long the namespace stays missing.
+    await asyncio.sleep(12)
+    status = manager.status()
+    assert (status["generation"], status["dial_attempts"]) == (1, 1), status
+    assert status["redial_pending"] is None
+    assert manager.worker_restarts == 0
+    assert seen == [(False, "NamespaceNotFound")]
+
+    # Created with the SDK's RPC rather than the CLI, so the manager's next
+    # probe comes within milliseconds of the creation.
+    admin = await Client.connect(temporal.address)
+    await admin.workflow_service.register_namespace(
+        RegisterNamespaceRequest(
+            namespace=namespace,
+            workflow_execution_retention_period=Duration(seconds=86400),
+        )
+    )
+    await asyncio.wait_for(manager.wait_connected(), 15)
+    # At once: when the manager says connected, every call sees the namespace
+    # (the frontend's namespace cache learns of it later than DescribeNamespace).
+    await round_trip(manager, task_queue)
+    assert seen == [(False, "NamespaceNotFound"), (True, "Connected")]
+    assert manager.generation == 1
+    assert manager.worker_restarts == 0
+
+
+async def test_a_frontend_answering_not_serving_is_unhealthy(
+    tmp_path: Path, make_manager: MakeManager
+) -> None:
+    # A frontend that shuts down gracefully answers the health check with
+    # NOT_SERVING for frontend.shutdownFailHealthCheckDuration while it still
+    # serves every other call (what a load balancer drains on).
+    port = free_port()
+    server = ManagedProcess(
+        "temporal-draining",
+        [
+            str(venv_tool("temporal")),
+            *("server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless"),
+            *("--log-level", "warn"),
+            *("--dynamic-config-value", 'frontend.shutdownFailHealthCheckDuration="8s"'),
+            *("--dynamic-config-value", 'frontend.shutdownDrainDuration="8s"'),
+        ],
+        tmp_path / "temporal.log",
+    )
+    server.start()
+    try:
+        manager = make_manager(f"127.0.0.1:{port}", probe_interval=0.5)
+        await connected(manager, timeout=60)
+        assert server.pid is not None
+        os.killpg(server.pid, signal.SIGTERM)
+        await disconnected(manager, timeout=5)  # the frontend answers for 8 s more
+        assert "NOT_SERVING" in manager.status()["last_error"]
+        assert server.running
+    finally:
+        server.kill()
+
+
+async def test_a_probe_that_began_on_a_replaced_client_is_ignored(
+    temporal: TemporalDevServer,
+) -> None:
+    relay = TcpRelay("127.0.0.1", temporal.port)
+    await relay.start()
+    settings = TemporalSettings(address=relay.address, probe_interval=0.2, probe_timeout=4.0)
+    manager = TemporalManager(settings, (), Metrics())
+    manager.start()
+    try:
+        await connected(manager)
+        seen: list[tuple[bool, str]] = []
+        manager.add_listener(lambda state: seen.append((state.connected, state.reason)))
+
+        relay.freeze_existing()  # the current client's probe hangs; a new dial works
+        await asyncio.sleep(0.5)  # a probe is in flight on the frozen connection
+        await manager.reconnect("test: credentials changed")
+        assert manager.generation == 2
+        # The old probe times out after probe_timeout; its answer is about a
+        # client nobody uses any more.
+        await eventually(
+            lambda: metric(manager, "temporal_health_probe_duration_seconds_sum"),
+            lambda total: total >= settings.probe_timeout,
+            timeout=10,
+            what="the stale probe to end",
+        )
+        assert manager.connected
+        assert seen == []
+        assert metric(manager, "temporal_health_probe_failures_total") == 0
+    finally:
+        await manager.stop()
+        await relay.stop()

@@ -17,6 +17,7 @@ class ActivityLog:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     finished_at: float | None = None
     cancelled: bool = False
+    attempts: list[int] = field(default_factory=list)  # activity.info().attempt of each start
 
 
 LOGS: dict[str, ActivityLog] = {}
@@ -30,6 +31,7 @@ async def echo(text: str) -> str:
 @activity.defn
 async def slow(key: str, seconds: float) -> str:
     log = LOGS.setdefault(key, ActivityLog())
+    log.attempts.append(activity.info().attempt)
     log.started.set()
     deadline = time.monotonic() + seconds
     try:

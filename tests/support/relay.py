@@ -2,19 +2,28 @@
 
 ``blackhole()`` stops forwarding in both directions without closing any
 socket (packets "dropped", no reset); ``restore()`` resumes forwarding.
+``freeze_existing()`` blackholes only the connections open now, while new
+ones pass: a client whose connection hangs while a fresh dial works.
+
+:class:`TlsRelay` terminates TLS (ALPN h2, optionally requiring a client
+certificate) in front of the plaintext dev server, so the client's real TLS
+stack is what the tests exercise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+from pathlib import Path
 
 
 class TcpRelay:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
-        self._flowing = asyncio.Event()
+        self._flowing = asyncio.Event()  # for connections accepted from now on
         self._flowing.set()
+        self._connections: list[asyncio.Event] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -25,14 +34,27 @@ class TcpRelay:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", 0, ssl=self._server_ssl()
+        )
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def _server_ssl(self) -> ssl.SSLContext | None:
+        return None
 
     def blackhole(self) -> None:
         self._flowing.clear()
+        for flowing in self._connections:
+            flowing.clear()
+
+    def freeze_existing(self) -> None:
+        for flowing in self._connections:
+            flowing.clear()
 
     def restore(self) -> None:
         self._flowing.set()
+        for flowing in self._connections:
+            flowing.set()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -49,20 +71,28 @@ class TcpRelay:
         # While blackholed, new connections are accepted and then hang too.
         await self._flowing.wait()
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            up_reader, up_writer = await self._open_upstream()
         except OSError:
             writer.close()
             return
+        flowing = asyncio.Event()
+        flowing.set()
+        self._connections.append(flowing)
         self._writers |= {writer, up_writer}
         for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst))
+            task = asyncio.create_task(self._pump(src, dst, flowing))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(*self.upstream)
+
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
+    ) -> None:
         try:
             while data := await src.read(65536):
-                await self._flowing.wait()
+                await flowing.wait()
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
@@ -70,3 +100,42 @@ class TcpRelay:
         finally:
             dst.close()
             self._writers.discard(dst)
+
+
+class TlsRelay(TcpRelay):
+    """TLS on the client side, plaintext to the dev server.
+
+    ``client_ca`` set: a client certificate signed by it is required (mTLS).
+    The peer certificates seen are kept, newest last, in ``client_certs``.
+    """
+
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        cert: Path,
+        key: Path,
+        client_ca: Path | None = None,
+    ) -> None:
+        super().__init__(upstream_host, upstream_port)
+        self.cert, self.key, self.client_ca = cert, key, client_ca
+        self.client_certs: list[bytes] = []
+        self.handshake_failures = 0
+
+    def _server_ssl(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)
+        context.set_alpn_protocols(["h2"])  # gRPC needs HTTP/2 negotiated
+        if self.client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.client_ca)
+        return context
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("ssl_object")
+        if peer is not None:
+            der = peer.getpeercert(binary_form=True)
+            if der:
+                self.client_certs.append(der)
+        await super()._accept(reader, writer)

@@ -79,3 +79,27 @@ def test_bad_values_are_not_echoed() -> None:
         load_settings({"TEMPORAL_PROBE_TIMEOUT_SECONDS": "sk-live-123"})
     assert "TEMPORAL_PROBE_TIMEOUT_SECONDS" in str(info.value)
     assert "sk-live-123" not in str(info.value)
+
+
+def test_an_api_key_means_tls_unless_tls_is_turned_off_explicitly(tmp_path: Path) -> None:
+    key = tmp_path / "api-key"
+    key.write_text("secret")
+    assert load_settings({"TEMPORAL_API_KEY_FILE": str(key)}).temporal.uses_tls
+    plain = load_settings({"TEMPORAL_API_KEY_FILE": str(key), "TEMPORAL_TLS": "false"})
+    assert not plain.temporal.uses_tls
+    assert not load_settings({}).temporal.uses_tls
+
+
+def test_a_server_name_alone_turns_tls_on() -> None:
+    s = load_settings({"TEMPORAL_TLS_SERVER_NAME": "temporal.example"})
+    assert s.temporal.uses_tls
+    assert s.temporal.tls_server_name == "temporal.example"
+
+
+def test_tls_settings_with_tls_turned_off_are_refused(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    with pytest.raises(SettingsError, match=r"^TEMPORAL_TLS_SERVER_NAME: set, but TEMPORAL_TLS"):
+        load_settings({"TEMPORAL_TLS": "false", "TEMPORAL_TLS_SERVER_NAME": "t.example"})
+    with pytest.raises(SettingsError, match=r"^TEMPORAL_TLS_CA_FILE: set, but TEMPORAL_TLS"):
+        load_settings({"TEMPORAL_TLS": "false", "TEMPORAL_TLS_CA_FILE": str(ca)})

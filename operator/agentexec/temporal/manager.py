@@ -8,8 +8,14 @@ call time, so a re-dial can never leave anyone on a stale client.
 What the SDK does by itself shapes what this does (docs/architecture.md):
 a client that connected once reconnects by itself after an outage, and so do
 its workers, so an outage alone never tears anything down. The manager dials
-when there is no client, probes health on a short interval (a cheap RPC with a
-hard deadline), and re-dials only when the client itself is broken.
+when there is no client, probes on a short interval (a cheap RPC with a hard
+deadline), and re-dials only when the client itself is broken.
+
+The probe asks about our namespace (DescribeNamespace), not the server-wide
+health check: Temporal Cloud refuses that one to namespace-scoped API keys
+(temporal-worker-controller issue #225), and it cannot tell that the
+namespace is missing. "Connected" means the client works and the namespace
+exists.
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import NamespaceState
+from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure
+from temporalio.api.workflowservice.v1 import (
+    DescribeNamespaceRequest,
+    DescribeWorkflowExecutionRequest,
+)
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import (
     LogForwardingConfig,
@@ -41,7 +54,15 @@ from agentexec.logs import RateLimiter, RateLimitFilter
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
 from agentexec.temporal.backoff import BackoffPolicy
-from agentexec.temporal.state import ConnectionState, ConnectionTracker, Flip, Transition
+from agentexec.temporal.state import (
+    CIRCUIT_OPEN,
+    NAMESPACE_NOT_FOUND,
+    TEMPORAL_UNAVAILABLE,
+    ConnectionState,
+    ConnectionTracker,
+    Flip,
+    Transition,
+)
 
 log = logging.getLogger("agentexec.temporal")
 T = TypeVar("T")
@@ -53,6 +74,19 @@ _UNAVAILABLE_CODES = {
     RPCStatusCode.DEADLINE_EXCEEDED,
     RPCStatusCode.CANCELLED,
 }
+# Asked for while disconnected, to see the namespace as every other call will.
+_PROBE_WORKFLOW_ID = "agentexec-namespace-probe"
+# How a server that will not answer the health check to this caller says so
+# (Temporal Cloud, namespace-scoped API key: "Request unauthorized").
+_HEALTH_REFUSED_CODES = {
+    RPCStatusCode.PERMISSION_DENIED,
+    RPCStatusCode.UNAUTHENTICATED,
+    RPCStatusCode.UNIMPLEMENTED,
+}
+
+
+class ProbeRefused(Exception):
+    """The server answered the probe, and the answer says it is not usable."""
 
 
 class TemporalUnavailable(Exception):
@@ -74,9 +108,47 @@ def is_unavailable(exc: BaseException) -> bool:
     return type(exc) is RuntimeError
 
 
+def is_namespace_not_found(exc: BaseException, namespace: str) -> bool:
+    """Whether a call failed because ``namespace`` does not exist (for the frontend).
+
+    Only that namespace: an execution may name another one, and that one
+    missing is the execution's problem, not the connection's.
+    """
+    if not isinstance(exc, RPCError) or exc.status != RPCStatusCode.NOT_FOUND:
+        return False
+    for detail in exc.grpc_status.details:
+        failure = NamespaceNotFoundFailure()
+        if detail.Unpack(failure) and failure.namespace == namespace:
+            return True
+    return False
+
+
 def describe_error(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]
+
+
+# What the SDK's Rust core (rustls) says when a TLS handshake fails, and
+# which setting to look at for each.
+_TLS_HINTS = (
+    ("UnknownIssuer", "the server's certificate is not signed by TEMPORAL_TLS_CA_FILE"),
+    ("NotValidForName", "the server's certificate does not name TEMPORAL_TLS_SERVER_NAME"),
+    ("Expired", "a certificate has expired"),
+    ("certificate", "check TEMPORAL_TLS_CA_FILE, TEMPORAL_TLS_CERT_FILE and _KEY_FILE"),
+    ("tls", "check TEMPORAL_TLS_CA_FILE, TEMPORAL_TLS_CERT_FILE and _KEY_FILE"),
+    ("handshake", "check TEMPORAL_TLS_CA_FILE, TEMPORAL_TLS_CERT_FILE and _KEY_FILE"),
+)
+
+
+def describe_dial_error(exc: BaseException, uses_tls: bool) -> str:
+    """A dial failure, with what to check when it is a TLS handshake failure."""
+    text = describe_error(exc)
+    if uses_tls:
+        lowered = text.lower()
+        for marker, hint in _TLS_HINTS:
+            if marker.lower() in lowered:
+                return f"TLS handshake failed ({hint}): {text}"[:500]
+    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +187,14 @@ def _read(path: Any) -> bytes | None:
 
 
 class SupervisedWorker:
-    """A Worker kept running on one client; rebuilt when its run() ends."""
+    """A Worker kept running; rebuilt when its run() ends.
+
+    A new client (re-dial, rotated TLS files) goes under the running Worker
+    (the SDK's ``Worker.client`` setter): shutting a worker down cancels its
+    in-flight activities once the grace is over, and the SDK reports that as
+    a retryable failure, so an agent that runs for hours would start again
+    from scratch on every certificate rotation.
+    """
 
     QUICK_FAILURE = 30.0  # a run shorter than this counts as a failed restart
     MAX_QUICK_FAILURES = 3
@@ -145,6 +224,10 @@ class SupervisedWorker:
     async def _loop(self) -> None:
         quick_failures = 0
         while not self._stopping:
+            # Not before the probe says the client works and our namespace
+            # exists: a worker started without it only fails (Worker.run()
+            # validates the namespace first).
+            await self.manager.wait_connected()
             started = time.monotonic()
             error: BaseException | None = None
             try:
@@ -169,17 +252,39 @@ class SupervisedWorker:
                     "quick_failures": quick_failures,
                 },
             )
-            if quick_failures >= self.MAX_QUICK_FAILURES:
-                self.manager.request_redial("worker cannot be restarted on the current client")
-            # Restart once the server answers again, not in a hot loop.
-            await self.manager.wait_connected()
+            # Ask the probe what is wrong now rather than at its next tick.
+            self.manager.report_failure(error)
             await asyncio.sleep(min(2.0 ** (quick_failures - 1), 10.0))
+            # A re-dial is for a client that is broken while the probe says
+            # the server and the namespace are fine; a missing namespace or
+            # a server that is down is waited out at the top of the loop.
+            if quick_failures >= self.MAX_QUICK_FAILURES and self.manager.connected:
+                self.manager.request_redial("worker cannot be restarted on the current client")
             self.restarts += 1
             if not self._stopping:
                 log.info(
                     "workers restarted",
                     extra={**self.manager.log_fields, "task_queue": self.spec.task_queue},
                 )
+
+    def replace_client(self, client: Client) -> bool:
+        """Put ``client`` under the running worker; False if the SDK refuses."""
+        worker = self._worker if self._running else None
+        if worker is not None:
+            try:
+                worker.client = client
+            except Exception as exc:
+                log.warning(
+                    "worker cannot take the new client",
+                    extra={
+                        **self.manager.log_fields,
+                        "task_queue": self.spec.task_queue,
+                        "error": describe_error(exc),
+                    },
+                )
+                return False
+        self.client = client  # and every later build uses it
+        return True
 
     def _build(self) -> Worker:
         kwargs: dict[str, Any] = {}
@@ -252,8 +357,12 @@ class TemporalManager:
         self._disconnected = asyncio.Event()
         self._disconnected.set()
         self._installed = asyncio.Event()
+        self._health_refused_by: Client | None = None
+        self._namespace_doubted = False
+        self._announced = (False, TEMPORAL_UNAVAILABLE)
         self._listeners: list[Callable[[ConnectionState], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._draining: set[asyncio.Task[None]] = set()
         self._limiter = RateLimiter(period=30.0)
         self._fingerprint = self._settings_fingerprint()
         host, _, port = settings.address.rpartition(":")
@@ -301,7 +410,7 @@ class TemporalManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         workers, self._workers = self._workers, []
-        await asyncio.gather(*(w.stop() for w in workers))
+        await asyncio.gather(*(w.stop() for w in workers), *self._draining)
         self._client = None
         self.refresh_workers_gauge()
 
@@ -327,12 +436,19 @@ class TemporalManager:
         return self._tracker.snapshot(time.monotonic())
 
     def unavailable(self) -> TemporalUnavailable:
-        circuit = self._tracker.circuit_open
+        reason = self._tracker.reason
+        s = self.settings
+        if reason == NAMESPACE_NOT_FOUND:
+            return TemporalUnavailable(
+                reason,
+                f"namespace {s.namespace} does not exist on Temporal at {s.address}; "
+                "executions start once it is created",
+            )
         error = self._tracker.last_error or "not connected yet"
+        circuit = " and the circuit is open" if reason == CIRCUIT_OPEN else ""
         return TemporalUnavailable(
-            "CircuitOpen" if circuit else "TemporalUnavailable",
-            f"Temporal at {self.settings.address} (namespace {self.settings.namespace}) "
-            f"is unavailable{' and the circuit is open' if circuit else ''}: {error}",
+            CIRCUIT_OPEN if reason == CIRCUIT_OPEN else TEMPORAL_UNAVAILABLE,
+            f"Temporal at {s.address} (namespace {s.namespace}) is unavailable{circuit}: {error}",
         )
 
     def client(self) -> Client:
@@ -351,6 +467,16 @@ class TemporalManager:
         try:
             return await asyncio.wait_for(fn(client), timeout or self.settings.rpc_timeout)
         except Exception as exc:
+            if is_namespace_not_found(exc, self.settings.namespace):
+                # The next probe asks the way this call did (through the
+                # frontend's namespace cache), so the state follows.
+                self._namespace_doubted = True
+                self.report_failure(exc)
+                raise TemporalUnavailable(
+                    NAMESPACE_NOT_FOUND,
+                    f"namespace {self.settings.namespace} does not exist on Temporal at "
+                    f"{self.settings.address}: {describe_error(exc)}",
+                ) from exc
             if is_unavailable(exc):
                 self.report_failure(exc)
                 raise TemporalUnavailable(
@@ -393,7 +519,7 @@ class TemporalManager:
         await self._disconnected.wait()
 
     def add_listener(self, listener: Callable[[ConnectionState], None]) -> None:
-        """Called with the new state on every connected/disconnected transition."""
+        """Called with the new state on every change of (connected, reason)."""
         self._listeners.append(listener)
 
     def refresh_workers_gauge(self) -> None:
@@ -474,7 +600,7 @@ class TemporalManager:
                 await self._dial_failed(exc, replacing)
                 continue
             await self._install(client)
-            flip = self._tracker.dial_succeeded(time.monotonic())
+            self._tracker.dial_succeeded(time.monotonic())
             self._set_circuit()
             self._redial_reason = None
             log.info(
@@ -483,11 +609,13 @@ class TemporalManager:
                 else "initial connection successful",
                 extra={**self.log_fields, "attempt": attempt, "generation": self._generation},
             )
-            self._announce(flip)
+            # A dial proves the server answers, not that our namespace exists:
+            # the probe decides, at once rather than at its next tick.
+            await self._probe_once()
 
     async def _dial_failed(self, exc: Exception, replacing: bool) -> None:
         now = time.monotonic()
-        error = describe_error(exc)
+        error = describe_dial_error(exc, self.settings.uses_tls)
         flip = self._tracker.dial_failed(now, error, replacing)
         self._set_circuit()
         self._announce(flip)
@@ -516,15 +644,39 @@ class TemporalManager:
             await asyncio.wait_for(self._redial_wanted.wait(), delay)
 
     async def _install(self, client: Client) -> None:
-        """Old workers drain, new ones start on the new client, then the swap."""
-        old = self._workers
-        if old:
-            log.info("stopping old workers", extra={**self.log_fields, "count": len(old)})
-            await asyncio.gather(*(w.stop() for w in old))
-        fresh = [SupervisedWorker(self, spec, client) for spec in self.worker_specs]
-        self._workers = fresh
-        for worker in fresh:
-            worker.start()
+        """Workers move to the new client where they run, then the swap.
+
+        Only a worker whose SDK Worker refuses the new client is replaced: a
+        new one starts on the new client first, then the old one drains
+        (in-flight activities get the grace period).
+        """
+        if not self._workers:
+            fresh = [SupervisedWorker(self, spec, client) for spec in self.worker_specs]
+            self._workers = fresh
+            for worker in fresh:
+                worker.start()
+            if fresh:
+                log.info(
+                    "all workers started",
+                    extra={**self.log_fields, "task_queues": [w.spec.task_queue for w in fresh]},
+                )
+        else:
+            stuck = [w for w in self._workers if not w.replace_client(client)]
+            for old in stuck:
+                new = SupervisedWorker(self, old.spec, client)
+                self._workers[self._workers.index(old)] = new
+                new.start()
+                log.info(
+                    "replacing a worker; the old one drains",
+                    extra={**self.log_fields, "task_queue": old.spec.task_queue},
+                )
+                drain = asyncio.create_task(old.stop())
+                self._draining.add(drain)
+                drain.add_done_callback(self._draining.discard)
+            log.info(
+                "new client under the running workers",
+                extra={**self.log_fields, "replaced": len(stuck)},
+            )
         # The swap: a single assignment, so every later client() call sees the
         # new client; the old one is dropped with its last reference.
         self._client = client
@@ -532,11 +684,6 @@ class TemporalManager:
         # Wake reconnect() waiters, then re-arm for the next install.
         self._installed.set()
         self._installed = asyncio.Event()
-        if fresh:
-            log.info(
-                "all workers started",
-                extra={**self.log_fields, "task_queues": [w.spec.task_queue for w in fresh]},
-            )
 
     # ----- probing --------------------------------------------------------------
 
@@ -577,21 +724,106 @@ class TemporalManager:
             # While down, each probe is what drives the SDK channel to reconnect.
             self.metrics.reconnection_attempts.labels(**self._labels).inc()
         started = time.monotonic()
-        timeout = self.settings.probe_timeout
+        outcome: str | Exception
         try:
-            await asyncio.wait_for(
-                client.service_client.check_health(timeout=timedelta(seconds=timeout)),
-                timeout + 0.25,
-            )
+            outcome = await self._ask(client)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._observe_probe(started)
-            await self._probe_failed(exc)
-            return
+            outcome = exc
         self._observe_probe(started)
         if client is not self._client:
-            return  # a re-dial swapped clients meanwhile; this result is stale
+            return  # a re-dial swapped clients meanwhile; this answer is about the old one
+        if isinstance(outcome, Exception):
+            await self._probe_failed(outcome)
+        elif outcome == NAMESPACE_NOT_FOUND:
+            self._limiter.reset("probe-failed")
+            self._announce(
+                self._tracker.namespace_not_found(
+                    time.monotonic(),
+                    f"namespace {self.settings.namespace} not found on {self.settings.address}",
+                )
+            )
+        else:
+            self._probe_succeeded()
+
+    async def _ask(self, client: Client) -> str:
+        """One probe: DescribeNamespace, and the health check where the server allows it.
+
+        Returns "ok" or NAMESPACE_NOT_FOUND; raises what says the server is
+        not usable. Both RPCs run at once under one hard deadline (the SDK's
+        per-call timeout does not bound a frozen connection).
+        """
+        timeout = self.settings.probe_timeout
+        per_call = timedelta(seconds=timeout)
+        asks: list[Awaitable[Any]] = [
+            client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace=self.settings.namespace),
+                retry=False,
+                timeout=per_call,
+            )
+        ]
+        # The health check adds what DescribeNamespace cannot see: a frontend
+        # that is draining answers NOT_SERVING while it still serves calls.
+        health_wanted = self._health_refused_by is not client
+        if health_wanted:
+            asks.append(client.service_client.check_health(timeout=per_call))
+        described, *rest = await asyncio.wait_for(
+            asyncio.gather(*asks, return_exceptions=True), timeout + 0.25
+        )
+        health = rest[0] if rest else True
+        if isinstance(health, RPCError) and health.status in _HEALTH_REFUSED_CODES:
+            self._health_refused_by = client
+            log.info(
+                "the server refuses the health check to this client; probing the namespace only",
+                extra={**self.log_fields, "error": describe_error(health)},
+            )
+            health = True
+        if isinstance(described, RPCError) and described.status == RPCStatusCode.NOT_FOUND:
+            if health is True:
+                return NAMESPACE_NOT_FOUND
+        elif isinstance(described, BaseException):
+            raise described
+        elif described.namespace_info.state == NamespaceState.NAMESPACE_STATE_DELETED:
+            return NAMESPACE_NOT_FOUND
+        if isinstance(health, BaseException):
+            raise health
+        if health is not True:
+            raise ProbeRefused("the frontend's health check answered NOT_SERVING")
+        if not self._tracker.connected or self._namespace_doubted:
+            self._namespace_doubted = False
+            return await self._ask_through_namespace_cache(client)
+        return "ok"
+
+    async def _ask_through_namespace_cache(self, client: Client) -> str:
+        """Whether calls other than DescribeNamespace see the namespace too.
+
+        DescribeNamespace reads the database; every other call goes through
+        the frontend's namespace cache, which learns of a new namespace up to
+        its refresh interval later (measured ~1 s on the dev server; 10 s by
+        default), answering NOT_FOUND meanwhile. So, before saying connected,
+        one call through that cache: a workflow that does not exist.
+        """
+        timeout = self.settings.probe_timeout
+        request = DescribeWorkflowExecutionRequest(
+            namespace=self.settings.namespace,
+            execution=WorkflowExecution(workflow_id=_PROBE_WORKFLOW_ID),
+        )
+        try:
+            await asyncio.wait_for(
+                client.workflow_service.describe_workflow_execution(
+                    request, retry=False, timeout=timedelta(seconds=timeout)
+                ),
+                timeout + 0.25,
+            )
+        except RPCError as exc:
+            if is_namespace_not_found(exc, self.settings.namespace):
+                return NAMESPACE_NOT_FOUND
+            if exc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: the workflow, as expected
+                raise
+        return "ok"
+
+    def _probe_succeeded(self) -> None:
         flip = self._tracker.probe_succeeded(time.monotonic())
         self._limiter.reset("probe-failed")
         if self._redial_reason is not None and self._redial_reason.startswith("health probe"):
@@ -663,9 +895,10 @@ class TemporalManager:
         self.metrics.circuit_open.labels(**self._labels).set(int(self._tracker.circuit_open))
 
     def _announce(self, flip: Flip | None) -> None:
+        """Apply a transition, then tell listeners if (connected, reason) changed."""
         if flip is None:
-            return
-        if flip.to is Transition.CONNECTED:
+            pass
+        elif flip.to is Transition.CONNECTED:
             self.metrics.connection_status.labels(**self._labels).set(1)
             self._disconnected.clear()
             self._connected.set()
@@ -683,6 +916,15 @@ class TemporalManager:
                 },
             )
         state = self.state()
+        key = (state.connected, state.reason)
+        if key == self._announced:
+            return
+        self._announced = key
+        if state.reason == NAMESPACE_NOT_FOUND:
+            log.warning(
+                "namespace not found; waiting for it to be created",
+                extra={**self.log_fields, "reason": state.reason},
+            )
         for listener in list(self._listeners):
             try:
                 listener(state)

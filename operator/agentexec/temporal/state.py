@@ -11,6 +11,12 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# Condition reasons for TemporalConnected (the values the rest of the operator sees).
+CONNECTED = "Connected"
+TEMPORAL_UNAVAILABLE = "TemporalUnavailable"
+CIRCUIT_OPEN = "CircuitOpen"
+NAMESPACE_NOT_FOUND = "NamespaceNotFound"
+
 
 class Transition(enum.Enum):
     CONNECTED = "connected"
@@ -30,6 +36,7 @@ class ConnectionState:
     """A snapshot: what /statusz shows and conditions are computed from."""
 
     connected: bool
+    reason: str
     since: float | None
     last_error: str | None
     consecutive_failures: int
@@ -56,6 +63,9 @@ class ConnectionTracker:
     dial_attempts: int = 0
     consecutive_dial_failures: int = 0
     ever_connected: bool = False
+    # The server answers, but our namespace does not exist (yet): not
+    # connected, and nothing a re-dial could fix.
+    namespace_missing: bool = False
     _uptime: float = 0.0
     _downtime: float = 0.0
     _started: float | None = None
@@ -67,21 +77,46 @@ class ConnectionTracker:
     def circuit_open(self) -> bool:
         return self.consecutive_dial_failures >= self.circuit_threshold
 
+    @property
+    def reason(self) -> str:
+        """The TemporalConnected condition reason for the current state."""
+        if self.connected:
+            return CONNECTED
+        if self.namespace_missing:
+            return NAMESPACE_NOT_FOUND
+        return CIRCUIT_OPEN if self.circuit_open else TEMPORAL_UNAVAILABLE
+
     def dial_started(self) -> None:
         self.dial_attempts += 1
 
     def dial_succeeded(self, now: float) -> Flip | None:
+        """A new client. Not "connected" yet: only a probe of our namespace says so."""
         self.consecutive_dial_failures = 0
-        return self._up(now)
+        return None
 
     def dial_failed(self, now: float, error: str, replacing: bool = False) -> Flip | None:
         """A failed dial; while ``replacing`` a client the probe decides the state."""
         self.consecutive_dial_failures += 1
         self.last_error = error
-        return None if replacing else self._down(now)
+        if replacing:
+            return None
+        self.namespace_missing = False
+        return self._down(now)
 
     def probe_succeeded(self, now: float) -> Flip | None:
+        self.namespace_missing = False
         return self._up(now)
+
+    def namespace_not_found(self, now: float, error: str) -> Flip | None:
+        """The server answered that our namespace does not exist.
+
+        The connection works, so this counts toward no re-dial; the probe
+        keeps asking and :meth:`probe_succeeded` connects once it exists.
+        """
+        self.consecutive_failures = 0
+        self.namespace_missing = True
+        self.last_error = error
+        return self._down(now)
 
     def probe_failed(self, now: float, error: str, reachable: bool) -> tuple[Flip | None, bool]:
         """Record a failed probe; return (transition, whether to re-dial).
@@ -91,6 +126,7 @@ class ConnectionTracker:
         client keeps failing means the client itself is broken.
         """
         self.consecutive_failures += 1
+        self.namespace_missing = False
         self.last_error = error
         transition = self._down(now)
         redial = reachable and self.consecutive_failures >= self.redial_after_failures
@@ -105,6 +141,7 @@ class ConnectionTracker:
                 down += now - self.since
         return ConnectionState(
             connected=self.connected,
+            reason=self.reason,
             since=self.since,
             last_error=self.last_error,
             consecutive_failures=self.consecutive_failures,
