@@ -148,6 +148,9 @@ async def run(settings: Settings) -> None:
             "http_port": settings.http_port,
             "watch_namespaces": ",".join(settings.watch_namespaces) or "all",
             "leader_election": elector is not None,
+            # Whether TLS and an API key are in use; never the key itself.
+            "temporal_tls": settings.temporal.uses_tls,
+            "temporal_api_key": settings.temporal.api_key_file is not None,
             **manager.log_fields,
         },
     )
