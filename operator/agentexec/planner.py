@@ -176,6 +176,7 @@ def plan_waiting(
         )
     return {
         "phase": PENDING,
+        "temporalConnection": conn.reason,
         "observedGeneration": generation_of(body),
         "queuedTime": timestamp(queued),
         "startAttempts": attempts + (1 if attempted else 0),
@@ -203,7 +204,7 @@ def plan_start_failed(
     if is_terminal(body):
         return None
     attempts = status_of(body).get("startAttempts")
-    return {
+    patch: StatusPatch = {
         "phase": PENDING,
         "observedGeneration": generation_of(body),
         "startAttempts": (attempts if isinstance(attempts, int) else 0) + 1,
@@ -216,6 +217,9 @@ def plan_start_failed(
             now,
         ),
     }
+    if conn is not None:
+        patch["temporalConnection"] = conn.reason
+    return patch
 
 
 def plan_started(
@@ -233,6 +237,7 @@ def plan_started(
     attempts = status.get("startAttempts")
     attempts = attempts if isinstance(attempts, int) else 0
     patch: StatusPatch = {
+        "temporalConnection": conn.reason,
         "observedGeneration": generation_of(body),
         "workflow": dict(workflow),
         "startAttempts": attempts + (1 if counted_attempt else 0),
@@ -283,6 +288,8 @@ def plan_terminal(
         updates.append(_connection_condition(conn))
     patch: StatusPatch = {
         "phase": phase,
+        # Finished: it no longer depends on Temporal (the printer column empties).
+        "temporalConnection": None,
         "observedGeneration": generation_of(body),
         "completionTime": timestamp(now),
         "conditions": build_conditions(body, updates, now),
@@ -329,9 +336,13 @@ def plan_connection(body: Body, conn: Connection, now: datetime) -> StatusPatch 
         current is not None
         and current.get("status") == wanted
         and current.get("reason") == conn.reason
+        and status_of(body).get("temporalConnection") == conn.reason
     ):
         return None
-    return {"conditions": build_conditions(body, [_connection_condition(conn)], now)}
+    return {
+        "temporalConnection": conn.reason,
+        "conditions": build_conditions(body, [_connection_condition(conn)], now),
+    }
 
 
 def plan_progress(
@@ -341,6 +352,7 @@ def plan_progress(
     if is_terminal(body):
         return None
     return {
+        "temporalConnection": conn.reason,
         "conditions": build_conditions(
             body,
             [
@@ -348,7 +360,7 @@ def plan_progress(
                 Condition(SUCCEEDED_CONDITION, "Unknown", reason, message),
             ],
             now,
-        )
+        ),
     }
 
 

@@ -75,6 +75,13 @@ def test_printer_columns(control_plane: ControlPlane, namespace: str, crd: None)
     aex.create(control_plane, namespace, "shown", "x")
     header = control_plane.kubectl("get", "-n", namespace, "aex").stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "TEMPORAL", "WORKFLOW", "AGE"]
+    column = ".status.temporalConnection"
+    crd = control_plane.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
+    columns = {
+        c["name"]: c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    }  # type: ignore[index]
+    # A field only unfinished executions carry: a finished one shows no stale state.
+    assert columns["Temporal"] == column
 
 
 def test_explain_describes_the_fields(control_plane: ControlPlane, crd: None) -> None:

@@ -48,6 +48,10 @@ async def test_reference_reconnection_scenario(
         "CircuitOpen",
     )
     assert aex.condition(pending, "WorkflowStarted")["reason"] == "WaitingForTemporal"
+    assert (
+        pending["status"]["temporalConnection"]
+        == aex.condition(pending, "TemporalConnected")["reason"]
+    )
     # Temporal is known to be down: no start was tried yet (no attempt is wasted).
     assert pending["status"]["startAttempts"] == 0
 
@@ -56,6 +60,7 @@ async def test_reference_reconnection_scenario(
     assert done["status"]["output"] == "one"
     assert aex.condition(done, "TemporalConnected")["status"] == "True"
     assert aex.condition(done, "Succeeded")["status"] == "True"
+    assert "temporalConnection" not in done["status"]  # the TEMPORAL column empties
     assert done["status"]["startTime"]
     assert done["status"]["completionTime"]
 

@@ -199,3 +199,15 @@ def test_a_runner_taking_the_agent_clears_no_runner() -> None:
     cond = planner.condition_of({"status": d.status}, planner.SUCCEEDED_CONDITION)
     assert cond is not None
     assert cond["reason"] == "Running"
+
+
+def test_the_temporal_column_is_shown_only_while_not_finished() -> None:
+    waiting = planner.decide(observed(obj(), conn=DOWN))
+    assert waiting.status is not None
+    assert waiting.status["temporalConnection"] == "TemporalUnavailable"
+    started = planner.decide(observed(obj(), answer=Answer(Outcome.STARTED, workflow=WF)))
+    assert started.status is not None
+    assert started.status["temporalConnection"] == "Connected"
+    done = planner.decide(observed(obj("Running", workflow=True), report=report("Succeeded")))
+    assert done.status is not None
+    assert done.status["temporalConnection"] is None  # merge patch: removed
