@@ -166,6 +166,15 @@ async def test_runner_failure_and_timeout_end_failed_with_reason(
     assert await workflow_status(temporal, unknown) == "FAILED"
     # Expected outcomes are said on the resource, not as tracebacks in the log.
     assert "Traceback" not in operator.log(), operator.log_tail()
+    log = operator.log()
+    # The log a 3 am reader wants: one line per finished execution with its
+    # reason, the start-up line says what it runs against, no per-event noise.
+    assert "execution finished" in log
+    assert "reason=UnknownAgent" in log
+    assert "temporal_tls=False" in log
+    assert "temporal_api_key=False" in log
+    assert f"watch_namespaces={namespace}" in log
+    assert "Handler 'observe' succeeded" not in log
 
 
 async def workflow_status(temporal: TemporalDevServer, obj: dict) -> str:
@@ -220,7 +229,7 @@ async def test_delete_while_temporal_is_down_waits_then_completes(
     namespace: str,
     make_operator: MakeOperator,
 ) -> None:
-    make_operator()
+    operator = make_operator()
     running = await long_running(control_plane, namespace, "patient")
     temporal.kill()
     control_plane.kubectl("delete", "-n", namespace, "aex", "patient", "--wait=false")
@@ -228,6 +237,16 @@ async def test_delete_while_temporal_is_down_waits_then_completes(
     waiting = aex.get(control_plane, namespace, "patient")
     assert waiting["metadata"]["deletionTimestamp"]
     assert "agentexec.io/cancel-workflow" in waiting["metadata"]["finalizers"]
+    # `kubectl describe` says why and what to do, not only the operator's log.
+    blocked = control_plane.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector", "reason=DeletionBlocked"
+    )["items"]
+    assert len(blocked) == 1, blocked  # one event, counted; not one per retry
+    assert "agentexec.io/force-delete" in blocked[0]["message"]  # type: ignore[index]
+    # The retries back off and are warnings, not an ERROR every few seconds.
+    retries = operator.log().count("reconcile failed; retrying with backoff")
+    assert retries <= 8, retries
+    assert " ERROR " not in operator.log()
 
     temporal.start()
     await deleted_and_cancelled(control_plane, temporal, running, timeout=60)
