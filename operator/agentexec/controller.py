@@ -22,11 +22,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec import planner
 from agentexec.events import EventRecorder
@@ -353,7 +353,7 @@ class Controller:
         """The workflow says how it ended: enqueue, and return once it is written."""
         if not self.leading:
             # Temporal retries the activity; it lands on the leader.
-            raise ApplicationError("this replica is not the leader", type="NotLeader")
+            raise _not_leader("this replica is not the leader")
         key = (report.ref.namespace, report.ref.name)
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         pending = self._reports.get(key)
@@ -371,9 +371,7 @@ class Controller:
             self._reports[key] = _Report(report, waiters)
         self.queue.add(key)
         if not await asyncio.wait_for(asyncio.shield(waiter), 25):
-            raise ApplicationError(
-                "leadership moved before the report was written", type="NotLeader"
-            )
+            raise _not_leader("leadership moved before the report was written")
 
     # ----- reconcile --------------------------------------------------------------
 
@@ -552,6 +550,18 @@ class Controller:
             + len(self.events),
             "loops_stopped": self.stopped_loops(),
         }
+
+
+def _not_leader(message: str) -> ApplicationError:
+    """A report that reached a standby: retried at once, so that it soon lands on
+    the leader's worker (an idle standby's poller would otherwise win most of
+    the backed-off retries), and no traceback: it is expected."""
+    return ApplicationError(
+        message,
+        type="NotLeader",
+        next_retry_delay=timedelta(milliseconds=200),
+        category=ApplicationErrorCategory.BENIGN,
+    )
 
 
 class _Backoff(Exception):
