@@ -9,7 +9,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,9 @@ from temporalio.runtime import Runtime, TelemetryConfig
 
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
-from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, WorkerSpec
+from agentexec.temporal.manager import TemporalManager, TemporalUnavailable
 from tests.integration import workflows
+from tests.integration.conftest import StartManager
 from tests.support.binaries import venv_tool
 from tests.support.procs import ManagedProcess, free_port
 from tests.support.relay import TcpRelay
@@ -32,9 +33,7 @@ MakeManager = Callable[..., TemporalManager]
 
 
 @pytest.fixture
-async def make_manager(temporal: TemporalDevServer, task_queue: str) -> AsyncIterator[MakeManager]:
-    managers: list[TemporalManager] = []
-
+def make_manager(temporal: TemporalDevServer, start_manager: StartManager) -> MakeManager:
     def make(address: str | None = None, **overrides: object) -> TemporalManager:
         settings = dataclasses.replace(
             TemporalSettings(
@@ -46,19 +45,9 @@ async def make_manager(temporal: TemporalDevServer, task_queue: str) -> AsyncIte
             ),
             **overrides,  # type: ignore[arg-type]
         )
-        spec = WorkerSpec(
-            task_queue=task_queue,
-            workflows=[workflows.EchoWorkflow, workflows.SlowWorkflow],
-            activities=[workflows.echo, workflows.slow],
-        )
-        manager = TemporalManager(settings, [spec], Metrics())
-        managers.append(manager)
-        manager.start()
-        return manager
+        return start_manager(settings)
 
-    yield make
-    for manager in managers:
-        await manager.stop()
+    return make
 
 
 def metric(manager: TemporalManager, name: str) -> float:

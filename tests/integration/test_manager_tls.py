@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
-from agentexec.temporal.manager import TemporalManager, WorkerSpec
+from agentexec.temporal.manager import TemporalManager
 from tests.integration import workflows
+from tests.integration.conftest import StartManager
 from tests.support.pki import CertificateAuthority, KeyPair
 from tests.support.relay import TlsRelay
 from tests.support.temporal import TemporalDevServer
@@ -64,23 +64,8 @@ MakeManager = Callable[..., TemporalManager]
 
 
 @pytest.fixture
-async def make_manager(task_queue: str) -> AsyncIterator[MakeManager]:
-    managers: list[TemporalManager] = []
-
-    def make(settings: TemporalSettings) -> TemporalManager:
-        spec = WorkerSpec(
-            task_queue=task_queue,
-            workflows=[workflows.EchoWorkflow, workflows.SlowWorkflow],
-            activities=[workflows.echo, workflows.slow],
-        )
-        manager = TemporalManager(settings, [spec], Metrics())
-        managers.append(manager)
-        manager.start()
-        return manager
-
-    yield make
-    for manager in managers:
-        await manager.stop()
+def make_manager(start_manager: StartManager) -> MakeManager:
+    return start_manager
 
 
 def mtls_settings(relay: TlsRelay, pki: Pki, **overrides: object) -> TemporalSettings:
