@@ -161,9 +161,14 @@ async def test_runner_failure_and_timeout_end_failed_with_reason(
     assert unknown["status"]["error"]["reason"] == "UnknownAgent"
     assert "no-such-agent" in unknown["status"]["error"]["message"]
 
-    # Temporal sees the failures too: the workflows ended failed, not completed.
-    assert await workflow_status(temporal, failed) == "FAILED"
-    assert await workflow_status(temporal, unknown) == "FAILED"
+    # Temporal sees the failures too: the workflows end failed, not completed
+    # (just after their report, so the resource can say Failed a moment first).
+    for obj in (failed, unknown):
+        await eventually(
+            lambda o=obj: workflow_status(temporal, o),
+            lambda status: status == "FAILED",
+            what=f"{obj['metadata']['name']}'s workflow FAILED in Temporal",
+        )
     # Expected outcomes are said on the resource, not as tracebacks in the log.
     assert "Traceback" not in operator.log(), operator.log_tail()
     log = operator.log()
