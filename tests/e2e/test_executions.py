@@ -112,7 +112,13 @@ async def test_connection_state_is_mirrored_on_running_executions(
     aex.create(control_plane, namespace, "long", "slow", parameters={"delaySeconds": 120})
     aex.create(control_plane, namespace, "quick", "fast")
     await reaches(control_plane, namespace, "long", "Running")
-    done = await reaches(control_plane, namespace, "quick", "Succeeded")
+    await reaches(control_plane, namespace, "quick", "Succeeded")
+    # Finishing ends with removing our finalizer; from then on nothing writes.
+    done = await eventually(
+        lambda: aex.get(control_plane, namespace, "quick"),
+        lambda o: not o["metadata"].get("finalizers"),
+        what="quick finished, finalizer removed",
+    )
     done_version = done["metadata"]["resourceVersion"]
 
     temporal.kill()
