@@ -410,7 +410,18 @@ class TemporalManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         workers, self._workers = self._workers, []
-        await asyncio.gather(*(w.stop() for w in workers), *self._draining)
+        # Bounded: the SDK's shutdown can wait on pollers of a server that is
+        # gone; a stopping operator must not wait on a server it no longer needs.
+        limit = self.settings.worker_grace + 10.0
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(w.stop() for w in workers), *self._draining), limit
+            )
+        except TimeoutError:
+            log.warning(
+                "workers did not stop within the grace period; leaving them",
+                extra={**self.log_fields, "seconds": limit},
+            )
         self._client = None
         self.refresh_workers_gauge()
 
