@@ -12,6 +12,7 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from agentexec import planner
 from tests.e2e import aex
 from tests.support.kube import ControlPlane
 from tests.support.operator import OperatorProcess
@@ -40,7 +41,7 @@ def events_of(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, 
 
 def workflow_id(obj: dict[str, Any]) -> str:
     meta = obj["metadata"]
-    return f"agentexec/{meta['namespace']}/{meta['name']}/{meta['uid']}"
+    return planner.workflow_id(meta["namespace"], meta["name"], meta["uid"])
 
 
 async def test_a_lost_workflow_is_never_run_again(
