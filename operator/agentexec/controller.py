@@ -178,10 +178,6 @@ class _Report:
     waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
 
-class NotLeader(Exception):
-    pass
-
-
 class Loops:
     """Long-lived background loops that survive their own errors and say so."""
 
@@ -574,4 +570,4 @@ def _resolve(report: _Report) -> None:
             waiter.set_result(True)
 
 
-__all__ = ["Controller", "NotLeader", "Outcome", "build_input", "key_of"]
+__all__ = ["Controller", "Outcome", "build_input", "key_of"]
