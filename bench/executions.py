@@ -1,7 +1,7 @@
 """AgentExecutions through the operator: latency, outage recovery, throughput, memory.
 
 Real control plane (etcd + kube-apiserver), real Temporal dev server, the
-operator as a process (tests/support). Figures:
+operator as a process (localenv, tests/support). Figures:
 
   (a) creation -> WorkflowStarted=True latency, p50/p99 over N executions
       created one by one with Temporal up;
@@ -50,9 +50,9 @@ from agentexec.kube import GROUP, VERSION, Kube  # noqa: E402
 from agentexec.runner.activity import RunnerActivities  # noqa: E402
 from agentexec.runner.echo import EchoAgent  # noqa: E402
 from bench.baseline import BaselineEcho  # noqa: E402
-from tests.support.kube import ControlPlane  # noqa: E402
+from localenv.kube import ControlPlane  # noqa: E402
+from localenv.temporal import TemporalDevServer, first_answer  # noqa: E402
 from tests.support.operator import OperatorProcess  # noqa: E402
-from tests.support.temporal import TemporalDevServer, first_answer  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from agentexec.metrics import Metrics  # noqa: E402
 from agentexec.settings import TemporalSettings  # noqa: E402
 from agentexec.temporal.manager import TemporalManager, forwarding_runtime  # noqa: E402
-from tests.support.temporal import TemporalDevServer, first_answer  # noqa: E402
+from localenv.temporal import TemporalDevServer, first_answer  # noqa: E402
 
 REFERENCE = {
     "probe_interval": 15.0,

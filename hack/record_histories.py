@@ -143,7 +143,7 @@ async def record(modules: dict[str, Any]) -> tuple[list[Any], dict[str, list[Any
     from temporalio.client import Client
     from temporalio.worker import Worker
 
-    from tests.support.temporal import TemporalDevServer
+    from localenv.temporal import TemporalDevServer
 
     types = modules["temporal.types"]
     workflows = modules["temporal.workflows"]
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = FIXTURES / args.label
     if out_dir.exists() and not args.force:
         raise SystemExit(f"{out_dir} exists: recorded histories are never re-recorded (--force)")
-    sys.path.insert(0, str(ROOT))  # the harness: tests.support
+    sys.path.insert(0, str(ROOT))  # the harness: localenv
     with tempfile.TemporaryDirectory(prefix="record-src-") as scratch:
         checkout, described = load_source(
             args.ref or ("HEAD" if args.source is None else None), args.source, Path(scratch)

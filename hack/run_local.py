@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.binaries import venv_tool  # noqa: E402
-from tests.support.kube import ControlPlane  # noqa: E402
-from tests.support.procs import ManagedProcess, free_port, port_open  # noqa: E402
-from tests.support.temporal import TemporalDevServer  # noqa: E402
+from localenv.binaries import venv_tool  # noqa: E402
+from localenv.kube import ControlPlane  # noqa: E402
+from localenv.procs import ManagedProcess, free_port, port_open  # noqa: E402
+from localenv.temporal import TemporalDevServer  # noqa: E402
 
 
 def say(text: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.temporal import TemporalDevServer
+from localenv.temporal import TemporalDevServer
 
 TIERS = ("unit", "integration", "e2e", "kind")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from tests.support.kube import ControlPlane
+from localenv.kube import ControlPlane
 
 
 def manifest(name: str, message: str = "hello", **spec: Any) -> str:

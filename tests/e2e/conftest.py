@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.binaries import ROOT
-from tests.support.kube import ControlPlane
+from localenv.binaries import ROOT
+from localenv.kube import ControlPlane
+from localenv.temporal import TemporalDevServer
 from tests.support.operator import OperatorProcess
-from tests.support.temporal import TemporalDevServer
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from localenv.kube import ControlPlane
 from tests.e2e import aex
-from tests.support.kube import ControlPlane
 
 
 def doc(spec: Any, **meta: Any) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from localenv.kube import ControlPlane
 from tests.e2e import aex
-from tests.support.kube import ControlPlane
 from tests.support.operator import OperatorProcess
 from tests.support.waiting import eventually
 

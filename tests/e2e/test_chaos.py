@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
+from localenv.kube import ControlPlane
+from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
-from tests.support.kube import ControlPlane
 from tests.support.operator import OperatorProcess
 from tests.support.relay import TcpRelay
 from tests.support.report import SUMMARY
-from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.chaos

@@ -19,15 +19,15 @@ import pytest
 import yaml
 
 from agentexec.settings import load_settings
+from localenv.binaries import ROOT, built_tool, venv_tool, versions
+from localenv.helm import CHART, EVERYTHING_ON, Helm
+from localenv.kube import ControlPlane
+from localenv.pki import CertificateAuthority
+from localenv.procs import ManagedProcess
+from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
-from tests.support.binaries import ROOT, built_tool, venv_tool, versions
-from tests.support.helm import CHART, EVERYTHING_ON, Helm
-from tests.support.kube import ControlPlane
 from tests.support.operator import OperatorProcess
-from tests.support.pki import CertificateAuthority
-from tests.support.procs import ManagedProcess
 from tests.support.report import SUMMARY
-from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 FIXTURES = Path(__file__).parent / "fixtures"

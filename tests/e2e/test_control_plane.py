@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.binaries import ROOT
-from tests.support.kube import ControlPlane
+from localenv.binaries import ROOT
+from localenv.kube import ControlPlane
 
 CRD = ROOT / "crds" / "agentexecutions.agentexec.io.yaml"
 

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from localenv.kube import ControlPlane
+from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
-from tests.support.kube import ControlPlane
 from tests.support.operator import OperatorProcess
-from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 MakeOperator = Callable[..., OperatorProcess]
@@ -356,8 +356,8 @@ async def test_external_runner_example_serves_its_queue(
 ) -> None:
     import sys
 
-    from tests.support.binaries import ROOT
-    from tests.support.procs import ManagedProcess
+    from localenv.binaries import ROOT
+    from localenv.procs import ManagedProcess
 
     queue = f"shout-{namespace}"
     runner = ManagedProcess(

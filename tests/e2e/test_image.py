@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.binaries import ROOT
+from localenv.binaries import ROOT
 
 
 def test_entrypoint_from_a_fresh_virtualenv(tmp_path: Path) -> None:

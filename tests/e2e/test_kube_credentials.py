@@ -17,8 +17,8 @@ import kopf
 import pytest
 
 from agentexec.kube import Credentials, Kube, KubeError
+from localenv.kube import ControlPlane
 from tests.e2e import aex
-from tests.support.kube import ControlPlane
 from tests.support.waiting import eventually
 
 SA = "rotating-operator"

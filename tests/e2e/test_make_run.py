@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.binaries import ROOT, venv_tool
-from tests.support.kube import ControlPlane
-from tests.support.procs import wait_for
+from localenv.binaries import ROOT, venv_tool
+from localenv.kube import ControlPlane
+from localenv.procs import wait_for
 
 
 def processes_mentioning(text: str) -> list[str]:

@@ -13,11 +13,11 @@ from typing import Any
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from agentexec import planner
+from localenv.kube import ControlPlane
+from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
-from tests.support.kube import ControlPlane
 from tests.support.operator import OperatorProcess
 from tests.support.report import SUMMARY
-from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 MakeOperator = Callable[..., OperatorProcess]

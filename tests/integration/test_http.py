@@ -11,8 +11,8 @@ from agentexec.http import build_app, start_http
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
 from agentexec.temporal.manager import TemporalManager
-from tests.support.procs import free_port
-from tests.support.temporal import TemporalDevServer
+from localenv.procs import free_port
+from localenv.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 

@@ -21,12 +21,12 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
 from agentexec.temporal.manager import TemporalManager, TemporalUnavailable
+from localenv.binaries import venv_tool
+from localenv.procs import ManagedProcess, free_port
+from localenv.temporal import TemporalDevServer
 from tests.integration import workflows
 from tests.integration.conftest import StartManager
-from tests.support.binaries import venv_tool
-from tests.support.procs import ManagedProcess, free_port
 from tests.support.relay import TcpRelay
-from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 MakeManager = Callable[..., TemporalManager]

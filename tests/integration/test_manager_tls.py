@@ -19,11 +19,11 @@ from cryptography import x509
 
 from agentexec.settings import TemporalSettings
 from agentexec.temporal.manager import TemporalManager
+from localenv.pki import CertificateAuthority, KeyPair
+from localenv.temporal import TemporalDevServer
 from tests.integration import workflows
 from tests.integration.conftest import StartManager
-from tests.support.pki import CertificateAuthority, KeyPair
 from tests.support.relay import TlsRelay
-from tests.support.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 

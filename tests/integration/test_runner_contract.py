@@ -31,7 +31,7 @@ from agentexec.temporal.types import (
     StatusReport,
 )
 from agentexec.temporal.workflows import AgentExecutionWorkflow
-from tests.support.temporal import TemporalDevServer
+from localenv.temporal import TemporalDevServer
 
 
 @dataclass

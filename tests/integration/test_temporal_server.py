@@ -6,7 +6,7 @@ import uuid
 
 from temporalio.client import Client
 
-from tests.support.temporal import TemporalDevServer
+from localenv.temporal import TemporalDevServer
 from tests.support.waiting import eventually
 
 

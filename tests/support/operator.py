@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import ManagedProcess, free_port, wait_for
+from localenv.procs import ManagedProcess, free_port, wait_for
 
 
 class OperatorProcess:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("AGENTEXEC_CACHE_DIR", ROOT / ".cache"))
 
 

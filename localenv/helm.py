@@ -7,8 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.support.binaries import ROOT, built_tool
-from tests.support.kube import ControlPlane
+from localenv.binaries import ROOT, built_tool
+from localenv.kube import ControlPlane
 
 CHART = ROOT / "charts" / "agentexec-operator"
 EVERYTHING_ON = CHART / "ci" / "everything-on-values.yaml"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.binaries import built_tool, venv_tool
-from tests.support.pki import CertificateAuthority
-from tests.support.procs import ManagedProcess, free_port, wait_for
+from localenv.binaries import built_tool, venv_tool
+from localenv.pki import CertificateAuthority
+from localenv.procs import ManagedProcess, free_port, wait_for
 
 
 class ControlPlane:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from tests.support.binaries import venv_tool
-from tests.support.procs import ManagedProcess, free_port, port_open, wait_for
+from localenv.binaries import venv_tool
+from localenv.procs import ManagedProcess, free_port, port_open, wait_for
 
 
 class TemporalDevServer:
