@@ -94,7 +94,8 @@ def _rv(body: Body) -> int | None:
 def _slim(body: Body) -> dict[str, Any]:
     """What reconcile needs of an object, and no more (memory per execution).
 
-    A finished execution keeps its identity, finalizers and phase only.
+    A finished execution keeps its identity, finalizers, phase, completion
+    time and TTL only.
     """
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
@@ -117,7 +118,13 @@ def _slim(body: Body) -> dict[str, Any]:
     status = body.get("status")
     status = status if isinstance(status, Mapping) else {}
     if status.get("phase") in planner.TERMINAL:
-        return {"metadata": slim_meta, "status": {"phase": status["phase"]}}
+        spec = body.get("spec")
+        ttl = spec.get("ttlSecondsAfterFinished") if isinstance(spec, Mapping) else None
+        return {
+            "metadata": slim_meta,
+            "spec": {} if ttl is None else {"ttlSecondsAfterFinished": ttl},
+            "status": {k: status[k] for k in ("phase", "completionTime") if k in status},
+        }
     return {"metadata": slim_meta, "spec": body.get("spec"), "status": dict(status)}
 
 
@@ -170,6 +177,12 @@ def needs_attention(body: Body) -> bool:
     if planner.is_terminal(body):
         return planner.FINALIZER in (meta.get("finalizers") or [])
     return True
+
+
+def has_timer(body: Body, finished_ttl: float | None) -> bool:
+    """A finished execution that its TTL will delete: reconcile sets its timer."""
+    meta = body.get("metadata") or {}
+    return not meta.get("deletionTimestamp") and planner.expiry_of(body, finished_ttl) is not None
 
 
 @dataclass
@@ -258,8 +271,9 @@ class Controller:
 
     async def start_leading(self) -> None:
         self.leading = True
+        ttl = self.settings.ttl_seconds_after_finished
         for key, body in self.cache.items():
-            if needs_attention(body):
+            if needs_attention(body) or has_timer(body, ttl):
                 if planner.status_of(body).get("workflow"):
                     self._check.add(key)  # resume: what happened while nobody led?
                 self.queue.add(key)
@@ -299,7 +313,11 @@ class Controller:
         if not self.cache.put(key, body):
             return
         self._publish_phases()
-        if event_type is None and not needs_attention(body):
+        if (
+            event_type is None
+            and not needs_attention(body)
+            and not has_timer(body, self.settings.ttl_seconds_after_finished)
+        ):
             return  # start-up listing of a finished execution: nothing to do
         if event_type is None and planner.status_of(body).get("workflow"):
             self._check.add(key)
@@ -393,6 +411,7 @@ class Controller:
             queue_ttl=self.settings.queue_ttl,
             report=pending.report if pending else None,
             check=check,
+            finished_ttl=self.settings.ttl_seconds_after_finished,
         )
         started = time.monotonic()
         try:
@@ -470,7 +489,9 @@ class Controller:
         if phase in planner.TERMINAL:
             self._finished(key, body, phase, decision.status or {})
         if decision.remove_finalizer:
-            await self._write_finalizers(key, body, add=False)
+            body = await self._write_finalizers(key, body, add=False)
+        if decision.delete:
+            await self._delete_expired(key, body)
         if decision.report_done and pending is not None:
             if self._reports.get(key) is pending:
                 del self._reports[key]
@@ -492,6 +513,31 @@ class Controller:
         self.events.forget(str(body.get("metadata", {}).get("uid", "")))
         self._touched.pop(key, None)  # finished: the sweep never looks at it again
         self._publish_phases()
+
+    async def _delete_expired(self, key: Key, body: Body) -> None:
+        """Delete a finished execution whose TTL ran out. The UID precondition
+        means a re-created object of the same name is never deleted (the API
+        server answers 409, and reconcile decides again on the new one); 404:
+        already gone. No event: the object it would be about is gone (Jobs
+        post none either)."""
+        uid = str(body["metadata"]["uid"])
+        if not await self.kube.delete(*key, uid):
+            return
+        self.metrics.executions_deleted_by_ttl.inc()
+        finished = planner.parse_time(planner.status_of(body).get("completionTime"))
+        log.info(
+            "finished execution deleted: its TTL ran out",
+            extra={
+                "execution": "/".join(key),
+                "uid": uid,
+                "finished_seconds_ago": None
+                if finished is None
+                else round((_now() - finished).total_seconds(), 1),
+                "ttl_seconds": planner.ttl_after_finished(
+                    body, self.settings.ttl_seconds_after_finished
+                ),
+            },
+        )
 
     async def _write_finalizers(self, key: Key, body: Body, add: bool) -> dict[str, Any]:
         meta = body["metadata"]

@@ -252,6 +252,22 @@ class Kube:
             MERGE_PATCH,
         )
 
+    async def delete(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the execution only if it is still the object with ``uid``
+        (raises KubeError 409 for a re-created one of the same name). Returns
+        False when it was already gone."""
+        try:
+            await self.request(
+                "DELETE",
+                self.path(namespace, name),
+                {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}},
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def write_finalizers(
         self, namespace: str, name: str, resource_version: str, finalizers: list[str]
     ) -> dict[str, Any]:

@@ -106,6 +106,11 @@ class Metrics:
             ("phase", "reason"),
             registry=r,
         )
+        self.executions_deleted_by_ttl = Counter(
+            "agentexec_executions_deleted_by_ttl",
+            "Finished executions deleted because their ttlSecondsAfterFinished ran out.",
+            registry=r,
+        )
         self.execution_duration = Histogram(
             "agentexec_execution_duration_seconds",
             "Time from creation to a terminal phase, by phase.",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentexec.temporal.types import Answer, ExecutionResult, Outcome, StatusReport
@@ -32,8 +32,12 @@ WORKFLOW_STARTED = "WorkflowStarted"
 SUCCEEDED_CONDITION = "Succeeded"
 
 # Fields of status we cap so a huge agent output cannot make the object
-# unwritable (etcd's default request limit is 1.5 MiB).
-MAX_OUTPUT = 256 * 1024
+# unwritable (etcd's default request limit is 1.5 MiB, and the spec's message
+# alone may take 1 MiB of it). The output is bounded in UTF-8 bytes, which is
+# what etcd stores: every watcher receives it again with each later write of
+# the object, so it is kept small (a Pod's termination message allows 4 KiB);
+# the whole result stays in the workflow's result in Temporal.
+MAX_OUTPUT_BYTES = 32 * 1024
 MAX_MESSAGE = 4 * 1024
 
 Body = Mapping[str, Any]
@@ -295,10 +299,29 @@ def plan_terminal(
         "conditions": build_conditions(body, updates, now),
     }
     if output is not None:
-        patch["output"] = output[:MAX_OUTPUT]
+        patch.update(build_output(output))
     if phase != SUCCEEDED:
         patch["error"] = {"reason": reason or phase, "message": (message or "")[:MAX_MESSAGE]}
     return patch
+
+
+def build_output(output: str, limit: int = MAX_OUTPUT_BYTES) -> StatusPatch:
+    """``status.output``: at most ``limit`` UTF-8 bytes, cut on a character
+    boundary; a cut output says so (``outputTruncated``) and how long the whole
+    was (``outputLength``, in bytes), never silently."""
+    # surrogatepass: a lone surrogate (valid JSON, "\ud800") must not crash
+    # the decision; the API server stores it as U+FFFD, also 3 bytes.
+    encoded = output.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return {"output": output}
+    end = limit
+    while end > 0 and encoded[end] & 0xC0 == 0x80:  # inside a character: back off
+        end -= 1
+    return {
+        "output": encoded[:end].decode("utf-8", "surrogatepass"),
+        "outputTruncated": True,
+        "outputLength": len(encoded),
+    }
 
 
 def plan_report(
@@ -364,6 +387,29 @@ def plan_progress(
     }
 
 
+def ttl_after_finished(body: Body, default: float | None) -> float | None:
+    """Seconds a finished execution is kept: its spec's, else the operator's
+    default; None keeps it."""
+    spec = body.get("spec")
+    ttl = spec.get("ttlSecondsAfterFinished") if isinstance(spec, Mapping) else None
+    if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0:
+        return float(ttl)
+    return default
+
+
+def expiry_of(body: Body, default: float | None) -> datetime | None:
+    """When a finished execution is to be deleted (completionTime + its TTL),
+    or None: not finished, no TTL, or no completion time to count from (as a
+    Job without one is never deleted by its TTL)."""
+    if not is_terminal(body):
+        return None
+    ttl = ttl_after_finished(body, default)
+    finished = parse_time(status_of(body).get("completionTime"))
+    if ttl is None or finished is None:
+        return None
+    return finished + timedelta(seconds=ttl)
+
+
 def ttl_left(body: Body, now: datetime, ttl: float) -> float:
     queued = parse_time(status_of(body).get("queuedTime")) or now
     return ttl - (now - queued).total_seconds()
@@ -399,6 +445,7 @@ class Observed:
     report: StatusReport | None = None  # what the workflow reported, not yet applied
     answer: Answer | None = None  # Temporal's answer to the call decided before
     check: bool = False  # verify a started execution against Temporal (sweep, resume)
+    finished_ttl: float | None = None  # default ttlSecondsAfterFinished (None: keep)
 
 
 @dataclass(frozen=True)
@@ -409,6 +456,7 @@ class Decision:
     remove_finalizer: bool = False  # after the status write
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None
+    delete: bool = False  # delete the execution (its TTL after finishing ran out)
     report_done: bool = False  # the pending report is applied (or moot)
     backoff: str | None = None  # not done: retry with per-key backoff (why)
     outcome: str = ""  # what happened, for logs and metrics
@@ -462,6 +510,19 @@ def _from_result(
 
 def decide(o: Observed) -> Decision:
     """What to do with one execution now. Pure: the reconcile loop does the I/O."""
+    decision = _decide(o)
+    patch = decision.status
+    if patch is not None and patch.get("phase") in TERMINAL and decision.requeue_after is None:
+        # Finishing now: look again when its TTL runs out (nothing else would:
+        # the watch's echo of our own write is not news).
+        finished = {**o.body, "status": {**status_of(o.body), **patch}}
+        expiry = expiry_of(finished, o.finished_ttl)
+        if expiry is not None:
+            decision = replace(decision, requeue_after=max(0.0, (expiry - o.now).total_seconds()))
+    return decision
+
+
+def _decide(o: Observed) -> Decision:
     body, meta, now = o.body, _meta(o.body), o.now
     finalizers = meta.get("finalizers")
     ours = isinstance(finalizers, list) and FINALIZER in finalizers
@@ -473,8 +534,7 @@ def decide(o: Observed) -> Decision:
     if meta.get("deletionTimestamp"):
         return _decide_delete(o, ours)
     if phase in TERMINAL:
-        # Finished: the finalizer has no job left, and nothing writes again.
-        return Decision(remove_finalizer=ours, report_done=o.report is not None, outcome="terminal")
+        return _decide_finished(o, ours)
     if report is not None and report.result.phase in TERMINAL:
         workflow = {
             "id": report.workflow_id,
@@ -602,6 +662,21 @@ def _decide_started(
         report_done=report_moot,
         outcome="describe-refused",
     )
+
+
+def _decide_finished(o: Observed, ours: bool) -> Decision:
+    """Finished: the finalizer has no job left, and nothing writes status again.
+    Past its TTL it is deleted; Temporal is never asked (so never waited on)."""
+    done = o.report is not None
+    expiry = expiry_of(o.body, o.finished_ttl)
+    if expiry is None:
+        return Decision(remove_finalizer=ours, report_done=done, outcome="terminal")
+    left = (expiry - o.now).total_seconds()
+    if left > 0:
+        return Decision(
+            remove_finalizer=ours, requeue_after=left, report_done=done, outcome="terminal"
+        )
+    return Decision(remove_finalizer=ours, delete=True, report_done=done, outcome="ttl-expired")
 
 
 def _decide_delete(o: Observed, ours: bool) -> Decision:

@@ -75,6 +75,8 @@ class Settings:
     http_port: int = 8080
     watch_namespaces: tuple[str, ...] = ()
     queue_ttl: float = 3600.0
+    # Default spec.ttlSecondsAfterFinished; None keeps finished executions.
+    ttl_seconds_after_finished: int | None = None
     start_rate: float = 200.0
     reconcile_workers: int = 16
     condition_sync_interval: float = 2.0
@@ -124,6 +126,13 @@ def _positive_int(value: str) -> int:
     number = _number(value, int, "a whole number of at least 1")
     if number < 1:
         raise ValueError("must be a whole number of at least 1")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = _number(value, int, "a whole number of at least 0")
+    if number < 0:
+        raise ValueError("must be a whole number of at least 0")
     return number
 
 
@@ -248,6 +257,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         http_port=env.get("AGENTEXEC_HTTP_PORT", _port, s.http_port),
         watch_namespaces=env.get("AGENTEXEC_WATCH_NAMESPACES", _namespaces, s.watch_namespaces),
         queue_ttl=env.get("AGENTEXEC_QUEUE_TTL_SECONDS", _seconds, s.queue_ttl),
+        ttl_seconds_after_finished=env.get(
+            "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED", _non_negative_int, s.ttl_seconds_after_finished
+        ),
         start_rate=env.get("AGENTEXEC_START_RATE", _seconds, s.start_rate),
         reconcile_workers=env.get(
             "AGENTEXEC_RECONCILE_WORKERS", _positive_int, s.reconcile_workers

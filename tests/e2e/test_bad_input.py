@@ -15,6 +15,7 @@ from tests.support.operator import OperatorProcess
 from tests.support.waiting import eventually
 
 OK = {"agent": "echo", "message": "hi"}
+TTL = "spec.ttlSecondsAfterFinished"
 
 REFUSED: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     # (case, metadata overrides, spec, expected in the error)
@@ -26,6 +27,8 @@ REFUSED: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ("message an object", {}, {**OK, "message": {"text": "hi"}}, 'field "spec.message.text"'),
     ("sessionId a number", {}, {**OK, "sessionId": 5}, "spec.sessionId: Invalid value"),
     ("spec missing", {}, {}, "spec: Required value"),
+    ("ttl negative", {}, {**OK, "ttlSecondsAfterFinished": -1}, f"{TTL}: Invalid value"),
+    ("ttl a string", {}, {**OK, "ttlSecondsAfterFinished": "1h"}, f"{TTL}: Invalid value"),
     ("bad name", {"name": "Not_A_DNS_Name"}, OK, "metadata.name: Invalid value"),
     ("control chars in agent", {}, {**OK, "agent": "echo\x07"}, "spec.agent: Invalid value"),
 ]
@@ -57,6 +60,22 @@ def test_refused_naming_the_field(
     )
     assert out.returncode != 0, f"{case}: accepted"
     assert expected in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("spec.ttlSecondsAfterFinished", "status.completionTime"),
+        ("status.outputTruncated", "32 KiB"),
+        ("status.outputLength", "bytes"),
+        ("status.output", "32768 bytes"),
+    ],
+)
+def test_kubectl_explain_explains_the_lifecycle_fields(
+    control_plane: ControlPlane, crd: None, field: str, expected: str
+) -> None:
+    out = control_plane.kubectl("explain", f"agentexecutions.{field}")
+    assert expected in " ".join(out.stdout.split()), out.stdout
 
 
 def test_user_written_status_is_refused_or_ignored(

@@ -247,10 +247,11 @@ async def test_operator_runs_with_only_the_charts_rbac(
 
     # A verb the chart does not grant is refused for that identity.
     denied = control_plane.kubectl(
-        "delete", "-n", namespace, "aex", "anything", f"--as={sa}", check=False
-    )
+        "create", "-n", namespace, "-f", "-", f"--as={sa}",
+        stdin=aex.manifest("anything"), check=False,
+    )  # fmt: skip
     assert "Forbidden" in denied.stderr
-    assert 'cannot delete resource "agentexecutions"' in denied.stderr
+    assert 'cannot create resource "agentexecutions"' in denied.stderr
     can = control_plane.kubectl(
         "auth", "can-i", "patch", "agentexecutions.agentexec.io", "--subresource=status",
         "-n", namespace, f"--as={sa}", check=False,
@@ -272,6 +273,8 @@ async def test_operator_runs_with_only_the_charts_rbac(
     for verb in ("list", "watch", "patch", "delete"):
         assert not allowed(verb, f"leases.coordination.k8s.io/{lease}", "-n", namespace)
     assert not allowed("create", "leases.coordination.k8s.io", "-n", "default")
+    # Deleting executions: those whose ttlSecondsAfterFinished ran out.
+    assert allowed("delete", "agentexecutions.agentexec.io", "-n", namespace)
 
     # The reference reconnection scenario, as that identity, with the pod's
     # leader-election variables from the installed Deployment: the Lease is

@@ -390,10 +390,85 @@ async def test_largest_message_and_big_labels_succeed(
     doc["metadata"]["annotations"] = {"note.example.com/big": "a" * 100_000}
     control_plane.kubectl("create", "-n", namespace, "-f", "-", stdin=json.dumps(doc))
     done = await reaches(control_plane, namespace, "biggest", "Succeeded")
-    assert done["status"]["output"] == message
+    # The output is bounded (32 KiB); the whole of it stays in Temporal.
+    assert done["status"]["output"] == "m" * 32768
+    assert done["status"]["outputTruncated"] is True
+    assert done["status"]["outputLength"] == 256 * 1024
     # kopf only watches: it never copies the spec into an annotation of its own
     # (which would pass the 256 KiB limit and make every patch fail).
     annotations = done["metadata"].get("annotations") or {}
     assert not [a for a in annotations if a.startswith(("kopf.", "agentexec.io/"))], list(
         annotations
     )
+
+
+def names_in(plane: ControlPlane, namespace: str) -> set[str]:
+    return {o["metadata"]["name"] for o in aex.list_all(plane, namespace)}
+
+
+async def test_ttl_deletes_a_finished_execution_after_its_ttl_and_not_before(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    """spec.ttlSecondsAfterFinished, with no operator default: the execution
+    that sets it is deleted that long after it finished; one that leaves it
+    unset is kept."""
+    operator = make_operator()
+    aex.create(control_plane, namespace, "short-lived", "bye", ttlSecondsAfterFinished=8)
+    aex.create(control_plane, namespace, "kept", "stay")
+    done = await reaches(control_plane, namespace, "short-lived", "Succeeded")
+    assert done["status"]["completionTime"]
+    await reaches(control_plane, namespace, "kept", "Succeeded")
+    uid = done["metadata"]["uid"]
+
+    await asyncio.sleep(3)  # well inside the TTL: still there
+    assert names_in(control_plane, namespace) == {"short-lived", "kept"}
+
+    await eventually(
+        lambda: names_in(control_plane, namespace),
+        lambda names: names == {"kept"},
+        timeout=30,
+        interval=0.5,
+        what="short-lived deleted by its TTL, kept kept",
+    )
+    assert "agentexec_executions_deleted_by_ttl_total 1.0" in operator.metrics()
+    assert "finished execution deleted: its TTL ran out" in operator.log()
+    assert uid in operator.log()
+    # Past the other's TTL too: an execution without one is never deleted.
+    await asyncio.sleep(3)
+    assert names_in(control_plane, namespace) == {"kept"}
+
+
+async def test_the_operator_default_ttl_applies_unless_the_spec_sets_one(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    make_operator(AGENTEXEC_TTL_SECONDS_AFTER_FINISHED="2")
+    aex.create(control_plane, namespace, "defaulted", "one")
+    aex.create(control_plane, namespace, "overridden", "two", ttlSecondsAfterFinished=3600)
+    await reaches(control_plane, namespace, "overridden", "Succeeded")
+    await eventually(
+        lambda: names_in(control_plane, namespace),
+        lambda names: names == {"overridden"},
+        timeout=30,
+        interval=0.5,
+        what="defaulted deleted by the operator's default TTL",
+    )
+    await asyncio.sleep(3)  # past the default: the spec's own TTL holds it
+    assert names_in(control_plane, namespace) == {"overridden"}
+
+
+async def test_a_long_output_is_cut_on_a_character_boundary_and_says_so(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    make_operator()
+    # 40 001 bytes of UTF-8: the 32 768-byte bound falls inside an "é".
+    message = "a" + "é" * 20_000
+    aex.create(control_plane, namespace, "wordy", message)
+    aex.create(control_plane, namespace, "brief", "short")
+    done = await reaches(control_plane, namespace, "wordy", "Succeeded")
+    assert done["status"]["output"] == "a" + "é" * 16_383  # 32 767 bytes
+    assert done["status"]["outputTruncated"] is True
+    assert done["status"]["outputLength"] == 40_001
+    brief = await reaches(control_plane, namespace, "brief", "Succeeded")
+    assert brief["status"]["output"] == "short"
+    assert "outputTruncated" not in brief["status"]
+    assert "outputLength" not in brief["status"]

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,8 @@ def obj(
     queued: datetime | None = None,
     force: bool = False,
     extra_status: dict[str, Any] | None = None,
+    finished: datetime | None = None,
+    ttl: int | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": "a", "namespace": "ns", "uid": "u1", "resourceVersion": "7"}
     if finalizer:
@@ -44,7 +47,12 @@ def obj(
         status["workflow"] = dict(WF)
     if queued:
         status["queuedTime"] = planner.timestamp(queued)
-    return {"metadata": meta, "spec": {"agent": "echo", "message": "hi"}, "status": status}
+    if finished:
+        status["completionTime"] = planner.timestamp(finished)
+    spec: dict[str, Any] = {"agent": "echo", "message": "hi"}
+    if ttl is not None:
+        spec["ttlSecondsAfterFinished"] = ttl
+    return {"metadata": meta, "spec": spec, "status": status}
 
 
 def report(phase: str, reason: str | None = None, uid: str = "u1") -> StatusReport:
@@ -211,3 +219,86 @@ def test_the_temporal_column_is_shown_only_while_not_finished() -> None:
     done = planner.decide(observed(obj("Running", workflow=True), report=report("Succeeded")))
     assert done.status is not None
     assert done.status["temporalConnection"] is None  # merge patch: removed
+
+
+AGO = T0 - timedelta(seconds=100)  # finished 100 s before now
+
+
+@pytest.mark.parametrize(
+    ("case", "o", "delete", "requeue_after", "remove_fin", "outcome"),
+    [
+        ("no spec TTL, no default: kept, no timer", observed(obj("Succeeded", finished=AGO, finalizer=False)), False, None, False, "terminal"),
+        ("default off, spec TTL expired: deleted", observed(obj("Succeeded", finished=AGO, ttl=60, finalizer=False)), True, None, False, "ttl-expired"),
+        ("spec TTL not yet: look again when it runs out", observed(obj("Failed", finished=AGO, ttl=160, finalizer=False)), False, 60.0, False, "terminal"),
+        ("default expired, spec unset: deleted", observed(obj("Cancelled", finished=AGO, finalizer=False), finished_ttl=30), True, None, False, "ttl-expired"),
+        ("default not yet", observed(obj("Succeeded", finished=AGO, finalizer=False), finished_ttl=130), False, 30.0, False, "terminal"),
+        ("spec overrides a shorter default", observed(obj("Succeeded", finished=AGO, ttl=300, finalizer=False), finished_ttl=10), False, 200.0, False, "terminal"),
+        ("spec overrides a longer default", observed(obj("Succeeded", finished=AGO, ttl=10, finalizer=False), finished_ttl=3600), True, None, False, "ttl-expired"),
+        ("spec 0: at once", observed(obj("Succeeded", finished=T0, ttl=0, finalizer=False)), True, None, False, "ttl-expired"),
+        ("exactly at expiry: deleted", observed(obj("Succeeded", finished=AGO, ttl=100, finalizer=False)), True, None, False, "ttl-expired"),
+        ("expired with our finalizer: both, Temporal down and never asked", observed(obj("Succeeded", finished=AGO, ttl=1), conn=DOWN), True, None, True, "ttl-expired"),
+        ("no completionTime: never deleted (as Jobs)", observed(obj("Succeeded", ttl=0, finalizer=False)), False, None, False, "terminal"),
+        ("not finished: the TTL does not apply", observed(obj("Running", workflow=True, ttl=0, finalizer=True)), False, None, False, "running"),
+        ("being deleted: the delete path, not the TTL", observed(obj("Succeeded", finished=AGO, ttl=0, deleting=True, finalizer=False)), False, None, False, "deleting"),
+    ],
+)  # fmt: skip
+def test_ttl_after_finished(
+    case: str,
+    o: Observed,
+    delete: bool,
+    requeue_after: float | None,
+    remove_fin: bool,
+    outcome: str,
+) -> None:
+    d = planner.decide(o)
+    assert d.delete == delete, case
+    wanted = None if requeue_after is None else pytest.approx(requeue_after)
+    assert d.requeue_after == wanted, case
+    assert d.remove_finalizer == remove_fin, case
+    assert d.outcome == outcome, case
+    assert d.call == Call.NONE, case
+    if planner.is_terminal(o.body):
+        assert d.status is None, case  # a finished execution's status is never written again
+
+
+@pytest.mark.parametrize(
+    ("case", "o", "requeue_after"),
+    [
+        ("final report, spec TTL", observed(obj("Running", workflow=True, ttl=30), report=report("Succeeded")), 30.0),
+        ("final report, default", observed(obj("Running", workflow=True), report=report("Failed", "RunnerFailed")), 45.0),
+        ("final report, TTL 0: at once", observed(obj("Running", workflow=True, ttl=0), report=report("Succeeded")), 0.0),
+        ("closed found by the sweep", observed(obj("Running", workflow=True, ttl=5), answer=Answer(Outcome.CLOSED, workflow=WF, result=ExecutionResult("Succeeded", output="x"))), 5.0),
+        ("queue timeout", observed(obj(queued=T0 - timedelta(seconds=600), ttl=7), conn=DOWN), 7.0),
+    ],
+)  # fmt: skip
+def test_finishing_sets_the_ttl_timer(case: str, o: Observed, requeue_after: float) -> None:
+    """The watch's echo of our own terminal write enqueues nothing: the
+    decision that finishes an execution is what sets its TTL timer."""
+    d = planner.decide(replace(o, finished_ttl=45))
+    assert d.status is not None
+    assert d.status["phase"] in planner.TERMINAL, case
+    assert d.requeue_after == pytest.approx(requeue_after), case
+    assert not d.delete, case  # deleted by the next reconcile, on the object as written
+
+
+def test_finishing_without_a_ttl_sets_no_timer() -> None:
+    d = planner.decide(observed(obj("Running", workflow=True), report=report("Succeeded")))
+    assert d.status is not None
+    assert d.requeue_after is None
+
+
+def test_a_long_output_is_cut_and_says_so() -> None:
+    long = "x" * (planner.MAX_OUTPUT_BYTES + 5)
+    done = obj("Running", workflow=True)
+    d = planner.decide(
+        observed(
+            done,
+            answer=Answer(
+                Outcome.CLOSED, workflow=WF, result=ExecutionResult("Succeeded", output=long)
+            ),
+        )
+    )
+    assert d.status is not None
+    assert d.status["output"] == "x" * planner.MAX_OUTPUT_BYTES
+    assert d.status["outputTruncated"] is True
+    assert d.status["outputLength"] == planner.MAX_OUTPUT_BYTES + 5

@@ -143,7 +143,34 @@ def test_odd_status_never_crashes(status: dict[str, Any] | None) -> None:
     assert planner.plan_started(obj, T0, workflow=WF, conn=UP) is not None
 
 
-def test_huge_output_is_capped() -> None:
-    done = planner.plan_terminal(body(), "Succeeded", T0, output="x" * (planner.MAX_OUTPUT + 10))
+LIMIT = planner.MAX_OUTPUT_BYTES
+
+
+@pytest.mark.parametrize(
+    ("case", "output", "kept", "length"),
+    [
+        ("empty", "", "", None),
+        ("short", "done", "done", None),
+        ("exactly the bound", "x" * LIMIT, "x" * LIMIT, None),
+        ("one byte over", "x" * (LIMIT + 1), "x" * LIMIT, LIMIT + 1),
+        # 2-byte characters after one ASCII byte: the bound falls inside one.
+        ("cut inside a 2-byte character", "a" + "é" * LIMIT, "a" + "é" * ((LIMIT - 1) // 2), 1 + 2 * LIMIT),  # noqa: E501
+        ("3-byte characters", "€" * LIMIT, "€" * (LIMIT // 3), 3 * LIMIT),
+        ("4-byte characters", "x" + "😀" * LIMIT, "x" + "😀" * ((LIMIT - 1) // 4), 1 + 4 * LIMIT),
+        ("multi-byte within the bound: kept whole", "é" * (LIMIT // 2), "é" * (LIMIT // 2), None),
+        ("a lone surrogate never crashes", "\ud800" * LIMIT, "\ud800" * (LIMIT // 3), 3 * LIMIT),
+    ],
+)  # fmt: skip
+def test_output_is_bounded_in_utf8_bytes_and_never_cut_silently(
+    case: str, output: str, kept: str, length: int | None
+) -> None:
+    done = planner.plan_terminal(body(), "Succeeded", T0, output=output)
     assert done is not None
-    assert len(done["output"]) == planner.MAX_OUTPUT
+    assert done["output"] == kept, case
+    assert len(done["output"].encode("utf-8", "surrogatepass")) <= LIMIT, case
+    if length is None:
+        assert "outputTruncated" not in done, case
+        assert "outputLength" not in done, case
+    else:
+        assert done["outputTruncated"] is True, case
+        assert done["outputLength"] == length, case

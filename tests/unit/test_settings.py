@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert s.task_queue == "agentexec-executions"
     assert s.runner_task_queue == "agentexec-runner"
     assert s.queue_ttl == 3600.0
+    assert s.ttl_seconds_after_finished is None  # finished executions are kept
     assert s.watch_namespaces == ()
 
 
@@ -31,6 +32,7 @@ def test_reads_the_environment(tmp_path: Path) -> None:
             "TEMPORAL_PROBE_INTERVAL_SECONDS": "0.5",
             "AGENTEXEC_WATCH_NAMESPACES": "b, a,,a",
             "AGENTEXEC_RUNNER_ENABLED": "false",
+            "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "0",
         }
     )
     assert s.temporal.address == "temporal.example:7233"
@@ -39,6 +41,7 @@ def test_reads_the_environment(tmp_path: Path) -> None:
     assert s.temporal.probe_interval == 0.5
     assert s.watch_namespaces == ("a", "b")
     assert s.runner_enabled is False
+    assert s.ttl_seconds_after_finished == 0  # 0 is "at once", not "off"
 
 
 @pytest.mark.parametrize(
@@ -55,6 +58,8 @@ def test_reads_the_environment(tmp_path: Path) -> None:
         ({"TEMPORAL_TLS_CA_FILE": "/nonexistent/ca.pem"}, "TEMPORAL_TLS_CA_FILE"),
         ({"AGENTEXEC_HTTP_PORT": "0"}, "AGENTEXEC_HTTP_PORT"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "-1"}, "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED"),
+        ({"AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "1.5"}, "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED"),
         (
             {"TEMPORAL_BACKOFF_BASE_SECONDS": "60", "TEMPORAL_BACKOFF_MAX_SECONDS": "30"},
             "TEMPORAL_BACKOFF_MAX_SECONDS",

@@ -39,7 +39,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "aex.rules" -}}
 - apiGroups: [agentexec.io]
   resources: [agentexecutions]
-  verbs: [get, list, watch, patch]
+  # delete: finished executions whose ttlSecondsAfterFinished ran out.
+  verbs: [get, list, watch, patch, delete]
 - apiGroups: [agentexec.io]
   resources: [agentexecutions/status]
   verbs: [patch]
