@@ -24,6 +24,7 @@ import aiohttp
 import kopf
 
 GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
+AGENT_PLURAL = "agents"
 KIND = "AgentExecution"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "agentexec-operator"
