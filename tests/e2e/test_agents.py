@@ -12,6 +12,7 @@ from typing import Any
 
 from temporalio.client import Client
 
+from localenv.binaries import ROOT
 from localenv.kube import ControlPlane
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
@@ -255,3 +256,14 @@ def test_kubectl_explains_the_agent_and_validates_it(
     header = control_plane.kubectl("get", "-n", namespace, "ag").stdout.splitlines()
     assert header[0].split() == ["NAME", "TYPE", "MODEL", "PROVIDER", "QUEUE", "AGE"]
     assert header[1].split()[:5] == ["chatty", "chat", "m", "local", "q"]
+
+
+async def test_the_agent_example_runs(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    make_operator()
+    example = ROOT / "examples" / "agent.yaml"
+    control_plane.kubectl("apply", "-n", namespace, "-f", str(example))
+    done = await reaches(control_plane, namespace, "hello-greeter", "Succeeded")
+    assert done["status"]["output"] == "Hello from an Agent"
+    assert aex.condition(done, "AgentResolved")["status"] == "True"
