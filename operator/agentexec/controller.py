@@ -291,6 +291,7 @@ class Controller:
     # ----- leadership -------------------------------------------------------------
 
     async def start_leading(self) -> None:
+        await self._prime_agents()
         self.leading = True
         for key, body in self.cache.items():
             if needs_attention(body):
@@ -349,8 +350,8 @@ class Controller:
             return
         if event_type == "DELETED":
             self.agents.pop(key, None)
-        else:
-            self.agents[key] = _slim_agent(body)
+        elif not self._put_agent(key, body):
+            return
         if not self.leading:
             return  # start_leading enqueues everything
         namespace, name = key
@@ -364,6 +365,34 @@ class Controller:
                 and not planner.status_of(execution).get("workflow")
             ):
                 self.queue.add(ekey)
+
+    def _put_agent(self, key: Key, body: Body) -> bool:
+        """Keep ``body`` unless we hold a newer version of the same Agent."""
+        old = self.agents.get(key)
+        if old is not None and old["metadata"].get("uid") == body.get("metadata", {}).get("uid"):
+            old_rv, new_rv = _rv(old), _rv(body)
+            if old_rv is not None and new_rv is not None and new_rv <= old_rv:
+                return False
+        self.agents[key] = _slim_agent(body)
+        return True
+
+    async def _prime_agents(self) -> None:
+        """List the Agents before the first reconcile, so that no execution is
+        decided before the Agents watch has delivered its first listing (an
+        Agent would otherwise look missing for a moment, or lose to a
+        built-in agent of the same name). Best effort: the watch fills in."""
+        try:
+            for namespace in self.settings.watch_namespaces or (None,):
+                listed = await asyncio.wait_for(self.kube.list_agents(namespace), timeout=10)
+                for body in listed:
+                    key = key_of(body)
+                    if key is not None:
+                        self._put_agent(key, body)
+        except Exception as exc:
+            log.warning(
+                "could not list Agents; relying on the watch",
+                extra={"error": f"{type(exc).__name__}: {exc}"[:300]},
+            )
 
     def _forget(self, key: Key, uid: object) -> None:
         self.cache.remove(key)

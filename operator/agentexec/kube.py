@@ -232,6 +232,13 @@ class Kube:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
         return "/".join(p for p in (path, name, subresource) if p)
 
+    async def list_agents(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The Agents of one namespace, or of the cluster."""
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        listed = await self.request("GET", f"/apis/{GROUP}/{VERSION}{scope}/{AGENT_PLURAL}")
+        items = listed.get("items")
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await self.request("GET", self.path(namespace, name))

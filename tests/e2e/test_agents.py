@@ -267,3 +267,17 @@ async def test_the_agent_example_runs(
     done = await reaches(control_plane, namespace, "hello-greeter", "Succeeded")
     assert done["status"]["output"] == "Hello from an Agent"
     assert aex.condition(done, "AgentResolved")["status"] == "True"
+
+
+async def test_an_agent_wins_over_the_builtin_of_its_name_from_the_first_reconcile(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    # Both exist before the operator starts: its first decision must already
+    # see the Agent (listed before reconciling), not the built-in echo.
+    apply_agent(control_plane, namespace, "echo", type="echo", parameters={"fail": "the Agent"})
+    aex.create(control_plane, namespace, "shadowed", "x")  # agent: echo
+    make_operator()
+    failed = await reaches(control_plane, namespace, "shadowed", "Failed")
+    assert failed["status"]["error"]["message"] == "the Agent"
+    assert aex.condition(failed, "AgentResolved")["status"] == "True"
+    assert "AgentNotFound" not in warnings(control_plane, namespace, "shadowed")
