@@ -559,7 +559,15 @@ def decide(o: Observed) -> Decision:
         return _agent_missing(o, resolved.missing, report_moot)
     if answer is None:
         if not o.conn.connected:
-            return _waiting(o, o.conn, attempted=False, report_moot=report_moot)
+            waiting = _waiting(o, o.conn, attempted=False, report_moot=report_moot)
+            said = condition_of(body, AGENT_RESOLVED) or {}
+            if resolved.spec is not None and said.get("status") == "False" and waiting.status:
+                # The Agent came while Temporal is away: say it is no longer missing.
+                conditions = waiting.status.get("conditions", [])
+                waiting.status["conditions"] = _upsert(
+                    body, conditions, _resolved(resolved.spec), now
+                )
+            return waiting
         return Decision(call=Call.START, agent_spec=resolved.spec, report_done=report_moot)
     if answer.outcome == Outcome.STARTED and answer.workflow is not None:
         patch = plan_started(body, now, workflow=answer.workflow, conn=o.conn)

@@ -191,3 +191,16 @@ def test_the_execution_task_queue_setting(raw: str, queues: tuple[str, ...]) -> 
 def test_a_bad_execution_task_queue_setting_names_the_variable() -> None:
     with pytest.raises(SettingsError, match="AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE"):
         load_settings({"AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE": " , "})
+
+
+def test_an_agent_found_while_temporal_is_down_is_no_longer_said_missing() -> None:
+    waited = planner.decide(observed(execution()))
+    body = execution() | {"status": waited.status}
+    d = planner.decide(observed(body, agent=agent(), conn=DOWN))
+    assert d.outcome == "waiting"
+    started = planner.condition_of({"status": d.status}, planner.WORKFLOW_STARTED)
+    resolved = planner.condition_of({"status": d.status}, planner.AGENT_RESOLVED)
+    assert started is not None
+    assert resolved is not None
+    assert started["reason"] == "WaitingForTemporal"
+    assert (resolved["status"], resolved["reason"]) == ("True", "Resolved")
