@@ -29,15 +29,18 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec import planner
+from agentexec.agents import AgentPolicy
 from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
 from agentexec.planner import Body, Call, Connection, Decision, Observed
+from agentexec.runner import agent_names
 from agentexec.settings import Settings
 from agentexec.temporal.gateway import TemporalGateway
 from agentexec.temporal.manager import TemporalManager
 from agentexec.temporal.types import (
     REPORT_STATUS_ACTIVITY,
+    AgentSpec,
     Answer,
     ExecutionInput,
     ExecutionRef,
@@ -62,8 +65,13 @@ def key_of(body: Body) -> Key | None:
     return (ns, name) if isinstance(ns, str) and isinstance(name, str) else None
 
 
-def build_input(body: Body, settings: Settings) -> ExecutionInput:
-    """The workflow input from the spec; defaults for anything odd or missing."""
+def build_input(body: Body, settings: Settings, agent: AgentSpec | None = None) -> ExecutionInput:
+    """The workflow input from the spec; defaults for anything odd or missing.
+
+    With an Agent snapshot, the runner is sent the Agent's type as the agent,
+    the merged parameters, and the Agent's queue and timeout unless the
+    execution names its own.
+    """
     meta = body.get("metadata", {})
     spec = body.get("spec")
     spec = spec if isinstance(spec, Mapping) else {}
@@ -71,16 +79,23 @@ def build_input(body: Body, settings: Settings) -> ExecutionInput:
     timeout = spec.get("timeoutSeconds")
     queue = spec.get("taskQueue")
     session = spec.get("sessionId")
+    if not (isinstance(queue, str) and queue):
+        queue = (agent.task_queue if agent else None) or settings.runner_task_queue
+    if not (isinstance(timeout, int) and timeout > 0):
+        timeout = (agent.timeout_seconds if agent else None) or 3600
     return ExecutionInput(
         ref=ExecutionRef(meta["namespace"], meta["name"], meta["uid"]),
-        agent=str(spec.get("agent", "")),
+        agent=agent.type if agent else str(spec.get("agent", "")),
         message=str(spec.get("message", "")),
-        runner_task_queue=queue if isinstance(queue, str) and queue else settings.runner_task_queue,
-        timeout_seconds=timeout if isinstance(timeout, int) and timeout > 0 else 3600,
+        runner_task_queue=queue,
+        timeout_seconds=timeout,
         session_id=session if isinstance(session, str) else None,
-        parameters=dict(params) if isinstance(params, Mapping) else {},
+        parameters=dict(
+            agent.parameters if agent else params if isinstance(params, Mapping) else {}
+        ),
         no_runner_seconds=int(settings.no_runner_seconds),
         report_timeout_seconds=int(settings.report_timeout),
+        agent_spec=agent,
     )
 
 
@@ -126,6 +141,18 @@ def _slim(body: Body) -> dict[str, Any]:
             "status": {k: status[k] for k in ("phase", "completionTime") if k in status},
         }
     return {"metadata": slim_meta, "spec": body.get("spec"), "status": dict(status)}
+
+
+def _slim_agent(body: Body) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "resourceVersion", "generation")
+            if k in meta
+        },
+        "spec": body.get("spec") or {},
+    }
 
 
 class ExecutionCache:
@@ -256,6 +283,13 @@ class Controller:
         self.gateway = TemporalGateway(manager, settings.task_queue, settings.temporal.rpc_timeout)
         self.events = EventRecorder(kube)
         self.cache = ExecutionCache()
+        self.agents: dict[Key, dict[str, Any]] = {}  # Agent resources, by (namespace, name)
+        self.policy = AgentPolicy(
+            # With the built-in runner off, whatever serves its queue decides.
+            builtin_agents=agent_names() | {"echo"} if settings.runner_enabled else None,
+            execution_task_queues=frozenset(settings.execution_task_queues),
+            runner_task_queue=settings.runner_task_queue,
+        )
         self.queue: WorkQueue[Key] = WorkQueue(max_delay=60.0)
         self.starts = TokenBucket(settings.start_rate, burst=max(1, int(settings.start_rate)))
         self.loops = Loops()
@@ -270,6 +304,7 @@ class Controller:
     # ----- leadership -------------------------------------------------------------
 
     async def start_leading(self) -> None:
+        await self._prime_agents()
         self.leading = True
         ttl = self.settings.ttl_seconds_after_finished
         for key, body in self.cache.items():
@@ -324,6 +359,58 @@ class Controller:
         # A new execution goes ahead of any backlog (start-up resync, a burst
         # released by Temporal coming back): its latency is what users see.
         self.queue.add(key, first=event_type == "ADDED")
+
+    def on_agent_event(self, event_type: str | None, body: Body) -> None:
+        """An Agent watch event: cache it, enqueue the executions that name it and
+        have not started (they wait for it, or will snapshot this version)."""
+        key = key_of(body)
+        if key is None:
+            return
+        if event_type == "DELETED":
+            self.agents.pop(key, None)
+        elif not self._put_agent(key, body):
+            return
+        if not self.leading:
+            return  # start_leading enqueues everything
+        namespace, name = key
+        for ekey, execution in self.cache.items():
+            spec = execution.get("spec")
+            if (
+                ekey[0] == namespace
+                and isinstance(spec, Mapping)
+                and spec.get("agent") == name
+                and not planner.is_terminal(execution)
+                and not planner.status_of(execution).get("workflow")
+            ):
+                self.queue.add(ekey)
+
+    def _put_agent(self, key: Key, body: Body) -> bool:
+        """Keep ``body`` unless we hold a newer version of the same Agent."""
+        old = self.agents.get(key)
+        if old is not None and old["metadata"].get("uid") == body.get("metadata", {}).get("uid"):
+            old_rv, new_rv = _rv(old), _rv(body)
+            if old_rv is not None and new_rv is not None and new_rv <= old_rv:
+                return False
+        self.agents[key] = _slim_agent(body)
+        return True
+
+    async def _prime_agents(self) -> None:
+        """List the Agents before the first reconcile, so that no execution is
+        decided before the Agents watch has delivered its first listing (an
+        Agent would otherwise look missing for a moment, or lose to a
+        built-in agent of the same name). Best effort: the watch fills in."""
+        try:
+            for namespace in self.settings.watch_namespaces or (None,):
+                listed = await asyncio.wait_for(self.kube.list_agents(namespace), timeout=10)
+                for body in listed:
+                    key = key_of(body)
+                    if key is not None:
+                        self._put_agent(key, body)
+        except Exception as exc:
+            log.warning(
+                "could not list Agents; relying on the watch",
+                extra={"error": f"{type(exc).__name__}: {exc}"[:300]},
+            )
 
     def _forget(self, key: Key, uid: object) -> None:
         self.cache.remove(key)
@@ -412,6 +499,8 @@ class Controller:
             report=pending.report if pending else None,
             check=check,
             finished_ttl=self.settings.ttl_seconds_after_finished,
+            agent=self.agents.get((key[0], str((body.get("spec") or {}).get("agent", "")))),
+            policy=self.policy,
         )
         started = time.monotonic()
         try:
@@ -450,19 +539,22 @@ class Controller:
                 obs = replace(obs, body=body, now=_now())
                 continue
             if decision.call is not Call.NONE and obs.answer is None:
-                answer = await self._call(decision.call, obs.body)
+                answer = await self._call(decision, obs.body)
                 obs = replace(obs, answer=answer, conn=self.connection(), now=_now())
                 continue
             return decision, obs.body
         raise RuntimeError(f"no decision for {key} after four steps")
 
-    async def _call(self, call: Call, body: Body) -> Answer:
+    async def _call(self, decision: Decision, body: Body) -> Answer:
+        call = decision.call
         meta = body["metadata"]
         wid = planner.workflow_id(meta["namespace"], meta["name"], meta["uid"])
         recorded = planner.status_of(body).get("workflow") or {}
         if call is Call.START:
             await self.starts.acquire()
-            answer = await self.gateway.start(wid, build_input(body, self.settings))
+            answer = await self.gateway.start(
+                wid, build_input(body, self.settings, decision.agent_spec)
+            )
             self.metrics.workflow_starts.labels(result=answer.outcome.value).inc()
             return answer
         if call is Call.DESCRIBE:

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from agentexec.controller import Controller
-from agentexec.kube import GROUP, PLURAL, VERSION
+from agentexec.kube import AGENT_PLURAL, GROUP, PLURAL, VERSION
 
 registry = kopf.OperatorRegistry()
 log = logging.getLogger("agentexec.handlers")
@@ -51,3 +51,11 @@ async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
     controller: Controller = memo.controller
     raw = event.get("object")
     controller.on_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, AGENT_PLURAL, registry=registry)
+async def observe_agent(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # Agents are only read: cached, and their waiting executions enqueued.
+    controller: Controller = memo.controller
+    raw = event.get("object")
+    controller.on_agent_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))

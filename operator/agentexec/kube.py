@@ -24,6 +24,7 @@ import aiohttp
 import kopf
 
 GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
+AGENT_PLURAL = "agents"
 KIND = "AgentExecution"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "agentexec-operator"
@@ -230,6 +231,13 @@ class Kube:
     def path(namespace: str, name: str = "", subresource: str = "") -> str:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
         return "/".join(p for p in (path, name, subresource) if p)
+
+    async def list_agents(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The Agents of one namespace, or of the cluster."""
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        listed = await self.request("GET", f"/apis/{GROUP}/{VERSION}{scope}/{AGENT_PLURAL}")
+        items = listed.get("items")
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

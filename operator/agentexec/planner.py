@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agentexec.temporal.types import Answer, ExecutionResult, Outcome, StatusReport
+from agentexec import agents
+from agentexec.agents import AgentPolicy
+from agentexec.temporal.types import AgentSpec, Answer, ExecutionResult, Outcome, StatusReport
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "Pending",
@@ -30,6 +32,7 @@ FORCE_DELETE = "agentexec.io/force-delete"
 TEMPORAL_CONNECTED = "TemporalConnected"
 WORKFLOW_STARTED = "WorkflowStarted"
 SUCCEEDED_CONDITION = "Succeeded"
+AGENT_RESOLVED = "AgentResolved"
 
 # Fields of status we cap so a huge agent output cannot make the object
 # unwritable (etcd's default request limit is 1.5 MiB, and the spec's message
@@ -195,6 +198,49 @@ def plan_waiting(
                     f"queued; the workflow starts when Temporal is available ({conn.message})",
                 ),
                 Condition(SUCCEEDED_CONDITION, "Unknown", "Pending", "waiting for Temporal"),
+            ],
+            now,
+        ),
+    }
+
+
+def plan_agent_missing(
+    body: Body, conn: Connection, now: datetime, ttl: float, message: str
+) -> StatusPatch | None:
+    """spec.agent names no Agent (yet): Pending, saying which; AgentNotFound past the TTL.
+
+    The queue TTL counts here whether Temporal is up or not: nothing but the
+    Agent appearing can start the execution.
+    """
+    if is_terminal(body):
+        return None
+    status = status_of(body)
+    queued = parse_time(status.get("queuedTime")) or now
+    waited = (now - queued).total_seconds()
+    if waited > ttl:
+        return plan_terminal(
+            body,
+            FAILED,
+            now,
+            reason="AgentNotFound",
+            message=f"waited {int(waited)}s, longer than the queue TTL of {int(ttl)}s: {message}",
+            started_reason="AgentNotFound",
+            conn=conn,
+        )
+    attempts = status.get("startAttempts")
+    return {
+        "phase": PENDING,
+        "temporalConnection": conn.reason,
+        "observedGeneration": generation_of(body),
+        "queuedTime": timestamp(queued),
+        "startAttempts": attempts if isinstance(attempts, int) else 0,
+        "conditions": build_conditions(
+            body,
+            [
+                _connection_condition(conn),
+                Condition(AGENT_RESOLVED, "False", "AgentNotFound", message),
+                Condition(WORKFLOW_STARTED, "False", "AgentNotFound", message),
+                Condition(SUCCEEDED_CONDITION, "Unknown", "Pending", "waiting for the Agent"),
             ],
             now,
         ),
@@ -446,6 +492,8 @@ class Observed:
     answer: Answer | None = None  # Temporal's answer to the call decided before
     check: bool = False  # verify a started execution against Temporal (sweep, resume)
     finished_ttl: float | None = None  # default ttlSecondsAfterFinished (None: keep)
+    agent: Body | None = None  # the Agent that spec.agent names, as cached (None: none)
+    policy: AgentPolicy = field(default_factory=AgentPolicy)  # built-in names, allowed queues
 
 
 @dataclass(frozen=True)
@@ -460,6 +508,7 @@ class Decision:
     report_done: bool = False  # the pending report is applied (or moot)
     backoff: str | None = None  # not done: retry with per-key backoff (why)
     outcome: str = ""  # what happened, for logs and metrics
+    agent_spec: AgentSpec | None = None  # with START: the Agent snapshot for the input
 
 
 def _uid(body: Body) -> str:
@@ -543,24 +592,48 @@ def _decide(o: Observed) -> Decision:
             "taskQueue": report.task_queue or _recorded(body).get("taskQueue", ""),
         }
         return _from_result(o, report.result, workflow, ours)
+    recorded = _recorded(body)
+    # Resolved on every pass until the workflow starts (never after: a started
+    # execution keeps the snapshot its workflow input holds).
+    resolved = agents.Resolved() if recorded.get("id") else agents.resolve(body, o.agent, o.policy)
+    if resolved.refused is not None:
+        # Before any workflow, and before the finalizer: nothing to cancel.
+        patch = plan_terminal(
+            body,
+            FAILED,
+            now,
+            reason="TaskQueueNotAllowed",
+            message=resolved.refused,
+            started_reason="TaskQueueNotAllowed",
+            conn=o.conn,
+        )
+        return _finish(o, FAILED, patch, "task-queue-not-allowed", ours)
     if not ours:
         return Decision(add_finalizer=True, outcome="finalizer")
 
-    recorded = _recorded(body)
     if recorded.get("id"):
         return _decide_started(o, recorded, report, report_moot)
 
     # Not started yet.
+    if resolved.missing is not None:
+        return _agent_missing(o, resolved.missing, report_moot)
     if answer is None:
         if not o.conn.connected:
-            return _waiting(o, o.conn, attempted=False, report_moot=report_moot)
-        return Decision(call=Call.START, report_done=report_moot)
+            waiting = _waiting(o, o.conn, attempted=False, report_moot=report_moot)
+            said = condition_of(body, AGENT_RESOLVED) or {}
+            if resolved.spec is not None and said.get("status") == "False" and waiting.status:
+                # The Agent came while Temporal is away: say it is no longer missing.
+                conditions = waiting.status.get("conditions", [])
+                waiting.status["conditions"] = _upsert(
+                    body, conditions, _resolved(resolved.spec), now
+                )
+            return waiting
+        return Decision(call=Call.START, agent_spec=resolved.spec, report_done=report_moot)
     if answer.outcome == Outcome.STARTED and answer.workflow is not None:
-        return Decision(
-            status=plan_started(body, now, workflow=answer.workflow, conn=o.conn),
-            report_done=report_moot,
-            outcome="started",
-        )
+        patch = plan_started(body, now, workflow=answer.workflow, conn=o.conn)
+        if patch is not None and resolved.spec is not None:
+            patch["conditions"] = _upsert(body, patch["conditions"], _resolved(resolved.spec), now)
+        return Decision(status=patch, report_done=report_moot, outcome="started")
     if answer.outcome == Outcome.CLOSED and answer.result is not None:
         return _from_result(o, answer.result, answer.workflow or {}, ours)
     if answer.outcome == Outcome.UNAVAILABLE:
@@ -580,6 +653,46 @@ def _decide(o: Observed) -> Decision:
 def _recorded(body: Body) -> Mapping[str, Any]:
     workflow = status_of(body).get("workflow")
     return workflow if isinstance(workflow, Mapping) else {}
+
+
+def _resolved(spec: AgentSpec) -> Condition:
+    return Condition(
+        AGENT_RESOLVED,
+        "True",
+        "Resolved",
+        f"Agent {spec.name!r} (generation {spec.generation}) snapshotted into the workflow input",
+    )
+
+
+def _upsert(
+    body: Body, conditions: list[dict[str, Any]], update: Condition, now: datetime
+) -> list[dict[str, Any]]:
+    """``conditions`` (a patch's full list) with one more condition upserted."""
+    return build_conditions(
+        {"metadata": _meta(body), "status": {"conditions": conditions}}, [update], now
+    )
+
+
+def _agent_missing(o: Observed, message: str, report_moot: bool) -> Decision:
+    patch = plan_agent_missing(o.body, o.conn, o.now, o.queue_ttl, message)
+    if patch is not None and patch.get("phase") == FAILED:
+        return Decision(
+            status=patch,
+            events=(_end_event(FAILED, patch),),
+            remove_finalizer=True,
+            report_done=report_moot,
+            outcome="agent-not-found",
+        )
+    said = condition_of(o.body, AGENT_RESOLVED) or {}
+    first = said.get("reason") != "AgentNotFound"
+    return Decision(
+        status=patch,
+        events=(Event("Warning", "AgentNotFound", message),) if first else (),
+        # The Agent appearing enqueues the execution; this is the TTL's deadline.
+        requeue_after=max(0.5, ttl_left(o.body, o.now, o.queue_ttl) + 0.5),
+        report_done=report_moot,
+        outcome="waiting-for-agent",
+    )
 
 
 def _waiting(o: Observed, conn: Connection, *, attempted: bool, report_moot: bool) -> Decision:

@@ -72,6 +72,9 @@ class Settings:
     task_queue: str = "agentexec-executions"
     runner_task_queue: str = "agentexec-runner"
     runner_enabled: bool = True
+    # Queues an AgentExecution may name in its own spec.taskQueue: none by
+    # default (a namespace reaches the runner queues its Agents name), "*" any.
+    execution_task_queues: tuple[str, ...] = ()
     http_port: int = 8080
     watch_namespaces: tuple[str, ...] = ()
     queue_ttl: float = 3600.0
@@ -169,6 +172,19 @@ def _namespaces(value: str) -> tuple[str, ...]:
     return tuple(sorted({part.strip() for part in value.split(",") if part.strip()}))
 
 
+def _queues(value: str) -> tuple[str, ...]:
+    """false (none), true (any: "*"), or a comma-separated list of queue names."""
+    lowered = value.strip().lower()
+    if lowered in ("0", "false", "no", "off"):
+        return ()
+    if lowered in ("1", "true", "yes", "on", "*"):
+        return ("*",)
+    queues = _namespaces(value)
+    if not queues:
+        raise ValueError("must be true, false, or a comma-separated list of task queues")
+    return queues
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value.strip() not in allowed:
@@ -254,6 +270,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, s.task_queue),
         runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, s.runner_task_queue),
         runner_enabled=env.get("AGENTEXEC_RUNNER_ENABLED", _bool, s.runner_enabled),
+        execution_task_queues=env.get(
+            "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE", _queues, s.execution_task_queues
+        ),
         http_port=env.get("AGENTEXEC_HTTP_PORT", _port, s.http_port),
         watch_namespaces=env.get("AGENTEXEC_WATCH_NAMESPACES", _namespaces, s.watch_namespaces),
         queue_ttl=env.get("AGENTEXEC_QUEUE_TTL_SECONDS", _seconds, s.queue_ttl),

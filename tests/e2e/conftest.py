@@ -34,14 +34,18 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> st
 
 
 CRD = ROOT / "crds" / "agentexecutions.agentexec.io.yaml"
+AGENT_CRD = ROOT / "crds" / "agents.agentexec.io.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd(control_plane: ControlPlane) -> None:
-    control_plane.kubectl("apply", "--server-side", "-f", str(CRD))
+    """Both CRDs: AgentExecution, and the Agent it may name."""
+    for path in (CRD, AGENT_CRD):
+        control_plane.kubectl("apply", "--server-side", "-f", str(path))
     control_plane.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/agentexecutions.agentexec.io"
-    )
+        "wait", "--for=condition=Established", "--timeout=30s",
+        "crd/agentexecutions.agentexec.io", "crd/agents.agentexec.io",
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -57,14 +57,16 @@ def pod_spec(rendered: str) -> dict[str, Any]:
 
 
 def test_chart_crd_is_the_crds_file() -> None:
-    """crds/ is the source, and holds only our CRD (leadership is a Lease, no
-    kopf peering CRDs); the chart carries it as is under files/crds/ (a
-    template, governed by crds.install) and has no crds/ folder, which Helm
-    would install unconditionally and never upgrade."""
-    name = "agentexecutions.agentexec.io.yaml"
-    assert [p.name for p in (ROOT / "crds").iterdir()] == [name]
-    assert [p.name for p in (CHART / "files" / "crds").iterdir()] == [name]
-    assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes()
+    """crds/ is the source, and holds only our two CRDs (leadership is a Lease,
+    no kopf peering CRDs); the chart carries them as they are under
+    files/crds/ (a template, governed by crds.install) and has no crds/
+    folder, which Helm would install unconditionally and never upgrade."""
+    names = ["agentexecutions.agentexec.io.yaml", "agents.agentexec.io.yaml"]
+    assert sorted(p.name for p in (ROOT / "crds").iterdir()) == names
+    assert sorted(p.name for p in (CHART / "files" / "crds").iterdir()) == names
+    for name in names:
+        carried = (CHART / "files" / "crds" / name).read_bytes()
+        assert carried == (ROOT / "crds" / name).read_bytes(), name
     assert not (CHART / "crds").exists()
 
 
@@ -101,21 +103,27 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
     if not install:
         assert crds == {}
         return
-    assert set(crds) == {"agentexecutions.agentexec.io"}
-    ours = crds["agentexecutions.agentexec.io"]
-    source = yaml.safe_load((ROOT / "crds" / "agentexecutions.agentexec.io.yaml").read_text())
-    assert ours["spec"] == source["spec"]
-    assert ours["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert set(crds) == {"agentexecutions.agentexec.io", "agents.agentexec.io"}
+    for name, ours in crds.items():
+        source = yaml.safe_load((ROOT / "crds" / f"{name}.yaml").read_text())
+        assert ours["spec"] == source["spec"], name
+        assert ours["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     # Without --include-crds too: it is a template, so `helm upgrade` applies it.
-    assert the(helm.template(), "CustomResourceDefinition")["spec"] == source["spec"]
-    unkept = the(helm.template("--set", "crds.keep=false"), "CustomResourceDefinition")
-    assert "helm.sh/resource-policy" not in (unkept["metadata"].get("annotations") or {})
+    plain = {
+        o["metadata"]["name"]: o["spec"]
+        for o in objects(helm.template())
+        if o["kind"] == "CustomResourceDefinition"
+    }
+    assert plain == {name: crd["spec"] for name, crd in crds.items()}
+    for o in objects(helm.template("--set", "crds.keep=false")):
+        if o["kind"] == "CustomResourceDefinition":
+            assert "helm.sh/resource-policy" not in (o["metadata"].get("annotations") or {})
 
 
 def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_path: Path) -> None:
-    """A fresh cluster: the AgentExecution CRD comes with the release, and it
-    is the only CRD the release brings (leadership needs the built-in Lease,
-    not kopf's peering CRDs); the Lease's Role is in the release namespace."""
+    """A fresh cluster: the AgentExecution and Agent CRDs come with the
+    release, and are the only CRDs it brings (leadership needs the built-in
+    Lease, not kopf's peering CRDs); the Lease's Role is in the release namespace."""
     fresh = ControlPlane(tmp_path / "fresh")
     fresh.start()
     try:
@@ -124,7 +132,8 @@ def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_p
         helm.run("install", "aex", str(CHART), "-n", "aex", "--set", "replicaCount=2")
         crds = fresh.kubectl("get", "crd", "-o", "name").stdout.split()
         assert crds == [
-            "customresourcedefinition.apiextensions.k8s.io/agentexecutions.agentexec.io"
+            "customresourcedefinition.apiextensions.k8s.io/agentexecutions.agentexec.io",
+            "customresourcedefinition.apiextensions.k8s.io/agents.agentexec.io",
         ]
         crd = fresh.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "aex"  # type: ignore[index]
@@ -275,6 +284,11 @@ async def test_operator_runs_with_only_the_charts_rbac(
     assert not allowed("create", "leases.coordination.k8s.io", "-n", "default")
     # Deleting executions: those whose ttlSecondsAfterFinished ran out.
     assert allowed("delete", "agentexecutions.agentexec.io", "-n", namespace)
+    # Agents are only read (the snapshot is taken, never written back).
+    for verb in ("get", "list", "watch"):
+        assert allowed(verb, "agents.agentexec.io", "-n", namespace)
+    for verb in ("create", "update", "patch", "delete"):
+        assert not allowed(verb, "agents.agentexec.io", "-n", namespace)
 
     # The reference reconnection scenario, as that identity, with the pod's
     # leader-election variables from the installed Deployment: the Lease is
@@ -515,9 +529,9 @@ async def test_tenants_with_the_builtin_roles_can_use_agentexecutions(
             f"--clusterrole={role}", f"--user={user}",
         )  # fmt: skip
 
-    def can(user: str, verb: str, subresource: str = "") -> bool:
+    def can(user: str, verb: str, subresource: str = "", kind: str = "agentexecutions") -> bool:
         out = control_plane.kubectl(
-            "auth", "can-i", verb, "agentexecutions.agentexec.io", f"--subresource={subresource}",
+            "auth", "can-i", verb, f"{kind}.agentexec.io", f"--subresource={subresource}",
             "-n", namespace, f"--as={user}", check=False,
         )  # fmt: skip
         return out.stdout.strip() == "yes"
@@ -527,6 +541,10 @@ async def test_tenants_with_the_builtin_roles_can_use_agentexecutions(
         ("alice", "delete"): False,
         ("bob", "create"): True, ("bob", "delete"): True, ("bob", "patch"): True,
         ("carol", "create"): True, ("carol", "deletecollection"): True,
+        # Agents: view reads them, edit (and admin) writes them.
+        ("alice", "get", "", "agents"): True, ("alice", "create", "", "agents"): False,
+        ("bob", "create", "", "agents"): True, ("bob", "update", "", "agents"): True,
+        ("carol", "delete", "", "agents"): True,
     }  # fmt: skip
     await eventually(
         lambda: {key: can(*key) for key in expected},

@@ -41,6 +41,9 @@ class OperatorProcess:
             "AGENTEXEC_RUNNER_TASK_QUEUE": self.runner_queue,
             "AGENTEXEC_CONDITION_SYNC_SECONDS": "1",
             "AGENTEXEC_SWEEP_SECONDS": "5",
+            # Tests route executions to their own runner queues (the operator's
+            # default refuses spec.taskQueue; tests/e2e/test_agents.py turns it off).
+            "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE": "true",
             # Each test's operators elect their leader in the test's namespace;
             # like a pod's name, the identity survives a restart of the process.
             "AGENTEXEC_LEADER_ELECTION_NAMESPACE": namespace,

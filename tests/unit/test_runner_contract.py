@@ -22,6 +22,7 @@ from agentexec.temporal.types import (
     RUN_AGENT_ACTIVITY,
     AgentRequest,
     AgentResult,
+    AgentSpec,
     ExecutionRef,
     agent_result_from,
 )
@@ -93,6 +94,41 @@ def test_an_older_runner_ignores_fields_it_does_not_know() -> None:
         "echo", "hi", session_id="s", parameters={"a": 1}, execution=ExecutionRef("n", "x", "u")
     )
     assert decode(encode(request), OlderRequest) == OlderRequest("echo", "hi")
+
+
+def test_an_agent_snapshot_travels_as_plain_json_and_older_runners_ignore_it() -> None:
+    # The pinned shape grows one optional key, "agent_spec" (null for built-in
+    # agent names); every key it had keeps its name and meaning.
+    spec = AgentSpec(
+        name="helper",
+        type="chat",
+        model="m",
+        system_prompt="be brief",
+        provider="local",
+        parameters={"temperature": 0.2},
+        task_queue="q",
+        timeout_seconds=60,
+        uid="u",
+        generation=2,
+    )
+    request = AgentRequest("chat", "hi", parameters={"temperature": 0.2}, agent_spec=spec)
+    sent = json.loads(encode(request).data)
+    assert sent["agent_spec"] == {
+        "name": "helper",
+        "type": "chat",
+        "model": "m",
+        "system_prompt": "be brief",
+        "provider": "local",
+        "parameters": {"temperature": 0.2},
+        "task_queue": "q",
+        "timeout_seconds": 60,
+        "uid": "u",
+        "generation": 2,
+    }
+    assert set(sent) == {"agent", "message", "session_id", "parameters", "execution", "agent_spec"}
+    assert decode(encode(request), AgentRequest) == request
+    assert decode(encode(request), OlderRequest) == OlderRequest("chat", "hi")
+    assert json.loads(encode(AgentRequest("echo", "hi")).data)["agent_spec"] is None
 
 
 def test_a_request_from_an_older_workflow_gets_the_defaults() -> None:

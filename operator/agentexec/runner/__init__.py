@@ -31,6 +31,11 @@ class AgentFailed(Exception):
     """Raised by an agent that ran and failed; the execution fails without retry."""
 
 
+def agent_names(group: str = ENTRY_POINT_GROUP) -> frozenset[str]:
+    """The names registered under ``group``, without loading (or configuring) them."""
+    return frozenset(ep.name for ep in entry_points(group=group))
+
+
 def load_agents(group: str = ENTRY_POINT_GROUP) -> Mapping[str, Agent]:
     """Every agent registered under ``group``; a broken one is logged and skipped."""
     agents: dict[str, Agent] = {}

@@ -23,6 +23,31 @@ class ExecutionRef:
 
 
 @dataclass(frozen=True)
+class AgentSpec:
+    """A snapshot of an ``Agent`` resource, taken when the execution's workflow
+    is started and carried in its input: editing or deleting the Agent later
+    never changes an execution already started.
+
+    ``parameters`` are already merged (the Agent's defaults, overridden key by
+    key by the execution's ``spec.parameters``); ``task_queue`` and
+    ``timeout_seconds`` are the Agent's own values (the workflow input says
+    which queue and timeout the run actually uses). No credentials here:
+    ``provider`` names a provider configured where the runner runs.
+    """
+
+    name: str  # the Agent resource (in the execution's namespace)
+    type: str  # chat, or echo (also the built-in agent the runner dispatches to)
+    model: str | None = None
+    system_prompt: str | None = None
+    provider: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    task_queue: str | None = None
+    timeout_seconds: int | None = None
+    uid: str | None = None  # which Agent object was snapshotted
+    generation: int | None = None  # and which version of its spec
+
+
+@dataclass(frozen=True)
 class ExecutionInput:
     ref: ExecutionRef
     agent: str
@@ -35,6 +60,9 @@ class ExecutionInput:
     # workflows' histories still decode (see docs/operations.md, upgrades).
     no_runner_seconds: int = 60  # say NoRunner when no runner took the agent by then
     report_timeout_seconds: int = 3600  # give up writing the report; the operator reads it later
+    # The Agent resource the execution named, as it was at start (None: a
+    # built-in agent name, or an execution from before Agents existed).
+    agent_spec: AgentSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +74,10 @@ class AgentRequest:
     session_id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     execution: ExecutionRef | None = None
+    # The Agent snapshot when the execution named an Agent resource; then
+    # ``agent`` is its type (the agent the runner dispatches to) and
+    # ``parameters`` are the merged ones. Older runners ignore it.
+    agent_spec: AgentSpec | None = None
 
 
 @dataclass(frozen=True)

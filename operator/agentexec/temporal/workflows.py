@@ -123,6 +123,7 @@ class AgentExecutionWorkflow:
                     session_id=inp.session_id,
                     parameters=inp.parameters,
                     execution=inp.ref,
+                    agent_spec=inp.agent_spec,
                 ),
                 task_queue=inp.runner_task_queue,
                 start_to_close_timeout=timeout,

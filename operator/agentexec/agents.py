@@ -1,0 +1,124 @@
+"""Agent resources: what an execution's ``spec.agent`` resolves to, and which
+runner queues a namespace may reach. Pure: the controller hands in the Agent
+it holds in its cache; nothing here reads the cluster.
+
+Resolution of ``spec.agent``, in this order:
+
+1. an ``Agent`` of that name in the execution's namespace: its snapshot
+   (:class:`AgentSpec`) goes into the workflow input, and the runner is sent
+   the Agent's ``type`` as the agent to run;
+2. a built-in agent name (the ``agentexec.agents`` entry points of the
+   operator, ``echo`` among them): sent as is, as before Agents existed;
+3. an execution with its own (allowed) ``spec.taskQueue``: sent as is, since
+   the runner of that queue knows its own names;
+4. otherwise the execution waits for the Agent (``AgentResolved=False``,
+   ``AgentNotFound``) and fails with that reason after the queue TTL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agentexec.temporal.types import AgentSpec
+
+Body = Mapping[str, Any]
+ANY_QUEUE = "*"
+
+
+@dataclass(frozen=True)
+class AgentPolicy:
+    """What the platform team configured (settings), as the planner needs it."""
+
+    # Agent names served without an Agent resource. None: unknown (the built-in
+    # runner is disabled and something else serves the default queue), so any
+    # name is sent as is.
+    builtin_agents: frozenset[str] | None = frozenset({"echo"})
+    # Queues an execution may name in its own spec.taskQueue ("*": any).
+    execution_task_queues: frozenset[str] = frozenset({ANY_QUEUE})
+    runner_task_queue: str = "agentexec-runner"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the execution's agent is now (exactly one of the three is set, or none
+    for a name sent as is)."""
+
+    spec: AgentSpec | None = None  # an Agent resource, snapshotted
+    missing: str | None = None  # no such Agent (the message says which)
+    refused: str | None = None  # spec.taskQueue is not allowed (the message says why)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def build_agent_spec(agent: Body, execution_parameters: Mapping[str, Any]) -> AgentSpec:
+    """The snapshot of ``agent`` for one execution: the Agent's default
+    parameters overridden, key by key, by the execution's."""
+    meta, spec = _mapping(agent.get("metadata")), _mapping(agent.get("spec"))
+    timeout = spec.get("timeoutSeconds")
+    generation = meta.get("generation")
+    return AgentSpec(
+        name=str(meta.get("name", "")),
+        type=str(spec.get("type", "")),
+        model=_text(spec.get("model")),
+        system_prompt=_text(spec.get("systemPrompt")),
+        provider=_text(spec.get("provider")),
+        parameters={**_mapping(spec.get("parameters")), **execution_parameters},
+        task_queue=_text(spec.get("taskQueue")),
+        timeout_seconds=timeout if isinstance(timeout, int) and timeout > 0 else None,
+        uid=_text(meta.get("uid")),
+        generation=generation if isinstance(generation, int) else None,
+    )
+
+
+def queue_refusal(queue: str, agent_queue: str | None, policy: AgentPolicy) -> str | None:
+    """Why an execution may not name ``queue`` itself, or None when it may.
+
+    The operator's own runner queue and the queue of the execution's Agent are
+    always allowed (naming them changes nothing); others only where the
+    platform team allowed them (AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE).
+    """
+    allowed = policy.execution_task_queues
+    if ANY_QUEUE in allowed or queue in allowed or queue in (policy.runner_task_queue, agent_queue):
+        return None
+    said = (
+        f"only {', '.join(repr(q) for q in sorted(allowed))} are allowed"
+        if allowed
+        else "this operator allows none"
+    )
+    return (
+        f"spec.taskQueue {queue!r} is not allowed: an execution may name its own runner queue "
+        f"only where the platform team allowed it (AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE; {said}). "
+        "Name the queue in an Agent's spec.taskQueue and set spec.agent to that Agent instead."
+    )
+
+
+def resolve(execution: Body, agent: Body | None, policy: AgentPolicy) -> Resolved:
+    """What the execution's ``spec.agent`` resolves to, given the Agent of that
+    name in its namespace (None: there is none)."""
+    spec = _mapping(execution.get("spec"))
+    meta = _mapping(execution.get("metadata"))
+    name = str(spec.get("agent", ""))
+    queue = _text(spec.get("taskQueue"))
+    agent_queue = _text(_mapping((agent or {}).get("spec")).get("taskQueue"))
+    if queue is not None:
+        refusal = queue_refusal(queue, agent_queue, policy)
+        if refusal is not None:
+            return Resolved(refused=refusal)
+    if agent is not None:
+        return Resolved(spec=build_agent_spec(agent, _mapping(spec.get("parameters"))))
+    builtin = policy.builtin_agents
+    if builtin is None or name in builtin or queue is not None:
+        return Resolved()
+    known = ", ".join(sorted(builtin)) or "none"
+    return Resolved(
+        missing=f"Agent {name!r} not found in namespace {meta.get('namespace', '')!r} (and it "
+        f"is not a built-in agent: {known}); the execution starts when the Agent is created"
+    )
