@@ -14,10 +14,12 @@ WORKDIR /src
 # intercepted. It lives in this stage only: the final one copies the venv.
 COPY pyproject.toml README.md constraints.txt build-ca.pe[m] ./
 COPY operator ./operator
-# PIP_CONSTRAINT (not -c) also pins the isolated build's setuptools.
+# PIP_CONSTRAINT (not -c) also pins the isolated build's setuptools. The
+# venv's own pip and setuptools (about 25 MB) are not needed to run.
 RUN if [ -f build-ca.pem ]; then export PIP_CERT=/src/build-ca.pem; fi \
  && python -m venv /opt/agentexec \
- && PIP_CONSTRAINT=/src/constraints.txt /opt/agentexec/bin/pip install --no-compile .
+ && PIP_CONSTRAINT=/src/constraints.txt /opt/agentexec/bin/pip install --no-compile . \
+ && /opt/agentexec/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="agentexec-operator" \

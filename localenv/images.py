@@ -145,9 +145,9 @@ def _once(engine: DockerEngine, tag: str, build: Callable[[], None]) -> str:
     engine.ensure()
     if engine.image_exists(tag):
         return tag
-    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
-    lock_name = tag.replace("/", "_").replace(":", "_") + ".lock"
-    with locked(IMAGES_DIR / lock_name):
+    (IMAGES_DIR / "locks").mkdir(parents=True, exist_ok=True)
+    lock_name = tag.replace("/", "_").replace(":", "_")
+    with locked(IMAGES_DIR / "locks" / lock_name):
         if engine.image_exists(tag):
             return tag
         started = time.monotonic()
@@ -165,8 +165,8 @@ def rootfs_tarball() -> Path:
     tarball = IMAGES_DIR / f"debian-{SUITE}-minbase-r{_rev()}.tar"
     if tarball.exists():
         return tarball
-    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
-    with locked(IMAGES_DIR / "rootfs.lock"):
+    (IMAGES_DIR / "locks").mkdir(parents=True, exist_ok=True)
+    with locked(IMAGES_DIR / "locks" / "rootfs"):
         if tarball.exists():
             return tarball
         if shutil.which("debootstrap") is None:
@@ -220,12 +220,13 @@ def _slim(rootfs: Path) -> None:
         shutil.rmtree(rootfs / sub, ignore_errors=True)
     dropped = [*(rootfs / "usr/share/doc").glob("*/*"), *(rootfs / "usr/share/locale").iterdir()]
     for path in dropped:
-        if path.name in ("copyright", "locale.alias"):
+        # A doc directory may be a symlink to another package's.
+        if path.name in ("copyright", "locale.alias") or path.parent.is_symlink():
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
-            path.unlink()
+            path.unlink(missing_ok=True)
     # Downloaded packages and package lists: a build step fetches fresh ones.
     for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*"):
         for path in rootfs.glob(pattern):
@@ -264,10 +265,10 @@ def python_base_image(engine: DockerEngine) -> str:
     recipe = RECIPES / "python-base.Dockerfile"
     tag = f"agentexec-python:3.11-{SUITE}-r{_rev()}-{_digest([recipe])[:8]}"
 
+    base = base_image(engine)
+
     def build() -> None:
-        _build(
-            engine, tag, "Dockerfile", {"Dockerfile": recipe}, {"BASE_IMAGE": base_image(engine)}
-        )
+        _build(engine, tag, "Dockerfile", {"Dockerfile": recipe}, {"BASE_IMAGE": base})
 
     return _once(engine, tag, build)
 
@@ -290,6 +291,7 @@ def operator_tag() -> str:
 def operator_image(engine: DockerEngine, tag: str | None = None) -> str:
     """The project's Dockerfile built on the local Python base; `tag` is added too."""
     content_tag = operator_tag()
+    base = python_base_image(engine)
 
     def build() -> None:
         context: dict[str, Path | bytes] = {
@@ -298,9 +300,7 @@ def operator_image(engine: DockerEngine, tag: str | None = None) -> str:
         ca = _host_ca_bundle()
         if ca is not None:
             context[BUILD_CA_NAME] = ca
-        _build(
-            engine, content_tag, "Dockerfile", context, {"BASE_IMAGE": python_base_image(engine)}
-        )
+        _build(engine, content_tag, "Dockerfile", context, {"BASE_IMAGE": base})
 
     _once(engine, content_tag, build)
     if tag is None:
@@ -320,6 +320,7 @@ def temporal_image(engine: DockerEngine) -> str:
     """
     recipe = RECIPES / "temporal.Dockerfile"
     tag = f"agentexec-temporal:{temporal_version()}-r{_rev()}-{_digest([recipe])[:8]}"
+    base = base_image(engine)
 
     def build() -> None:
         binary = venv_tool("temporal").resolve()
@@ -328,7 +329,7 @@ def temporal_image(engine: DockerEngine) -> str:
             tag,
             "Dockerfile",
             {"Dockerfile": recipe, "temporal": binary},
-            {"BASE_IMAGE": base_image(engine)},
+            {"BASE_IMAGE": base},
         )
 
     return _once(engine, tag, build)
