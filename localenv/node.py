@@ -35,9 +35,9 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -45,6 +45,9 @@ from localenv.binaries import ROOT, built_tool
 from localenv.kube import ControlPlane
 from localenv.pki import KeyPair
 from localenv.procs import ManagedProcess, free_port, wait_for
+
+if TYPE_CHECKING:
+    from localenv.docker import DockerEngine
 
 NODE_NAME = "agentexec-node"
 BRIDGE = "aexnode0"
@@ -231,6 +234,16 @@ class Node:
         self._host_dirs_before = {d for d in (*HOST_DIRS, *SHARED_DIRS) if d.exists()}
         self._started = False
 
+    @classmethod
+    def with_images(cls, workdir: Path, engine: DockerEngine, tags: Sequence[str] = ()) -> Node:
+        """A node whose containerd gets, before the kubelet starts, the pause
+        image and `tags` from `engine` (built there already; docker save)."""
+        from localenv import images  # imported when used: the module needs Docker
+
+        sandbox = images.pause_image(engine)
+        tars = [images.save(engine, tag, workdir / "images") for tag in (sandbox, *tags)]
+        return cls(workdir, sandbox_image=sandbox, preload=tars)
+
     # -- what the tests use -------------------------------------------------
 
     @property
@@ -331,18 +344,25 @@ class Node:
         self._procs[name] = proc
         proc.start()
 
-    def _wait(self, name: str, predicate: Any, timeout: float) -> None:
+    def _wait(self, name: str, predicate: Callable[[], bool], timeout: float) -> None:
+        """Poll `predicate`; fail at once, with its log, if `name` exits."""
         proc = self._procs[name]
-
-        def check() -> object:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while True:
             if not proc.running:
-                raise RuntimeError(f"{name} exited")
-            return predicate()
-
-        try:
-            wait_for(check, timeout, name, 0.2)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n--- {proc.log_path}:\n{proc.log_tail()}") from None
+                raise RuntimeError(f"{name} exited\n--- {proc.log_path}:\n{proc.log_tail()}")
+            try:
+                if predicate():
+                    return
+            except Exception as exc:  # the last error is what the failure shows
+                last = exc
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{name} not ready after {timeout:.0f}s; last seen: {last!r}\n"
+                    f"--- {proc.log_path}:\n{proc.log_tail()}"
+                )
+            time.sleep(0.2)
 
     def _create_bridge(self) -> None:
         # Made here, not by the bridge plugin at the first pod, so CoreDNS can
