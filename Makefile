@@ -60,7 +60,7 @@ fmt: $(INSTALLED) ## Format and autofix
 	$(BIN)/ruff check --fix .
 
 .PHONY: test
-test: install lint test-unit test-integration test-e2e ## Everything CI runs: install, lint, all tiers
+test: install lint test-unit test-integration test-e2e test-node ## Everything CI runs: install, lint, all tiers
 
 .PHONY: test-unit
 test-unit: $(INSTALLED) ## Unit tier: pure code, no servers
@@ -73,6 +73,12 @@ test-integration: install ## Integration tier: a real Temporal dev server
 .PHONY: test-e2e
 test-e2e: install ## E2E tier: real kube-apiserver + etcd + Temporal + the operator
 	$(call pytest_tier,tests/e2e)
+
+.PHONY: test-node
+test-node: install ## Node tier: a real single-node cluster (kubelet, containerd, CNI, kube-proxy, CoreDNS); needs root
+	@start=$$(date +%s); \
+	$(call pytest_tier,tests/node); \
+	echo "test-node: $$(( $$(date +%s) - start ))s (node binaries and images are built on first use)"
 
 .PHONY: e2e-kind
 e2e-kind: install ## E2E against a kind cluster (skips where there is no Docker engine)
