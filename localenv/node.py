@@ -6,10 +6,12 @@ containerd of its own (Debian's binary, CRI on), a CNI bridge, a kubelet,
 kube-proxy in iptables mode and CoreDNS as a process on the bridge's gateway.
 It needs root; `Node.skip_reason()` says why it cannot run elsewhere.
 
-What was measured on these machines, and why each setting is what it is, is in
-docs (the five traps): no CAP_SYS_RESOURCE (restrict_oom_score_adj), cgroup v1
-(failCgroupV1: false), pods need cluster DNS to reach kubernetes.default.svc,
-Docker's FORWARD policy DROP, and no registry (images are imported).
+Five traps measured on these machines, each answered by a setting here: no
+CAP_SYS_RESOURCE, so runc cannot set a negative oom_score_adj (containerd's
+restrict_oom_score_adj); kubelet 1.36 refuses cgroup v1 (failCgroupV1: false,
+cgroupfs); in-cluster clients dial kubernetes.default.svc (CoreDNS, clusterDNS);
+Docker sets the FORWARD policy to DROP (ACCEPT rules for the bridge); no
+registry (images are imported; workloads need imagePullPolicy: Never).
 
 Pods talk only to the node, the API server and each other: CoreDNS serves
 cluster.local only and forwards nothing, and pods get no search domains or
