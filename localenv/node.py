@@ -230,6 +230,8 @@ class Node:
         if len(str(self.containerd_socket)) > 100:
             raise ValueError(f"workdir too long for a unix socket: {self.containerd_socket}")
         self.kubelet_dir = self.workdir / "kubelet"
+        # Seconds: "binaries" (built on first use), "node_ready" and "start"
+        # (both from after the binaries, "start" up to DNS and ServiceAccount).
         self.timings: dict[str, float] = {}
         self._procs: dict[str, ManagedProcess] = {}
         self._netns_before: set[str] = set()

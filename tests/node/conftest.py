@@ -48,7 +48,8 @@ def node(
     started = time.monotonic()
     try:
         node.start()
-        SUMMARY.append(f"node: started in {time.monotonic() - started:.1f}s ({node.timings})")
+        steps = ", ".join(f"{step} {secs:.1f}s" for step, secs in node.timings.items())
+        SUMMARY.append(f"node: started in {time.monotonic() - started:.1f}s ({steps})")
         yield node
     finally:
         stopping = time.monotonic()

@@ -13,6 +13,7 @@ import pytest
 from localenv.binaries import ROOT
 from localenv.docker import DockerEngine
 from localenv.node import NODE_NAME, Node
+from tests.support.waiting import eventually
 
 # Run by a pod: resolve the API server's Service name, then call the API
 # server through it with the pod's projected ServiceAccount token (what
@@ -45,9 +46,15 @@ PROBE = textwrap.dedent(
 )
 
 
-def namespace(node: Node, name: str) -> str:
+async def namespace(node: Node, name: str) -> str:
+    """A namespace with its default ServiceAccount (made by the controller
+    manager a moment later; pods are refused until then)."""
     node.kubectl("create", "namespace", name)
-    node.kubectl("wait", "--for=jsonpath={.metadata.name}", "serviceaccount/default", "-n", name)
+    await eventually(
+        lambda: node.kubectl("get", "serviceaccount/default", "-n", name, check=False),
+        lambda result: result.returncode == 0,
+        what=f"ServiceAccount default in {name}",
+    )
     return name
 
 
@@ -122,10 +129,10 @@ def test_node_is_ready(node: Node) -> None:
     assert addresses["InternalIP"] == node.host_ip
 
 
-def test_pod_runs(node: Node) -> None:
+async def test_pod_runs(node: Node) -> None:
     """The pause image as a workload. The pod is left running on purpose:
     the fixture's teardown must drain it and still leave the machine clean."""
-    ns = namespace(node, "t-pod-runs")
+    ns = await namespace(node, "t-pod-runs")
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -142,10 +149,10 @@ def test_pod_runs(node: Node) -> None:
     assert ip.startswith("10.244.0.")
 
 
-def test_pod_resolves_and_reaches_the_api_server(node: Node, node_images: list[str]) -> None:
+async def test_pod_resolves_and_reaches_the_api_server(node: Node, node_images: list[str]) -> None:
     """Trap 3: in-cluster login dials kubernetes.default.svc, so a pod needs
     cluster DNS, the Service routed by kube-proxy, and a projected token."""
-    ns = namespace(node, "t-in-cluster")
+    ns = await namespace(node, "t-in-cluster")
     out = run_probe(node, node_images[0], ns, "probe")
     assert out["resolved"] == [node.plane.service_ip]
     user = out["user"]
@@ -154,12 +161,12 @@ def test_pod_resolves_and_reaches_the_api_server(node: Node, node_images: list[s
     assert user["extra"]["authentication.kubernetes.io/pod-name"] == ["probe"]
 
 
-def test_audit_log_has_status_and_lease_writes_with_the_pod(
+async def test_audit_log_has_status_and_lease_writes_with_the_pod(
     node: Node, node_images: list[str]
 ) -> None:
     """What the scenario tests read: who wrote an AgentExecution's status and
     a Lease, down to the pod (user.extra) for in-cluster writers."""
-    ns = namespace(node, "t-audit")
+    ns = await namespace(node, "t-audit")
     node.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     node.kubectl(
         "wait", "--for=condition=Established", "crd/agentexecutions.agentexec.io", "--timeout=30s"
