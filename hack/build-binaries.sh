@@ -3,7 +3,12 @@
 # from Go modules, once, into $CACHE_DIR/bin keyed by version. A binary that is
 # already there is reused, so a warm `make test` builds nothing.
 #
-#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|etcd|helm|promtool|kube-score|kind|all]
+# `all` is what `make install` builds. The node tier's binaries (kubelet,
+# kube-scheduler, kube-proxy, kube-controller-manager, coredns: about 5.5 min
+# cold on 2 cores) are not in it: they are built on first use by the node tier
+# (localenv.binaries.built_tool) or all at once by `node`.
+#
+#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|coredns|etcd|helm|promtool|kube-score|kind|node|all]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,11 +48,18 @@ GO=$(find_go)
 
 log() { printf 'build-binaries: %s\n' "$*" >&2; }
 
+KUBE_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
+
 # A wrapper module pins k8s.io/kubernetes; its staging modules (replaced by
-# ./staging paths upstream) are pinned to the matching v0.x.y releases.
+# ./staging paths upstream) are pinned to the matching v0.x.y releases. Its
+# tools.go imports every command built from it, so go.sum covers them all; a
+# module made before a command was added is made again.
 kube_module() {
-  local dir=$CACHE_DIR/src/kubernetes-$KUBE_VERSION
-  if [ ! -f "$dir/go.sum" ]; then
+  local dir=$CACHE_DIR/src/kubernetes-$KUBE_VERSION cmd stale=
+  for cmd in "${KUBE_COMMANDS[@]}"; do
+    grep -q "cmd/$cmd\"" "$dir/tools.go" 2>/dev/null || stale=1
+  done
+  if [ ! -f "$dir/go.sum" ] || [ -n "$stale" ]; then
     mkdir -p "$dir"
     local modfile
     modfile=$("$GO" mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
@@ -63,16 +75,13 @@ kube_module() {
       grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$modfile" | awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
       echo ")"
     } >"$dir/go.mod"
-    cat >"$dir/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-)
-GO
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for cmd in "${KUBE_COMMANDS[@]}"; do
+        printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"
+      done
+      printf ')\n'
+    } >"$dir/tools.go"
     (cd "$dir" && "$GO" mod tidy -e >/dev/null 2>&1 || true; "$GO" mod download)
     (cd "$dir" && "$GO" get "k8s.io/kubernetes@$KUBE_VERSION" >/dev/null)
   fi
@@ -189,9 +198,22 @@ GO
   mv "$out.tmp" "$out"
 }
 
+# CoreDNS has no replace directives: `go install module@version` builds it
+# with the plugins of its default plugin.cfg (kubernetes among them).
+build_coredns() {
+  build_go_install coredns github.com/coredns/coredns "$COREDNS_VERSION"
+}
+
 what=${1:-all}
 case $what in
-  kube-apiserver | kube-controller-manager) build_kube "$what" ;;
+  kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | kubelet) build_kube "$what" ;;
+  coredns) build_coredns ;;
+  node)
+    for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+      build_kube "$cmd"
+    done
+    build_coredns
+    ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   promtool) build_promtool ;;
@@ -206,7 +228,7 @@ case $what in
     build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION"
     ;;
   *)
-    echo "usage: $0 [kube-apiserver|kube-controller-manager|etcd|helm|promtool|kube-score|kind|all]" >&2
+    echo "usage: $0 [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|coredns|etcd|helm|promtool|kube-score|kind|node|all]" >&2
     exit 2
     ;;
 esac

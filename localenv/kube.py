@@ -3,10 +3,16 @@
 Serving certificates, a service-account signing key, RBAC authorization and an
 admin client certificate (group system:masters) are generated per run; the
 kubeconfig it writes is what the tests, kubectl and the operator use.
+
+By default it is reachable on loopback only and runs no pods. A node
+(localenv.node) asks for more: bound to all addresses and advertising the
+host's address (pods reach it through the `kubernetes` Service), the
+ServiceAccount admission plugin on, and an audit log.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import ssl
@@ -14,17 +20,37 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from localenv.binaries import built_tool, venv_tool
-from localenv.pki import CertificateAuthority
+from localenv.pki import CertificateAuthority, KeyPair
 from localenv.procs import ManagedProcess, free_port, wait_for
 
 
 class ControlPlane:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        bind_address: str = "127.0.0.1",
+        advertise_address: str = "127.0.0.1",
+        service_cidr: str = "10.0.0.0/24",
+        service_account_admission: bool = False,
+        audit_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """`service_account_admission` needs a kube-controller-manager (the
+        token and service-account controllers) before pods can be created;
+        with `audit_policy` the API server writes JSON audit events to
+        `audit_log`."""
         self.workdir = workdir
+        self.bind_address = bind_address
+        self.advertise_address = advertise_address
+        self.service_cidr = service_cidr
+        self.service_account_admission = service_account_admission
+        self.audit_policy = audit_policy
+        self.audit_log: Path | None = workdir / "audit.log" if audit_policy is not None else None
         workdir.mkdir(parents=True, exist_ok=True)
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
@@ -38,16 +64,36 @@ class ControlPlane:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    @property
+    def service_ip(self) -> str:
+        """The `kubernetes` Service's address: the first of the service range."""
+        return str(next(ipaddress.ip_network(self.service_cidr).hosts()))
+
     def start(self) -> None:
         pki = CertificateAuthority(self.workdir / "pki")
-        serving = pki.issue(
-            "apiserver",
-            "kube-apiserver",
-            server_hosts=("127.0.0.1", "localhost", "kubernetes.default.svc"),
-        )
+        self.pki = pki
+        hosts = ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default"]
+        hosts += ["kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+        hosts += [self.service_ip]
+        if self.advertise_address not in hosts:
+            hosts.append(self.advertise_address)
+        serving = pki.issue("apiserver", "kube-apiserver", server_hosts=tuple(hosts))
         self.admin = pki.issue("admin", "agentexec-admin", organizations=("system:masters",))
         sa_key, sa_pub = pki.signing_key("service-account")
+        self.sa_key = sa_key
         self.ca_path = pki.cert_path
+        optional: list[str] = []
+        if not self.service_account_admission:
+            # No kube-controller-manager runs the token controller here.
+            optional.append("--disable-admission-plugins=ServiceAccount")
+        if self.audit_policy is not None and self.audit_log is not None:
+            policy = self.workdir / "audit-policy.yaml"
+            policy.write_text(yaml.safe_dump(self.audit_policy))
+            optional += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+            ]
         self._etcd = ManagedProcess(
             "etcd",
             [
@@ -76,8 +122,8 @@ class ControlPlane:
                 str(built_tool("kube-apiserver")),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
                 f"--secure-port={self.port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.advertise_address}",
                 f"--cert-dir={self.workdir / 'certs'}",
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
@@ -85,18 +131,24 @@ class ControlPlane:
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
+                f"--service-cluster-ip-range={self.service_cidr}",
+                # Node: a kubelet's own credentials (system:node:NAME) reach
+                # only its pods' objects. No effect where no kubelet runs.
+                "--authorization-mode=Node,RBAC",
+                # Logs and exec reach a kubelet as the admin, at its node
+                # address (its name is not in any resolver).
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={self.admin.cert}",
+                f"--kubelet-client-key={self.admin.key}",
                 "--allow-privileged=true",
-                # No kube-controller-manager runs the token controller here.
-                "--disable-admission-plugins=ServiceAccount",
+                *optional,
                 "--v=1",
             ],
             self.workdir / "kube-apiserver.log",
         )
         self._etcd.start()
         self.start_apiserver()
-        self._write_kubeconfig()
+        self.write_kubeconfig(self.kubeconfig, self.admin)
 
     def start_apiserver(self) -> None:
         assert self._apiserver is not None
@@ -134,7 +186,8 @@ class ControlPlane:
             exc.close()
             return False
 
-    def _write_kubeconfig(self) -> None:
+    def write_kubeconfig(self, path: Path, user: KeyPair) -> Path:
+        """A kubeconfig for `user` (a client certificate from `self.pki`)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -148,8 +201,8 @@ class ControlPlane:
                 {
                     "name": "admin",
                     "user": {
-                        "client-certificate": str(self.admin.cert),
-                        "client-key": str(self.admin.key),
+                        "client-certificate": str(user.cert),
+                        "client-key": str(user.key),
                     },
                 }
             ],
@@ -161,7 +214,8 @@ class ControlPlane:
             ],
             "current-context": "agentexec-local",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
