@@ -264,6 +264,9 @@ class Node:
     ) -> subprocess.CompletedProcess[str]:
         return self.plane.kubectl(*args, stdin=stdin, check=check, timeout=timeout)
 
+    def kubectl_json(self, *args: str) -> dict[str, object]:
+        return self.plane.kubectl_json(*args)
+
     def load_image(self, tar: Path) -> None:
         """Import an image tar into the node's containerd (namespace k8s.io)."""
         from localenv import images  # imported when used: the module needs Docker

@@ -1,22 +1,31 @@
-"""The node tier: a single-node cluster of real processes (localenv.node)."""
+"""The node tier: a single-node cluster of real processes (localenv.node).
+
+`make e2e-kind` runs the same tests with AGENTEXEC_CLUSTER=kind: the
+`cluster` fixture is then a kind cluster (localenv.kind) instead of the node.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from localenv import images
 from localenv.docker import DockerEngine, EngineUnavailable
+from localenv.kind import KindCluster
 from localenv.node import Node
 from tests.support.report import SUMMARY
+
+KIND = os.environ.get("AGENTEXEC_CLUSTER") == "kind"
 
 
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[DockerEngine]:
     """The engine the node's images are built in (and saved from)."""
-    reason = Node.skip_reason()
+    reason = None if KIND else Node.skip_reason()
     if reason is not None:
         pytest.skip(reason)
     engine = DockerEngine()
@@ -32,8 +41,13 @@ def docker_engine() -> Iterator[DockerEngine]:
 
 @pytest.fixture(scope="session")
 def node_images(docker_engine: DockerEngine) -> list[str]:
-    """Besides the pause image: a Python image for pods that probe the cluster."""
-    return [images.python_base_image(docker_engine)]
+    """Besides the pause image: a Python image for pods that probe the
+    cluster, the operator's image and Temporal's."""
+    return [
+        images.python_base_image(docker_engine),
+        images.operator_image(docker_engine),
+        images.temporal_image(docker_engine),
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +71,48 @@ def node(
         SUMMARY.append(f"node: stopped in {time.monotonic() - stopping:.1f}s")
         if left := node.leftovers():
             pytest.fail("the node's teardown left:\n  " + "\n  ".join(left))
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    request: pytest.FixtureRequest,
+    docker_engine: DockerEngine,
+    node_images: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Node | KindCluster]:
+    """Where the scenarios run: the local node, or kind for `make e2e-kind`."""
+    if not KIND:
+        yield request.getfixturevalue("node")
+        return
+    kind = KindCluster(tmp_path_factory.mktemp("kind"), docker_env=docker_engine.env)
+    reason = kind.skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        kind.start()
+        for tag in node_images:
+            kind.load_image(images.save(docker_engine, tag, tmp_path_factory.mktemp("images")))
+        yield kind
+    finally:
+        kind.stop()
+
+
+@pytest.fixture(scope="session")
+def scenario_images(
+    cluster: Node | KindCluster,
+    docker_engine: DockerEngine,
+    node_images: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """The images the chart scenarios run, already on the cluster: the
+    operator's, the same under a second tag (for `helm upgrade`), Temporal's."""
+    operator = images.operator_image(docker_engine)
+    upgrade = images.operator_image(docker_engine, f"{operator}-upgrade")
+    cluster.load_image(
+        images.save(docker_engine, upgrade, Path(tmp_path_factory.mktemp("upgrade")))
+    )
+    return {
+        "operator": operator,
+        "operator_upgrade": upgrade,
+        "temporal": images.temporal_image(docker_engine),
+    }

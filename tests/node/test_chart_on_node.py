@@ -86,9 +86,9 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(
-    cluster: apps.Cluster, images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    cluster: apps.Cluster, scenario_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Release]:
-    cluster.kubectl("apply", "-f", "-", stdin=apps.temporal_manifests(images["temporal"]))
+    cluster.kubectl("apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"]))
     cluster.kubectl(
         "rollout", "status", "-n", apps.TEMPORAL_NAMESPACE, "deployment/temporal", "--timeout=180s"
     )
@@ -99,7 +99,7 @@ def release(
         "pod-security.kubernetes.io/enforce-version=latest",
     )  # fmt: skip
     cluster.kubectl("create", "namespace", WORK)
-    repository, _, tag = images["operator"].rpartition(":")
+    repository, _, tag = scenario_images["operator"].rpartition(":")
     helm = Helm(cluster, tmp_path_factory.mktemp("helm"))  # type: ignore[arg-type]
     rel = Release(cluster, helm, repository, tag)
     rel.install()
@@ -189,14 +189,14 @@ def test_the_pod_runs_restricted_with_a_read_only_root(release: Release) -> None
 
 
 async def test_helm_upgrade_with_two_replicas_while_executions_run(
-    release: Release, images: dict[str, str], cluster: apps.Cluster
+    release: Release, scenario_images: dict[str, str], cluster: apps.Cluster
 ) -> None:
     """Two replicas, then `helm upgrade` to a new image tag while 50
     executions run and more are created: every execution finishes once and
     none waits more than 30 s for a reconciler."""
     release.upgrade(release.tag, "--set", "replicaCount=2")
     assert len(apps.operator_pods(cluster)) == 2
-    new_tag = images["operator_upgrade"].rpartition(":")[2]
+    new_tag = scenario_images["operator_upgrade"].rpartition(":")[2]
     running = [f"upgrade-{i:02d}" for i in range(50)]
     apps.create_executions(cluster, WORK, running, delaySeconds=15)
 
