@@ -81,6 +81,7 @@ def build_input(body: Body, settings: Settings) -> ExecutionInput:
         parameters=dict(params) if isinstance(params, Mapping) else {},
         no_runner_seconds=int(settings.no_runner_seconds),
         report_timeout_seconds=int(settings.report_timeout),
+        heartbeat_timeout_seconds=int(settings.runner_heartbeat_timeout),
     )
 
 

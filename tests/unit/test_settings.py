@@ -18,6 +18,11 @@ def test_defaults() -> None:
     assert s.runner_task_queue == "agentexec-runner"
     assert s.queue_ttl == 3600.0
     assert s.watch_namespaces == ()
+    # Agents run in `agentexec-operator runner`, not in the operator (#13).
+    assert s.runner_enabled is False
+    assert s.runner_queues == ("agentexec-runner",)
+    assert (s.runner_agents, s.runner_max_concurrent) == ((), 16)
+    assert s.runner_heartbeat_timeout == 30.0
 
 
 def test_reads_the_environment(tmp_path: Path) -> None:
@@ -30,7 +35,11 @@ def test_reads_the_environment(tmp_path: Path) -> None:
             "TEMPORAL_API_KEY_FILE": str(key),
             "TEMPORAL_PROBE_INTERVAL_SECONDS": "0.5",
             "AGENTEXEC_WATCH_NAMESPACES": "b, a,,a",
-            "AGENTEXEC_RUNNER_ENABLED": "false",
+            "AGENTEXEC_RUNNER_ENABLED": "true",
+            "AGENTEXEC_RUNNER_TASK_QUEUES": "b, a,,b",
+            "AGENTEXEC_RUNNER_AGENTS": "echo",
+            "AGENTEXEC_RUNNER_MAX_CONCURRENT": "3",
+            "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS": "5",
         }
     )
     assert s.temporal.address == "temporal.example:7233"
@@ -38,7 +47,10 @@ def test_reads_the_environment(tmp_path: Path) -> None:
     assert s.temporal.api_key_file == key
     assert s.temporal.probe_interval == 0.5
     assert s.watch_namespaces == ("a", "b")
-    assert s.runner_enabled is False
+    assert s.runner_enabled is True
+    assert s.runner_queues == ("b", "a")
+    assert (s.runner_agents, s.runner_max_concurrent) == (("echo",), 3)
+    assert s.runner_heartbeat_timeout == 5.0
 
 
 @pytest.mark.parametrize(
@@ -54,6 +66,11 @@ def test_reads_the_environment(tmp_path: Path) -> None:
         ({"TEMPORAL_TLS": "maybe"}, "TEMPORAL_TLS"),
         ({"TEMPORAL_TLS_CA_FILE": "/nonexistent/ca.pem"}, "TEMPORAL_TLS_CA_FILE"),
         ({"AGENTEXEC_HTTP_PORT": "0"}, "AGENTEXEC_HTTP_PORT"),
+        ({"AGENTEXEC_RUNNER_MAX_CONCURRENT": "0"}, "AGENTEXEC_RUNNER_MAX_CONCURRENT"),
+        (
+            {"AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS": "0.5"},
+            "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS",
+        ),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         (
             {"TEMPORAL_BACKOFF_BASE_SECONDS": "60", "TEMPORAL_BACKOFF_MAX_SECONDS": "30"},

@@ -35,6 +35,9 @@ class ExecutionInput:
     # workflows' histories still decode (see docs/operations.md, upgrades).
     no_runner_seconds: int = 60  # say NoRunner when no runner took the agent by then
     report_timeout_seconds: int = 3600  # give up writing the report; the operator reads it later
+    # A runner that stops heartbeating this long is taken for dead and the agent
+    # retried elsewhere. 30 is what every workflow before this field used.
+    heartbeat_timeout_seconds: int = 30
 
 
 @dataclass(frozen=True)
