@@ -30,7 +30,9 @@ SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[WorkerSpec]:
-    """The operator's workflow worker, and the built-in runner unless disabled."""
+    """The operator's workflow worker, and the in-process runner when enabled
+    (AGENTEXEC_RUNNER_ENABLED; off by default: `agentexec-operator runner` runs
+    agents in their own process)."""
     specs = [
         WorkerSpec(
             task_queue=settings.task_queue,
@@ -51,6 +53,7 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
             WorkerSpec(
                 task_queue=settings.runner_task_queue,
                 activities=[RunnerActivities(agents).run_agent],
+                max_concurrent_activities=settings.runner_max_concurrent,
             )
         )
     return specs

@@ -536,6 +536,11 @@ class TemporalManager:
     def refresh_workers_gauge(self) -> None:
         self.metrics.workers_running.labels(**self._labels).set(self.workers_running)
 
+    def stopped_loops(self) -> list[str]:
+        """Background tasks that ended although the manager runs (a bug that a
+        restart cures: what a liveness probe should see)."""
+        return [t.get_name() for t in self._tasks if t.done()]
+
     @property
     def workers_running(self) -> int:
         return sum(1 for w in self._workers if w.running)
