@@ -21,6 +21,7 @@ from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
 from agentexec.runner import load_agents
 from agentexec.runner.activity import RunnerActivities
+from agentexec.runner.api import HEARTBEAT_EVERY
 from agentexec.settings import Settings
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
 from agentexec.temporal.workflows import AgentExecutionWorkflow
@@ -54,6 +55,7 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
                 task_queue=settings.runner_task_queue,
                 activities=[RunnerActivities(agents).run_agent],
                 max_concurrent_activities=settings.runner_max_concurrent,
+                heartbeat_throttle_seconds=HEARTBEAT_EVERY,
             )
         )
     return specs

@@ -21,7 +21,7 @@ from agentexec import __version__
 from agentexec.http import build_app, start_http
 from agentexec.metrics import Metrics
 from agentexec.runner.activity import RunnerActivities
-from agentexec.runner.api import Agent
+from agentexec.runner.api import HEARTBEAT_EVERY, Agent
 from agentexec.settings import Settings
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
 
@@ -35,6 +35,9 @@ def build_runner_specs(settings: Settings, activities: RunnerActivities) -> list
             task_queue=queue,
             activities=[activities.run_agent],
             max_concurrent_activities=settings.runner_max_concurrent,
+            # A deleted execution stops its agent within seconds, not within
+            # 0.8 x the heartbeat timeout (the SDK's throttle).
+            heartbeat_throttle_seconds=HEARTBEAT_EVERY,
         )
         for queue in settings.runner_queues
     ]
