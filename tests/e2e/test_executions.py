@@ -354,18 +354,17 @@ async def test_external_runner_example_serves_its_queue(
     make_operator: MakeOperator,
     tmp_path: Path,
 ) -> None:
+    """examples/external-runner/worker.py: ten lines on the public runner API."""
     import sys
 
     from localenv.binaries import ROOT
-    from localenv.procs import ManagedProcess
+    from tests.support.operator import RunnerProcess
 
     queue = f"shout-{namespace}"
-    runner = ManagedProcess(
-        "external-runner",
-        [sys.executable, str(ROOT / "examples" / "external-runner" / "worker.py"),
-         "--address", temporal.address, "--task-queue", queue],
-        tmp_path / "runner.log",
-    )  # fmt: skip
+    example = ROOT / "examples" / "external-runner" / "worker.py"
+    runner = RunnerProcess(
+        tmp_path, temporal.address, queue, argv=[sys.executable, str(example), queue]
+    )
     runner.start()
     try:
         make_operator(AGENTEXEC_RUNNER_ENABLED="false")
