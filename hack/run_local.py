@@ -1,4 +1,5 @@
-"""`make run`: the operator against an embedded cluster, or, when asked, yours.
+"""`make run`: the operator and a runner beside it, against an embedded cluster
+or, when asked, yours.
 
 By default a local control plane (etcd + kube-apiserver) and a Temporal dev
 server are started, whatever the kubeconfig says: the script names the
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     operator: ManagedProcess | None = None
+    runner: ManagedProcess | None = None
     try:
         if args.use_kubeconfig:
             say(f"using {context}, as asked: applying the CRDs there")
@@ -129,11 +131,24 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
         )
         operator.start()
+        # Agents run beside the operator, as in the chart: a runner process
+        # with Temporal's settings only (no kubeconfig), its own HTTP port.
+        runner_env = {k: v for k, v in env.items() if k != "KUBECONFIG"}
+        runner_port = runner_env["AGENTEXEC_HTTP_PORT"] = str(free_port())
+        runner = ManagedProcess(
+            "runner",
+            [str(Path(sys.executable).parent / "agentexec-operator"), "runner"],
+            workdir / "runner.log",
+            env=runner_env,
+        )
+        runner.start()
         bin_dir = Path(sys.executable).parent
         print(
             f"""
 The operator is running (pid {operator.pid}; log: {operator.log_path};
-status: http://127.0.0.1:{http_port}/statusz).
+status: http://127.0.0.1:{http_port}/statusz), and a runner beside it
+(pid {runner.pid}; log: {runner.log_path};
+status: http://127.0.0.1:{runner_port}/statusz).
 In another terminal:
 
     export KUBECONFIG={env.get("KUBECONFIG", "~/.kube/config")} PATH={bin_dir}:$PATH
@@ -144,20 +159,23 @@ Ctrl-C stops everything `make run` started.
 """,
             flush=True,
         )
-        with operator.log_path.open() as log:
-            while operator.running:
-                line = log.readline()
+        with operator.log_path.open() as log, runner.log_path.open() as runner_log:
+            while operator.running and runner.running:
+                line = log.readline() or runner_log.readline()
                 if line:
                     sys.stdout.write(line)
                 else:
                     time.sleep(0.2)
-        say("the operator exited; see its log above")
+        which = "the operator" if not operator.running else "the runner"
+        say(f"{which} exited; see its log above")
         return 1
     except KeyboardInterrupt:
         say("stopping")
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        if runner is not None:
+            runner.stop(grace=20)
         if operator is not None:
             operator.stop(grace=20)
         for component in reversed(started):

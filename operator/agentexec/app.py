@@ -21,6 +21,7 @@ from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
 from agentexec.runner import load_agents
 from agentexec.runner.activity import RunnerActivities
+from agentexec.runner.api import HEARTBEAT_EVERY
 from agentexec.settings import Settings
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
 from agentexec.temporal.workflows import AgentExecutionWorkflow
@@ -30,7 +31,9 @@ SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[WorkerSpec]:
-    """The operator's workflow worker, and the built-in runner unless disabled."""
+    """The operator's workflow worker, and the in-process runner when enabled
+    (AGENTEXEC_RUNNER_ENABLED; off by default: `agentexec-operator runner` runs
+    agents in their own process)."""
     specs = [
         WorkerSpec(
             task_queue=settings.task_queue,
@@ -51,6 +54,8 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
             WorkerSpec(
                 task_queue=settings.runner_task_queue,
                 activities=[RunnerActivities(agents).run_agent],
+                max_concurrent_activities=settings.runner_max_concurrent,
+                heartbeat_throttle_seconds=HEARTBEAT_EVERY,
             )
         )
     return specs

@@ -1,4 +1,4 @@
-"""The console command ``agentexec-operator``."""
+"""The console command ``agentexec-operator`` (and ``agentexec-operator runner``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 from agentexec import __version__
 from agentexec.logs import configure_logging
-from agentexec.settings import SettingsError, load_settings
+from agentexec.settings import Settings, SettingsError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,12 +26,29 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="validate the configuration from the environment and exit",
     )
+    commands = parser.add_subparsers(dest="command", metavar="{runner}")
+    runner = commands.add_parser(
+        "runner",
+        help="serve runner task queues: run agents (no Kubernetes access needed)",
+        description=(
+            "Serve the agents registered under the agentexec.agents entry points on "
+            "AGENTEXEC_RUNNER_TASK_QUEUES (default AGENTEXEC_RUNNER_TASK_QUEUE). Needs "
+            "Temporal only: no Kubernetes client, no Kubernetes credentials."
+        ),
+    )
+    runner.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and the agents to serve, and exit",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:
         print(f"agentexec-operator: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if args.command == "runner":
+        return _runner(settings, check_only=args.check_config)
     if args.check_config:
         print("configuration ok")
         return 0
@@ -39,6 +56,26 @@ def main(argv: list[str] | None = None) -> int:
     from agentexec.app import run  # imports kopf and temporalio: after the config check
 
     asyncio.run(run(settings))
+    return 0
+
+
+def _runner(settings: Settings, check_only: bool) -> int:
+    from agentexec.runner import load_agents
+    from agentexec.runner.process import run_runner, select_agents
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        agents = select_agents(settings, load_agents())
+    except ValueError as exc:
+        print(f"agentexec-operator runner: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if not agents:
+        print("agentexec-operator runner: no agents installed to serve", file=sys.stderr)
+        return 2
+    if check_only:
+        print(f"configuration ok: agents {', '.join(sorted(agents))}")
+        return 0
+    asyncio.run(run_runner(settings, agents))
     return 0
 
 

@@ -34,7 +34,7 @@ from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
 from agentexec.planner import Body, Call, Connection, Decision, Observed
-from agentexec.runner import agent_names
+from agentexec.runner.api import agent_names
 from agentexec.settings import Settings
 from agentexec.temporal.gateway import TemporalGateway
 from agentexec.temporal.manager import TemporalManager
@@ -96,6 +96,7 @@ def build_input(body: Body, settings: Settings, agent: AgentSpec | None = None) 
         no_runner_seconds=int(settings.no_runner_seconds),
         report_timeout_seconds=int(settings.report_timeout),
         agent_spec=agent,
+        heartbeat_timeout_seconds=int(settings.runner_heartbeat_timeout),
     )
 
 

@@ -131,6 +131,19 @@ class Metrics:
             ("handler",),
             registry=r,
         )
+        # The runner process (`agentexec-operator runner`, or the built-in one).
+        self.runner_agents_running = Gauge(
+            "agentexec_runner_agents_running",
+            "Agent attempts this runner is running now.",
+            registry=r,
+        )
+        self.runner_agent_attempts = Counter(
+            "agentexec_runner_agent_attempts",
+            "Agent attempts this runner ended, by agent and outcome (succeeded, "
+            "failed, error, cancelled, unknown_agent).",
+            ("agent", "outcome"),
+            registry=r,
+        )
         # Every series exists from the start (at 0), so rate() and alerts see
         # the first increment instead of a series appearing from nowhere.
         for result in ("started", "closed", "unavailable", "rejected"):

@@ -70,8 +70,21 @@ class TemporalSettings:
 class Settings:
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
     task_queue: str = "agentexec-executions"
+    # The queue executions name by default (spec.taskQueue overrides it).
     runner_task_queue: str = "agentexec-runner"
-    runner_enabled: bool = True
+    # The operator runs agents itself only when asked (make run, tests): an
+    # agent on the operator's event loop can stall it, and an operator restart
+    # would kill every agent in flight. `agentexec-operator runner` serves them.
+    runner_enabled: bool = False
+    # The runner process (`agentexec-operator runner`): which queues it polls
+    # (empty: runner_task_queue), which agents it serves (empty: every agent
+    # registered), and how many agents one runner runs at once per queue.
+    runner_task_queues: tuple[str, ...] = ()
+    runner_agents: tuple[str, ...] = ()
+    runner_max_concurrent: int = 16
+    # The heartbeat timeout the workflow gives each agent attempt: a runner
+    # that died mid-agent is noticed, and the agent retried, after this long.
+    runner_heartbeat_timeout: float = 30.0
     # Queues an AgentExecution may name in its own spec.taskQueue: none by
     # default (a namespace reaches the runner queues its Agents name), "*" any.
     execution_task_queues: tuple[str, ...] = ()
@@ -94,6 +107,11 @@ class Settings:
     pod_namespace: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"
+
+    @property
+    def runner_queues(self) -> tuple[str, ...]:
+        """The queues a runner process polls."""
+        return self.runner_task_queues or (self.runner_task_queue,)
 
 
 def _text(value: str) -> str:
@@ -185,6 +203,19 @@ def _queues(value: str) -> tuple[str, ...]:
     return queues
 
 
+def _names(value: str) -> tuple[str, ...]:
+    """A comma-separated list, in the order given, without repeats."""
+    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
+def _whole_seconds(value: str) -> float:
+    # Temporal keeps activity timeouts in whole seconds in our workflow input.
+    number = _seconds(value)
+    if number < 1:
+        raise ValueError("must be at least 1 second")
+    return float(int(number))
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value.strip() not in allowed:
@@ -272,6 +303,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         runner_enabled=env.get("AGENTEXEC_RUNNER_ENABLED", _bool, s.runner_enabled),
         execution_task_queues=env.get(
             "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE", _queues, s.execution_task_queues
+        ),
+        runner_task_queues=env.get("AGENTEXEC_RUNNER_TASK_QUEUES", _names, s.runner_task_queues),
+        runner_agents=env.get("AGENTEXEC_RUNNER_AGENTS", _names, s.runner_agents),
+        runner_max_concurrent=env.get(
+            "AGENTEXEC_RUNNER_MAX_CONCURRENT", _positive_int, s.runner_max_concurrent
+        ),
+        runner_heartbeat_timeout=env.get(
+            "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS", _whole_seconds, s.runner_heartbeat_timeout
         ),
         http_port=env.get("AGENTEXEC_HTTP_PORT", _port, s.http_port),
         watch_namespaces=env.get("AGENTEXEC_WATCH_NAMESPACES", _namespaces, s.watch_namespaces),

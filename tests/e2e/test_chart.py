@@ -26,7 +26,7 @@ from localenv.pki import CertificateAuthority
 from localenv.procs import ManagedProcess
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
-from tests.support.operator import OperatorProcess
+from tests.support.operator import OperatorProcess, RunnerProcess
 from tests.support.report import SUMMARY
 from tests.support.waiting import eventually
 
@@ -45,8 +45,14 @@ def objects(rendered: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
-def the(rendered: str, kind: str) -> dict[str, Any]:
-    found = [o for o in objects(rendered) if o["kind"] == kind]
+def is_runner(obj: dict[str, Any]) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return bool(labels.get("app.kubernetes.io/component") == "runner")
+
+
+def the(rendered: str, kind: str, runner: bool = False) -> dict[str, Any]:
+    """The one object of ``kind``: the operator's, or with ``runner`` the runner's."""
+    found = [o for o in objects(rendered) if o["kind"] == kind and is_runner(o) == runner]
     assert len(found) == 1, f"{len(found)} {kind} rendered"
     return found[0]
 
@@ -210,6 +216,110 @@ def test_install_creates_the_objects_and_schema_refuses_bad_values(
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["terminationGracePeriodSeconds"] > 30  # longer than the worker grace
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+async def test_runner_deployment_runs_agents_with_no_api_rights(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    helm: Helm,
+    namespace: str,
+    crd: None,
+    tmp_path: Path,
+) -> None:
+    """The runner Deployment (issue #13): accepted by the API server, the
+    operator's restricted pod shape, Temporal settings shared with the
+    operator, a ServiceAccount with no token and no rights; and the container's
+    command with the Deployment's environment serves agents."""
+    helm.run(
+        "install", "run", str(CHART), "-n", namespace,
+        "--set", f"watchNamespaces={{{namespace}}}", *NO_CRDS,
+    )  # fmt: skip
+    name = "run-agentexec-operator-runner"
+    deploy: dict[str, Any] = control_plane.kubectl_json("get", "-n", namespace, "deploy", name)
+    operator: dict[str, Any] = control_plane.kubectl_json(
+        "get", "-n", namespace, "deploy", "run-agentexec-operator"
+    )
+    assert deploy["spec"]["replicas"] == 2
+    # No operator selector picks the runner's pods, nor the other way round.
+    runner_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    operator_selector = operator["spec"]["selector"]["matchLabels"]
+    assert not operator_selector.items() <= runner_labels.items()
+    pod = deploy["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["runner"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "http",
+        "scheme": "HTTP",
+    }
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = env_of(deploy)
+    op_env = env_of(operator)
+    for shared in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"):
+        assert env[shared] == op_env[shared]
+    assert (
+        env["AGENTEXEC_RUNNER_TASK_QUEUES"]["value"]
+        == op_env["AGENTEXEC_RUNNER_TASK_QUEUE"]["value"]
+    )
+    # The operator runs no agents itself by default.
+    assert op_env["AGENTEXEC_RUNNER_ENABLED"]["value"] == "false"
+
+    sa_name = pod["serviceAccountName"]
+    sa: dict[str, Any] = control_plane.kubectl_json("get", "-n", namespace, "sa", sa_name)
+    assert sa["automountServiceAccountToken"] is False
+    subject = f"system:serviceaccount:{namespace}:{sa_name}"
+    bindings = control_plane.kubectl_json("get", "rolebindings,clusterrolebindings", "-A")
+    bound = [
+        b["metadata"]["name"]
+        for b in bindings["items"]  # type: ignore[index]
+        if any(s.get("name") == sa_name and s.get("kind") == "ServiceAccount"
+               for s in b.get("subjects") or [])
+    ]  # fmt: skip
+    assert bound == []
+    for verb, resource in (
+        ("get", "agentexecutions.agentexec.io"), ("list", "agentexecutions.agentexec.io"),
+        ("get", "secrets"), ("list", "pods"), ("create", "leases.coordination.k8s.io"),
+        ("create", "events"), ("get", "configmaps"),
+    ):  # fmt: skip
+        can = control_plane.kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace, f"--as={subject}", check=False
+        )
+        assert can.stdout.strip() == "no", (verb, resource)
+
+    # The container's command with the Deployment's environment (Temporal
+    # pointed at the test's server; no kubeconfig at all) serves echo.
+    queue = f"chart-runner-{namespace}"
+    resolved = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    resolved.pop("AGENTEXEC_HTTP_PORT")  # the pod's port; RunnerProcess picks a free one
+    resolved.update(TEMPORAL_ADDRESS=temporal.address, AGENTEXEC_RUNNER_TASK_QUEUES=queue)
+    runner = RunnerProcess(tmp_path, temporal.address, queue, env=resolved)
+    runner.start()
+    operator_process = OperatorProcess(
+        tmp_path / "op", control_plane.kubeconfig, temporal.address, namespace,
+        {"AGENTEXEC_RUNNER_ENABLED": op_env["AGENTEXEC_RUNNER_ENABLED"]["value"],
+         "AGENTEXEC_RUNNER_TASK_QUEUE": queue},
+    )  # fmt: skip
+    try:
+        operator_process.start()
+        aex.create(control_plane, namespace, "via-runner", "hello")
+        done = await eventually(
+            lambda: aex.get(control_plane, namespace, "via-runner"),
+            lambda o: aex.phase(o) == "Succeeded",
+            timeout=60,
+            what="Succeeded through the runner",
+        )
+        assert done["status"]["output"] == "hello"
+        assert runner.statusz()["runner"]["agents"] == ["echo"]
+        assert "KUBECONFIG" not in runner.environ
+    finally:
+        operator_process.stop()
+        runner.stop()
 
 
 def service_account_kubeconfig(plane: ControlPlane, namespace: str, sa: str, path: Path) -> Path:
@@ -675,6 +785,15 @@ def test_every_variable_the_chart_sets_is_one_the_operator_reads(
     env = env_of(the(rendered, "Deployment"))
     assert set(env) - asked == set()
     assert {"POD_NAME", "POD_NAMESPACE", "AGENTEXEC_LEADER_ELECTION_NAME"} <= set(env)
+    runner = the(rendered, "Deployment", runner=True)
+    # runner.extraEnv is for the agents (their own settings), not for us.
+    theirs = (
+        {e["name"] for e in yaml.safe_load(values.read_text())["runner"]["extraEnv"]}
+        if values
+        else set()
+    )
+    assert set(env_of(runner)) - asked - theirs == set()
+    assert {"TEMPORAL_ADDRESS", "AGENTEXEC_RUNNER_TASK_QUEUES"} <= set(env_of(runner))
 
 
 def documented_block(marker: str) -> str:

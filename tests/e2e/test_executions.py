@@ -151,7 +151,17 @@ async def test_runner_failure_and_timeout_end_failed_with_reason(
     aex.create(
         control_plane, namespace, "slow", "x", parameters={"delaySeconds": 30}, timeoutSeconds=2
     )
-    aex.create(control_plane, namespace, "nobody", "x", agent="no-such-agent")
+    # A name that is neither an Agent nor built in waits (AgentNotFound),
+    # unless the execution names its runner queue itself: then the name is
+    # sent as is, and a runner that does not know it says UnknownAgent.
+    aex.create(
+        control_plane,
+        namespace,
+        "nobody",
+        "x",
+        agent="no-such-agent",
+        taskQueue=operator.runner_queue,
+    )
 
     failed = await reaches(control_plane, namespace, "fails", "Failed")
     assert failed["status"]["error"] == {"reason": "RunnerFailed", "message": "boom on purpose"}
@@ -354,18 +364,17 @@ async def test_external_runner_example_serves_its_queue(
     make_operator: MakeOperator,
     tmp_path: Path,
 ) -> None:
+    """examples/external-runner/worker.py: ten lines on the public runner API."""
     import sys
 
     from localenv.binaries import ROOT
-    from localenv.procs import ManagedProcess
+    from tests.support.operator import RunnerProcess
 
     queue = f"shout-{namespace}"
-    runner = ManagedProcess(
-        "external-runner",
-        [sys.executable, str(ROOT / "examples" / "external-runner" / "worker.py"),
-         "--address", temporal.address, "--task-queue", queue],
-        tmp_path / "runner.log",
-    )  # fmt: skip
+    example = ROOT / "examples" / "external-runner" / "worker.py"
+    runner = RunnerProcess(
+        tmp_path, temporal.address, queue, argv=[sys.executable, str(example), queue]
+    )
     runner.start()
     try:
         make_operator(AGENTEXEC_RUNNER_ENABLED="false")

@@ -69,6 +69,18 @@ def test_make_run_without_kubeconfig(tmp_path: Path) -> None:
         assert apply.returncode == 0, apply.stderr
         assert "agentexecution.agentexec.io/hello-echo created" in apply.stdout
         assert processes_mentioning(workdir), "the local components should be running"
+        # The operator runs no agents itself: the runner beside it runs echo.
+        runner_pid = int(re.search(r"a runner beside it\s+\(pid (\d+)", text).group(1))  # type: ignore[union-attr]
+        wait_for(
+            lambda: subprocess.run(
+                [str(venv_tool("kubectl")), f"--kubeconfig={kubeconfig}", "get", "aex",
+                 "hello-echo", "-o", "jsonpath={.status.phase}"],
+                capture_output=True, text=True, check=False,
+            ).stdout == "Succeeded",
+            timeout=60,
+            what="hello-echo Succeeded",
+            interval=0.5,
+        )  # fmt: skip
     finally:
         run.send_signal(signal.SIGINT)
         run.wait(timeout=90)
@@ -76,6 +88,7 @@ def test_make_run_without_kubeconfig(tmp_path: Path) -> None:
     assert run.returncode == 0, out_path.read_text()
     assert "stopped everything it started" in out_path.read_text()
     assert not pid_alive(operator_pid)
+    assert not pid_alive(runner_pid)
     assert processes_mentioning(workdir) == []
     # It held the local cluster's private keys.
     assert not Path(workdir).exists()

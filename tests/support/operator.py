@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,10 @@ class OperatorProcess:
             "AGENTEXEC_WATCH_NAMESPACES": namespace,
             "AGENTEXEC_TASK_QUEUE": self.task_queue,
             "AGENTEXEC_RUNNER_TASK_QUEUE": self.runner_queue,
+            # The e2e tests that predate the runner process (#13) expect the
+            # operator to run echo itself: the in-process runner stays on here,
+            # and the runner tests turn it off and start a RunnerProcess.
+            "AGENTEXEC_RUNNER_ENABLED": "true",
             "AGENTEXEC_CONDITION_SYNC_SECONDS": "1",
             "AGENTEXEC_SWEEP_SECONDS": "5",
             # Tests route executions to their own runner queues (the operator's
@@ -100,6 +106,97 @@ class OperatorProcess:
     @property
     def pid(self) -> int | None:
         return self._proc.pid
+
+    def log(self) -> str:
+        return self._proc.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self._proc.log_tail(lines)
+
+
+class RunnerProcess:
+    """`agentexec-operator runner` (or another runner program, ``argv``) as a
+    real process: Temporal only, no kubeconfig in its environment."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        temporal_address: str,
+        task_queue: str,
+        env: Mapping[str, str] | None = None,
+        argv: Sequence[str] | None = None,
+        name: str = "runner",
+    ) -> None:
+        self.http_port = free_port()
+        self.task_queue = task_queue
+        self.name = name
+        full_env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("TEMPORAL_", "AGENTEXEC_")) and k != "KUBECONFIG"
+            },
+            "TEMPORAL_ADDRESS": temporal_address,
+            "TEMPORAL_CONNECT_TIMEOUT_SECONDS": "3",
+            "TEMPORAL_BACKOFF_MAX_SECONDS": "2",
+            "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS": "5",
+            "TEMPORAL_WORKER_GRACE_SECONDS": "5",
+            "AGENTEXEC_HTTP_PORT": str(self.http_port),
+            "AGENTEXEC_RUNNER_TASK_QUEUES": task_queue,
+            "LOG_FORMAT": "text",
+            "LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        self.environ = full_env
+        command = argv or [str(Path(sys.executable).parent / "agentexec-operator"), "runner"]
+        self._proc = ManagedProcess(name, command, workdir / f"{name}.log", env=full_env)
+
+    def start(self, wait: bool = True) -> None:
+        self._proc.start()
+        if wait:
+            try:
+                wait_for(self._polling, 60, f"{self.name} polling its queue", 0.2)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\n{self._proc.log_tail()}") from None
+
+    def _polling(self) -> bool:
+        if not self._proc.running:
+            raise RuntimeError(f"{self.name} exited:\n{self._proc.log_tail()}")
+        try:
+            return bool(self.statusz()["temporal"]["workers_running"] >= 1)
+        except OSError:
+            return False
+
+    def statusz(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/statusz", timeout=2) as r:
+            data: dict[str, Any] = json.load(r)
+            return data
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.read().decode()
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting (stop() waits, then SIGKILLs)."""
+        if self._proc.proc is not None and self._proc.running:
+            self._proc.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, grace: float = 20) -> None:
+        self._proc.stop(grace=grace)
+
+    @property
+    def running(self) -> bool:
+        return self._proc.running
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc.proc is None else self._proc.proc.poll()
 
     def log(self) -> str:
         return self._proc.log_path.read_text(errors="replace")

@@ -19,6 +19,11 @@ def test_defaults() -> None:
     assert s.queue_ttl == 3600.0
     assert s.ttl_seconds_after_finished is None  # finished executions are kept
     assert s.watch_namespaces == ()
+    # Agents run in `agentexec-operator runner`, not in the operator (#13).
+    assert s.runner_enabled is False
+    assert s.runner_queues == ("agentexec-runner",)
+    assert (s.runner_agents, s.runner_max_concurrent) == ((), 16)
+    assert s.runner_heartbeat_timeout == 30.0
 
 
 def test_reads_the_environment(tmp_path: Path) -> None:
@@ -31,8 +36,12 @@ def test_reads_the_environment(tmp_path: Path) -> None:
             "TEMPORAL_API_KEY_FILE": str(key),
             "TEMPORAL_PROBE_INTERVAL_SECONDS": "0.5",
             "AGENTEXEC_WATCH_NAMESPACES": "b, a,,a",
-            "AGENTEXEC_RUNNER_ENABLED": "false",
             "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "0",
+            "AGENTEXEC_RUNNER_ENABLED": "true",
+            "AGENTEXEC_RUNNER_TASK_QUEUES": "b, a,,b",
+            "AGENTEXEC_RUNNER_AGENTS": "echo",
+            "AGENTEXEC_RUNNER_MAX_CONCURRENT": "3",
+            "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS": "5",
         }
     )
     assert s.temporal.address == "temporal.example:7233"
@@ -40,8 +49,11 @@ def test_reads_the_environment(tmp_path: Path) -> None:
     assert s.temporal.api_key_file == key
     assert s.temporal.probe_interval == 0.5
     assert s.watch_namespaces == ("a", "b")
-    assert s.runner_enabled is False
     assert s.ttl_seconds_after_finished == 0  # 0 is "at once", not "off"
+    assert s.runner_enabled is True
+    assert s.runner_queues == ("b", "a")
+    assert (s.runner_agents, s.runner_max_concurrent) == (("echo",), 3)
+    assert s.runner_heartbeat_timeout == 5.0
 
 
 @pytest.mark.parametrize(
@@ -57,6 +69,11 @@ def test_reads_the_environment(tmp_path: Path) -> None:
         ({"TEMPORAL_TLS": "maybe"}, "TEMPORAL_TLS"),
         ({"TEMPORAL_TLS_CA_FILE": "/nonexistent/ca.pem"}, "TEMPORAL_TLS_CA_FILE"),
         ({"AGENTEXEC_HTTP_PORT": "0"}, "AGENTEXEC_HTTP_PORT"),
+        ({"AGENTEXEC_RUNNER_MAX_CONCURRENT": "0"}, "AGENTEXEC_RUNNER_MAX_CONCURRENT"),
+        (
+            {"AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS": "0.5"},
+            "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS",
+        ),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "-1"}, "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED"),
         ({"AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "1.5"}, "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED"),

@@ -51,3 +51,117 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+
+{{/* The runner's pods: a name of their own, so that no operator selector
+     (Deployment, PodDisruptionBudget, Service, NetworkPolicy) matches them. */}}
+{{- define "aex.runnerName" -}}
+{{- printf "%s-runner" (include "aex.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "aex.runnerSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-runner" (include "aex.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: runner
+{{- end -}}
+
+{{- define "aex.runnerLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "aex.runnerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "aex.runnerServiceAccountName" -}}
+{{- if .Values.runner.serviceAccount.create -}}
+{{- default (include "aex.runnerName" .) .Values.runner.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.runner.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* How to reach Temporal: the same settings for the operator and the runner. */}}
+{{- define "aex.temporalEnv" -}}
+{{- $tls := .Values.temporal.tls -}}
+- name: TEMPORAL_ADDRESS
+  value: {{ .Values.temporal.address | quote }}
+- name: TEMPORAL_NAMESPACE
+  value: {{ .Values.temporal.namespace | quote }}
+- name: TEMPORAL_PROBE_INTERVAL_SECONDS
+  value: {{ .Values.temporal.probeIntervalSeconds | quote }}
+- name: TEMPORAL_PROBE_TIMEOUT_SECONDS
+  value: {{ .Values.temporal.probeTimeoutSeconds | quote }}
+- name: TEMPORAL_BACKOFF_MAX_SECONDS
+  value: {{ .Values.temporal.backoffMaxSeconds | quote }}
+- name: TEMPORAL_CIRCUIT_THRESHOLD
+  value: {{ .Values.temporal.circuitThreshold | quote }}
+- name: TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS
+  value: {{ .Values.temporal.circuitBackoffMaxSeconds | quote }}
+{{- if .Values.temporal.tls.enabled }}
+- name: TEMPORAL_TLS
+  value: "true"
+{{- end }}
+{{- if $tls.secretName }}
+{{- /* Only the keys that are named: a missing ca.crt means the
+       system roots, a missing client pair means no mTLS. */}}
+{{- with $tls.keys.ca }}
+- name: TEMPORAL_TLS_CA_FILE
+  value: /etc/agentexec/temporal-tls/ca.crt
+{{- end }}
+{{- if $tls.keys.cert }}
+- name: TEMPORAL_TLS_CERT_FILE
+  value: /etc/agentexec/temporal-tls/tls.crt
+- name: TEMPORAL_TLS_KEY_FILE
+  value: /etc/agentexec/temporal-tls/tls.key
+{{- end }}
+{{- end }}
+{{- with .Values.temporal.tls.serverName }}
+- name: TEMPORAL_TLS_SERVER_NAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.temporal.apiKey.secretName }}
+- name: TEMPORAL_API_KEY_FILE
+  value: /etc/agentexec/temporal-api-key/{{ .Values.temporal.apiKey.secretKey }}
+{{- end }}
+{{- end -}}
+
+{{- define "aex.temporalVolumeMounts" -}}
+{{- $tls := .Values.temporal.tls -}}
+{{- if $tls.secretName }}
+- name: temporal-tls
+  mountPath: /etc/agentexec/temporal-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.temporal.apiKey.secretName }}
+- name: temporal-api-key
+  mountPath: /etc/agentexec/temporal-api-key
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "aex.temporalVolumes" -}}
+{{- $tls := .Values.temporal.tls -}}
+{{- if $tls.secretName }}
+- name: temporal-tls
+  secret:
+    secretName: {{ $tls.secretName }}
+    # Projected under fixed names; a named key that is missing from
+    # the Secret fails the mount (a pod event), not the operator.
+    items:
+      {{- with $tls.keys.ca }}
+      - key: {{ . | quote }}
+        path: ca.crt
+      {{- end }}
+      {{- if $tls.keys.cert }}
+      - key: {{ $tls.keys.cert | quote }}
+        path: tls.crt
+      - key: {{ $tls.keys.key | quote }}
+        path: tls.key
+      {{- end }}
+{{- end }}
+{{- if .Values.temporal.apiKey.secretName }}
+- name: temporal-api-key
+  secret:
+    secretName: {{ .Values.temporal.apiKey.secretName }}
+{{- end }}
+{{- end -}}

@@ -1,52 +1,87 @@
-"""The built-in runner: agents behind a small protocol, found by entry point.
+"""Runners: the processes that run agents, and the API agents are written against.
 
-An agent is any object with a ``name`` and ``async run(request) -> result``.
-Packages register agents under the ``agentexec.agents`` entry-point group::
+An agent is an ``async def fn(request) -> str | AgentResult``, or any object
+with a ``name`` and ``async run(request) -> AgentResult``. Serve agents on a
+task queue from your own process::
+
+    from agentexec.runner import AgentRequest, serve
+
+    async def shout(request: AgentRequest) -> str:
+        return request.message.upper() + "!"
+
+    serve({"shout": shout}, task_queue="shout")
+
+or package them under the ``agentexec.agents`` entry-point group, which
+``agentexec-operator runner`` serves::
 
     [project.entry-points."agentexec.agents"]
     echo = "agentexec.runner.echo:EchoAgent"
+
+Heartbeats are sent for the agent while it runs; cancellation arrives as
+``asyncio.CancelledError``; ``context().checkpoint(data)`` records progress
+that a retried attempt finds in ``context().resume_from``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
-from importlib.metadata import entry_points
-from typing import Protocol, runtime_checkable
+import asyncio
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
 
+from agentexec.runner.api import (
+    ENTRY_POINT_GROUP,
+    Agent,
+    AgentContext,
+    AgentFailed,
+    AgentFunction,
+    agent_names,
+    build_agents,
+    context,
+    load_agents,
+)
 from agentexec.temporal.types import AgentRequest, AgentResult
 
-log = logging.getLogger("agentexec.runner")
-ENTRY_POINT_GROUP = "agentexec.agents"
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Agent",
+    "AgentContext",
+    "AgentFailed",
+    "AgentFunction",
+    "AgentRequest",
+    "AgentResult",
+    "agent_names",
+    "build_agents",
+    "context",
+    "load_agents",
+    "serve",
+]
 
 
-@runtime_checkable
-class Agent(Protocol):
-    name: str
+def serve(
+    agents: Mapping[str, Agent | AgentFunction] | Iterable[Agent],
+    task_queue: str | Sequence[str] | None = None,
+    *,
+    max_concurrent: int | None = None,
+) -> None:
+    """Serve ``agents`` on ``task_queue`` until SIGTERM or Ctrl-C (blocks).
 
-    async def run(self, request: AgentRequest) -> AgentResult: ...
+    Everything else comes from the environment, as for ``agentexec-operator
+    runner``: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, AGENTEXEC_HTTP_PORT
+    (probes and metrics), TEMPORAL_WORKER_GRACE_SECONDS, LOG_FORMAT, ...
+    Without ``task_queue``, AGENTEXEC_RUNNER_TASK_QUEUES (or _QUEUE) says.
+    """
+    from agentexec.logs import configure_logging
+    from agentexec.runner.process import run_runner
+    from agentexec.settings import load_settings
 
-
-class AgentFailed(Exception):
-    """Raised by an agent that ran and failed; the execution fails without retry."""
-
-
-def agent_names(group: str = ENTRY_POINT_GROUP) -> frozenset[str]:
-    """The names registered under ``group``, without loading (or configuring) them."""
-    return frozenset(ep.name for ep in entry_points(group=group))
-
-
-def load_agents(group: str = ENTRY_POINT_GROUP) -> Mapping[str, Agent]:
-    """Every agent registered under ``group``; a broken one is logged and skipped."""
-    agents: dict[str, Agent] = {}
-    for ep in entry_points(group=group):
-        try:
-            agent = ep.load()()
-        except Exception:
-            log.exception("could not load agent", extra={"entry_point": ep.value})
-            continue
-        if not isinstance(agent, Agent):
-            log.error("not an agent (needs name and async run)", extra={"entry_point": ep.value})
-            continue
-        agents[agent.name] = agent
-    return agents
+    # This is a program's entry point, like cli.main: the one other place
+    # that reads the environment.
+    settings = load_settings(os.environ)
+    if task_queue is not None:
+        queues = (task_queue,) if isinstance(task_queue, str) else tuple(task_queue)
+        settings = dataclasses.replace(settings, runner_task_queues=queues)
+    if max_concurrent is not None:
+        settings = dataclasses.replace(settings, runner_max_concurrent=max_concurrent)
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_runner(settings, build_agents(agents)))

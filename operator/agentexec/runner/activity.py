@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from agentexec.runner import Agent, AgentFailed
+from agentexec.metrics import Metrics
+from agentexec.runner.api import Agent, AgentContext, AgentFailed, _current
 from agentexec.temporal.types import (
     AGENT_ERROR,
     RUN_AGENT_ACTIVITY,
@@ -18,17 +19,21 @@ from agentexec.temporal.types import (
     AgentResult,
 )
 
-HEARTBEAT_EVERY = 5.0
+# A retryable failure: the attempt stopped because its runner did.
+RUNNER_SHUTDOWN = "RunnerShutdown"
 
 
 class RunnerActivities:
-    def __init__(self, agents: Mapping[str, Agent]) -> None:
+    def __init__(self, agents: Mapping[str, Agent], metrics: Metrics | None = None) -> None:
         self.agents = dict(agents)
+        self.metrics = metrics
+        self.in_flight = 0
 
     @activity.defn(name=RUN_AGENT_ACTIVITY)
     async def run_agent(self, request: AgentRequest) -> AgentResult:
         agent = self.agents.get(request.agent)
         if agent is None:
+            self._count("unknown", "unknown_agent")
             known = ", ".join(sorted(self.agents)) or "none"
             raise ApplicationError(
                 f"no agent named {request.agent!r} on this runner (known: {known})",
@@ -37,10 +42,17 @@ class RunnerActivities:
                 # An expected outcome, said on the resource: no traceback in the log.
                 category=ApplicationErrorCategory.BENIGN,
             )
-        beat = asyncio.create_task(_heartbeat())
+        ctx = AgentContext(activity.info())
+        token = _current.set(ctx)
+        beat = asyncio.create_task(_heartbeat(ctx))
+        self._running(+1)
+        outcome = "error"
         try:
-            return await agent.run(request)
+            result = await agent.run(request)
+            outcome = "succeeded"
+            return result
         except AgentFailed as exc:
+            outcome = "failed"
             raise ApplicationError(
                 str(exc),
                 type=AGENT_ERROR,
@@ -48,6 +60,7 @@ class RunnerActivities:
                 category=ApplicationErrorCategory.BENIGN,
             ) from exc
         except asyncio.CancelledError:
+            outcome = "cancelled"
             details = activity.cancellation_details()
             if details is not None and (details.timed_out or details.not_found):
                 # The server already ended this attempt (timeoutSeconds, or the
@@ -57,16 +70,38 @@ class RunnerActivities:
                     "the agent was stopped: its attempt timed out or its workflow is gone",
                     category=ApplicationErrorCategory.BENIGN,
                 ) from None
+            if activity.is_worker_shutdown() and not (details and details.cancel_requested):
+                # The runner is stopping and its grace period ran out: a
+                # retryable failure, so another runner takes the agent now
+                # rather than after the heartbeat timeout.
+                raise ApplicationError(
+                    "the runner shut down before the agent finished",
+                    type=RUNNER_SHUTDOWN,
+                    category=ApplicationErrorCategory.BENIGN,
+                ) from None
             raise
         finally:
+            self._running(-1)
+            self._count(request.agent, outcome)
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+            _current.reset(token)
+
+    def _running(self, delta: int) -> None:
+        self.in_flight += delta
+        if self.metrics is not None:
+            self.metrics.runner_agents_running.set(self.in_flight)
+
+    def _count(self, agent: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.runner_agent_attempts.labels(agent=agent, outcome=outcome).inc()
 
 
-async def _heartbeat() -> None:
+async def _heartbeat(ctx: AgentContext) -> None:
     # Heartbeats let the server notice a dead runner within the heartbeat
-    # timeout and deliver cancellation (a deleted execution) to the agent.
+    # timeout, deliver cancellation (a deleted execution) to the agent, and
+    # carry the agent's last checkpoint. The SDK throttles what it sends.
     while True:
-        activity.heartbeat()
-        await asyncio.sleep(HEARTBEAT_EVERY)
+        ctx.heartbeat()
+        await asyncio.sleep(ctx.heartbeat_every)

@@ -161,6 +161,10 @@ class WorkerSpec:
     max_concurrent_activities: int | None = None
     # Workflows kept in memory between tasks; an evicted one is replayed.
     max_cached_workflows: int | None = None
+    # Longest gap between heartbeats the SDK sends for an activity (its
+    # default: 0.8 x the heartbeat timeout, 24 s for 30 s). Cancellation
+    # reaches an activity only with a heartbeat's answer.
+    heartbeat_throttle_seconds: float | None = None
 
 
 @functools.cache
@@ -292,6 +296,10 @@ class SupervisedWorker:
             kwargs["max_concurrent_activities"] = self.spec.max_concurrent_activities
         if self.spec.max_cached_workflows is not None:
             kwargs["max_cached_workflows"] = self.spec.max_cached_workflows
+        if self.spec.heartbeat_throttle_seconds is not None:
+            throttle = timedelta(seconds=self.spec.heartbeat_throttle_seconds)
+            kwargs["max_heartbeat_throttle_interval"] = throttle
+            kwargs["default_heartbeat_throttle_interval"] = throttle
         return Worker(
             self.client,
             task_queue=self.spec.task_queue,
@@ -535,6 +543,11 @@ class TemporalManager:
 
     def refresh_workers_gauge(self) -> None:
         self.metrics.workers_running.labels(**self._labels).set(self.workers_running)
+
+    def stopped_loops(self) -> list[str]:
+        """Background tasks that ended although the manager runs (a bug that a
+        restart cures: what a liveness probe should see)."""
+        return [t.get_name() for t in self._tasks if t.done()]
 
     @property
     def workers_running(self) -> int:

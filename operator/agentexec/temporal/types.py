@@ -63,6 +63,9 @@ class ExecutionInput:
     # The Agent resource the execution named, as it was at start (None: a
     # built-in agent name, or an execution from before Agents existed).
     agent_spec: AgentSpec | None = None
+    # A runner that stops heartbeating this long is taken for dead and the agent
+    # retried elsewhere. 30 is what every workflow before this field used.
+    heartbeat_timeout_seconds: int = 30
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,6 @@ AGENT_RETRY = RetryPolicy(
 REPORT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 # Added in 0.2: a failed agent fails the workflow (after reporting), so
 # Temporal's own UI, metrics and alerts see it. Histories recorded before
 # this marker replay the old ending (completed with a Failed result).
@@ -131,7 +130,9 @@ class AgentExecutionWorkflow:
                 # (schedule-to-start) fires first when no runner ever came.
                 schedule_to_close_timeout=timeout + timedelta(seconds=5),
                 schedule_to_start_timeout=schedule_to_start,
-                heartbeat_timeout=min(HEARTBEAT_TIMEOUT, timeout),
+                # From the input (default 30 s, as before the field existed):
+                # histories recorded earlier replay the same command.
+                heartbeat_timeout=min(timedelta(seconds=inp.heartbeat_timeout_seconds), timeout),
                 retry_policy=AGENT_RETRY,
                 # No result_type: a result the SDK cannot decode would fail the
                 # workflow task forever, leaving the execution Running (#11).

@@ -1,0 +1,158 @@
+"""What an agent sees: the Agent protocol, its context, and how it says it failed.
+
+Imports temporalio and our types only: a runner needs no Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
+from datetime import timedelta
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from temporalio import activity
+
+from agentexec.temporal.types import AgentRequest, AgentResult
+
+log = logging.getLogger("agentexec.runner")
+ENTRY_POINT_GROUP = "agentexec.agents"
+# How often a running agent heartbeats at most; a shorter heartbeat timeout
+# (the workflow's, per attempt) makes it beat three times per timeout.
+HEARTBEAT_EVERY = 5.0
+
+
+@runtime_checkable
+class Agent(Protocol):
+    name: str
+
+    async def run(self, request: AgentRequest) -> AgentResult: ...
+
+
+AgentFunction = Callable[[AgentRequest], Awaitable[AgentResult | str]]
+
+
+class AgentFailed(Exception):
+    """Raised by an agent that ran and failed; the execution fails without retry."""
+
+
+class AgentContext:
+    """The running attempt of an agent, from :func:`context` inside ``run``.
+
+    Heartbeats are sent for the agent while it runs: it never calls Temporal.
+    Cancellation (the execution was deleted, the attempt timed out, the runner
+    is shutting down past its grace period) arrives as ``asyncio.CancelledError``
+    in the agent's coroutine.
+    """
+
+    def __init__(self, info: activity.Info) -> None:
+        self.info = info
+        details = list(info.heartbeat_details)
+        self._checkpoint: Any = details[0] if details else None
+        self._has_checkpoint = bool(details)
+        #: What the previous attempt last passed to :meth:`checkpoint`, or None
+        #: on a first attempt (or if it never checkpointed).
+        self.resume_from: Any = self._checkpoint
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first attempt, 2 on the first retry, ..."""
+        return self.info.attempt
+
+    @property
+    def heartbeat_timeout(self) -> timedelta | None:
+        return self.info.heartbeat_timeout
+
+    @property
+    def heartbeat_every(self) -> float:
+        timeout = self.info.heartbeat_timeout
+        if timeout is None or timeout.total_seconds() <= 0:
+            return HEARTBEAT_EVERY
+        return max(0.1, min(HEARTBEAT_EVERY, timeout.total_seconds() / 3))
+
+    def checkpoint(self, data: Any) -> None:
+        """Record progress (JSON-serialisable) that a retried attempt resumes from.
+
+        It travels as the activity's heartbeat details: the server keeps the
+        last one it received (sent within a heartbeat interval) for the next
+        attempt, whichever runner takes it.
+        """
+        self._checkpoint = data
+        self._has_checkpoint = True
+        activity.heartbeat(data)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was requested (for code between awaits)."""
+        return activity.is_cancelled() or activity.is_worker_shutdown()
+
+    def heartbeat(self) -> None:
+        """One heartbeat, carrying the last checkpoint (a heartbeat without
+        details would erase it on the server)."""
+        if self._has_checkpoint:
+            activity.heartbeat(self._checkpoint)
+        else:
+            activity.heartbeat()
+
+
+_current: ContextVar[AgentContext] = ContextVar("agentexec_agent_context")
+
+
+def context() -> AgentContext:
+    """The context of the agent attempt running in this task."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("agentexec.runner.context() is only available inside an agent") from None
+
+
+class FunctionAgent:
+    """An ``async def fn(request) -> AgentResult | str`` as an Agent."""
+
+    def __init__(self, name: str, fn: AgentFunction) -> None:
+        self.name = name
+        self.fn = fn
+
+    async def run(self, request: AgentRequest) -> AgentResult:
+        result = await self.fn(request)
+        return AgentResult(output=result) if isinstance(result, str) else result
+
+
+def build_agents(agents: Mapping[str, Agent | AgentFunction] | Iterable[Agent]) -> dict[str, Agent]:
+    """Agents by name, from a mapping of names to agents or async functions, or
+    from agent objects (each its own ``name``)."""
+    out: dict[str, Agent] = {}
+    items = agents.items() if isinstance(agents, Mapping) else ((a.name, a) for a in agents)
+    for name, agent in items:
+        if isinstance(agent, Agent):
+            out[name] = agent
+        elif inspect.iscoroutinefunction(agent):
+            out[name] = FunctionAgent(name, agent)
+        else:
+            raise TypeError(
+                f"agent {name!r}: needs an async function or an object with name and async run"
+            )
+    return out
+
+
+def agent_names(group: str = ENTRY_POINT_GROUP) -> frozenset[str]:
+    """The names registered under ``group``, without loading (or configuring) them."""
+    return frozenset(ep.name for ep in entry_points(group=group))
+
+
+def load_agents(group: str = ENTRY_POINT_GROUP) -> Mapping[str, Agent]:
+    """Every agent registered under ``group``; a broken one is logged and skipped."""
+    agents: dict[str, Agent] = {}
+    for ep in entry_points(group=group):
+        try:
+            agent = ep.load()()
+        except Exception:
+            log.exception("could not load agent", extra={"entry_point": ep.value})
+            continue
+        if not isinstance(agent, Agent):
+            log.error("not an agent (needs name and async run)", extra={"entry_point": ep.value})
+            continue
+        agents[agent.name] = agent
+    return agents

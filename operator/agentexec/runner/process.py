@@ -1,0 +1,136 @@
+"""The runner process: serves runner task queues, and nothing else.
+
+No kopf, no Kubernetes client and no Kubernetes credentials: only a Temporal
+connection (the operator's resilient manager), the agents, and a small HTTP
+server for probes and metrics. On SIGTERM it stops polling, lets agents in
+flight finish within TEMPORAL_WORKER_GRACE_SECONDS, then cancels them, which
+fails their attempt so that another runner retries it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from agentexec import __version__
+from agentexec.http import build_app, start_http
+from agentexec.metrics import Metrics
+from agentexec.runner.activity import RunnerActivities
+from agentexec.runner.api import HEARTBEAT_EVERY, Agent
+from agentexec.settings import Settings
+from agentexec.temporal.manager import TemporalManager, WorkerSpec
+
+log = logging.getLogger("agentexec.runner")
+
+
+def build_runner_specs(settings: Settings, activities: RunnerActivities) -> list[WorkerSpec]:
+    """One worker per queue, each running at most runner_max_concurrent agents."""
+    return [
+        WorkerSpec(
+            task_queue=queue,
+            activities=[activities.run_agent],
+            max_concurrent_activities=settings.runner_max_concurrent,
+            # A deleted execution stops its agent within seconds, not within
+            # 0.8 x the heartbeat timeout (the SDK's throttle).
+            heartbeat_throttle_seconds=HEARTBEAT_EVERY,
+        )
+        for queue in settings.runner_queues
+    ]
+
+
+def select_agents(settings: Settings, agents: Mapping[str, Agent]) -> dict[str, Agent]:
+    """The agents AGENTEXEC_RUNNER_AGENTS names (all when it is empty)."""
+    if not settings.runner_agents:
+        return dict(agents)
+    missing = [name for name in settings.runner_agents if name not in agents]
+    if missing:
+        known = ", ".join(sorted(agents)) or "none"
+        raise ValueError(
+            f"AGENTEXEC_RUNNER_AGENTS names agents that are not installed: "
+            f"{', '.join(missing)} (installed: {known})"
+        )
+    return {name: agents[name] for name in settings.runner_agents}
+
+
+async def run_runner(
+    settings: Settings, agents: Mapping[str, Agent], stop: asyncio.Event | None = None
+) -> None:
+    """Serve ``agents`` on the settings' runner queues until SIGTERM/SIGINT (or ``stop``)."""
+    metrics = Metrics()
+    activities = RunnerActivities(agents, metrics)
+    identity = f"runner:{settings.pod_name or socket.gethostname()}:{os.getpid()}"
+    manager = TemporalManager(
+        settings.temporal, build_runner_specs(settings, activities), metrics, identity=identity
+    )
+    stopping = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop(sig: signal.Signals) -> None:
+        if not stopping.is_set():
+            log.info(
+                "stop requested: no new agents; agents in flight get the grace period",
+                extra={
+                    "signal": sig.name,
+                    "in_flight": activities.in_flight,
+                    "grace_seconds": settings.temporal.worker_grace,
+                },
+            )
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop, sig)
+
+    def status() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "role": "runner",
+            "identity": identity,
+            "temporal": manager.status(),
+            "runner": {
+                "agents": sorted(agents),
+                "task_queues": list(settings.runner_queues),
+                "max_concurrent": settings.runner_max_concurrent,
+                "in_flight": activities.in_flight,
+                "stopping": stopping.is_set(),
+            },
+        }
+
+    def readiness() -> tuple[bool, str]:
+        # Temporal's state is data, as for the operator: a runner waiting for
+        # Temporal is not broken. A draining runner takes no new agents.
+        return (False, "stopping") if stopping.is_set() else (True, "serving")
+
+    def liveness() -> tuple[bool, str]:
+        stopped = manager.stopped_loops()
+        return (False, f"stopped: {', '.join(stopped)}") if stopped else (True, "ok")
+
+    http = await start_http(build_app(metrics, status, readiness, liveness), settings.http_port)
+    log.info(
+        "runner starting",
+        extra={
+            "version": __version__,
+            "identity": identity,
+            "http_port": settings.http_port,
+            "agents": sorted(agents),
+            "task_queues": list(settings.runner_queues),
+            "max_concurrent": settings.runner_max_concurrent,
+            "temporal_tls": settings.temporal.uses_tls,
+            "temporal_api_key": settings.temporal.api_key_file is not None,
+            **manager.log_fields,
+        },
+    )
+    try:
+        async with manager:
+            await stopping.wait()
+        # Leaving the manager shut the workers down: polling stopped first,
+        # in-flight agents had the grace period, the rest were cancelled.
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await http.cleanup()
+        log.info("runner stopped", extra={"in_flight": activities.in_flight})
