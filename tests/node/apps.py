@@ -27,6 +27,8 @@ TEMPORAL_NAMESPACE = "temporal"
 TEMPORAL_SERVICE = "temporal-frontend"
 OPERATOR_NAMESPACE = "agentexec"
 RELEASE = "agentexec"
+# The chart's fullname: the operator Deployment and its leader-election Lease.
+FULLNAME = f"{RELEASE}-agentexec-operator"
 
 
 class Cluster(Protocol):

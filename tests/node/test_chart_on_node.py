@@ -258,7 +258,7 @@ async def test_a_frozen_leader_is_replaced_by_the_standby_and_restarted(
     """The Lease holder's process frozen (SIGSTOP from the host, as a hung
     event loop looks from outside): the standby reconciles within 15 s, and
     the liveness probe restarts the frozen container."""
-    lease = cluster.kubectl_json("get", "lease", "-n", apps.OPERATOR_NAMESPACE, apps.RELEASE)
+    lease = cluster.kubectl_json("get", "lease", "-n", apps.OPERATOR_NAMESPACE, apps.FULLNAME)
     holder = lease["spec"]["holderIdentity"]
     pods = {p["metadata"]["name"]: p for p in apps.operator_pods(cluster)}
     assert len(pods) == 2, list(pods)
@@ -274,7 +274,7 @@ async def test_a_frozen_leader_is_replaced_by_the_standby_and_restarted(
         what="the execution created after the freeze reconciled",
     )
     takeover = time.time() - frozen_at
-    lease = cluster.kubectl_json("get", "lease", "-n", apps.OPERATOR_NAMESPACE, apps.RELEASE)
+    lease = cluster.kubectl_json("get", "lease", "-n", apps.OPERATOR_NAMESPACE, apps.FULLNAME)
     assert lease["spec"]["holderIdentity"] != holder
     SUMMARY.append(f"node: standby reconciled {takeover:.1f} s after the leader froze")
     assert takeover <= 15
