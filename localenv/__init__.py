@@ -7,7 +7,9 @@ test tiers and the benchmarks.
 - `pki`: the certificates a control plane and TLS tests need;
 - `kube`: a control plane (etcd + kube-apiserver);
 - `temporal`: a Temporal dev server;
-- `helm`: the chart, installed with the pinned helm.
+- `helm`: the chart, installed with the pinned helm;
+- `docker`: a Docker engine for image builds (an existing one, or our own);
+- `images`: the images a local cluster runs, built without a registry.
 
 The test fixtures are thin users of these classes; nothing here imports the
 tests.

@@ -6,7 +6,8 @@ system's, or one this project started from another checkout: they share
 cache: data root `.cache/docker` (built images survive between runs, so warm
 builds are cache hits) and socket, pidfile and exec root under
 `.cache/docker-run`, so it never collides with a system engine. `stop()` stops
-only an engine this object started.
+only an engine this object started; `python -m localenv.docker stop` stops
+one an earlier run left behind (it crashed before its stop()).
 
 Our engine runs with `--iptables=false --bridge=none`: builds use the host
 network (`docker build --network host`) and tests run containers with
@@ -26,7 +27,9 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -55,6 +58,7 @@ class DockerEngine:
         self.ready = False
         self.started = False
         self._proc: subprocess.Popen[bytes] | None = None
+        self._adopted: int | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -172,6 +176,20 @@ class DockerEngine:
             self.stop()
             raise
 
+    def adopt(self) -> bool:
+        """Own the project's engine an earlier run left running (it crashed
+        before its stop()), so that stop() stops it. False if there is none."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, ValueError):
+            return False
+        if comm != "dockerd":
+            return False
+        self._adopted, self.started = pid, True
+        self.host, self.ready = f"unix://{self.socket}", True
+        return True
+
     @staticmethod
     def unavailable_reason() -> str | None:
         """Why this machine cannot run our own dockerd, or None."""
@@ -197,19 +215,21 @@ class DockerEngine:
         left: list[str] = []
         if not self.started:
             return left
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 15)
+                os.killpg(self._proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=grace)
+                self._proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, 9)
-                proc.wait(timeout=10)
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(timeout=10)
+        elif self._adopted is not None:
+            _stop_pid(self._adopted, grace)
         self.started = self.ready = False
         self.host = None
         self._proc = None
+        self._adopted = None
         # dockerd leaves the network namespace of its host-mode sandbox
         # mounted under <exec-root>/netns (with the default exec root, that is
         # /run/docker/netns/default) when it exits.
@@ -222,6 +242,18 @@ class DockerEngine:
         if self.socket.exists():
             left.append(f"socket {self.socket}")
         return left
+
+
+def _stop_pid(pid: int, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace`, for a process that is not our child."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not Path(f"/proc/{pid}").exists():
+            return
 
 
 def _install_host_packages() -> None:
@@ -276,3 +308,21 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m localenv.docker stop`: stop the project's engine left running."""
+    if list(argv) != ["stop"]:
+        print("usage: python -m localenv.docker stop", file=sys.stderr)
+        return 2
+    engine = DockerEngine()
+    if not engine.adopt():
+        print(f"no engine of this project running ({engine.pidfile})")
+        return 0
+    left = engine.stop()
+    print("stopped the project's engine" + (f"; left behind: {', '.join(left)}" if left else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

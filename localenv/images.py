@@ -131,13 +131,10 @@ def _build(
         )
 
 
-def _report(engine: DockerEngine, tag: str, started: float | None) -> None:
+def _report(engine: DockerEngine, tag: str, started: float) -> None:
     size = engine.image_size(tag) / 1e6
-    if started is None:
-        print(f"images: {tag}: cached, {size:.0f} MB", flush=True)
-    else:
-        elapsed = time.monotonic() - started
-        print(f"images: {tag}: built in {elapsed:.1f} s, {size:.0f} MB", flush=True)
+    elapsed = time.monotonic() - started
+    print(f"images: {tag}: built in {elapsed:.1f} s, {size:.0f} MB", flush=True)
 
 
 def _once(engine: DockerEngine, tag: str, build: Callable[[], None]) -> str:
@@ -423,7 +420,9 @@ _BUILDERS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localenv.images", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m localenv.images", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("images", nargs="*", help=f"of {', '.join(_BUILDERS)}")
     parser.add_argument("--tag", help="also tag the operator image so")
     parser.add_argument(
