@@ -32,13 +32,15 @@ class Helm:
             "HELM_DATA_HOME": str(home / "data"),
         }
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(self.binary), f"--kubeconfig={self.plane.kubeconfig}", *args],
             capture_output=True,
             text=True,
             env=self.env,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
         if check and result.returncode != 0:

@@ -567,7 +567,10 @@ state = "{d / "state"}"
             "failCgroupV1": False,
             "failSwapOn": False,
             "enforceNodeAllocatable": [],
-            "localStorageCapacityIsolation": False,
+            # On (the default): the node reports ephemeral-storage, which
+            # the chart's pods request. The notes' recipe turned it off, and
+            # no pod that requests ephemeral storage could be scheduled.
+            "localStorageCapacityIsolation": True,
             "clusterDNS": [self.dns_ip],
             "clusterDomain": CLUSTER_DOMAIN,
             "resolvConf": str(resolv),

@@ -87,6 +87,20 @@ def temporal_manifests(image: str) -> str:
     return "\n---\n".join(json.dumps(doc) for doc in docs)
 
 
+def diagnose(cluster: Cluster) -> str:
+    """Pods, recent events and the operator's and runner's last log lines."""
+    parts = []
+    for args in (
+        ("get", "pods", "-A", "-o", "wide"),
+        ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+        ("logs", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/instance=" + RELEASE,
+         "--all-containers", "--tail=30", "--prefix"),
+    ):  # fmt: skip
+        done = cluster.kubectl(*args, check=False)
+        parts.append(f"$ kubectl {' '.join(args)}\n{done.stdout}{done.stderr}")
+    return "\n".join(parts)
+
+
 def temporal_address(cluster: Cluster) -> str:
     """The Service's cluster IP, which the host reaches through kube-proxy."""
     svc = cluster.kubectl_json("get", "svc", "-n", TEMPORAL_NAMESPACE, TEMPORAL_SERVICE)

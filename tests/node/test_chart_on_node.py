@@ -49,18 +49,26 @@ class Release:
 
     def install(self, *extra: str) -> None:
         started = time.monotonic()
-        self.helm.run(
+        self._helm(
             "install", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
             *apps.helm_values(self.repository, self.tag, *extra), "--wait", "--timeout", "180s",
         )  # fmt: skip
         SUMMARY.append(f"node: helm install --wait {time.monotonic() - started:.1f} s")
 
     def upgrade(self, tag: str, *extra: str) -> None:
-        self.helm.run(
+        self._helm(
             "upgrade", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
             *apps.helm_values(self.repository, tag, *extra), "--wait", "--timeout", "300s",
         )  # fmt: skip
         self.tag = tag
+
+    def _helm(self, *args: str) -> None:
+        """helm, and on failure what an on-call engineer would look at first."""
+        done = self.helm.run(*args, check=False, timeout=360)
+        if done.returncode != 0:
+            raise AssertionError(
+                f"helm {args[0]} failed: {done.stderr}\n{apps.diagnose(self.cluster)}"
+            )
 
     def executions(self) -> list[dict[str, Any]]:
         return aex.list_all(self.cluster, WORK)  # type: ignore[arg-type]
