@@ -44,7 +44,7 @@ openai-server: ## Build llama.cpp's OpenAI-compatible server and a tiny model in
 	PYTHON=$(PYTHON) bash hack/openai-server.sh >/dev/null
 
 .PHONY: run
-run: install ## Run the operator on a local control plane + Temporal dev server (USE_KUBECONFIG=1: your current context)
+run: install ## Run the operator on a local control plane + Temporal dev server + a chat provider (USE_KUBECONFIG=1: your current context)
 	$(PY) hack/run_local.py $(if $(USE_KUBECONFIG),--use-kubeconfig)
 
 .PHONY: lint
