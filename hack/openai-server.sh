@@ -26,6 +26,7 @@ if [ -f "$TOOL/.installed" ]; then
 fi
 
 mkdir -p "$WHEELS"
+rm -rf "$WHEELS.tmp"  # what an interrupted build left
 if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   # Portable (no -march=native: the cache may move between machines), CPU
   # only, no multimodal library, no tests or examples: the server needs none.
