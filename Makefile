@@ -33,14 +33,18 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 .PHONY: install
-install: $(INSTALLED) binaries ## Create .venv with the package, dev tools and test binaries
+install: $(INSTALLED) binaries openai-server ## Create .venv with the package, dev tools and test binaries
 
 .PHONY: binaries
 binaries: $(INSTALLED) ## Build etcd, kube-apiserver, helm, promtool into .cache/bin (once per version)
 	PATH=$(abspath $(BIN)):$$PATH bash hack/build-binaries.sh all
 
+.PHONY: openai-server
+openai-server: ## Build llama.cpp's OpenAI-compatible server and a tiny model into .cache/tools (once per version)
+	PYTHON=$(PYTHON) bash hack/openai-server.sh >/dev/null
+
 .PHONY: run
-run: install ## Run the operator on a local control plane + Temporal dev server (USE_KUBECONFIG=1: your current context)
+run: install ## Run the operator on a local control plane + Temporal dev server + a chat provider (USE_KUBECONFIG=1: your current context)
 	$(PY) hack/run_local.py $(if $(USE_KUBECONFIG),--use-kubeconfig)
 
 .PHONY: lint

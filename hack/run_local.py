@@ -3,7 +3,9 @@ or, when asked, yours.
 
 By default a local control plane (etcd + kube-apiserver) and a Temporal dev
 server are started, whatever the kubeconfig says: the script names the
-context it leaves alone. `make run USE_KUBECONFIG=1` (`--use-kubeconfig`)
+context it leaves alone. Unless AGENTEXEC_PROVIDERS_FILE is set, an
+OpenAI-compatible server (localenv.openai_server) is started too, as the chat
+agent's provider ``local``. `make run USE_KUBECONFIG=1` (`--use-kubeconfig`)
 applies the CRDs to the cluster of the current context and runs the operator
 against it, after naming that context, cluster and server. Ctrl-C stops
 everything this script started and removes its working directory (it holds
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -26,8 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agentexec.runner.providers import Provider, dump_providers  # noqa: E402
 from localenv.binaries import venv_tool  # noqa: E402
 from localenv.kube import ControlPlane  # noqa: E402
+from localenv.openai_server import MODEL, OpenAIServer  # noqa: E402
 from localenv.procs import ManagedProcess, free_port, port_open  # noqa: E402
 from localenv.temporal import TemporalDevServer  # noqa: E402
 
@@ -66,6 +71,17 @@ def cluster_reachable(kubectl: Path) -> bool:
     return probe.returncode == 0
 
 
+def write_providers(workdir: Path, server: OpenAIServer) -> Path:
+    """A providers file naming ``server`` as ``local``, its key in a file as a
+    Secret would be mounted."""
+    key_file = workdir / "openai" / "apiKey"
+    key_file.write_text(server.api_key or "")
+    key_file.chmod(0o600)
+    path = workdir / "providers.json"
+    path.write_text(dump_providers({"local": Provider("local", server.base_url, key_file)}))
+    return path
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -81,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     kubectl = venv_tool("kubectl")
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "text")
-    started: list[ControlPlane | TemporalDevServer] = []
+    started: list[ControlPlane | TemporalDevServer | OpenAIServer] = []
     context = current_context(kubectl)
     if args.use_kubeconfig:
         if context is None:
@@ -120,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                 started.append(temporal)
                 temporal.start()
                 env["TEMPORAL_ADDRESS"] = temporal.address
+        if "AGENTEXEC_PROVIDERS_FILE" not in env:
+            # The chat agent's provider: llama.cpp's server with a tiny model.
+            chat = OpenAIServer(workdir / "openai", api_key=secrets.token_urlsafe(24))
+            say(f"starting an OpenAI-compatible server on {chat.base_url} (model {MODEL!r})")
+            started.append(chat)
+            chat.start()
+            env["AGENTEXEC_PROVIDERS_FILE"] = str(write_providers(workdir, chat))
         subprocess.run(
             [str(kubectl), "apply", "--server-side", "-f", str(ROOT / "crds")], env=env, check=True
         )
@@ -153,6 +176,7 @@ In another terminal:
 
     export KUBECONFIG={env.get("KUBECONFIG", "~/.kube/config")} PATH={bin_dir}:$PATH
     kubectl apply -f {ROOT / "examples" / "echo.yaml"}
+    kubectl apply -f {ROOT / "examples" / "chat.yaml"}
     kubectl get aex -w
 
 Ctrl-C stops everything `make run` started.

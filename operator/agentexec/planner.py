@@ -15,7 +15,14 @@ from typing import Any
 
 from agentexec import agents
 from agentexec.agents import AgentPolicy
-from agentexec.temporal.types import AgentSpec, Answer, ExecutionResult, Outcome, StatusReport
+from agentexec.temporal.types import (
+    AgentSpec,
+    Answer,
+    ExecutionResult,
+    Outcome,
+    StatusReport,
+    Usage,
+)
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "Pending",
@@ -554,7 +561,18 @@ def _from_result(
         reason=result.reason,
         message=result.message,
     )
+    if patch is not None and result.usage is not None:
+        patch["usage"] = build_usage(result.usage)
     return _finish(o, result.phase, patch, f"finished: {result.phase}", ours)
+
+
+def build_usage(usage: Usage) -> dict[str, int]:
+    """``status.usage``: the tokens the agent reported, in the API's casing."""
+    return {
+        "promptTokens": usage.prompt_tokens,
+        "completionTokens": usage.completion_tokens,
+        "totalTokens": usage.total_tokens,
+    }
 
 
 def decide(o: Observed) -> Decision:

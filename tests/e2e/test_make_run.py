@@ -4,12 +4,14 @@ cluster it names is used only when asked."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from localenv.binaries import ROOT, venv_tool
 from localenv.kube import ControlPlane
@@ -81,6 +83,24 @@ def test_make_run_without_kubeconfig(tmp_path: Path) -> None:
             what="hello-echo Succeeded",
             interval=0.5,
         )  # fmt: skip
+
+        # The chat example reaches the OpenAI-compatible server make run
+        # started, and the operator records the tokens it used.
+        kubectl = [str(venv_tool("kubectl")), f"--kubeconfig={kubeconfig}"]
+        subprocess.run([*kubectl, "apply", "-f", str(ROOT / "examples" / "chat.yaml")], check=True)
+
+        def chat_status() -> dict[str, Any] | None:
+            got = subprocess.run(
+                [*kubectl, "get", "aex", "hello-chat", "-o", "json"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            status: dict[str, Any] = json.loads(got.stdout or "{}").get("status", {})
+            return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+        status = wait_for(chat_status, timeout=60, what="hello-chat finished", interval=0.5)
+        assert status["phase"] == "Succeeded", status
+        assert status["output"], status
+        assert status["usage"]["completionTokens"] == 16, status  # its maxTokens
     finally:
         run.send_signal(signal.SIGINT)
         run.wait(timeout=90)

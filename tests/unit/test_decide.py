@@ -12,7 +12,14 @@ import pytest
 
 from agentexec import planner
 from agentexec.planner import Call, Connection, Observed
-from agentexec.temporal.types import Answer, ExecutionRef, ExecutionResult, Outcome, StatusReport
+from agentexec.temporal.types import (
+    Answer,
+    ExecutionRef,
+    ExecutionResult,
+    Outcome,
+    StatusReport,
+    Usage,
+)
 
 T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 UP = Connection(True, "Connected", "connected to t:7233")
@@ -302,3 +309,20 @@ def test_a_long_output_is_cut_and_says_so() -> None:
     assert d.status["output"] == "x" * planner.MAX_OUTPUT_BYTES
     assert d.status["outputTruncated"] is True
     assert d.status["outputLength"] == planner.MAX_OUTPUT_BYTES + 5
+
+
+def test_the_usage_an_agent_reported_is_written_to_status() -> None:
+    usage = Usage(prompt_tokens=11, completion_tokens=8, total_tokens=19)
+    done = StatusReport(
+        ref=ExecutionRef("ns", "a", "u1"),
+        result=ExecutionResult(phase="Succeeded", output="out", usage=usage),
+        workflow_id=WF["id"],
+        run_id="r1",
+    )
+    d = planner.decide(observed(obj("Running", workflow=True), report=done))
+    assert d.status is not None
+    assert d.status["usage"] == {"promptTokens": 11, "completionTokens": 8, "totalTokens": 19}
+    # An agent that reports no usage leaves the field out.
+    d = planner.decide(observed(obj("Running", workflow=True), report=report("Succeeded")))
+    assert d.status is not None
+    assert "usage" not in d.status

@@ -24,6 +24,7 @@ from agentexec.temporal.types import (
     AgentResult,
     AgentSpec,
     ExecutionRef,
+    Usage,
     agent_result_from,
 )
 
@@ -146,6 +147,26 @@ def test_a_runner_requiring_a_field_never_sent_names_it() -> None:
 def test_a_result_with_a_field_added_keeps_working() -> None:
     newer = encode({"output": "hi", "tokens": 12})
     assert agent_result_from(decode(newer)) == AgentResult("hi")
+
+
+def test_results_of_released_runners_have_no_usage() -> None:
+    # usage came after v0.1.0: recorded results decode with its default.
+    assert {agent_result_from(decode(p)).usage for p in recorded("result")} == {None}
+
+
+def test_usage_is_pinned_on_the_wire() -> None:
+    # External runners (any language) send this shape: the keys are the API's.
+    result = AgentResult("hi", usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5))
+    assert json.loads(encode(result).data) == {
+        "output": "hi",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    assert agent_result_from(decode(encode(result))) == result
+
+
+def test_a_partial_usage_decodes_with_zeros() -> None:
+    sent = encode({"output": "hi", "usage": {"total_tokens": 7, "cached_tokens": 1}})
+    assert agent_result_from(decode(sent)).usage == Usage(total_tokens=7)
 
 
 @pytest.mark.parametrize(

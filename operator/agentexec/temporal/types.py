@@ -84,8 +84,22 @@ class AgentRequest:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Tokens one agent run used, counted as OpenAI-compatible APIs count them.
+
+    Every field has a default: a runner that reports only some still decodes.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class AgentResult:
     output: str
+    # Added after v0.1.0 with a default: results of older runners still decode.
+    usage: Usage | None = None
 
 
 def agent_result_from(value: Any) -> AgentResult:
@@ -114,6 +128,7 @@ class ExecutionResult:
     output: str | None = None
     reason: str | None = None
     message: str | None = None
+    usage: Usage | None = None  # what the agent reported it used, when Succeeded
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,15 @@ REPORT_STATUS_ACTIVITY = "report_status"
 # ApplicationError types that retrying cannot fix.
 AGENT_ERROR = "AgentError"
 UNKNOWN_AGENT = "UnknownAgent"
+# ApplicationError types a runner raises about the model provider an agent
+# calls; the execution fails with the type as its reason (when retries, if
+# any, ran out). Unavailable is retried (down, slow, 5xx, 429); the others are
+# raised non-retryable (a 4xx, or a 2xx that is no answer: retrying the same
+# request cannot help).
+PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+PROVIDER_REJECTED = "ProviderRejected"
+PROVIDER_INVALID_RESPONSE = "ProviderInvalidResponse"
+AGENT_FAILURE_REASONS = (PROVIDER_UNAVAILABLE, PROVIDER_REJECTED, PROVIDER_INVALID_RESPONSE)
 # The type of the error a workflow ends with when its agent failed; its first
 # detail is the ExecutionResult (Temporal's UI and metrics see the failure).
 EXECUTION_FAILED = "AgentExecutionFailed"

@@ -22,6 +22,7 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 with workflow.unsafe.imports_passed_through():
     from agentexec.temporal.types import (
         AGENT_ERROR,
+        AGENT_FAILURE_REASONS,
         EXECUTION_FAILED,
         REPORT_STATUS_ACTIVITY,
         RUN_AGENT_ACTIVITY,
@@ -152,7 +153,7 @@ class AgentExecutionWorkflow:
             result = agent_result_from(out)
         except ValueError as err:
             return ExecutionResult(phase="Failed", reason="RunnerFailed", message=str(err))
-        return ExecutionResult(phase="Succeeded", output=result.output)
+        return ExecutionResult(phase="Succeeded", output=result.output, usage=result.usage)
 
     async def _report(
         self, inp: ExecutionInput, result: ExecutionResult, final: bool = True
@@ -204,6 +205,9 @@ def _failure(err: ActivityError, timeout_seconds: int) -> ExecutionResult:
         )
     if isinstance(cause, ApplicationError) and cause.type == UNKNOWN_AGENT:
         return ExecutionResult(phase="Failed", reason="UnknownAgent", message=cause.message)
+    if isinstance(cause, ApplicationError) and cause.type in AGENT_FAILURE_REASONS:
+        # Only the report's content changes, not the commands: replay-safe.
+        return ExecutionResult(phase="Failed", reason=cause.type, message=cause.message)
     return ExecutionResult(phase="Failed", reason="RunnerFailed", message=_messages(cause or err))
 
 

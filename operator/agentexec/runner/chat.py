@@ -1,0 +1,263 @@
+"""The chat agent: one call to an OpenAI-compatible Chat Completions API.
+
+``POST {baseURL}/chat/completions`` with the system prompt and the message,
+as OpenAI, vLLM, Ollama, llama.cpp's server and LiteLLM serve it. The answer
+is the first choice's content; the provider's token counts go into the result
+(``status.usage``).
+
+What it calls comes from the Agent snapshot (``request.agent_spec``: model,
+systemPrompt, provider) or, for a plain AgentExecution, from
+``spec.parameters`` (``model``, ``systemPrompt``, ``provider``); both may set
+``temperature``, ``maxTokens``, ``topP``, ``seed`` and ``stop``. Providers and
+their keys are configured on the runner (see providers.py).
+
+Failures say which side is at fault and whether retrying can help:
+``ProviderUnavailable`` (refused, timed out, 408, 429, 5xx) is retried by
+the activity's retry policy; ``ProviderRejected`` (any other 4xx) and
+``ProviderInvalidResponse`` (a 2xx that is no chat completion) are not.
+Messages carry the provider's own words, never the key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from agentexec.runner import AgentFailed
+from agentexec.runner.providers import (
+    PROVIDERS_FILE_ENV,
+    Provider,
+    ProviderConfigError,
+    load_providers,
+)
+from agentexec.temporal.types import (
+    PROVIDER_INVALID_RESPONSE,
+    PROVIDER_REJECTED,
+    PROVIDER_UNAVAILABLE,
+    AgentRequest,
+    AgentResult,
+    Usage,
+)
+
+log = logging.getLogger("agentexec.runner.chat")
+
+MAX_MESSAGE = 1000  # of the provider's words in a failure message
+REDACTED = "[REDACTED]"
+# spec.parameters (camelCase, as in a resource) -> the API's request fields.
+OPTIONS = {
+    "temperature": "temperature",
+    "maxTokens": "max_tokens",
+    "topP": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+}
+# Header names whose configured values are secrets, like the key.
+SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie", re.IGNORECASE)
+# What a provider may echo of a credential: "Bearer xyz", "API key provided: sk-...".
+_ECHOED = (
+    re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+"),
+    re.compile(r"(?i)\b((?:api[ _-]?key|token|authorization)\b[^:=\n]{0,24}[:=]\s*\"?)[^\s\"',]+"),
+)
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """What one chat run asks of which provider (built from the request alone)."""
+
+    provider: str | None
+    body: dict[str, Any]
+
+
+def build_chat_call(request: AgentRequest) -> ChatCall:
+    """The provider name and the request body; AgentFailed when the model is unnamed."""
+    spec = request.agent_spec
+    params = request.parameters or {}
+
+    def pick(spec_value: str | None, key: str) -> str | None:
+        if spec_value:
+            return spec_value
+        value = params.get(key)
+        return value if isinstance(value, str) and value else None
+
+    model = pick(spec.model if spec else None, "model")
+    if model is None:
+        raise AgentFailed("the chat agent needs a model: set the Agent's model or parameters.model")
+    system_prompt = pick(spec.system_prompt if spec else None, "systemPrompt")
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": request.message})
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    for key, field_name in OPTIONS.items():
+        if params.get(key) is not None:
+            body[field_name] = params[key]
+    return ChatCall(provider=pick(spec.provider if spec else None, "provider"), body=body)
+
+
+def choose_provider(providers: Mapping[str, Provider], name: str | None) -> Provider:
+    if name is not None and name in providers:
+        return providers[name]
+    if name is None and len(providers) == 1:
+        return next(iter(providers.values()))
+    known = ", ".join(sorted(providers)) or "none"
+    if name is None:
+        raise AgentFailed(f"the chat agent needs a provider (configured: {known})")
+    raise AgentFailed(f"no provider named {name!r} on this runner (configured: {known})")
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` without the credentials, nor what looks like one echoed back."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    for pattern in _ECHOED:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+def provider_words(raw: bytes) -> str:
+    """The provider's error message, however it shapes its error body."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:MAX_MESSAGE]
+    found: Any = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            found = error.get("message")
+        found = found or error or data.get("detail") or data.get("message")
+    words = found if isinstance(found, str) else json.dumps(found or data)
+    return words[:MAX_MESSAGE]
+
+
+def provider_error(kind: str, message: str) -> ApplicationError:
+    return ApplicationError(
+        message,
+        type=kind,
+        non_retryable=kind != PROVIDER_UNAVAILABLE,
+        # An expected outcome, said on the resource: no traceback in the log.
+        category=ApplicationErrorCategory.BENIGN,
+    )
+
+
+def build_result(provider: Provider, status: int, raw: bytes) -> AgentResult:
+    """The agent's result from the provider's answer, or the ApplicationError to raise."""
+    where = f"provider {provider.name!r}"
+    if not 200 <= status < 300:
+        kind = PROVIDER_UNAVAILABLE if status in (408, 429) or status >= 500 else PROVIDER_REJECTED
+        raise provider_error(kind, f"{where} answered HTTP {status}: {provider_words(raw)}")
+    try:
+        data = json.loads(raw)
+        message = data["choices"][0]["message"]
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            raise TypeError("content is not a string")
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        sent = raw.decode("utf-8", errors="replace")[:200]
+        raise provider_error(
+            PROVIDER_INVALID_RESPONSE,
+            f"{where} answered HTTP {status} but not with a chat completion ({exc}): {sent}",
+        ) from None
+    return AgentResult(output=content, usage=usage_of(data.get("usage")))
+
+
+def usage_of(value: Any) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+
+    def count(key: str) -> int:
+        n = value.get(key)
+        return n if isinstance(n, int) and not isinstance(n, bool) else 0
+
+    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    return Usage(prompt, completion, count("total_tokens") or prompt + completion)
+
+
+def _shown(url: str) -> str:
+    # The base URL without userinfo or query, either of which may hold a secret.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+async def call_provider(
+    provider: Provider, api_key: str | None, body: dict[str, Any]
+) -> AgentResult:
+    """One Chat Completions request, bounded by the provider's timeoutSeconds."""
+    headers = {"Content-Type": "application/json", **provider.headers}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    secrets = [api_key, *(v for k, v in headers.items() if SECRET_HEADER.search(k))]
+    url = f"{provider.base_url}/chat/completions"
+    try:
+        async with (
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=provider.timeout_seconds)
+            ) as session,
+            session.post(url, json=body, headers=headers, allow_redirects=False) as response,
+        ):
+            status, raw = response.status, await response.read()
+    except TimeoutError:
+        error = provider_error(
+            PROVIDER_UNAVAILABLE,
+            f"provider {provider.name!r} at {_shown(provider.base_url)} did not answer within "
+            f"timeoutSeconds={provider.timeout_seconds:g}",
+        )
+    except aiohttp.ClientError as exc:
+        error = provider_error(
+            PROVIDER_UNAVAILABLE,
+            scrub(
+                f"could not reach provider {provider.name!r} at {_shown(provider.base_url)}: "
+                f"{type(exc).__name__}: {exc}",
+                # aiohttp names the URL, whose query may hold a key too.
+                [*secrets, urlsplit(provider.base_url).query],
+            ),
+        )
+    else:
+        try:
+            return build_result(provider, status, raw)
+        except ApplicationError as exc:
+            error = provider_error(exc.type or PROVIDER_UNAVAILABLE, scrub(exc.message, secrets))
+    log.warning(
+        "chat provider call failed: %s",
+        error.message,
+        extra={"provider": provider.name, "reason": error.type},
+    )
+    # Raised outside the except blocks: no exception chain (which could
+    # hold request details) travels into the activity failure.
+    raise error
+
+
+class ChatAgent:
+    name = "chat"
+
+    def __init__(self, providers_file: Path | None = None) -> None:
+        # Agents are built by the entry-point loader with no arguments, so this
+        # plugin reads its one setting itself; the file is read at each call
+        # (a ConfigMap update applies without a restart).
+        if providers_file is None:
+            configured = os.environ.get(PROVIDERS_FILE_ENV)
+            providers_file = Path(configured) if configured else None
+        self.providers_file = providers_file
+
+    async def run(self, request: AgentRequest) -> AgentResult:
+        call = build_chat_call(request)
+        if self.providers_file is None:
+            raise AgentFailed(
+                f"the chat agent has no providers on this runner: set {PROVIDERS_FILE_ENV}"
+            )
+        try:
+            provider = choose_provider(load_providers(self.providers_file), call.provider)
+            api_key = provider.read_api_key()
+        except ProviderConfigError as exc:
+            raise AgentFailed(str(exc)) from None
+        return await call_provider(provider, api_key, call.body)

@@ -1,0 +1,242 @@
+"""The chat agent's pure parts: request building, providers, answers and failures.
+
+Against a real OpenAI-compatible server, through Temporal:
+tests/integration/test_chat_agent.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from agentexec.runner import AgentFailed
+from agentexec.runner.chat import (
+    ChatAgent,
+    build_chat_call,
+    build_result,
+    choose_provider,
+    provider_words,
+    scrub,
+)
+from agentexec.runner.providers import (
+    Provider,
+    ProviderConfigError,
+    load_providers,
+    parse_providers,
+)
+from agentexec.temporal.types import AgentRequest, AgentResult, AgentSpec, Usage
+
+KEY = "sk-test-0123456789abcdef"
+LOCAL = Provider("local", "http://127.0.0.1:1/v1")
+
+
+def test_a_plain_execution_names_model_provider_and_prompt_in_parameters() -> None:
+    request = AgentRequest(
+        "chat",
+        "hi",
+        parameters={
+            "model": "m",
+            "provider": "local",
+            "systemPrompt": "be brief",
+            "temperature": 0,
+            "maxTokens": 8,
+            "seed": 1,
+            "unrelated": True,
+        },
+    )
+    call = build_chat_call(request)
+    assert call.provider == "local"
+    assert call.body == {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+        ],
+        "temperature": 0,
+        "max_tokens": 8,
+        "seed": 1,
+    }
+
+
+def test_the_agent_snapshot_wins_over_parameters() -> None:
+    spec = AgentSpec(name="a", type="chat", model="snap", system_prompt="sp", provider="p1")
+    request = AgentRequest(
+        "chat", "hi", parameters={"model": "param", "provider": "p2"}, agent_spec=spec
+    )
+    call = build_chat_call(request)
+    assert (call.provider, call.body["model"]) == ("p1", "snap")
+    assert call.body["messages"][0] == {"role": "system", "content": "sp"}
+
+
+def test_without_a_model_the_agent_fails_saying_where_to_set_it() -> None:
+    with pytest.raises(AgentFailed, match=r"parameters\.model"):
+        build_chat_call(AgentRequest("chat", "hi"))
+
+
+def test_no_system_prompt_sends_the_message_alone() -> None:
+    call = build_chat_call(AgentRequest("chat", "hi", parameters={"model": "m"}))
+    assert call.body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_a_provider_is_chosen_by_name_or_is_the_only_one() -> None:
+    other = Provider("other", "http://x")
+    assert choose_provider({"local": LOCAL}, None) is LOCAL
+    assert choose_provider({"local": LOCAL, "other": other}, "other") is other
+    with pytest.raises(AgentFailed, match=r"configured: local, other"):
+        choose_provider({"local": LOCAL, "other": other}, None)
+    with pytest.raises(AgentFailed, match="no provider named 'nope'"):
+        choose_provider({"local": LOCAL}, "nope")
+
+
+def test_the_providers_file_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text(
+        "providers:\n"
+        "  local:\n"
+        "    baseURL: http://127.0.0.1:8080/v1/\n"
+        "    apiKeyFile: /keys/local\n"
+        "    timeoutSeconds: 5\n"
+        "    headers: {X-Team: agents}\n"
+        "  ollama:\n"
+        "    baseURL: http://ollama:11434/v1\n"
+    )
+    providers = load_providers(path)
+    assert providers["local"] == Provider(
+        "local", "http://127.0.0.1:8080/v1", Path("/keys/local"), 5.0, {"X-Team": "agents"}
+    )
+    assert providers["ollama"].api_key_file is None
+    assert providers["ollama"].timeout_seconds == 60.0
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        ({}, "under 'providers'"),
+        ({"providers": {"p": {"baseURL": "ftp://x"}}}, "baseURL"),
+        ({"providers": {"p": {"baseURL": "http://x", "timeoutSeconds": 0}}}, "timeoutSeconds"),
+        ({"providers": {"p": {"baseURL": "http://x", "apiKey": KEY}}}, "unknown fields"),
+        ({"providers": {"p": {"baseURL": "http://x", "headers": {"a": 1}}}}, "headers"),
+    ],
+    ids=["no-providers", "bad-url", "bad-timeout", "inline-key", "bad-headers"],
+)
+def test_a_bad_providers_file_says_what_is_wrong(data: Any, shown: str) -> None:
+    with pytest.raises(ProviderConfigError, match=shown) as err:
+        parse_providers(data)
+    assert KEY not in str(err.value)
+
+
+def test_the_key_is_read_at_each_call_so_rotation_applies(tmp_path: Path) -> None:
+    key_file = tmp_path / "apiKey"
+    provider = Provider("local", "http://x", key_file)
+    key_file.write_text(KEY + "\n")
+    assert provider.read_api_key() == KEY
+    key_file.write_text("rotated")
+    assert provider.read_api_key() == "rotated"
+    key_file.unlink()
+    with pytest.raises(ProviderConfigError, match="is its Secret mounted"):
+        provider.read_api_key()
+
+
+async def test_a_runner_without_providers_fails_the_agent_clearly() -> None:
+    agent = ChatAgent(providers_file=Path("/nonexistent/providers.yaml"))
+    with pytest.raises(AgentFailed, match="cannot read the providers file"):
+        await agent.run(AgentRequest("chat", "hi", parameters={"model": "m"}))
+
+
+def completion(content: Any, usage: Any) -> bytes:
+    body: dict[str, Any] = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+    if usage is not None:
+        body["usage"] = usage
+    return json.dumps(body).encode()
+
+
+def test_a_completion_gives_the_answer_and_the_usage() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert build_result(LOCAL, 200, completion("hello", usage)) == AgentResult(
+        "hello", Usage(5, 3, 8)
+    )
+    assert build_result(LOCAL, 200, completion(None, None)) == AgentResult("", None)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [
+        (500, "ProviderUnavailable", True),
+        (502, "ProviderUnavailable", True),
+        (503, "ProviderUnavailable", True),
+        (429, "ProviderUnavailable", True),
+        (408, "ProviderUnavailable", True),
+        (400, "ProviderRejected", False),
+        (401, "ProviderRejected", False),
+        (403, "ProviderRejected", False),
+        (404, "ProviderRejected", False),
+        (422, "ProviderRejected", False),
+    ],
+)
+def test_http_errors_map_to_reasons_and_retryability(
+    status: int, kind: str, retryable: bool
+) -> None:
+    body = json.dumps({"error": {"message": "said the provider", "type": "x"}}).encode()
+    with pytest.raises(ApplicationError) as err:
+        build_result(LOCAL, status, body)
+    assert err.value.type == kind
+    assert err.value.non_retryable is not retryable
+    assert err.value.message == f"provider 'local' answered HTTP {status}: said the provider"
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>not an API</html>", b"{}", b'{"choices": []}', b'{"choices": [{}]}']
+)
+def test_a_2xx_that_is_no_completion_is_not_retried(body: bytes) -> None:
+    with pytest.raises(ApplicationError) as err:
+        build_result(LOCAL, 200, body)
+    assert err.value.type == "ProviderInvalidResponse"
+    assert err.value.non_retryable
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'{"error": {"message": "Incorrect API key"}}', "Incorrect API key"),
+        (b'{"error": "model not found"}', "model not found"),
+        (b'{"detail": "Invalid API key"}', "Invalid API key"),
+        (b'{"message": "slow down"}', "slow down"),
+        (b"Bad Gateway", "Bad Gateway"),
+        (b'{"unexpected": 1}', '{"unexpected": 1}'),
+    ],
+    ids=["openai", "error-string", "fastapi-detail", "message", "plain-text", "other-json"],
+)
+def test_the_providers_own_words_are_kept(body: bytes, words: str) -> None:
+    assert provider_words(body) == words
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"invalid key {KEY}",
+        f"header was Authorization: Bearer {KEY}",
+        "Incorrect API key provided: sk-test-****cdef. You can find your API key at ...",
+        'got {"api_key": "sk-other-secret"}',
+    ],
+    ids=["verbatim", "bearer", "openai-masked", "json-field"],
+)
+def test_secrets_are_scrubbed_from_messages(text: str) -> None:
+    clean = scrub(text, [KEY])
+    assert KEY not in clean
+    assert "sk-test" not in clean
+    assert "sk-other" not in clean
+    assert "[REDACTED]" in clean
+
+
+def test_a_key_echoed_in_an_error_body_never_reaches_the_failure() -> None:
+    body = json.dumps({"error": {"message": f"key {KEY} is revoked"}}).encode()
+    with pytest.raises(ApplicationError) as err:
+        build_result(LOCAL, 401, body)
+    assert (
+        scrub(err.value.message, [KEY])
+        == "provider 'local' answered HTTP 401: key [REDACTED] is revoked"
+    )
