@@ -144,7 +144,7 @@ async def test_the_runner_subcommand_serves_an_execution(
     assert runner.get("/readyz")[0] == 200
     status = runner.statusz()
     assert status["role"] == "runner"
-    assert status["runner"]["agents"] == ["echo"]
+    assert status["runner"]["agents"] == ["chat", "echo"]  # every agent registered
     assert status["runner"]["task_queues"] == [executions.runner_queue]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -40,14 +39,21 @@ def docker_engine() -> Iterator[DockerEngine]:
 
 
 @pytest.fixture(scope="session")
-def node_images(docker_engine: DockerEngine) -> list[str]:
+def built_images(docker_engine: DockerEngine) -> dict[str, str]:
+    """Built once per session (a tag is a hash of its inputs: built again
+    later, a changed checkout would name another image than the node has)."""
+    return {
+        "python": images.python_base_image(docker_engine),
+        "operator": images.operator_image(docker_engine),
+        "temporal": images.temporal_image(docker_engine),
+    }
+
+
+@pytest.fixture(scope="session")
+def node_images(built_images: dict[str, str]) -> list[str]:
     """Besides the pause image: a Python image for pods that probe the
     cluster, the operator's image and Temporal's."""
-    return [
-        images.python_base_image(docker_engine),
-        images.operator_image(docker_engine),
-        images.temporal_image(docker_engine),
-    ]
+    return list(built_images.values())
 
 
 @pytest.fixture(scope="session")
@@ -101,18 +107,13 @@ def cluster(
 def scenario_images(
     cluster: Node | KindCluster,
     docker_engine: DockerEngine,
-    node_images: list[str],
+    built_images: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """The images the chart scenarios run, already on the cluster: the
     operator's, the same under a second tag (for `helm upgrade`), Temporal's."""
-    operator = images.operator_image(docker_engine)
-    upgrade = images.operator_image(docker_engine, f"{operator}-upgrade")
-    cluster.load_image(
-        images.save(docker_engine, upgrade, Path(tmp_path_factory.mktemp("upgrade")))
-    )
-    return {
-        "operator": operator,
-        "operator_upgrade": upgrade,
-        "temporal": images.temporal_image(docker_engine),
-    }
+    operator = built_images["operator"]
+    upgrade = f"{operator}-upgrade"
+    docker_engine.docker("tag", operator, upgrade)
+    cluster.load_image(images.save(docker_engine, upgrade, tmp_path_factory.mktemp("upgrade")))
+    return {"operator": operator, "operator_upgrade": upgrade, "temporal": built_images["temporal"]}
