@@ -315,7 +315,7 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
             what="Succeeded through the runner",
         )
         assert done["status"]["output"] == "hello"
-        assert runner.statusz()["runner"]["agents"] == ["echo"]
+        assert runner.statusz()["runner"]["agents"] == ["chat", "echo"]  # the image's entry points
         assert "KUBECONFIG" not in runner.environ
     finally:
         operator_process.stop()
