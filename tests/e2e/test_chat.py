@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from temporalio.client import Client
 
 from agentexec.runner.providers import PROVIDERS_FILE_ENV, Provider, dump_providers
+from localenv.binaries import ROOT
 from localenv.kube import ControlPlane
 from localenv.openai_server import MODEL, OpenAIServer
 from localenv.procs import free_port
@@ -136,6 +138,30 @@ async def test_a_chat_agent_answers_through_the_runner_with_its_usage(
             in (runner.get("/metrics")[1])
         )
         assert KEY not in json.dumps(await history(temporal, done))
+    finally:
+        runner.stop()
+
+
+async def test_the_chat_agent_example_runs(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+    openai_server: OpenAIServer,
+    tmp_path: Path,
+) -> None:
+    """examples/chat-agent.yaml, as `make run` serves it (provider local, model tiny)."""
+    operator = make_operator(AGENTEXEC_RUNNER_ENABLED="false")
+    providers = providers_file(tmp_path / "providers", openai_server.base_url, KEY)
+    runner = chat_runner(tmp_path, temporal, operator.runner_queue, providers)
+    try:
+        example = ROOT / "examples" / "chat-agent.yaml"
+        control_plane.kubectl("apply", "-n", namespace, "-f", str(example))
+        done = await finished(control_plane, namespace, "hello-assistant")
+        assert aex.phase(done) == "Succeeded", aex.summary(done)
+        agent = next(d for d in yaml.safe_load_all(example.read_text()) if d["kind"] == "Agent")
+        max_tokens = agent["spec"]["parameters"]["maxTokens"]
+        assert done["status"]["usage"]["completionTokens"] == max_tokens
     finally:
         runner.stop()
 
