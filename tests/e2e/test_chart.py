@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from agentexec.runner.providers import PROVIDERS_FILE_ENV, load_providers
 from agentexec.settings import load_settings
 from localenv.binaries import ROOT, built_tool, venv_tool, versions
 from localenv.helm import CHART, EVERYTHING_ON, Helm
@@ -309,11 +311,83 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
             what="Succeeded through the runner",
         )
         assert done["status"]["output"] == "hello"
-        assert runner.statusz()["runner"]["agents"] == ["echo"]
+        assert runner.statusz()["runner"]["agents"] == ["chat", "echo"]  # the image's entry points
         assert "KUBECONFIG" not in runner.environ
     finally:
         operator_process.stop()
         runner.stop()
+
+
+PROVIDER_KEY = "sk-chart-provider-2b7e9c41d5"
+
+
+def test_runner_providers_come_from_a_config_map_and_keys_from_mounted_secrets(
+    control_plane: ControlPlane, helm: Helm, namespace: str, crd: None, tmp_path: Path
+) -> None:
+    """runner.providers: the providers file in a ConfigMap without any key,
+    each provider's Secret mounted whole (no subPath, so a rotated key
+    arrives) where the file's apiKeyFile says, and the runner still without
+    any API rights."""
+    control_plane.kubectl(
+        "create", "secret", "generic", "openai-key", "-n", namespace,
+        f"--from-literal=token={PROVIDER_KEY}",
+    )  # fmt: skip
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {"watchNamespaces": [namespace], "crds": {"install": False},
+             "runner": {"providers": {
+                 "openai": {"baseURL": "https://api.openai.com/v1", "timeoutSeconds": 45,
+                            "headers": {"OpenAI-Organization": "org-123"},
+                            "apiKeySecret": {"name": "openai-key", "key": "token"}},
+                 "ollama": {"baseURL": "http://ollama.ai.svc:11434/v1"},
+             }}}
+        )
+    )  # fmt: skip
+    helm.run("install", "prov", str(CHART), "-n", namespace, "-f", str(values))
+    deploy: dict[str, Any] = control_plane.kubectl_json(
+        "get", "-n", namespace, "deploy", "prov-agentexec-operator-runner"
+    )
+    pod = deploy["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert volumes["provider-openai"]["secret"]["secretName"] == "openai-key"
+    assert volumes["provider-openai"]["secret"]["items"] == [{"key": "token", "path": "apiKey"}]
+    assert mounts["provider-openai"]["mountPath"] == "/var/run/agentexec/providers/openai"
+    assert "provider-ollama" not in volumes  # no key, no volume
+    assert all(m.get("readOnly") for n, m in mounts.items() if n != "tmp")
+    assert not [m for m in container["volumeMounts"] if "subPath" in m]
+    providers_path = env_of(deploy)["AGENTEXEC_PROVIDERS_FILE"]["value"]
+    assert providers_path.startswith(mounts["providers"]["mountPath"] + "/")
+
+    config_map_name = volumes["providers"]["configMap"]["name"]
+    config_map = control_plane.kubectl_json("get", "-n", namespace, "cm", config_map_name)
+    assert PROVIDER_KEY not in json.dumps(config_map)
+    assert "openai-key" not in json.dumps(config_map)  # not even where the key lives
+
+    # As the kubelet would project both volumes: the file parses, and each
+    # apiKeyFile is where the Secret's key landed.
+    root = tmp_path / "pod"
+    env = mount_as_kubelet(control_plane, namespace, pod, root)
+    providers = load_providers(Path(env["AGENTEXEC_PROVIDERS_FILE"]))
+    assert set(providers) == {"openai", "ollama"}
+    openai = providers["openai"]
+    assert (openai.base_url, openai.timeout_seconds) == ("https://api.openai.com/v1", 45)
+    assert openai.headers == {"OpenAI-Organization": "org-123"}
+    assert str(openai.api_key_file) == "/var/run/agentexec/providers/openai/apiKey"
+    assert openai.api_key_file is not None
+    projected = replace(openai, api_key_file=root / openai.api_key_file.relative_to("/"))
+    assert projected.read_api_key() == PROVIDER_KEY
+    assert providers["ollama"].api_key_file is None
+
+    sa = pod["serviceAccountName"]
+    for verb, resource in (("get", "secrets"), ("get", "configmaps"), ("list", "secrets")):
+        can = control_plane.kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace,
+            f"--as=system:serviceaccount:{namespace}:{sa}", check=False,
+        )  # fmt: skip
+        assert can.stdout.strip() == "no", (verb, resource)
 
 
 def service_account_kubeconfig(plane: ControlPlane, namespace: str, sa: str, path: Path) -> Path:
@@ -515,27 +589,36 @@ async def test_two_replicas_one_reconciles_and_the_other_takes_over(
 def mount_as_kubelet(
     plane: ControlPlane, namespace: str, pod: dict[str, Any], root: Path
 ) -> dict[str, str]:
-    """What the operator container would see: its Secret volumes projected
-    under `root` as the kubelet projects them (only `items` when given; a
-    listed key the Secret lacks fails the mount), and its env with the
-    mount paths moved under `root`."""
+    """What the pod's first container would see: its Secret and ConfigMap
+    volumes projected under `root` as the kubelet projects them (only `items`
+    when given; a listed key the Secret lacks fails the mount), and its env
+    with the mount paths moved under `root`."""
     container = pod["containers"][0]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     for volume in pod["volumes"]:
-        if "secret" not in volume:
+        if "secret" in volume:
+            secret = plane.kubectl_json(
+                "get", "secret", "-n", namespace, volume["secret"]["secretName"]
+            )
+            encoded: dict[str, str] = secret.get("data") or {}  # type: ignore[assignment]
+            data = {k: base64.b64decode(v) for k, v in encoded.items()}
+            items = volume["secret"].get("items")
+        elif "configMap" in volume:
+            config_map = plane.kubectl_json(
+                "get", "configmap", "-n", namespace, volume["configMap"]["name"]
+            )
+            plain: dict[str, str] = config_map.get("data") or {}  # type: ignore[assignment]
+            data = {k: v.encode() for k, v in plain.items()}
+            items = volume["configMap"].get("items")
+        else:
             continue
-        secret = plane.kubectl_json(
-            "get", "secret", "-n", namespace, volume["secret"]["secretName"]
-        )
-        data: dict[str, str] = secret.get("data") or {}  # type: ignore[assignment]
-        items = volume["secret"].get("items") or [{"key": k, "path": k} for k in data]
         target = root / mounts[volume["name"]].lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
-        for item in items:
-            assert item["key"] in data, f"mount fails: Secret has no key {item['key']!r}"
-            (target / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+        for item in items or [{"key": k, "path": k} for k in data]:
+            assert item["key"] in data, f"mount fails: no key {item['key']!r} in {volume}"
+            (target / item["path"]).write_bytes(data[item["key"]])
     return {
-        e["name"]: re.sub(r"^/etc/agentexec/", f"{root}/etc/agentexec/", e["value"])
+        e["name"]: re.sub(r"^/(etc|var/run)/agentexec/", f"{root}/\\1/agentexec/", e["value"])
         for e in container["env"]
         if "value" in e
     }
@@ -780,9 +863,11 @@ def test_every_variable_the_chart_sets_is_one_the_operator_reads(
     assert set(env) - asked == set()
     assert {"POD_NAME", "POD_NAMESPACE", "AGENTEXEC_LEADER_ELECTION_NAME"} <= set(env)
     runner = the(rendered, "Deployment", runner=True)
-    # runner.extraEnv is for the agents (their own settings), not for us.
+    # runner.extraEnv is for the agents (their own settings), not for us;
+    # the providers file is the chat agent's.
     theirs = (
         {e["name"] for e in yaml.safe_load(values.read_text())["runner"]["extraEnv"]}
+        | {PROVIDERS_FILE_ENV}
         if values
         else set()
     )

@@ -165,3 +165,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
     secretName: {{ .Values.temporal.apiKey.secretName }}
 {{- end }}
 {{- end -}}
+
+{{- /* The chat agent's providers file (agentexec.runner.providers): URLs,
+       timeouts, headers, and where each key is mounted; never a key. */}}
+{{- define "aex.runnerProvidersFile" -}}
+{{- $providers := dict -}}
+{{- range $name, $p := .Values.runner.providers -}}
+{{- $entry := dict "baseURL" $p.baseURL -}}
+{{- with $p.timeoutSeconds }}{{ $_ := set $entry "timeoutSeconds" . }}{{ end -}}
+{{- with $p.headers }}{{ $_ := set $entry "headers" . }}{{ end -}}
+{{- if $p.apiKeySecret }}{{ $_ := set $entry "apiKeyFile" (printf "/var/run/agentexec/providers/%s/apiKey" $name) }}{{ end -}}
+{{- $_ := set $providers $name $entry -}}
+{{- end -}}
+{{- dict "providers" $providers | toPrettyJson -}}
+{{- end -}}
