@@ -476,7 +476,7 @@ async def test_operator_runs_with_only_the_charts_rbac(
     env = leader_env(deployment, pod_name)
     assert env == {
         "AGENTEXEC_LEADER_ELECTION": "true", "AGENTEXEC_LEADER_ELECTION_NAME": lease,
-        "AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS": "15",
+        "AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS": "10",
         "POD_NAME": pod_name, "POD_NAMESPACE": namespace,
     }  # fmt: skip
     # Unset the test harness's own Lease namespace: POD_NAMESPACE decides.
@@ -811,7 +811,7 @@ def test_deployment_never_runs_two_reconcilers_and_takes_placement_values(helm: 
     env = env_of(default)
     assert env["AGENTEXEC_LEADER_ELECTION"]["value"] == "true"
     assert env["AGENTEXEC_LEADER_ELECTION_NAME"]["value"] == "rel-agentexec-operator"
-    assert env["AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS"]["value"] == "15"
+    assert env["AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS"]["value"] == "10"
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     # Recreate takes no rollingUpdate (the API server would refuse one).
@@ -835,7 +835,7 @@ def test_deployment_never_runs_two_reconcilers_and_takes_placement_values(helm: 
 
     everything = the(helm.template("-f", str(EVERYTHING_ON)), "Deployment")
     assert everything["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
-    assert env_of(everything)["AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS"]["value"] == "10"
+    assert env_of(everything)["AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS"]["value"] == "12"
     pod = everything["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "platform-high"
     [spread] = pod["topologySpreadConstraints"]
