@@ -30,12 +30,13 @@ rm -rf "$WHEELS.tmp"  # what an interrupted build left
 if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   # Portable (no -march=native: the cache may move between machines), CPU
   # only, no multimodal library, no tests or examples: the server needs none.
-  # One compile job by default: the machine is shared.
+  # Every core by default (CI builds it once per clean machine); set
+  # CMAKE_BUILD_PARALLEL_LEVEL=1 on a shared machine.
   log "compiling llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (llama.cpp) once; this takes minutes"
   start=$(date +%s)
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF \
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF" \
-  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-1} \
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
     "$PYTHON" -m pip wheel --quiet --no-deps --no-binary llama-cpp-python \
       -w "$WHEELS.tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
   mv "$WHEELS.tmp"/llama_cpp_python-*.whl "$WHEELS"/

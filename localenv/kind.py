@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ class KindCluster:
         # The API server runs inside kind's node container: its audit log is not read here.
         self.audit_log: Path | None = None
         self.env = {**os.environ, **(docker_env or {})}
+        # kind's nodes are containers on this kernel only on Linux: elsewhere
+        # (Docker Desktop's VM) the host cannot see or signal pod processes.
+        self.host_sees_containers = sys.platform.startswith("linux")
 
     def skip_reason(self) -> str | None:
         """Why kind cannot run here, or None. kind needs its node image,

@@ -276,7 +276,7 @@ async def test_a_retried_api_agent_resumes_from_its_checkpoint(
     checkpointed = await eventually(
         lambda: pending_agent(handle),
         lambda p: p is not None and p.HasField("heartbeat_details"),
-        timeout=20,
+        timeout=45,  # a runner process starting on a loaded 2-core machine
         what="a checkpoint recorded",
     )
     # Later automatic heartbeats must carry the checkpoint, not erase it.

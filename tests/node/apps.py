@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import pytest
 from temporalio.client import Client
 
 from agentexec.planner import workflow_id
@@ -157,6 +158,13 @@ def ready(pod: dict[str, Any]) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in pod.get("status", {}).get("conditions", [])
     )
+
+
+def need_host_view(cluster: Cluster) -> None:
+    """Skip where the host cannot see the pods' processes (kind on a laptop
+    whose Docker runs in a VM); the local node always can."""
+    if not getattr(cluster, "host_sees_containers", True):
+        pytest.skip("this host cannot see the cluster's container processes")
 
 
 def container_pids(cid: str) -> list[int]:

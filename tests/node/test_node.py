@@ -98,7 +98,7 @@ def test_failed_start_leaves_nothing(docker_engine: DockerEngine, tmp_path: Path
     """A start that fails late (the kubelet exits at once, after the control
     plane, containerd, kube-proxy and CoreDNS are up) is cleaned up by stop().
 
-    It runs first in this module, before anything asks for the session node:
+    It runs first in the tier (conftest orders it), before the session node:
     two nodes cannot run at once (one bridge, one set of KUBE- chains)."""
 
     class KubeletFails(Node):

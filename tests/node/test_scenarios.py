@@ -185,6 +185,7 @@ def test_the_pod_runs_restricted_with_a_read_only_root(release: Release) -> None
     process runs as uid 10001 on a read-only root filesystem, looked at from
     the host."""
     cluster = release.cluster
+    apps.need_host_view(cluster)
     labels = cluster.kubectl_json("get", "namespace", apps.OPERATOR_NAMESPACE)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     [pod] = apps.operator_pods(cluster)
@@ -266,6 +267,7 @@ async def test_a_frozen_leader_is_replaced_by_the_standby_and_restarted(
     """The Lease holder's process frozen (SIGSTOP from the host, as a hung
     event loop looks from outside): the standby reconciles within 15 s, and
     the liveness probe restarts the frozen container."""
+    apps.need_host_view(cluster)
     lease = cluster.kubectl_json("get", "lease", "-n", apps.OPERATOR_NAMESPACE, apps.FULLNAME)
     holder = lease["spec"]["holderIdentity"]
     pods = {p["metadata"]["name"]: p for p in apps.operator_pods(cluster)}
