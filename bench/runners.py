@@ -12,22 +12,26 @@ The agent is the built-in echo agent with parameters.delaySeconds: I/O-bound
       completions (phase terminal, as the bench's watch sees it) over time,
       in the middle 80 % of them (ramp-up and tail left out; completions
       arrive in waves of one runner's limit, which a first-to-last difference
-      would quantise). Target: two / one >= 1.8.
+      would quantise). Target: two / one >= 1.8. Beside it, the mean number
+      of agents in flight in all runners over the same window (their
+      /statusz, every 0.2 s): at the limit, the runners are the bottleneck.
   (2) the operator's own CPU (utime + stime from /proc/<pid>/stat) per
       execution over --cpu-count executions with fast agents (delaySeconds 0)
       and then slow ones (--slow seconds), both batches run by the two
       runners, from the first create until all are finished plus one second.
       Target: slow / fast <= 1.2. Also the operator's idle CPU rate (nothing
       running), which says what the extra wall time of the slow batch costs
-      by itself, and /healthz latency p50/p99 sampled every 50 ms while idle
-      and while a second slow batch runs, from all started to all finished
+      by itself, the reconciles per execution (the operator's
+      agentexec_reconcile_duration_seconds count), and /healthz latency
+      p50/p99 sampled every 50 ms while idle and while a second slow batch
+      runs, from all started to all finished
       (the CPU batches are not sampled: the probes would cost the operator
       CPU in proportion to wall time).
 
 Each figure is the median of --repeat runs, each in a fresh environment; each
 run's own figures are printed too.
 
-Usage: python bench/runners.py [--count 120] [--delay 2] [--concurrency 8]
+Usage: python bench/runners.py [--count 64] [--delay 4] [--concurrency 8]
                                [--cpu-count 96] [--slow 5] [--idle 10] [--repeat 3]
 """
 
@@ -117,18 +121,62 @@ async def batch(env: Env, prefix: str, count: int, delay: float) -> list[str]:
     return names
 
 
-async def throughput(env: Env, prefix: str, count: int, delay: float) -> float:
+def middle(times: list[float]) -> tuple[float, float]:
+    """The window completion_rate fits: from the 10 % to the 90 % completion."""
+    ordered = sorted(times)
+    return ordered[len(ordered) // 10], ordered[len(ordered) - len(ordered) // 10 - 1]
+
+
+async def sample_in_flight(
+    runners: list[RunnerProcess], stop: asyncio.Event, every: float = 0.2
+) -> list[tuple[float, int]]:
+    """(time, agents in flight in all runners), from the runners' /statusz."""
+
+    def total() -> int:
+        return sum(int(r.statusz()["runner"]["in_flight"]) for r in runners)
+
+    samples: list[tuple[float, int]] = []
+    while not stop.is_set():
+        samples.append((time.monotonic(), await asyncio.to_thread(total)))
+        await asyncio.sleep(every)
+    return samples
+
+
+async def throughput(
+    env: Env, runners: list[RunnerProcess], prefix: str, count: int, delay: float
+) -> tuple[float, float]:
+    """Agents per second, and the mean number in flight in the same window."""
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_in_flight(runners, stop))
     names = await batch(env, prefix, count, delay)
-    return completion_rate([env.observer.done[n] for n in names])
+    stop.set()
+    samples = await sampler
+    times = [env.observer.done[n] for n in names]
+    start, end = middle(times)
+    busy = [n for t, n in samples if start <= t <= end] or [0]
+    return completion_rate(times), statistics.mean(busy)
 
 
-async def operator_cpu(env: Env, prefix: str, count: int, delay: float) -> tuple[float, float]:
-    """The operator's CPU seconds and the wall seconds of one batch."""
+def reconciles(env: Env) -> float:
+    """How many reconciles the operator has run (its own histogram's count)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in env.operator.metrics().splitlines()
+        if line.startswith("agentexec_reconcile_duration_seconds_count")
+    )
+
+
+async def operator_cpu(
+    env: Env, prefix: str, count: int, delay: float
+) -> tuple[float, float, float]:
+    """The operator's CPU seconds, the wall seconds and the reconciles of one batch."""
     assert env.operator.pid is not None
+    rec0 = reconciles(env)
     cpu0, t0 = cpu_seconds(env.operator.pid), time.monotonic()
     await batch(env, prefix, count, delay)
     await asyncio.sleep(1)  # the writes that follow the terminal phase (event)
-    return cpu_seconds(env.operator.pid) - cpu0, time.monotonic() - t0
+    cpu, wall = cpu_seconds(env.operator.pid) - cpu0, time.monotonic() - t0
+    return cpu, wall, reconciles(env) - rec0
 
 
 async def one_run(a: argparse.Namespace) -> dict[str, float]:
@@ -139,13 +187,17 @@ async def one_run(a: argparse.Namespace) -> dict[str, float]:
             "runners", OPERATOR_ENV, lambda env: runners.append(start_runner(env, 1, a.concurrency))
         ) as env:
             assert env.operator.pid is not None
-            r["tp1"] = await throughput(env, "one", a.count, a.delay)
-            print(f"(1) one runner: {r['tp1']:.2f} agents/s", flush=True)
+            r["tp1"], r["busy1"] = await throughput(env, runners, "one", a.count, a.delay)
+            print(
+                f"(1) one runner: {r['tp1']:.2f} agents/s, {r['busy1']:.1f} in flight", flush=True
+            )
             runners.append(start_runner(env, 2, a.concurrency))
-            r["tp2"] = await throughput(env, "two", a.count, a.delay)
+            r["tp2"], r["busy2"] = await throughput(env, runners, "two", a.count, a.delay)
             r["tp_ratio"] = r["tp2"] / r["tp1"]
             print(
-                f"(1) two runners: {r['tp2']:.2f} agents/s, ratio {r['tp_ratio']:.2f}", flush=True
+                f"(1) two runners: {r['tp2']:.2f} agents/s, {r['busy2']:.1f} in flight, "
+                f"ratio {r['tp_ratio']:.2f}",
+                flush=True,
             )
 
             cpu0 = cpu_seconds(env.operator.pid)
@@ -157,10 +209,19 @@ async def one_run(a: argparse.Namespace) -> dict[str, float]:
             stop.set()
             idle = await sampler
 
-            cpu, wall = await operator_cpu(env, "fast", a.cpu_count, 0)
-            r["fast_cpu"], r["fast_wall"] = cpu / a.cpu_count, wall
-            cpu, wall = await operator_cpu(env, "slow", a.cpu_count, a.slow)
-            r["slow_cpu"], r["slow_wall"] = cpu / a.cpu_count, wall
+            cpu, wall, rec = await operator_cpu(env, "fast", a.cpu_count, 0)
+            r["fast_cpu"], r["fast_wall"], r["fast_rec"] = (
+                cpu / a.cpu_count,
+                wall,
+                rec / a.cpu_count,
+            )
+            r["fast_pace"] = a.cpu_count / (wall - 1)  # less operator_cpu's trailing second
+            cpu, wall, rec = await operator_cpu(env, "slow", a.cpu_count, a.slow)
+            r["slow_cpu"], r["slow_wall"], r["slow_rec"] = (
+                cpu / a.cpu_count,
+                wall,
+                rec / a.cpu_count,
+            )
             r["cpu_ratio"] = r["slow_cpu"] / r["fast_cpu"]
             # What the slow batch cost beyond the idle operator's own pace over
             # its extra wall time.
@@ -171,7 +232,8 @@ async def one_run(a: argparse.Namespace) -> dict[str, float]:
                 f"({r['fast_wall']:.1f} s), slow {r['slow_cpu'] * 1000:.1f} ms "
                 f"({r['slow_wall']:.1f} s), ratio {r['cpu_ratio']:.2f}; idle "
                 f"{r['idle_cpu'] * 1000:.1f} ms/s, ratio less the idle pace "
-                f"{r['cpu_ratio_net']:.2f}",
+                f"{r['cpu_ratio_net']:.2f}; reconciles per execution fast "
+                f"{r['fast_rec']:.2f}, slow {r['slow_rec']:.2f}",
                 flush=True,
             )
 
@@ -213,9 +275,13 @@ def report(runs: list[dict[str, float]], a: argparse.Namespace) -> None:
     print("|---|---|---|---|")
     print(
         f"| (1) agents/s, {a.count} x delaySeconds {a.delay:g}: one runner | {m['tp1']:.2f} "
-        f"| {each(runs, 'tp1', '.2f')} | |"
+        f"({m['busy1']:.1f} in flight) | {each(runs, 'tp1', '.2f')} "
+        f"| ideal {a.concurrency / a.delay:.2f} |"
     )
-    print(f"| (1) agents/s, two runners | {m['tp2']:.2f} | {each(runs, 'tp2', '.2f')} | |")
+    print(
+        f"| (1) agents/s, two runners | {m['tp2']:.2f} ({m['busy2']:.1f} in flight) "
+        f"| {each(runs, 'tp2', '.2f')} | ideal {2 * a.concurrency / a.delay:.2f} |"
+    )
     print(
         f"| (1) two / one | {m['tp_ratio']:.2f} | {each(runs, 'tp_ratio', '.2f')} "
         f"| >= 1.8: {'met' if m['tp_ratio'] >= 1.8 else 'MISSED'} |"
@@ -229,6 +295,14 @@ def report(runs: list[dict[str, float]], a: argparse.Namespace) -> None:
         f"| (2) operator CPU per execution, {a.cpu_count} slow (delaySeconds {a.slow:g}) "
         f"| {m['slow_cpu'] * 1000:.1f} ms ({m['slow_wall']:.1f} s) "
         f"| {each(runs, 'slow_cpu', '.1f', 1000)} ms | |"
+    )
+    print(
+        f"| (2) the fast batch's pace (the pipeline without a runner limit) "
+        f"| {m['fast_pace']:.2f} executions/s | {each(runs, 'fast_pace', '.2f')} | |"
+    )
+    print(
+        f"| (2) reconciles per execution, fast / slow | {m['fast_rec']:.2f} / "
+        f"{m['slow_rec']:.2f} | {each(runs, 'slow_rec', '.2f')} (slow) | |"
     )
     print(
         f"| (2) slow / fast | {m['cpu_ratio']:.2f} | {each(runs, 'cpu_ratio', '.2f')} "
@@ -265,8 +339,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--count", type=int, default=120, help="executions per throughput batch")
-    parser.add_argument("--delay", type=float, default=2.0, help="delaySeconds in (1)")
+    parser.add_argument("--count", type=int, default=64, help="executions per throughput batch")
+    parser.add_argument("--delay", type=float, default=4.0, help="delaySeconds in (1)")
     parser.add_argument("--concurrency", type=int, default=8, help="agents per runner at once")
     parser.add_argument("--cpu-count", type=int, default=96, help="executions per batch in (2)")
     parser.add_argument("--slow", type=float, default=5.0, help="delaySeconds of slow agents")
