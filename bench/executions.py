@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,21 +98,28 @@ class Observer:
         self._task.cancel()
 
 
-def body(name: str, message: str = "bench") -> dict[str, Any]:
+def body(
+    name: str, message: str = "bench", parameters: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"agent": "echo", "message": message}
+    if parameters:
+        spec["parameters"] = parameters
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "AgentExecution",
         "metadata": {"name": name},
-        "spec": {"agent": "echo", "message": message},
+        "spec": spec,
     }
 
 
-async def create_many(kube: Kube, ns: str, names: list[str]) -> None:
+async def create_many(
+    kube: Kube, ns: str, names: list[str], parameters: dict[str, Any] | None = None
+) -> None:
     sem = asyncio.Semaphore(20)
 
     async def one(name: str) -> None:
         async with sem:
-            await kube.request("POST", Kube.path(ns), body(name))
+            await kube.request("POST", Kube.path(ns), body(name, parameters=parameters))
 
     await asyncio.gather(*(one(n) for n in names))
 
@@ -165,12 +172,20 @@ class Env:
     kube: Kube
     observer: Observer
     namespace: str
+    workdir: Path
 
 
 @contextlib.asynccontextmanager
-async def bench_env(name: str, operator_env: dict[str, str]) -> AsyncIterator[Env]:
+async def bench_env(
+    name: str,
+    operator_env: dict[str, str],
+    before_warm_up: Callable[[Env], None] | None = None,
+) -> AsyncIterator[Env]:
     """Control plane, Temporal, the CRD, a namespace, the operator (with
-    MALLOC_ARENA_MAX=2, as the image sets it), a client and a watch."""
+    MALLOC_ARENA_MAX=2, as the image sets it), a client and a watch.
+    ``before_warm_up(env)`` runs once the operator is ready (an operator
+    without its in-process runner needs a runner process for the warm-up
+    execution)."""
     logging.basicConfig(level=logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     plane = ControlPlane(work / "kube")
@@ -191,13 +206,16 @@ async def bench_env(name: str, operator_env: dict[str, str]) -> AsyncIterator[En
     os.environ["KUBECONFIG"] = str(plane.kubeconfig)
     kube = await Kube.connect()
     observer = Observer(kube, name)
+    env = Env(plane, temporal, operator, kube, observer, name, work)
     try:
+        if before_warm_up is not None:
+            before_warm_up(env)
         # Figures start from a settled operator: one warm-up execution has run
         # (just after the CRD is established the API server answers the first
         # list with "storage is (re)initializing" and kopf retries a second later).
         await kube.request("POST", Kube.path(name), body("warm-up"))
         await observer.until(observer.done, ["warm-up"], 60)
-        yield Env(plane, temporal, operator, kube, observer, name)
+        yield env
     finally:
         await observer.stop()
         await kube.close()
