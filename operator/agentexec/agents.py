@@ -31,8 +31,8 @@ ANY_QUEUE = "*"
 class AgentPolicy:
     """What the platform team configured (settings), as the planner needs it."""
 
-    # Agent names served without an Agent resource. None: unknown (the built-in
-    # runner is disabled and something else serves the default queue), so any
+    # Agent names served without an Agent resource: those registered in the
+    # image (the runner Deployment runs the same image). None: unknown, so any
     # name is sent as is.
     builtin_agents: frozenset[str] | None = frozenset({"echo"})
     # Queues an execution may name in its own spec.taskQueue ("*": any).
@@ -102,23 +102,31 @@ def queue_refusal(queue: str, agent_queue: str | None, policy: AgentPolicy) -> s
 
 def resolve(execution: Body, agent: Body | None, policy: AgentPolicy) -> Resolved:
     """What the execution's ``spec.agent`` resolves to, given the Agent of that
-    name in its namespace (None: there is none)."""
+    name in its namespace (None: there is none).
+
+    A name that is neither an Agent nor built in waits for its Agent, even
+    when its ``spec.taskQueue`` would be refused without one: an Agent
+    created with the execution (one `kubectl apply`) may arrive a moment
+    later and allow that queue (its own). Refusing would be final."""
     spec = _mapping(execution.get("spec"))
     meta = _mapping(execution.get("metadata"))
     name = str(spec.get("agent", ""))
     queue = _text(spec.get("taskQueue"))
     agent_queue = _text(_mapping((agent or {}).get("spec")).get("taskQueue"))
-    if queue is not None:
-        refusal = queue_refusal(queue, agent_queue, policy)
+    refusal = queue_refusal(queue, agent_queue, policy) if queue is not None else None
+    builtin = policy.builtin_agents
+    if agent is not None:
         if refusal is not None:
             return Resolved(refused=refusal)
-    if agent is not None:
         return Resolved(spec=build_agent_spec(agent, _mapping(spec.get("parameters"))))
-    builtin = policy.builtin_agents
-    if builtin is None or name in builtin or queue is not None:
-        return Resolved()
+    if builtin is None or name in builtin:
+        return Resolved(refused=refusal) if refusal is not None else Resolved()
+    if queue is not None and refusal is None:
+        return Resolved()  # an allowed queue: whatever serves it knows the name
     known = ", ".join(sorted(builtin)) or "none"
+    unless = f"; without one, spec.taskQueue {queue!r} is not allowed" if queue else ""
     return Resolved(
         missing=f"Agent {name!r} not found in namespace {meta.get('namespace', '')!r} (and it "
-        f"is not a built-in agent: {known}); the execution starts when the Agent is created"
+        f"is not a built-in agent: {known}); the execution starts when the Agent is "
+        f"created{unless}"
     )

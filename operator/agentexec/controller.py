@@ -286,8 +286,9 @@ class Controller:
         self.cache = ExecutionCache()
         self.agents: dict[Key, dict[str, Any]] = {}  # Agent resources, by (namespace, name)
         self.policy = AgentPolicy(
-            # With the built-in runner off, whatever serves its queue decides.
-            builtin_agents=agent_names() | {"echo"} if settings.runner_enabled else None,
+            # The agents registered in this image: the runner Deployment (or the
+            # in-process runner) serves them on the default runner queue.
+            builtin_agents=agent_names() | {"echo"},
             execution_task_queues=frozenset(settings.execution_task_queues),
             runner_task_queue=settings.runner_task_queue,
         )
@@ -384,6 +385,31 @@ class Controller:
                 and not planner.status_of(execution).get("workflow")
             ):
                 self.queue.add(ekey)
+
+    async def _agent_for(self, namespace: str, body: Body) -> dict[str, Any] | None:
+        """The Agent the execution names, from the cache; for a built-in name
+        not cached, asked of the API server once before the start. An Agent
+        applied with its execution may not have reached the cache yet, and
+        the built-in agent of its name would run without the Agent's model,
+        provider or queue. (A name that is not built in waits for the Agent's
+        watch event instead: nothing starts in its place.)"""
+        spec = body.get("spec")
+        name = str(spec.get("agent", "")) if isinstance(spec, Mapping) else ""
+        cached = self.agents.get((namespace, name))
+        builtin = self.policy.builtin_agents or frozenset()
+        if (
+            cached is not None
+            or name not in builtin
+            or planner.is_terminal(body)
+            or planner.status_of(body).get("workflow")
+            or body.get("metadata", {}).get("deletionTimestamp")
+        ):
+            return cached
+        fetched = await self.kube.get_agent(namespace, name)  # a KubeError backs off
+        if fetched is None:
+            return None
+        self._put_agent((namespace, name), fetched)
+        return self.agents.get((namespace, name))
 
     def _put_agent(self, key: Key, body: Body) -> bool:
         """Keep ``body`` unless we hold a newer version of the same Agent."""
@@ -492,6 +518,7 @@ class Controller:
         self._touched[key] = time.monotonic()
         check = key in self._check
         self._check.discard(key)
+        agent = await self._agent_for(key[0], body)
         obs = Observed(
             body=body,
             conn=self.connection(),
@@ -500,7 +527,7 @@ class Controller:
             report=pending.report if pending else None,
             check=check,
             finished_ttl=self.settings.ttl_seconds_after_finished,
-            agent=self.agents.get((key[0], str((body.get("spec") or {}).get("agent", "")))),
+            agent=agent,
             policy=self.policy,
         )
         started = time.monotonic()

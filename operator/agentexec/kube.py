@@ -239,6 +239,17 @@ class Kube:
         items = listed.get("items")
         return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
+    async def get_agent(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Agent, or None where there is none."""
+        try:
+            return await self.request(
+                "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{AGENT_PLURAL}/{name}"
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await self.request("GET", self.path(namespace, name))

@@ -281,3 +281,37 @@ async def test_an_agent_wins_over_the_builtin_of_its_name_from_the_first_reconci
     assert failed["status"]["error"]["message"] == "the Agent"
     assert aex.condition(failed, "AgentResolved")["status"] == "True"
     assert "AgentNotFound" not in warnings(control_plane, namespace, "shadowed")
+
+
+async def test_an_agent_applied_with_its_execution_wins_over_the_builtin_of_its_name(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    """One `kubectl apply` of an Agent named like a built-in and an execution
+    of it, the operator already running: the execution may be reconciled
+    before the Agents watch delivers the Agent, so the operator asks the API
+    server for it before starting the built-in. (The race is not forced
+    here: without that read this test fails only when the race is lost.)"""
+    make_operator(AGENTEXEC_RUNNER_ENABLED="true")
+    both = agent_manifest("echo", type="echo", parameters={"fail": "the Agent"}) + "\n---\n"
+    both += aex.manifest("together", "x")  # agent: echo
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=both)
+    failed = await reaches(control_plane, namespace, "together", "Failed")
+    assert failed["status"]["error"]["message"] == "the Agent"
+    assert aex.condition(failed, "AgentResolved")["status"] == "True"
+
+
+async def test_a_missing_agent_waits_with_the_runner_out_of_process(
+    control_plane: ControlPlane, namespace: str, make_operator: MakeOperator
+) -> None:
+    """The chart's default: the operator runs no agents itself. A name that is
+    neither an Agent nor one of the image's agents still waits for its
+    Agent (it is not sent to the runners to fail as UnknownAgent)."""
+    make_operator(AGENTEXEC_RUNNER_ENABLED="false")
+    aex.create(control_plane, namespace, "later", "x", agent="assistant-2")
+    waiting = await eventually(
+        lambda: aex.get(control_plane, namespace, "later"),
+        lambda o: aex.condition(o, "AgentResolved").get("reason") == "AgentNotFound",
+        timeout=30,
+        what="AgentResolved=False/AgentNotFound",
+    )
+    assert aex.phase(waiting) == "Pending"

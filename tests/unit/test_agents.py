@@ -77,6 +77,8 @@ LONG_AGO = T0 - timedelta(seconds=600)  # TTL 60 s
         ("built-in name without an Agent: START, no snapshot", observed(execution("echo")), Call.START, None, None, ""),
         ("built-ins unknown (runner disabled): START as is", observed(execution("anything"), policy=AgentPolicy(builtin_agents=None, execution_task_queues=frozenset())), Call.START, None, None, ""),
         ("disallowed taskQueue: Failed before any workflow", observed(execution("echo", taskQueue="elsewhere")), Call.NONE, "Failed", "TaskQueueNotAllowed", "task-queue-not-allowed"),
+        ("disallowed taskQueue, no Agent yet: wait for it (it may allow its own queue)", observed(execution(taskQueue="gpu")), Call.NONE, "Pending", "AgentNotFound", "waiting-for-agent"),
+        ("disallowed taskQueue, no Agent past the TTL: Failed AgentNotFound", observed(execution(taskQueue="gpu", queued=LONG_AGO)), Call.NONE, "Failed", "AgentNotFound", "agent-not-found"),
         ("disallowed taskQueue, agent present: still refused", observed(execution(taskQueue="elsewhere"), agent=agent()), Call.NONE, "Failed", "TaskQueueNotAllowed", "task-queue-not-allowed"),
         ("the operator's runner queue is always allowed", observed(execution("echo", taskQueue="rq")), Call.START, None, None, ""),
         ("the Agent's own queue is allowed", observed(execution(taskQueue="gpu"), agent=agent(taskQueue="gpu")), Call.START, None, None, ""),
