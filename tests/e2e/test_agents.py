@@ -250,6 +250,16 @@ def test_kubectl_explains_the_agent_and_validates_it(
     )  # fmt: skip
     assert refused.returncode != 0
     assert "a chat agent needs spec.model and spec.provider" in refused.stderr
+    # The type is any agent name (an external runner's too), not an enum.
+    assert "the name of an agent your runners register" in explain("agent.spec.type")
+    apply_agent(control_plane, namespace, "loud", type="shout", taskQueue="shout")
+    for bad in ("Shout", "shout_it", "x" * 64):
+        refused = control_plane.kubectl(
+            "apply", "-n", namespace, "-f", "-", check=False,
+            stdin=agent_manifest("bad-type", type=bad),
+        )  # fmt: skip
+        assert refused.returncode != 0, bad
+        assert "spec.type" in refused.stderr, refused.stderr
     apply_agent(
         control_plane, namespace, "chatty", type="chat", model="m", provider="local", taskQueue="q"
     )

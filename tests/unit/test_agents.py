@@ -107,6 +107,19 @@ def test_start_carries_the_snapshot_with_merged_parameters() -> None:
     assert d.agent_spec == AgentSpec(**{**SNAPSHOT.__dict__, "timeout_seconds": 30})
 
 
+def test_an_agent_of_an_external_runner_starts_on_its_queue() -> None:
+    # The way out a refused spec.taskQueue names: an Agent of the external
+    # runner's type on its queue, though the policy allows no execution queue.
+    shout = agent("loud", type="shout", taskQueue="shout", model=None, provider=None)
+    shout["spec"] = {k: v for k, v in shout["spec"].items() if v is not None}
+    d = planner.decide(observed(execution("loud"), agent=shout))
+    assert d.call == Call.START
+    assert d.agent_spec is not None
+    assert d.agent_spec.type == "shout"
+    inp = build_input(execution("loud"), Settings(runner_task_queue="rq"), d.agent_spec)
+    assert (inp.agent, inp.runner_task_queue) == ("shout", "shout")
+
+
 def test_a_missing_agent_says_so_on_a_condition_and_once_as_a_warning() -> None:
     d = planner.decide(observed(execution()))
     cond = planner.condition_of({"status": d.status}, planner.AGENT_RESOLVED)
