@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from datetime import timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
@@ -21,6 +22,8 @@ from agentexec.temporal.types import (
 
 # A retryable failure: the attempt stopped because its runner did.
 RUNNER_SHUTDOWN = "RunnerShutdown"
+# How soon a task this runner does not know the agent of is offered again.
+UNKNOWN_AGENT_RETRY_DELAY = timedelta(seconds=1)
 
 
 class RunnerActivities:
@@ -35,10 +38,14 @@ class RunnerActivities:
         if agent is None:
             self._count("unknown", "unknown_agent")
             known = ", ".join(sorted(self.agents)) or "none"
+            # Retryable, soon: during a runner rollout (version skew), or with
+            # two kinds of runners on one queue, another runner may know it.
+            # The workflow's retry policy bounds the attempts; the last one's
+            # failure (this type, naming the agent) ends the execution.
             raise ApplicationError(
                 f"no agent named {request.agent!r} on this runner (known: {known})",
                 type=UNKNOWN_AGENT,
-                non_retryable=True,
+                next_retry_delay=UNKNOWN_AGENT_RETRY_DELAY,
                 # An expected outcome, said on the resource: no traceback in the log.
                 category=ApplicationErrorCategory.BENIGN,
             )

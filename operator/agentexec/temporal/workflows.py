@@ -35,13 +35,15 @@ with workflow.unsafe.imports_passed_through():
         agent_result_from,
     )
 
-# Transient runner failures (a crashed worker, a lost connection) are retried;
-# an agent that says it failed, or an unknown agent, is not.
+# Transient runner failures (a crashed worker, a lost connection) are retried,
+# and so is an agent unknown to the runner that took it (another runner on the
+# queue may know it: a rollout, or two kinds of runners); an agent that says
+# it failed is not.
 AGENT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=3,
-    non_retryable_error_types=[AGENT_ERROR, UNKNOWN_AGENT],
+    non_retryable_error_types=[AGENT_ERROR],
 )
 # Status reports go to the Kubernetes API: keep trying through an outage.
 REPORT_RETRY = RetryPolicy(
