@@ -635,13 +635,16 @@ class Controller:
         self._publish_phases()
 
     async def _delete_expired(self, key: Key, body: Body) -> None:
-        """Delete a finished execution whose TTL ran out. The UID precondition
-        means a re-created object of the same name is never deleted (the API
-        server answers 409, and reconcile decides again on the new one); 404:
-        already gone. No event: the object it would be about is gone (Jobs
-        post none either)."""
+        """Delete a finished execution whose TTL ran out. The UID and
+        resourceVersion preconditions mean only the object the decision was
+        made on is deleted: not a re-created one of the same name, nor one
+        changed since (whatever changed is decided on first). The API
+        server answers 409, and reconcile re-reads and decides again; 404:
+        already gone. No event: the object it would be
+        about is gone (Jobs post none either)."""
         uid = str(body["metadata"]["uid"])
-        if not await self.kube.delete(*key, uid):
+        version = body["metadata"].get("resourceVersion")
+        if not await self.kube.delete(*key, uid, str(version) if version else None):
             return
         self.metrics.executions_deleted_by_ttl.inc()
         finished = planner.parse_time(planner.status_of(body).get("completionTime"))

@@ -271,15 +271,21 @@ class Kube:
             MERGE_PATCH,
         )
 
-    async def delete(self, namespace: str, name: str, uid: str) -> bool:
+    async def delete(
+        self, namespace: str, name: str, uid: str, resource_version: str | None = None
+    ) -> bool:
         """Delete the execution only if it is still the object with ``uid``
-        (raises KubeError 409 for a re-created one of the same name). Returns
-        False when it was already gone."""
+        and, when given, still at ``resource_version`` (raises KubeError 409
+        for a re-created one of the same name, or one changed since it was
+        read). Returns False when it was already gone."""
+        preconditions = {"uid": uid}
+        if resource_version is not None:
+            preconditions["resourceVersion"] = resource_version
         try:
             await self.request(
                 "DELETE",
                 self.path(namespace, name),
-                {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}},
+                {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions},
             )
         except KubeError as exc:
             if exc.status == 404:

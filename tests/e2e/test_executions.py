@@ -6,6 +6,10 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import kopf
+import pytest
+
+from agentexec.kube import Kube, KubeError
 from localenv.kube import ControlPlane
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
@@ -445,6 +449,35 @@ async def test_ttl_deletes_a_finished_execution_after_its_ttl_and_not_before(
     # Past the other's TTL too: an execution without one is never deleted.
     await asyncio.sleep(3)
     assert names_in(control_plane, namespace) == {"kept"}
+
+
+async def test_the_ttl_delete_keeps_an_execution_changed_since_the_decision(
+    control_plane: ControlPlane, namespace: str, crd: None
+) -> None:
+    """The delete the TTL makes is preconditioned on the resourceVersion it
+    decided on: an object changed meanwhile (here a label) is kept (409; the
+    controller re-reads and decides again)."""
+    aex.create(control_plane, namespace, "raised", "x", ttlSecondsAfterFinished=1)
+    decided_on = aex.get(control_plane, namespace, "raised")
+    control_plane.kubectl("label", "-n", namespace, "aex", "raised", "keep=yes")
+    info = kopf.ConnectionInfo(
+        server=control_plane.url,
+        ca_path=str(control_plane.ca_path),
+        certificate_path=str(control_plane.admin.cert),
+        private_key_path=str(control_plane.admin.key),
+    )
+    kube = Kube(info)
+    try:
+        meta = decided_on["metadata"]
+        with pytest.raises(KubeError) as refused:
+            await kube.delete(namespace, "raised", meta["uid"], meta["resourceVersion"])
+        assert refused.value.status == 409
+        assert names_in(control_plane, namespace) == {"raised"}
+        fresh = aex.get(control_plane, namespace, "raised")["metadata"]
+        assert await kube.delete(namespace, "raised", fresh["uid"], fresh["resourceVersion"])
+        assert not await kube.delete(namespace, "raised", fresh["uid"], fresh["resourceVersion"])
+    finally:
+        await kube.close()
 
 
 async def test_the_operator_default_ttl_applies_unless_the_spec_sets_one(
