@@ -191,10 +191,23 @@ def test_install_creates_the_objects_and_schema_refuses_bad_values(
     )
     assert "additional properties 'replicas' not allowed" in unknown.stderr
 
-    helm.run(
+    installed = helm.run(
         "install", "aex", str(CHART), "-n", namespace,
         "--set", f"watchNamespaces={{{namespace}}}", *NO_CRDS,
     )  # fmt: skip
+    assert "Upgrading" not in installed.stdout
+    notes = " ".join(installed.stdout.split())
+    assert "Agents run in the runner Deployment" in notes
+    assert "inside the operator pods" not in notes
+    # An upgrade points at what changed; with the operator's own runner on
+    # too, the notes say agents run in both places.
+    upgrade = helm.run(
+        "upgrade", "aex", str(CHART), "-n", namespace, "--reuse-values", "--dry-run=client",
+        "--set", "temporal.runnerEnabled=true",
+    )  # fmt: skip
+    notes = " ".join(upgrade.stdout.split())
+    assert "Upgrading to this version" in notes
+    assert "inside the operator pods too (temporal.runnerEnabled=true)" in notes
     names = control_plane.kubectl(
         "get", "-n", namespace, "deploy,sa,svc,role,rolebinding", "-o", "name"
     ).stdout.split()
@@ -795,6 +808,48 @@ def test_network_policy_names_destinations_and_closes_ingress_by_default(
             "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(doc), check=False
         )
         assert valid.returncode == 0, valid.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "expected"),
+    [
+        ("no runner replicas", ("--set", "runner.replicaCount=0"), "replicaCount"),
+        (
+            "a credential in provider headers",
+            ("--set", "runner.providers.p.baseURL=https://x",
+             "--set", "runner.providers.p.headers.X-Api-KEY=k"),
+            "invalid propertyName 'X-Api-KEY'",
+        ),
+        (
+            "an authorization header",
+            ("--set", "runner.providers.p.baseURL=https://x",
+             "--set", "runner.providers.p.headers.Authorization=Bearer k"),
+            "invalid propertyName 'Authorization'",
+        ),
+        (
+            "providers behind a policy without egress to them",
+            ("--set", "networkPolicy.enabled=true", *API_SERVER,
+             "--set", "runner.providers.p.baseURL=https://x"),
+            "networkPolicy.runner.extraEgress",
+        ),
+    ],
+)  # fmt: skip
+def test_chart_guards_refuse(helm: Helm, case: str, args: tuple[str, ...], expected: str) -> None:
+    refused = helm.template_result(*args)
+    assert refused.returncode != 0, case
+    assert expected in refused.stderr, refused.stderr
+
+
+def test_chart_guards_accept_what_they_should(helm: Helm) -> None:
+    provider = ("--set", "runner.providers.p.baseURL=https://x")
+    helm.template(*provider, "--set", "runner.providers.p.headers.OpenAI-Organization=org-1")
+    egress = ("--set", "networkPolicy.runner.extraEgress[0].to[0].ipBlock.cidr=0.0.0.0/0")
+    helm.template("--set", "networkPolicy.enabled=true", *API_SERVER, *provider, *egress)
+    # Without the runner Deployment its providers are not used: nothing to allow.
+    helm.template(
+        "--set", "networkPolicy.enabled=true", *API_SERVER, *provider,
+        "--set", "runner.enabled=false",
+    )  # fmt: skip
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
