@@ -209,14 +209,17 @@ async def test_the_queue_ttl_never_fails_executions_while_the_queue_drains(
     namespace: str,
     make_operator: MakeOperator,
 ) -> None:
-    # 20 starts at 2 per second take 10 s: longer than the 6 s TTL, all after
-    # Temporal is back. None may fail for the TTL.
-    operator = make_operator(AGENTEXEC_QUEUE_TTL_SECONDS="6", AGENTEXEC_START_RATE="2")
+    # 20 starts at 1.5 per second take 13 s: longer than the 8 s TTL, all after
+    # Temporal is back (about 4 s after the creates: one kubectl call, 2 s, a
+    # server start). None may fail for the TTL.
+    operator = make_operator(AGENTEXEC_QUEUE_TTL_SECONDS="8", AGENTEXEC_START_RATE="1.5")
     temporal.kill()
     names = [f"drain-{n}" for n in range(20)]
-    for name in names:
-        aex.create(control_plane, namespace, name, name)
-    await asyncio.sleep(4)
+    control_plane.kubectl(
+        "create", "-n", namespace, "-f", "-",
+        stdin="\n---\n".join(aex.manifest(name, name) for name in names),
+    )  # fmt: skip
+    await asyncio.sleep(2)
     temporal.start()
     await aex.all_succeed_once(
         control_plane, namespace, names, temporal.address, operator.task_queue, timeout=120
