@@ -141,6 +141,28 @@ def test_the_key_is_read_at_each_call_so_rotation_applies(tmp_path: Path) -> Non
         provider.read_api_key()
 
 
+async def test_an_unknown_provider_is_not_retried_and_names_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text("providers: {local: {baseURL: http://127.0.0.1:1/v1}}\n")
+    request = AgentRequest("chat", "hi", parameters={"model": "m", "provider": "openai"})
+    with pytest.raises(AgentFailed, match="no provider named 'openai' on this runner") as err:
+        await ChatAgent(path).run(request)
+    assert "(configured: local)" in str(err.value)
+
+
+async def test_an_unreadable_key_file_at_call_time_is_retried(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    key = tmp_path / "absent"
+    path.write_text(
+        f"providers: {{local: {{baseURL: http://127.0.0.1:1/v1, apiKeyFile: {key}}}}}\n"
+    )
+    with pytest.raises(ApplicationError) as err:
+        await ChatAgent(path).run(AgentRequest("chat", "hi", parameters={"model": "m"}))
+    assert err.value.type == "ProviderKeyUnreadable"
+    assert not err.value.non_retryable
+    assert str(key) in err.value.message
+
+
 async def test_a_runner_without_providers_fails_the_agent_clearly() -> None:
     agent = ChatAgent(providers_file=Path("/nonexistent/providers.yaml"))
     with pytest.raises(AgentFailed, match="cannot read the providers file"):

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -49,7 +49,16 @@ from agentexec.temporal.types import (
     Usage,
 )
 
+if TYPE_CHECKING:
+    from agentexec.settings import Settings
+
 log = logging.getLogger("agentexec.runner.chat")
+
+# A provider's apiKeyFile could not be read at call time: retryable (its
+# Secret may be mounted late, or be mid-rotation), a few seconds apart; when
+# the attempts run out the execution says RunnerFailed with this message.
+PROVIDER_KEY_UNREADABLE = "ProviderKeyUnreadable"
+KEY_RETRY_DELAY = timedelta(seconds=5)
 
 MAX_MESSAGE = 1000  # of the provider's words in a failure message
 REDACTED = "[REDACTED]"
@@ -109,8 +118,18 @@ def choose_provider(providers: Mapping[str, Provider], name: str | None) -> Prov
         return next(iter(providers.values()))
     known = ", ".join(sorted(providers)) or "none"
     if name is None:
-        raise AgentFailed(f"the chat agent needs a provider (configured: {known})")
-    raise AgentFailed(f"no provider named {name!r} on this runner (configured: {known})")
+        raise AgentFailed(
+            f"the chat agent needs a provider: set the Agent's provider or parameters.provider "
+            f"(configured: {known})"
+        )
+    # The Agent names a provider this runner does not have: the same request
+    # fails the same way on every attempt (runners of a queue share their
+    # providers file), so not retried. RunnerFailed, not ProviderRejected:
+    # no provider was called, and the fix is the Agent or the runner's file.
+    raise AgentFailed(
+        f"no provider named {name!r} on this runner (configured: {known}): set the Agent's "
+        "provider to one of these, or add it to the runner's providers file"
+    )
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
@@ -241,13 +260,39 @@ class ChatAgent:
     name = "chat"
 
     def __init__(self, providers_file: Path | None = None) -> None:
-        # Agents are built by the entry-point loader with no arguments, so this
-        # plugin reads its one setting itself; the file is read at each call
-        # (a ConfigMap update applies without a restart).
-        if providers_file is None:
-            configured = os.environ.get(PROVIDERS_FILE_ENV)
-            providers_file = Path(configured) if configured else None
+        # The runner gives the settings' providers file through configure();
+        # the file is read again at each call (a ConfigMap update applies
+        # without a restart).
         self.providers_file = providers_file
+
+    def configure(self, settings: Settings) -> None:
+        """Check the providers file once, when the runner starts.
+
+        A file that cannot be read or parsed is fatal (ProviderConfigError,
+        naming the file, never a key): a runner that starts with it would look
+        healthy and fail every chat execution. A key file not there yet is a
+        warning only: Secrets may be mounted after the container starts, and
+        keys are read at each call.
+        """
+        self.providers_file = settings.providers_file
+        if self.providers_file is None:
+            log.warning(
+                "the chat agent has no providers: chat executions on this runner fail "
+                f"until {PROVIDERS_FILE_ENV} names a providers file"
+            )
+            return
+        providers = load_providers(self.providers_file)
+        for provider in providers.values():
+            key = provider.api_key_file
+            if key is not None and not key.is_file():
+                log.warning(
+                    "a provider's apiKeyFile is not there (yet): its calls fail until it is",
+                    extra={"provider": provider.name, "api_key_file": str(key)},
+                )
+        log.info(
+            "chat providers",
+            extra={"providers_file": str(self.providers_file), "providers": sorted(providers)},
+        )
 
     async def run(self, request: AgentRequest) -> AgentResult:
         call = build_chat_call(request)
@@ -256,8 +301,22 @@ class ChatAgent:
                 f"the chat agent has no providers on this runner: set {PROVIDERS_FILE_ENV}"
             )
         try:
-            provider = choose_provider(load_providers(self.providers_file), call.provider)
-            api_key = provider.read_api_key()
+            # Was valid at startup: broken since (a bad ConfigMap update) is
+            # for the platform team to fix, and retrying cannot.
+            providers = load_providers(self.providers_file)
         except ProviderConfigError as exc:
             raise AgentFailed(str(exc)) from None
-        return await call_provider(provider, api_key, call.body)
+        provider = choose_provider(providers, call.provider)
+        try:
+            api_key = provider.read_api_key()
+        except ProviderConfigError as exc:
+            error = ApplicationError(
+                str(exc),
+                type=PROVIDER_KEY_UNREADABLE,
+                next_retry_delay=KEY_RETRY_DELAY,
+                category=ApplicationErrorCategory.BENIGN,
+            )
+        else:
+            return await call_provider(provider, api_key, call.body)
+        log.warning("chat provider key unreadable: %s", error.message)
+        raise error
