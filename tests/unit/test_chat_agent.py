@@ -7,6 +7,7 @@ tests/integration/test_chat_agent.py.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from agentexec.runner.chat import (
     build_result,
     choose_provider,
     provider_words,
+    retry_delay,
     scrub,
 )
 from agentexec.runner.providers import (
@@ -208,6 +210,38 @@ def test_http_errors_map_to_reasons_and_retryability(
     assert err.value.type == kind
     assert err.value.non_retryable is not retryable
     assert err.value.message == f"provider 'local' answered HTTP {status}: said the provider"
+
+
+@pytest.mark.parametrize(
+    ("header", "time_left", "delay"),
+    [
+        (None, None, None),  # the retry policy's delay
+        ("7", None, 7.0),
+        (" 0 ", None, 0.0),
+        ("3600", None, 60.0),  # capped
+        ("30", 12.5, 12.5),  # no later than the execution's timeout allows
+        ("30", -1.0, 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None, None),  # the date form is not read
+        ("-5", None, None),
+        ("1.5", None, None),
+        ("soon", None, None),
+    ],
+)
+def test_retry_after_sets_the_next_attempts_delay(
+    header: str | None, time_left: float | None, delay: float | None
+) -> None:
+    expected = None if delay is None else timedelta(seconds=delay)
+    assert retry_delay(header, time_left) == expected
+
+
+@pytest.mark.parametrize(("status", "retried_later"), [(429, True), (503, True), (400, False)])
+def test_a_retryable_answer_with_retry_after_delays_the_next_attempt(
+    status: int, retried_later: bool
+) -> None:
+    with pytest.raises(ApplicationError) as err:
+        build_result(LOCAL, status, b"slow down", retry_after="20", time_left=100.0)
+    assert err.value.next_retry_delay == (timedelta(seconds=20) if retried_later else None)
+    assert err.value.non_retryable is not retried_later
 
 
 @pytest.mark.parametrize(
