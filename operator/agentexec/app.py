@@ -19,7 +19,7 @@ from agentexec.http import build_app, start_http
 from agentexec.kube import Kube
 from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
-from agentexec.runner import load_agents
+from agentexec.runner import configure_agents, load_agents
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY
 from agentexec.settings import Settings
@@ -46,6 +46,7 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
     ]
     if settings.runner_enabled:
         agents = load_agents()
+        configure_agents(agents, settings)
         log.info(
             "built-in runner",
             extra={"agents": sorted(agents), "task_queue": settings.runner_task_queue},

@@ -60,12 +60,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _runner(settings: Settings, check_only: bool) -> int:
-    from agentexec.runner import load_agents
+    from agentexec.runner import configure_agents, load_agents
     from agentexec.runner.process import run_runner, select_agents
 
     configure_logging(settings.log_level, settings.log_format)
     try:
-        agents = select_agents(settings, load_agents())
+        # Strict: an agent that cannot be loaded stops the runner (unless
+        # AGENTEXEC_RUNNER_AGENTS leaves it out), and so does a configuration
+        # its agents refuse (a malformed providers file), here and with
+        # --check-config rather than in every execution.
+        agents = select_agents(settings, load_agents(only=settings.runner_agents, strict=True))
+        configure_agents(agents, settings)
     except ValueError as exc:
         print(f"agentexec-operator runner: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -82,6 +82,9 @@ class Settings:
     runner_task_queues: tuple[str, ...] = ()
     runner_agents: tuple[str, ...] = ()
     runner_max_concurrent: int = 16
+    # The chat agent's providers file (URLs, and where each key is mounted);
+    # checked when the runner starts, read again at each call.
+    providers_file: Path | None = None
     # The heartbeat timeout the workflow gives each agent attempt: a runner
     # that died mid-agent is noticed, and the agent retried, after this long.
     runner_heartbeat_timeout: float = 30.0
@@ -178,6 +181,10 @@ def _file(value: str) -> Path:
     if not path.is_file():
         raise ValueError(f"file {path} does not exist")
     return path
+
+
+def _path(value: str) -> Path:
+    return Path(_text(value))
 
 
 def _address(value: str) -> str:
@@ -311,6 +318,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         runner_max_concurrent=env.get(
             "AGENTEXEC_RUNNER_MAX_CONCURRENT", _positive_int, s.runner_max_concurrent
         ),
+        # Not _file: the runner checks it (and says what is wrong with it)
+        # when it starts; the operator without a runner never reads it.
+        providers_file=env.get("AGENTEXEC_PROVIDERS_FILE", _path, s.providers_file),
         runner_heartbeat_timeout=env.get(
             "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS", _whole_seconds, s.runner_heartbeat_timeout
         ),

@@ -300,3 +300,35 @@ async def test_a_key_the_provider_quotes_back_reaches_neither_status_nor_history
     assert KEY not in message
     assert KEY not in history
     assert KEY not in caplog.text
+
+
+async def test_a_429_waits_as_long_as_its_retry_after_before_the_next_attempt(
+    temporal: TemporalDevServer, task_queue: str, tmp_path: Path
+) -> None:
+    seen: list[float] = []
+
+    async def chat(_: web.Request) -> web.Response:
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            return web.json_response(
+                {"error": {"message": "rate limited"}}, status=429, headers={"Retry-After": "4"}
+            )
+        return web.json_response({"choices": [{"message": {"content": "hello"}}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = web.AppRunner(app)
+    await server.setup()
+    await web.TCPSite(server, "127.0.0.1", 0).start()
+    base_url = f"http://127.0.0.1:{server.addresses[0][1]}/v1"
+    try:
+        agent = ChatAgent(providers_file(tmp_path, base_url, KEY))
+        result, history = await run_workflow(
+            temporal, task_queue, agent, {"message": "hi", "parameters": request().parameters}
+        )
+    finally:
+        await server.cleanup()
+    assert (result.phase, result.output) == ("Succeeded", "hello"), result
+    assert attempts(history) == 2
+    # The retry policy alone would have retried after 1 s.
+    assert seen[1] - seen[0] >= 3.5, seen

@@ -28,6 +28,7 @@ from agentexec.temporal.types import (
     StatusReport,
 )
 from agentexec.temporal.workflows import AgentExecutionWorkflow
+from localenv.procs import free_port
 from localenv.temporal import TemporalDevServer
 from tests.support.operator import RunnerProcess
 from tests.support.waiting import eventually
@@ -146,6 +147,43 @@ async def test_the_runner_subcommand_serves_an_execution(
     assert status["role"] == "runner"
     assert status["runner"]["agents"] == ["chat", "echo"]  # every agent registered
     assert status["runner"]["task_queues"] == [executions.runner_queue]
+
+
+async def test_a_runner_is_ready_only_once_it_serves_its_queues(
+    executions: Executions, runners: list[RunnerProcess], tmp_path: Path
+) -> None:
+    # A wrong Temporal address (here a closed port) keeps a new runner unready,
+    # so a rollout stalls instead of replacing runners that work.
+    lost = RunnerProcess(tmp_path, f"127.0.0.1:{free_port()}", executions.runner_queue, name="lost")
+    runners.append(lost)
+    lost.start(wait=False)
+    await eventually(
+        lambda: lost.get("/healthz") if lost.running else None,
+        lambda got: got is not None and got[0] == 200,
+        timeout=30,
+        what="the lost runner's /healthz",
+    )
+    # Past its first failed dials (connect timeout 3 s): still unready, and why.
+    await eventually(
+        lambda: lost.statusz()["temporal"]["dial_attempts"],
+        lambda n: n >= 2,
+        timeout=30,
+        what="two failed dials",
+    )
+    status, body = lost.get("/readyz")
+    assert (status, lost.running) == (503, True), body
+    assert "waiting for Temporal" in body
+
+    found = executions.runner(tmp_path, name="found")
+    runners.append(found)
+    found.start(wait=False)
+    await eventually(
+        lambda: found.get("/readyz") if found.running else None,
+        lambda got: got is not None and got[0] == 200,
+        timeout=60,
+        what="the runner on the dev server ready",
+    )
+    assert found.statusz()["temporal"]["workers_running"] == 1
 
 
 async def test_two_runners_share_a_queue(

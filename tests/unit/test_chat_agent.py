@@ -7,6 +7,7 @@ tests/integration/test_chat_agent.py.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from agentexec.runner.chat import (
     build_result,
     choose_provider,
     provider_words,
+    retry_delay,
     scrub,
 )
 from agentexec.runner.providers import (
@@ -141,6 +143,28 @@ def test_the_key_is_read_at_each_call_so_rotation_applies(tmp_path: Path) -> Non
         provider.read_api_key()
 
 
+async def test_an_unknown_provider_is_not_retried_and_names_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text("providers: {local: {baseURL: http://127.0.0.1:1/v1}}\n")
+    request = AgentRequest("chat", "hi", parameters={"model": "m", "provider": "openai"})
+    with pytest.raises(AgentFailed, match="no provider named 'openai' on this runner") as err:
+        await ChatAgent(path).run(request)
+    assert "(configured: local)" in str(err.value)
+
+
+async def test_an_unreadable_key_file_at_call_time_is_retried(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    key = tmp_path / "absent"
+    path.write_text(
+        f"providers: {{local: {{baseURL: http://127.0.0.1:1/v1, apiKeyFile: {key}}}}}\n"
+    )
+    with pytest.raises(ApplicationError) as err:
+        await ChatAgent(path).run(AgentRequest("chat", "hi", parameters={"model": "m"}))
+    assert err.value.type == "ProviderKeyUnreadable"
+    assert not err.value.non_retryable
+    assert str(key) in err.value.message
+
+
 async def test_a_runner_without_providers_fails_the_agent_clearly() -> None:
     agent = ChatAgent(providers_file=Path("/nonexistent/providers.yaml"))
     with pytest.raises(AgentFailed, match="cannot read the providers file"):
@@ -186,6 +210,38 @@ def test_http_errors_map_to_reasons_and_retryability(
     assert err.value.type == kind
     assert err.value.non_retryable is not retryable
     assert err.value.message == f"provider 'local' answered HTTP {status}: said the provider"
+
+
+@pytest.mark.parametrize(
+    ("header", "time_left", "delay"),
+    [
+        (None, None, None),  # the retry policy's delay
+        ("7", None, 7.0),
+        (" 0 ", None, 0.0),
+        ("3600", None, 60.0),  # capped
+        ("30", 12.5, 12.5),  # no later than the execution's timeout allows
+        ("30", -1.0, 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None, None),  # the date form is not read
+        ("-5", None, None),
+        ("1.5", None, None),
+        ("soon", None, None),
+    ],
+)
+def test_retry_after_sets_the_next_attempts_delay(
+    header: str | None, time_left: float | None, delay: float | None
+) -> None:
+    expected = None if delay is None else timedelta(seconds=delay)
+    assert retry_delay(header, time_left) == expected
+
+
+@pytest.mark.parametrize(("status", "retried_later"), [(429, True), (503, True), (400, False)])
+def test_a_retryable_answer_with_retry_after_delays_the_next_attempt(
+    status: int, retried_later: bool
+) -> None:
+    with pytest.raises(ApplicationError) as err:
+        build_result(LOCAL, status, b"slow down", retry_after="20", time_left=100.0)
+    assert err.value.next_retry_delay == (timedelta(seconds=20) if retried_later else None)
+    assert err.value.non_retryable is not retried_later
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
 from agentexec.cli import main
-from agentexec.runner import AgentRequest, AgentResult, build_agents, context
+from agentexec.runner import (
+    AgentLoadError,
+    AgentRequest,
+    AgentResult,
+    build_agents,
+    context,
+    load_agents,
+)
 from agentexec.runner.echo import EchoAgent
 from agentexec.runner.process import select_agents
 from agentexec.settings import load_settings
@@ -59,3 +68,58 @@ def test_runner_check_config(
     monkeypatch.setenv("AGENTEXEC_RUNNER_AGENTS", "missing")
     assert main(["runner", "--check-config"]) == 2
     assert "not installed: missing" in capsys.readouterr().err
+
+
+def _entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = [
+        EntryPoint("echo", "agentexec.runner.echo:EchoAgent", "agentexec.agents"),
+        EntryPoint("broken", "agentexec_no_such_module:Agent", "agentexec.agents"),
+    ]
+    monkeypatch.setattr(
+        "agentexec.runner.api.entry_points",
+        lambda group: [e for e in installed if e.group == group],
+    )
+
+
+def test_a_broken_entry_point_stops_the_runner_unless_it_is_not_served(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _entry_points(monkeypatch)
+    assert list(load_agents()) == ["echo"]  # lenient: the in-process runner logs it
+    with pytest.raises(AgentLoadError, match="broken = agentexec_no_such_module:Agent"):
+        load_agents(strict=True)
+    assert list(load_agents(only=["echo"], strict=True)) == ["echo"]
+
+    monkeypatch.delenv("AGENTEXEC_RUNNER_AGENTS", raising=False)
+    assert main(["runner", "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "broken = agentexec_no_such_module:Agent could not be loaded" in err
+    monkeypatch.setenv("AGENTEXEC_RUNNER_AGENTS", "echo")
+    assert main(["runner", "--check-config"]) == 0
+
+
+def test_runner_check_config_checks_the_providers_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    providers = tmp_path / "providers.yaml"
+    monkeypatch.setenv("AGENTEXEC_PROVIDERS_FILE", str(providers))
+    monkeypatch.setenv("AGENTEXEC_RUNNER_AGENTS", "chat")
+    # Missing key files are a warning: Secrets may be mounted after start.
+    providers.write_text(
+        "providers:\n  p:\n    baseURL: http://x/v1\n    apiKeyFile: /nonexistent/key\n"
+    )
+    assert main(["runner", "--check-config"]) == 0
+    capsys.readouterr()
+    providers.write_text(
+        "providers:\n  p:\n    baseURL: http://x/v1\n    headers: {X-Key: sk-secret\n"
+    )
+    assert main(["runner", "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"the providers file {str(providers)!r} is not YAML at line" in err
+    assert "sk-secret" not in err
+    providers.write_text("providers: {p: {baseURL: ftp://x}}\n")
+    assert main(["runner", "--check-config"]) == 2
+    assert "provider 'p': baseURL must be an http(s) URL" in capsys.readouterr().err
+    providers.unlink()
+    assert main(["runner", "--check-config"]) == 2
+    assert f"cannot read the providers file {str(providers)!r}" in capsys.readouterr().err

@@ -35,8 +35,10 @@ from agentexec.runner.api import (
     AgentContext,
     AgentFailed,
     AgentFunction,
+    AgentLoadError,
     agent_names,
     build_agents,
+    configure_agents,
     context,
     load_agents,
 )
@@ -48,10 +50,12 @@ __all__ = [
     "AgentContext",
     "AgentFailed",
     "AgentFunction",
+    "AgentLoadError",
     "AgentRequest",
     "AgentResult",
     "agent_names",
     "build_agents",
+    "configure_agents",
     "context",
     "load_agents",
     "serve",
@@ -84,4 +88,6 @@ def serve(
     if max_concurrent is not None:
         settings = dataclasses.replace(settings, runner_max_concurrent=max_concurrent)
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(run_runner(settings, build_agents(agents)))
+    built = build_agents(agents)
+    configure_agents(built, settings)
+    asyncio.run(run_runner(settings, built))

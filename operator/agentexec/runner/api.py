@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from temporalio import activity
 
 from agentexec.temporal.types import AgentRequest, AgentResult
+
+if TYPE_CHECKING:
+    from agentexec.settings import Settings
 
 log = logging.getLogger("agentexec.runner")
 ENTRY_POINT_GROUP = "agentexec.agents"
@@ -142,17 +145,60 @@ def agent_names(group: str = ENTRY_POINT_GROUP) -> frozenset[str]:
     return frozenset(ep.name for ep in entry_points(group=group))
 
 
-def load_agents(group: str = ENTRY_POINT_GROUP) -> Mapping[str, Agent]:
-    """Every agent registered under ``group``; a broken one is logged and skipped."""
+class AgentLoadError(ValueError):
+    """An agent the runner was asked to serve cannot be loaded or configured."""
+
+
+def load_agents(
+    group: str = ENTRY_POINT_GROUP,
+    *,
+    only: Collection[str] = (),
+    strict: bool = False,
+) -> Mapping[str, Agent]:
+    """The agents registered under ``group`` (those named in ``only``, if any).
+
+    A broken entry point is logged and skipped, or, with ``strict`` (the
+    runner process), raises AgentLoadError naming it: a runner that serves
+    without one of its agents looks healthy and fails each of its executions.
+    """
     agents: dict[str, Agent] = {}
     for ep in entry_points(group=group):
+        if only and ep.name not in only:
+            continue  # not served here: neither loaded nor able to stop the runner
         try:
             agent = ep.load()()
-        except Exception:
+        except Exception as exc:
+            if strict:
+                raise AgentLoadError(
+                    f"agent entry point {ep.name} = {ep.value} could not be loaded: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             log.exception("could not load agent", extra={"entry_point": ep.value})
             continue
         if not isinstance(agent, Agent):
+            if strict:
+                raise AgentLoadError(
+                    f"agent entry point {ep.name} = {ep.value} is not an agent "
+                    "(needs name and async run)"
+                )
             log.error("not an agent (needs name and async run)", extra={"entry_point": ep.value})
             continue
         agents[agent.name] = agent
     return agents
+
+
+def configure_agents(agents: Mapping[str, Agent], settings: Settings) -> None:
+    """Call each agent's optional ``configure(settings)`` once, before serving.
+
+    Agents are built with no arguments; this is how they get their settings
+    (the one object that reads the environment) and check them at startup
+    rather than at every call. An error raises AgentLoadError naming the agent.
+    """
+    for name, agent in agents.items():
+        configure = getattr(agent, "configure", None)
+        if configure is None:
+            continue
+        try:
+            configure(settings)
+        except Exception as exc:
+            raise AgentLoadError(f"agent {name!r}: {exc}") from exc

@@ -13,7 +13,8 @@ their keys are configured on the runner (see providers.py).
 
 Failures say which side is at fault and whether retrying can help:
 ``ProviderUnavailable`` (refused, timed out, 408, 429, 5xx) is retried by
-the activity's retry policy; ``ProviderRejected`` (any other 4xx) and
+the activity's retry policy, after the provider's ``Retry-After`` if it sent
+one; ``ProviderRejected`` (any other 4xx) and
 ``ProviderInvalidResponse`` (a 2xx that is no chat completion) are not.
 Messages carry the provider's own words, never the key.
 """
@@ -22,15 +23,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec.runner import AgentFailed
@@ -49,7 +51,21 @@ from agentexec.temporal.types import (
     Usage,
 )
 
+if TYPE_CHECKING:
+    from agentexec.settings import Settings
+
 log = logging.getLogger("agentexec.runner.chat")
+
+# A provider's apiKeyFile could not be read at call time: retryable (its
+# Secret may be mounted late, or be mid-rotation), a few seconds apart; when
+# the attempts run out the execution says RunnerFailed with this message.
+PROVIDER_KEY_UNREADABLE = "ProviderKeyUnreadable"
+KEY_RETRY_DELAY = timedelta(seconds=5)
+# The most a provider's Retry-After may delay the next attempt: the retry
+# policy's own delays are 1 s and 2 s, and a provider asking for minutes is
+# better answered by failing than by holding the execution that long.
+MAX_RETRY_AFTER = 60.0
+_DELAY_SECONDS = re.compile(r"[0-9]{1,9}")
 
 MAX_MESSAGE = 1000  # of the provider's words in a failure message
 REDACTED = "[REDACTED]"
@@ -109,8 +125,18 @@ def choose_provider(providers: Mapping[str, Provider], name: str | None) -> Prov
         return next(iter(providers.values()))
     known = ", ".join(sorted(providers)) or "none"
     if name is None:
-        raise AgentFailed(f"the chat agent needs a provider (configured: {known})")
-    raise AgentFailed(f"no provider named {name!r} on this runner (configured: {known})")
+        raise AgentFailed(
+            f"the chat agent needs a provider: set the Agent's provider or parameters.provider "
+            f"(configured: {known})"
+        )
+    # The Agent names a provider this runner does not have: the same request
+    # fails the same way on every attempt (runners of a queue share their
+    # providers file), so not retried. RunnerFailed, not ProviderRejected:
+    # no provider was called, and the fix is the Agent or the runner's file.
+    raise AgentFailed(
+        f"no provider named {name!r} on this runner (configured: {known}): set the Agent's "
+        "provider to one of these, or add it to the runner's providers file"
+    )
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
@@ -140,22 +166,55 @@ def provider_words(raw: bytes) -> str:
     return words[:MAX_MESSAGE]
 
 
-def provider_error(kind: str, message: str) -> ApplicationError:
+def provider_error(
+    kind: str, message: str, next_retry_delay: timedelta | None = None
+) -> ApplicationError:
     return ApplicationError(
         message,
         type=kind,
         non_retryable=kind != PROVIDER_UNAVAILABLE,
+        next_retry_delay=next_retry_delay,
         # An expected outcome, said on the resource: no traceback in the log.
         category=ApplicationErrorCategory.BENIGN,
     )
 
 
-def build_result(provider: Provider, status: int, raw: bytes) -> AgentResult:
-    """The agent's result from the provider's answer, or the ApplicationError to raise."""
+def retry_delay(retry_after: str | None, time_left: float | None = None) -> timedelta | None:
+    """The next attempt's delay a ``Retry-After`` header asks for, capped at
+    MAX_RETRY_AFTER and at the time the execution has left; None (the retry
+    policy's delay) without one. Only the delay-seconds form is read: the
+    HTTP-date form (rare from APIs, and needing a clock in agreement with the
+    provider's) is ignored."""
+    if retry_after is None or not _DELAY_SECONDS.fullmatch(retry_after.strip()):
+        return None
+    seconds = min(float(retry_after.strip()), MAX_RETRY_AFTER)
+    if time_left is not None:
+        seconds = min(seconds, max(time_left, 0.0))
+    return timedelta(seconds=seconds)
+
+
+def build_result(
+    provider: Provider,
+    status: int,
+    raw: bytes,
+    retry_after: str | None = None,
+    time_left: float | None = None,
+) -> AgentResult:
+    """The agent's result from the provider's answer, or the ApplicationError to raise.
+
+    A retryable answer (429, 503, ...) with ``Retry-After`` waits as long
+    before the next attempt (see retry_delay)."""
     where = f"provider {provider.name!r}"
     if not 200 <= status < 300:
-        kind = PROVIDER_UNAVAILABLE if status in (408, 429) or status >= 500 else PROVIDER_REJECTED
-        raise provider_error(kind, f"{where} answered HTTP {status}: {provider_words(raw)}")
+        if status in (408, 429) or status >= 500:
+            raise provider_error(
+                PROVIDER_UNAVAILABLE,
+                f"{where} answered HTTP {status}: {provider_words(raw)}",
+                retry_delay(retry_after, time_left),
+            )
+        raise provider_error(
+            PROVIDER_REJECTED, f"{where} answered HTTP {status}: {provider_words(raw)}"
+        )
     try:
         data = json.loads(raw)
         message = data["choices"][0]["message"]
@@ -189,6 +248,18 @@ def _shown(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
+def time_left() -> float | None:
+    """Seconds until this activity's schedule-to-close deadline (the
+    execution's timeoutSeconds, all attempts together); None outside one."""
+    if not activity.in_activity():
+        return None
+    info = activity.info()
+    if not info.schedule_to_close_timeout:
+        return None
+    deadline = info.scheduled_time + info.schedule_to_close_timeout
+    return (deadline - datetime.now(UTC)).total_seconds()
+
+
 async def call_provider(
     provider: Provider, api_key: str | None, body: dict[str, Any]
 ) -> AgentResult:
@@ -206,6 +277,7 @@ async def call_provider(
             session.post(url, json=body, headers=headers, allow_redirects=False) as response,
         ):
             status, raw = response.status, await response.read()
+            retry_after = response.headers.get("Retry-After")
     except TimeoutError:
         error = provider_error(
             PROVIDER_UNAVAILABLE,
@@ -224,9 +296,11 @@ async def call_provider(
         )
     else:
         try:
-            return build_result(provider, status, raw)
+            return build_result(provider, status, raw, retry_after, time_left())
         except ApplicationError as exc:
-            error = provider_error(exc.type or PROVIDER_UNAVAILABLE, scrub(exc.message, secrets))
+            error = provider_error(
+                exc.type or PROVIDER_UNAVAILABLE, scrub(exc.message, secrets), exc.next_retry_delay
+            )
     log.warning(
         "chat provider call failed: %s",
         error.message,
@@ -241,13 +315,39 @@ class ChatAgent:
     name = "chat"
 
     def __init__(self, providers_file: Path | None = None) -> None:
-        # Agents are built by the entry-point loader with no arguments, so this
-        # plugin reads its one setting itself; the file is read at each call
-        # (a ConfigMap update applies without a restart).
-        if providers_file is None:
-            configured = os.environ.get(PROVIDERS_FILE_ENV)
-            providers_file = Path(configured) if configured else None
+        # The runner gives the settings' providers file through configure();
+        # the file is read again at each call (a ConfigMap update applies
+        # without a restart).
         self.providers_file = providers_file
+
+    def configure(self, settings: Settings) -> None:
+        """Check the providers file once, when the runner starts.
+
+        A file that cannot be read or parsed is fatal (ProviderConfigError,
+        naming the file, never a key): a runner that starts with it would look
+        healthy and fail every chat execution. A key file not there yet is a
+        warning only: Secrets may be mounted after the container starts, and
+        keys are read at each call.
+        """
+        self.providers_file = settings.providers_file
+        if self.providers_file is None:
+            log.warning(
+                "the chat agent has no providers: chat executions on this runner fail "
+                f"until {PROVIDERS_FILE_ENV} names a providers file"
+            )
+            return
+        providers = load_providers(self.providers_file)
+        for provider in providers.values():
+            key = provider.api_key_file
+            if key is not None and not key.is_file():
+                log.warning(
+                    "a provider's apiKeyFile is not there (yet): its calls fail until it is",
+                    extra={"provider": provider.name, "api_key_file": str(key)},
+                )
+        log.info(
+            "chat providers",
+            extra={"providers_file": str(self.providers_file), "providers": sorted(providers)},
+        )
 
     async def run(self, request: AgentRequest) -> AgentResult:
         call = build_chat_call(request)
@@ -256,8 +356,22 @@ class ChatAgent:
                 f"the chat agent has no providers on this runner: set {PROVIDERS_FILE_ENV}"
             )
         try:
-            provider = choose_provider(load_providers(self.providers_file), call.provider)
-            api_key = provider.read_api_key()
+            # Was valid at startup: broken since (a bad ConfigMap update) is
+            # for the platform team to fix, and retrying cannot.
+            providers = load_providers(self.providers_file)
         except ProviderConfigError as exc:
             raise AgentFailed(str(exc)) from None
-        return await call_provider(provider, api_key, call.body)
+        provider = choose_provider(providers, call.provider)
+        try:
+            api_key = provider.read_api_key()
+        except ProviderConfigError as exc:
+            error = ApplicationError(
+                str(exc),
+                type=PROVIDER_KEY_UNREADABLE,
+                next_retry_delay=KEY_RETRY_DELAY,
+                category=ApplicationErrorCategory.BENIGN,
+            )
+        else:
+            return await call_provider(provider, api_key, call.body)
+        log.warning("chat provider key unreadable: %s", error.message)
+        raise error

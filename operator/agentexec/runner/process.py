@@ -100,10 +100,26 @@ async def run_runner(
             },
         }
 
+    served_once = False
+
     def readiness() -> tuple[bool, str]:
-        # Temporal's state is data, as for the operator: a runner waiting for
-        # Temporal is not broken. A draining runner takes no new agents.
-        return (False, "stopping") if stopping.is_set() else (True, "serving")
+        # Not ready until connected with every queue's worker started: a
+        # rollout with a wrong Temporal address or TLS Secret then stalls on
+        # its first new pod instead of replacing runners that work (agents
+        # would wait, NoRunner). Once ready, a runner stays ready through later
+        # Temporal outages: an outage hits every runner at once, and turning
+        # them all unready only flaps the Service and the rollout; the manager
+        # reconnects by itself. A draining runner takes no new agents.
+        nonlocal served_once
+        if stopping.is_set():
+            return False, "stopping"
+        if not served_once:
+            if not manager.connected:
+                return False, f"waiting for Temporal: {manager.unavailable()}"
+            if manager.workers_running < len(settings.runner_queues):
+                return False, "waiting for the workers to start"
+            served_once = True
+        return True, "serving"
 
     def liveness() -> tuple[bool, str]:
         stopped = manager.stopped_loops()

@@ -106,7 +106,13 @@ def load_providers(path: Path) -> dict[str, Provider]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ProviderConfigError(f"the providers file {str(path)!r} is not YAML: {exc}") from None
+        # Not str(exc): it quotes the offending line, which may hold a header's value.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ProviderConfigError(
+            f"the providers file {str(path)!r} is not YAML{where}: {problem}"
+        ) from None
     return parse_providers(data, f"the providers file {str(path)!r}")
 
 
