@@ -294,6 +294,7 @@ class Controller:
         )
         self.queue: WorkQueue[Key] = WorkQueue(max_delay=60.0)
         self.starts = TokenBucket(settings.start_rate, burst=max(1, int(settings.start_rate)))
+        self.deletes = TokenBucket(settings.delete_rate, burst=max(1, int(settings.delete_rate)))
         self.loops = Loops()
         self.leading = False
         self._reports: dict[Key, _Report] = {}
@@ -644,6 +645,9 @@ class Controller:
         about is gone (Jobs post none either)."""
         uid = str(body["metadata"]["uid"])
         version = body["metadata"].get("resourceVersion")
+        # A TTL newly set on an install with many finished executions expires
+        # them all at once; the preconditions still hold after the wait.
+        await self.deletes.acquire()
         if not await self.kube.delete(*key, uid, str(version) if version else None):
             return
         self.metrics.executions_deleted_by_ttl.inc()
