@@ -25,6 +25,17 @@ from agentexec.temporal.types import AgentSpec
 
 Body = Mapping[str, Any]
 ANY_QUEUE = "*"
+# What build_agent_spec and resolve read of an Agent: all the cache keeps.
+AGENT_SPEC_FIELDS = (
+    "type",
+    "model",
+    "systemPrompt",
+    "provider",
+    "parameters",
+    "taskQueue",
+    "timeoutSeconds",
+)
+AGENT_META_FIELDS = ("name", "namespace", "uid", "generation", "resourceVersion")
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,74 @@ def build_agent_spec(agent: Body, execution_parameters: Mapping[str, Any]) -> Ag
         uid=_text(meta.get("uid")),
         generation=generation if isinstance(generation, int) else None,
     )
+
+
+def slim_agent(body: Body) -> dict[str, Any]:
+    """What an Agent's snapshot is built from, and no more: no annotations,
+    managedFields or status, nor spec fields this version does not read."""
+    meta, spec = _mapping(body.get("metadata")), _mapping(body.get("spec"))
+    return {
+        "metadata": {k: meta[k] for k in AGENT_META_FIELDS if k in meta},
+        "spec": {k: spec[k] for k in AGENT_SPEC_FIELDS if k in spec},
+    }
+
+
+def _rv(body: Body) -> int | None:
+    try:
+        return int(_mapping(body.get("metadata"))["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class AgentCache:
+    """The Agents the watch has shown, slim, by (namespace, name). A version is
+    only replaced by a newer one of the same Agent, and a deletion only
+    removes the Agent it is about: events of an Agent deleted and re-created
+    under the same name may arrive late, and must not undo the newer one."""
+
+    def __init__(self) -> None:
+        self._agents: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._agents.get((namespace, name))
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def put(self, body: Body) -> bool:
+        """Keep ``body`` unless a newer version of the same Agent is held; True if kept."""
+        key = _key(body)
+        if key is None:
+            return False
+        old = self._agents.get(key)
+        if old is not None and _uid(old) == _uid(body):
+            old_rv, new_rv = _rv(old), _rv(body)
+            if old_rv is not None and new_rv is not None and new_rv <= old_rv:
+                return False
+        self._agents[key] = slim_agent(body)
+        return True
+
+    def remove(self, body: Body) -> bool:
+        """Forget the Agent ``body`` is (a DELETED event); True if it was held.
+        Without a uid on either side there is no telling, and it goes."""
+        key = _key(body)
+        old = self._agents.get(key) if key is not None else None
+        if old is None or key is None:
+            return False
+        if _uid(old) is not None and _uid(body) is not None and _uid(old) != _uid(body):
+            return False  # a late deletion of an older Agent of this name
+        del self._agents[key]
+        return True
+
+
+def _key(body: Body) -> tuple[str, str] | None:
+    meta = _mapping(body.get("metadata"))
+    ns, name = meta.get("namespace"), meta.get("name")
+    return (ns, name) if isinstance(ns, str) and isinstance(name, str) else None
+
+
+def _uid(body: Body) -> str | None:
+    return _text(_mapping(body.get("metadata")).get("uid"))
 
 
 def queue_refusal(queue: str, agent_queue: str | None, policy: AgentPolicy) -> str | None:

@@ -29,7 +29,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec import planner
-from agentexec.agents import AgentPolicy
+from agentexec.agents import AgentCache, AgentPolicy
 from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
@@ -142,18 +142,6 @@ def _slim(body: Body) -> dict[str, Any]:
             "status": {k: status[k] for k in ("phase", "completionTime") if k in status},
         }
     return {"metadata": slim_meta, "spec": body.get("spec"), "status": dict(status)}
-
-
-def _slim_agent(body: Body) -> dict[str, Any]:
-    meta = body.get("metadata") or {}
-    return {
-        "metadata": {
-            k: meta[k]
-            for k in ("name", "namespace", "uid", "resourceVersion", "generation")
-            if k in meta
-        },
-        "spec": body.get("spec") or {},
-    }
 
 
 class ExecutionCache:
@@ -284,7 +272,7 @@ class Controller:
         self.gateway = TemporalGateway(manager, settings.task_queue, settings.temporal.rpc_timeout)
         self.events = EventRecorder(kube)
         self.cache = ExecutionCache()
-        self.agents: dict[Key, dict[str, Any]] = {}  # Agent resources, by (namespace, name)
+        self.agents = AgentCache()
         self.policy = AgentPolicy(
             # The agents registered in this image: the runner Deployment (or the
             # in-process runner) serves them on the default runner queue.
@@ -294,6 +282,7 @@ class Controller:
         )
         self.queue: WorkQueue[Key] = WorkQueue(max_delay=60.0)
         self.starts = TokenBucket(settings.start_rate, burst=max(1, int(settings.start_rate)))
+        self.deletes = TokenBucket(settings.delete_rate, burst=max(1, int(settings.delete_rate)))
         self.loops = Loops()
         self.leading = False
         self._reports: dict[Key, _Report] = {}
@@ -368,9 +357,8 @@ class Controller:
         key = key_of(body)
         if key is None:
             return
-        if event_type == "DELETED":
-            self.agents.pop(key, None)
-        elif not self._put_agent(key, body):
+        changed = self.agents.remove(body) if event_type == "DELETED" else self.agents.put(body)
+        if not changed:
             return
         if not self.leading:
             return  # start_leading enqueues everything
@@ -395,7 +383,7 @@ class Controller:
         watch event instead: nothing starts in its place.)"""
         spec = body.get("spec")
         name = str(spec.get("agent", "")) if isinstance(spec, Mapping) else ""
-        cached = self.agents.get((namespace, name))
+        cached = self.agents.get(namespace, name)
         builtin = self.policy.builtin_agents or frozenset()
         if (
             cached is not None
@@ -408,18 +396,8 @@ class Controller:
         fetched = await self.kube.get_agent(namespace, name)  # a KubeError backs off
         if fetched is None:
             return None
-        self._put_agent((namespace, name), fetched)
-        return self.agents.get((namespace, name))
-
-    def _put_agent(self, key: Key, body: Body) -> bool:
-        """Keep ``body`` unless we hold a newer version of the same Agent."""
-        old = self.agents.get(key)
-        if old is not None and old["metadata"].get("uid") == body.get("metadata", {}).get("uid"):
-            old_rv, new_rv = _rv(old), _rv(body)
-            if old_rv is not None and new_rv is not None and new_rv <= old_rv:
-                return False
-        self.agents[key] = _slim_agent(body)
-        return True
+        self.agents.put(fetched)
+        return self.agents.get(namespace, name)
 
     async def _prime_agents(self) -> None:
         """List the Agents before the first reconcile, so that no execution is
@@ -430,9 +408,7 @@ class Controller:
             for namespace in self.settings.watch_namespaces or (None,):
                 listed = await asyncio.wait_for(self.kube.list_agents(namespace), timeout=10)
                 for body in listed:
-                    key = key_of(body)
-                    if key is not None:
-                        self._put_agent(key, body)
+                    self.agents.put(body)
         except Exception as exc:
             log.warning(
                 "could not list Agents; relying on the watch",
@@ -644,6 +620,9 @@ class Controller:
         about is gone (Jobs post none either)."""
         uid = str(body["metadata"]["uid"])
         version = body["metadata"].get("resourceVersion")
+        # A TTL newly set on an install with many finished executions expires
+        # them all at once; the preconditions still hold after the wait.
+        await self.deletes.acquire()
         if not await self.kube.delete(*key, uid, str(version) if version else None):
             return
         self.metrics.executions_deleted_by_ttl.inc()

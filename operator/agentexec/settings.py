@@ -97,6 +97,9 @@ class Settings:
     # Default spec.ttlSecondsAfterFinished; None keeps finished executions.
     ttl_seconds_after_finished: int | None = None
     start_rate: float = 200.0
+    # TTL deletes per second: a TTL set on an install with many finished
+    # executions would otherwise delete them all at once, workers-wide.
+    delete_rate: float = 50.0
     reconcile_workers: int = 16
     condition_sync_interval: float = 2.0
     sweep_interval: float = 30.0
@@ -145,6 +148,13 @@ def _seconds(value: str) -> float:
     number = _number(value, float, "a positive number of seconds")
     if not number > 0 or number != number or number == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _rate(value: str) -> float:
+    number = _number(value, float, "a positive number per second")
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError("must be a positive number per second")
     return number
 
 
@@ -330,7 +340,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         ttl_seconds_after_finished=env.get(
             "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED", _non_negative_int, s.ttl_seconds_after_finished
         ),
-        start_rate=env.get("AGENTEXEC_START_RATE", _seconds, s.start_rate),
+        start_rate=env.get("AGENTEXEC_START_RATE", _rate, s.start_rate),
+        delete_rate=env.get("AGENTEXEC_DELETE_RATE", _rate, s.delete_rate),
         reconcile_workers=env.get(
             "AGENTEXEC_RECONCILE_WORKERS", _positive_int, s.reconcile_workers
         ),

@@ -898,6 +898,47 @@ def test_deployment_never_runs_two_reconcilers_and_takes_placement_values(helm: 
     assert spread["labelSelector"]["matchLabels"] == everything["spec"]["selector"]["matchLabels"]
 
 
+def alerts_of(rendered: str) -> dict[str, dict[str, Any]]:
+    rule = the(rendered, "PrometheusRule")
+    return {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def test_runner_pods_are_scraped_and_alerted_on_with_the_operators_monitoring(
+    helm: Helm,
+) -> None:
+    """The runners have no Service: a PodMonitor scrapes their http port and
+    labels their series, which AgentExecRunnerAbsent looks for."""
+    rendered = helm.template("-f", str(EVERYTHING_ON))
+    monitor = the(rendered, "PodMonitor", runner=True)
+    runner = the(rendered, "Deployment", runner=True)
+    assert monitor["spec"]["selector"]["matchLabels"] == runner["spec"]["selector"]["matchLabels"]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"  # serviceMonitor.labels
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    ports = runner["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert endpoint["port"] in {p["name"] for p in ports}
+    assert endpoint["path"] == "/metrics"
+    assert {"targetLabel": "component", "replacement": "runner"} in endpoint["relabelings"]
+    alerts = alerts_of(rendered)
+    assert 'component="runner"' in alerts["AgentExecRunnerAbsent"]["expr"]
+    assert alerts["AgentExecRunnerAbsent"]["for"] == "5m"
+    assert alerts["AgentExecRunnerAbsent"]["annotations"]["runbook_url"].endswith("#runner-absent")
+    assert alerts["AgentExecRunnerAgentsFailing"]["annotations"]["runbook_url"].endswith(
+        "#runner-agents-failing"
+    )
+
+    # No runner, or no PodMonitor to label its series: nothing to look for,
+    # and an absent() alert would fire for ever. Agent failures are counted
+    # by any runner (the operator's own too), so that alert stays.
+    for off in ("runner.enabled=false", "serviceMonitor.enabled=false"):
+        rendered = helm.template("-f", str(EVERYTHING_ON), "--set", off)
+        assert not [o for o in objects(rendered) if o["kind"] == "PodMonitor"], off
+        alerts = alerts_of(rendered)
+        assert "AgentExecRunnerAbsent" not in alerts, off
+        assert "AgentExecRunnerAgentsFailing" in alerts, off
+        assert "AgentExecOperatorAbsent" in alerts, off
+    assert not [o for o in objects(helm.template()) if o["kind"] == "PodMonitor"]
+
+
 @pytest.mark.parametrize("values", [None, EVERYTHING_ON], ids=["defaults", "everything-on"])
 def test_every_variable_the_chart_sets_is_one_the_operator_reads(
     helm: Helm, values: Path | None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agentexec import planner
-from agentexec.agents import AgentPolicy, build_agent_spec
+from agentexec.agents import AgentCache, AgentPolicy, build_agent_spec, slim_agent
 from agentexec.controller import build_input
 from agentexec.planner import Call, Observed
 from agentexec.settings import Settings, SettingsError, load_settings
@@ -219,3 +219,62 @@ def test_an_agent_found_while_temporal_is_down_is_no_longer_said_missing() -> No
     assert resolved is not None
     assert started["reason"] == "WaitingForTemporal"
     assert (resolved["status"], resolved["reason"]) == ("True", "Resolved")
+
+
+def watched(uid: str, rv: str, **spec: Any) -> dict[str, Any]:
+    """An Agent as the watch delivers it: with the metadata and status the cache drops."""
+    body = agent(**spec)
+    body["metadata"].update(
+        uid=uid,
+        resourceVersion=rv,
+        annotations={"kubectl.kubernetes.io/last-applied-configuration": "x" * 1000},
+        managedFields=[{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        labels={"team": "a"},
+    )
+    body["spec"]["futureField"] = {"big": "y" * 1000}
+    body["status"] = {"observedGeneration": 3}
+    return body
+
+
+def test_the_agent_cache_keeps_what_the_snapshot_needs_and_no_more() -> None:
+    cache = AgentCache()
+    full = watched("ag1", "10", taskQueue="gpu", timeoutSeconds=60)
+    assert cache.put(full)
+    slim = cache.get("ns", "helper")
+    assert slim is not None
+    assert slim == slim_agent(full)
+    assert set(slim) == {"metadata", "spec"}
+    assert set(slim["metadata"]) == {"name", "namespace", "uid", "generation", "resourceVersion"}
+    assert "futureField" not in slim["spec"]
+    # The snapshot (and so the workflow input) is the same from the slim copy.
+    params = {"temperature": 0.5}
+    assert build_agent_spec(slim, params) == build_agent_spec(full, params)
+    assert slim["spec"]["taskQueue"] == "gpu"  # resolve() reads it for the queue policy
+
+
+@pytest.mark.parametrize(
+    ("held", "event", "changed", "kept_rv"),
+    [
+        # (uid, rv) held; (type, uid, rv) seen; did the cache change; the rv held after (None: none).
+        (("ag1", "10"), ("MODIFIED", "ag1", "11"), True, "11"),
+        (("ag1", "10"), ("MODIFIED", "ag1", "9"), False, "10"),  # a stale listing loses
+        (("ag1", "10"), ("MODIFIED", "ag1", "10"), False, "10"),
+        (("ag1", "10"), ("ADDED", "ag2", "5"), True, "5"),  # re-created: a new uid wins, any rv
+        (("ag1", "10"), ("DELETED", "ag1", "12"), True, None),
+        # A late DELETED of the Agent this name used to be: the re-created one stays.
+        (("ag2", "20"), ("DELETED", "ag1", "12"), False, "20"),
+        (None, ("DELETED", "ag1", "12"), False, None),
+        (None, ("ADDED", "ag1", "1"), True, "1"),
+    ],
+)
+def test_the_agent_cache_only_moves_forward_and_deletes_the_agent_deleted(
+    held: tuple[str, str] | None, event: tuple[str, str, str], changed: bool, kept_rv: str | None
+) -> None:
+    cache = AgentCache()
+    if held is not None:
+        cache.put(watched(*held))
+    kind, uid, rv = event
+    seen = watched(uid, rv)
+    assert (cache.remove(seen) if kind == "DELETED" else cache.put(seen)) is changed
+    now = cache.get("ns", "helper")
+    assert (now["metadata"]["resourceVersion"] if now else None) == kept_rv

@@ -39,6 +39,8 @@ def test_every_alert_uses_exported_metrics() -> None:
         "AgentExecReconcileErrors",
         "AgentExecOperatorAbsent",
         "AgentExecExecutionsFailing",
+        "AgentExecRunnerAbsent",
+        "AgentExecRunnerAgentsFailing",
     }
     exported = exported_names()
     for rule in rules:
@@ -84,5 +86,7 @@ def test_the_contract_metric_names_are_exported() -> None:
         "agentexec_executions_finished_total",
         "agentexec_execution_duration_seconds_bucket",
         "agentexec_build_info",
+        "agentexec_runner_agents_running",
+        "agentexec_runner_agent_attempts_total",
     ):
         assert name in exported, name

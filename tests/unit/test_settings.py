@@ -24,6 +24,7 @@ def test_defaults() -> None:
     assert s.runner_queues == ("agentexec-runner",)
     assert (s.runner_agents, s.runner_max_concurrent) == ((), 16)
     assert s.runner_heartbeat_timeout == 30.0
+    assert (s.start_rate, s.delete_rate) == (200.0, 50.0)
 
 
 def test_reads_the_environment(tmp_path: Path) -> None:
@@ -42,6 +43,7 @@ def test_reads_the_environment(tmp_path: Path) -> None:
             "AGENTEXEC_RUNNER_AGENTS": "echo",
             "AGENTEXEC_RUNNER_MAX_CONCURRENT": "3",
             "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS": "5",
+            "AGENTEXEC_DELETE_RATE": "2.5",
         }
     )
     assert s.temporal.address == "temporal.example:7233"
@@ -54,6 +56,7 @@ def test_reads_the_environment(tmp_path: Path) -> None:
     assert s.runner_queues == ("b", "a")
     assert (s.runner_agents, s.runner_max_concurrent) == (("echo",), 3)
     assert s.runner_heartbeat_timeout == 5.0
+    assert s.delete_rate == 2.5
 
 
 @pytest.mark.parametrize(
@@ -75,6 +78,9 @@ def test_reads_the_environment(tmp_path: Path) -> None:
             "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS",
         ),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"AGENTEXEC_DELETE_RATE": "0"}, "AGENTEXEC_DELETE_RATE"),
+        ({"AGENTEXEC_DELETE_RATE": "inf"}, "AGENTEXEC_DELETE_RATE"),
+        ({"AGENTEXEC_START_RATE": "-5"}, "AGENTEXEC_START_RATE"),
         ({"AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "-1"}, "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED"),
         ({"AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "1.5"}, "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED"),
         (
