@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _runner(settings: Settings, check_only: bool) -> int:
     from agentexec.runner import configure_agents, load_agents
-    from agentexec.runner.process import run_runner, select_agents
+    from agentexec.runner.process import exit_without_finalizing, run_runner, select_agents
 
     configure_logging(settings.log_level, settings.log_format)
     try:
@@ -81,7 +81,7 @@ def _runner(settings: Settings, check_only: bool) -> int:
         print(f"configuration ok: agents {', '.join(sorted(agents))}")
         return 0
     asyncio.run(run_runner(settings, agents))
-    return 0
+    return exit_without_finalizing(0)
 
 
 if __name__ == "__main__":

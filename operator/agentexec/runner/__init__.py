@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NoReturn
 
 from agentexec.runner.api import (
     ENTRY_POINT_GROUP,
@@ -67,8 +68,9 @@ def serve(
     task_queue: str | Sequence[str] | None = None,
     *,
     max_concurrent: int | None = None,
-) -> None:
-    """Serve ``agents`` on ``task_queue`` until SIGTERM or Ctrl-C (blocks).
+) -> NoReturn:
+    """Serve ``agents`` on ``task_queue`` until SIGTERM or Ctrl-C, then end the
+    process (it blocks, and never returns: see exit_without_finalizing).
 
     Everything else comes from the environment, as for ``agentexec-operator
     runner``: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, AGENTEXEC_HTTP_PORT
@@ -76,7 +78,7 @@ def serve(
     Without ``task_queue``, AGENTEXEC_RUNNER_TASK_QUEUES (or _QUEUE) says.
     """
     from agentexec.logs import configure_logging
-    from agentexec.runner.process import run_runner
+    from agentexec.runner.process import exit_without_finalizing, run_runner
     from agentexec.settings import load_settings
 
     # This is a program's entry point, like cli.main: the one other place
@@ -91,3 +93,4 @@ def serve(
     built = build_agents(agents)
     configure_agents(built, settings)
     asyncio.run(run_runner(settings, built))
+    exit_without_finalizing(0)
