@@ -42,9 +42,12 @@ async def test_a_blocking_agent_runs_in_the_runner_and_the_operator_stays_respon
     try:
         # The operator polls its workflow queue only.
         assert operator.statusz()["temporal"]["worker_task_queues"] == [operator.task_queue]
+        # `blocking` is no agent of the image, so the execution names the
+        # queue of the runner that serves it (allowed in these tests).
         aex.create(
-            control_plane, namespace, "blocker", "x", agent="blocking", parameters={"seconds": 5}
-        )
+            control_plane, namespace, "blocker", "x",
+            agent="blocking", parameters={"seconds": 5}, taskQueue=queue,
+        )  # fmt: skip
         timings: list[float] = []
         phases: list[str | None] = []
 
