@@ -219,9 +219,9 @@ async def workflow_runs(address: str, namespace: str, obj: dict[str, Any]) -> in
     return count
 
 
-def status_writes(audit_log: Path) -> Iterator[tuple[float, str, str]]:
-    """(time, pod, object) of every successful AgentExecution status write the
-    API server audited, in the order it served them."""
+def status_writes(audit_log: Path, namespace: str) -> Iterator[tuple[float, str, str]]:
+    """(time, pod, object) of every successful AgentExecution status write in
+    `namespace` the API server audited, in the order it served them."""
     from datetime import datetime
 
     for line in audit_log.read_text().splitlines():
@@ -234,6 +234,7 @@ def status_writes(audit_log: Path) -> Iterator[tuple[float, str, str]]:
             event.get("stage") != "ResponseComplete"
             or ref.get("resource") != "agentexecutions"
             or ref.get("subresource") != "status"
+            or ref.get("namespace") != namespace
             or event.get("verb") not in ("patch", "update")
             or (event.get("responseStatus") or {}).get("code", 500) >= 300
         ):

@@ -307,7 +307,7 @@ def test_two_replicas_never_wrote_status_at_once(release: Release, cluster: apps
     back to a pod that held it, so any return is an overlap)."""
     if cluster.audit_log is None:
         pytest.skip("this cluster's API server audit log cannot be read here")
-    writes = sorted(apps.status_writes(cluster.audit_log))
+    writes = sorted(apps.status_writes(cluster.audit_log, WORK))
     assert writes, "no status write was audited"
     writers: list[str] = []
     for _, pod, _ in writes:
