@@ -10,4 +10,4 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export AGENTEXEC_CLUSTER=kind
-exec .venv/bin/python -m pytest -p no:cacheprovider -m node tests/node "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -m node tests/node/test_scenarios.py "$@"

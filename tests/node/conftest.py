@@ -64,6 +64,8 @@ def node(
 ) -> Iterator[Node]:
     """The node, Ready with DNS; stopped however the session ends, and the
     machine checked clean after (a leftover fails the run loudly)."""
+    if KIND:
+        pytest.skip("the local node: `make e2e-kind` runs the scenarios on kind instead")
     node = Node.with_images(tmp_path_factory.mktemp("node"), docker_engine, node_images)
     started = time.monotonic()
     try:
