@@ -542,6 +542,22 @@ class Controller:
                 body = await self._write_finalizers(key, obs.body, add=True)
                 obs = replace(obs, body=body, now=_now())
                 continue
+            if decision.call is Call.START and obs.answer is None and not self.starts.available():
+                # Its turn may take seconds (a backlog at the start rate): a
+                # new execution says where it is before it waits.
+                queued = planner.plan_queued(
+                    obs.body,
+                    obs.conn,
+                    obs.now,
+                    f"queued for its start ({self.settings.start_rate:g} starts per second, "
+                    "AGENTEXEC_START_RATE)",
+                )
+                if queued is not None:
+                    written = await self.kube.write_status(
+                        *key, obs.body["metadata"]["resourceVersion"], queued
+                    )
+                    self.cache.put(key, written)
+                    obs = replace(obs, body=written, now=_now())
             if decision.call is not Call.NONE and obs.answer is None:
                 answer = await self._call(decision, obs.body)
                 obs = replace(obs, answer=answer, conn=self.connection(), now=_now())

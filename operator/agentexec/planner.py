@@ -211,6 +211,30 @@ def plan_waiting(
     }
 
 
+def plan_queued(body: Body, conn: Connection, now: datetime, message: str) -> StatusPatch | None:
+    """A new execution whose start waits its turn (the start rate, a backlog
+    after an outage): say so before waiting, unless its status already says
+    where it is."""
+    if is_terminal(body) or status_of(body).get("conditions"):
+        return None
+    return {
+        "phase": PENDING,
+        "temporalConnection": conn.reason,
+        "observedGeneration": generation_of(body),
+        "queuedTime": timestamp(now),
+        "startAttempts": 0,
+        "conditions": build_conditions(
+            body,
+            [
+                _connection_condition(conn),
+                Condition(WORKFLOW_STARTED, "False", "Queued", message),
+                Condition(SUCCEEDED_CONDITION, "Unknown", "Pending", "waiting for its start"),
+            ],
+            now,
+        ),
+    }
+
+
 def plan_agent_missing(
     body: Body, conn: Connection, now: datetime, ttl: float, message: str
 ) -> StatusPatch | None:

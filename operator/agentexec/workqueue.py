@@ -42,6 +42,13 @@ class TokenBucket:
         self._stamp = time.monotonic()
         self._lock = asyncio.Lock()
 
+    def available(self) -> bool:
+        """Whether an acquire now would not wait (nobody waiting, a token left)."""
+        if self._lock.locked():
+            return False
+        now = time.monotonic()
+        return min(self.burst, self._tokens + (now - self._stamp) * self.rate) >= 1
+
     async def acquire(self) -> None:
         async with self._lock:
             while True:

@@ -326,3 +326,18 @@ def test_the_usage_an_agent_reported_is_written_to_status() -> None:
     d = planner.decide(observed(obj("Running", workflow=True), report=report("Succeeded")))
     assert d.status is not None
     assert "usage" not in d.status
+
+
+def test_a_start_that_waits_its_turn_is_said_first() -> None:
+    """A new execution queued behind the start rate says so before it waits;
+    one whose status already explains it is not written again."""
+    new = obj()
+    new.pop("status", None)
+    queued = planner.plan_queued(new, UP, T0, "queued for its start")
+    assert queued is not None
+    assert queued["phase"] == "Pending"
+    conds = {c["type"]: (c["status"], c["reason"]) for c in queued["conditions"]}
+    assert conds["TemporalConnected"] == ("True", UP.reason)
+    assert conds["WorkflowStarted"] == ("False", "Queued")
+    assert planner.plan_queued({**new, "status": queued}, UP, T0, "again") is None
+    assert planner.plan_queued(obj("Succeeded", finished=T0), UP, T0, "x") is None

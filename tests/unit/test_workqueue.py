@@ -148,3 +148,12 @@ async def test_a_key_added_first_goes_ahead_of_the_backlog() -> None:
     await queue.stop()
     assert runs[0] == "new"
     assert len(runs) == 6
+
+
+async def test_a_token_bucket_says_when_an_acquire_would_wait() -> None:
+    bucket = TokenBucket(rate=1000.0, burst=1)
+    assert bucket.available()
+    await bucket.acquire()
+    assert not bucket.available()  # the one token is gone; the next needs 1 ms
+    await asyncio.sleep(0.01)
+    assert bucket.available()
