@@ -26,7 +26,7 @@ import yaml
 
 from localenv.binaries import built_tool, venv_tool
 from localenv.pki import CertificateAuthority, KeyPair
-from localenv.procs import ManagedProcess, free_port, wait_for
+from localenv.procs import ManagedProcess, free_port
 
 
 class ControlPlane:
@@ -153,10 +153,7 @@ class ControlPlane:
     def start_apiserver(self) -> None:
         assert self._apiserver is not None
         self._apiserver.start()
-        try:
-            wait_for(self._ready, 90, f"kube-apiserver on {self.url}", 0.2)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{self._apiserver.log_tail()}") from None
+        self._apiserver.wait_until(self._ready, 90, f"kube-apiserver on {self.url}", 0.2)
 
     def stop_apiserver(self) -> None:
         if self._apiserver is not None:

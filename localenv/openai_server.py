@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from localenv.binaries import CACHE_DIR, ROOT, versions
-from localenv.procs import ManagedProcess, free_port, wait_for
+from localenv.procs import ManagedProcess, free_port
 
 MODEL = "tiny"  # the name the server answers to (its --model_alias)
 
@@ -78,10 +78,9 @@ class OpenAIServer:
     def start(self, wait: bool = True) -> None:
         self._proc.start()
         if wait:
-            try:
-                wait_for(self._serving, 120, f"OpenAI-compatible server on {self.base_url}", 0.2)
-            except TimeoutError as exc:
-                raise TimeoutError(f"{exc}\n{self._proc.log_tail()}") from None
+            self._proc.wait_until(
+                self._serving, 120, f"OpenAI-compatible server on {self.base_url}", 0.2
+            )
 
     def stop(self) -> None:
         self._proc.stop(grace=10)

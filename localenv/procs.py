@@ -105,6 +105,15 @@ class ManagedProcess:
             self._signal(signal.SIGKILL)
             self._reap(timeout=10)
 
+    def wait_until(
+        self, predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1
+    ) -> T:
+        """wait_for(...), failing with the end of this process's log."""
+        try:
+            return wait_for(predicate, timeout, what, interval)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.log_tail()}") from None
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -11,7 +11,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from localenv.binaries import venv_tool
-from localenv.procs import ManagedProcess, free_port, port_open, wait_for
+from localenv.procs import ManagedProcess, free_port, port_open
 
 
 class TemporalDevServer:
@@ -63,10 +63,7 @@ class TemporalDevServer:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        try:
-            wait_for(self._serving, timeout, f"Temporal dev server on {self.address}", 0.1)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{self._proc.log_tail()}") from None
+        self._proc.wait_until(self._serving, timeout, f"Temporal dev server on {self.address}")
 
     def stop(self) -> None:
         """Graceful: SIGTERM, then SIGKILL if it lingers."""

@@ -15,7 +15,7 @@ import kopf
 
 from agentexec import __version__, handlers
 from agentexec.controller import Controller
-from agentexec.http import build_app, start_http
+from agentexec.http import build_app, liveness_of, start_http
 from agentexec.kube import Kube
 from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
@@ -142,11 +142,10 @@ async def run(settings: Settings) -> None:
         # Ready once kopf's watches run; Temporal's state is data, not health.
         return (True, "watching") if ready.is_set() else (False, "starting")
 
-    def liveness() -> tuple[bool, str]:
-        stopped = controller.stopped_loops()
-        return (False, f"stopped: {', '.join(stopped)}") if stopped else (True, "ok")
-
-    http = await start_http(build_app(metrics, status, readiness, liveness), settings.http_port)
+    http = await start_http(
+        build_app(metrics, status, readiness, liveness_of(controller.stopped_loops)),
+        settings.http_port,
+    )
     log.info(
         "operator starting",
         extra={

@@ -21,6 +21,17 @@ StatusFn = Callable[[], dict[str, Any]]
 ReadyFn = Callable[[], tuple[bool, str]]
 
 
+def liveness_of(stopped_loops: Callable[[], list[str]]) -> ReadyFn:
+    """/healthz from a process's supervised loops: unhealthy, naming them,
+    once any has stopped."""
+
+    def alive() -> tuple[bool, str]:
+        stopped = stopped_loops()
+        return (False, f"stopped: {', '.join(stopped)}") if stopped else (True, "ok")
+
+    return alive
+
+
 def build_app(
     metrics: Metrics, status: StatusFn, ready: ReadyFn, alive: ReadyFn | None = None
 ) -> web.Application:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from agentexec import __version__
-from agentexec.http import build_app, start_http
+from agentexec.http import build_app, liveness_of, start_http
 from agentexec.metrics import Metrics
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY, Agent
@@ -122,11 +122,10 @@ async def run_runner(
             served_once = True
         return True, "serving"
 
-    def liveness() -> tuple[bool, str]:
-        stopped = manager.stopped_loops()
-        return (False, f"stopped: {', '.join(stopped)}") if stopped else (True, "ok")
-
-    http = await start_http(build_app(metrics, status, readiness, liveness), settings.http_port)
+    http = await start_http(
+        build_app(metrics, status, readiness, liveness_of(manager.stopped_loops)),
+        settings.http_port,
+    )
     log.info(
         "runner starting",
         extra={
