@@ -374,25 +374,17 @@ class Controller:
             ):
                 self.queue.add(ekey)
 
-    async def _agent_for(self, namespace: str, body: Body) -> dict[str, Any] | None:
-        """The Agent the execution names, from the cache; for a built-in name
-        not cached, asked of the API server once before the start. An Agent
-        applied with its execution may not have reached the cache yet, and
-        the built-in agent of its name would run without the Agent's model,
-        provider or queue. (A name that is not built in waits for the Agent's
-        watch event instead: nothing starts in its place.)"""
+    async def _shadowing_agent(self, namespace: str, body: Body) -> dict[str, Any] | None:
+        """Just before a start without an Agent, for a built-in name: the Agent
+        of that name, asked of the API server. An Agent applied with its
+        execution may not have reached the cache yet, and the built-in agent
+        would run without the Agent's model, provider or queue. (A name that
+        is not built in waits for the Agent's watch event instead: nothing
+        starts in its place.)"""
         spec = body.get("spec")
         name = str(spec.get("agent", "")) if isinstance(spec, Mapping) else ""
-        cached = self.agents.get(namespace, name)
-        builtin = self.policy.builtin_agents or frozenset()
-        if (
-            cached is not None
-            or name not in builtin
-            or planner.is_terminal(body)
-            or planner.status_of(body).get("workflow")
-            or body.get("metadata", {}).get("deletionTimestamp")
-        ):
-            return cached
+        if name not in (self.policy.builtin_agents or frozenset()):
+            return None
         fetched = await self.kube.get_agent(namespace, name)  # a KubeError backs off
         if fetched is None:
             return None
@@ -494,7 +486,10 @@ class Controller:
         self._touched[key] = time.monotonic()
         check = key in self._check
         self._check.discard(key)
-        agent = await self._agent_for(key[0], body)
+        spec = body.get("spec")
+        agent = self.agents.get(
+            key[0], str(spec.get("agent", "")) if isinstance(spec, Mapping) else ""
+        )
         obs = Observed(
             body=body,
             conn=self.connection(),
@@ -536,12 +531,17 @@ class Controller:
         return decision.requeue_after
 
     async def _decide(self, key: Key, obs: Observed) -> tuple[Decision, Body]:
-        for _ in range(4):
+        for _ in range(5):
             decision = planner.decide(obs)
             if decision.add_finalizer:
                 body = await self._write_finalizers(key, obs.body, add=True)
                 obs = replace(obs, body=body, now=_now())
                 continue
+            if decision.call is Call.START and obs.answer is None and obs.agent is None:
+                shadowing = await self._shadowing_agent(key[0], obs.body)
+                if shadowing is not None:
+                    obs = replace(obs, agent=shadowing, now=_now())
+                    continue
             if decision.call is Call.START and obs.answer is None and not self.starts.available():
                 # Its turn may take seconds (a backlog at the start rate): a
                 # new execution says where it is before it waits.
@@ -563,7 +563,7 @@ class Controller:
                 obs = replace(obs, answer=answer, conn=self.connection(), now=_now())
                 continue
             return decision, obs.body
-        raise RuntimeError(f"no decision for {key} after four steps")
+        raise RuntimeError(f"no decision for {key} after five steps")
 
     async def _call(self, decision: Decision, body: Body) -> Answer:
         call = decision.call
