@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -28,7 +29,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from agentexec import planner
+from agentexec import backoff, planner
 from agentexec.agents import AgentCache, AgentPolicy
 from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
@@ -231,7 +232,7 @@ class Loops:
                 except Exception as exc:
                     failures += 1
                     self.failures[name] += 1
-                    delay = min(30.0, 0.5 * 2.0 ** min(failures, 6))
+                    delay = backoff.LOOP.delay(failures, random.random())
                     log.warning(
                         "background loop failed; retrying",
                         extra={
@@ -280,7 +281,7 @@ class Controller:
             execution_task_queues=frozenset(settings.execution_task_queues),
             runner_task_queue=settings.runner_task_queue,
         )
-        self.queue: WorkQueue[Key] = WorkQueue(max_delay=60.0)
+        self.queue: WorkQueue[Key] = WorkQueue()
         self.starts = TokenBucket(settings.start_rate, burst=max(1, int(settings.start_rate)))
         self.deletes = TokenBucket(settings.delete_rate, burst=max(1, int(settings.delete_rate)))
         self.loops = Loops()

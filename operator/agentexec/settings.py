@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from agentexec.backoff import REDIAL, REDIAL_CIRCUIT_CAP
+
 T = TypeVar("T")
 
 
@@ -40,11 +42,11 @@ class TemporalSettings:
     # recovery is then noticed within this interval.
     probe_interval_disconnected: float = 0.1
     probe_timeout: float = 1.0
-    backoff_base: float = 1.0
-    backoff_max: float = 30.0
-    backoff_jitter: float = 0.2
+    backoff_base: float = REDIAL.base
+    backoff_max: float = REDIAL.cap
+    backoff_jitter: float = REDIAL.jitter
     circuit_threshold: int = 10
-    circuit_backoff_max: float = 300.0
+    circuit_backoff_max: float = REDIAL_CIRCUIT_CAP
     # Probe failures, while the server answers a plain TCP dial, before the
     # client is considered broken and re-dialled.
     redial_after_failures: int = 5

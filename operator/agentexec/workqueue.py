@@ -19,17 +19,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from agentexec.backoff import RECONCILE, Backoff
+
 K = TypeVar("K", bound=Hashable)
 log = logging.getLogger("agentexec.workqueue")
 
 # What a reconcile returns: seconds after which to look at the key again, or None.
 Reconcile = Callable[[K], Awaitable[float | None]]
-
-
-def backoff_delay(failures: int, base: float, cap: float, jitter: float, rnd: float) -> float:
-    """The delay before retry number ``failures`` (1-based): base·2^(n-1), capped, ± jitter."""
-    delay = min(cap, base * (2.0 ** max(0, failures - 1)))
-    return max(0.0, delay * (1.0 + jitter * (2.0 * rnd - 1.0)))
 
 
 class TokenBucket:
@@ -65,14 +61,10 @@ class WorkQueue(Generic[K]):
     def __init__(
         self,
         *,
-        base_delay: float = 0.1,
-        max_delay: float = 60.0,
-        jitter: float = 0.2,
+        backoff: Backoff = RECONCILE,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.jitter = jitter
+        self.backoff = backoff
         self._rng = rng
         self._queue: deque[K] = deque()
         self._dirty: set[K] = set()
@@ -119,7 +111,7 @@ class WorkQueue(Generic[K]):
         """Add ``key`` after its own backoff (it failed); returns the delay."""
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        delay = backoff_delay(failures, self.base_delay, self.max_delay, self.jitter, self._rng())
+        delay = self.backoff.delay(failures, self._rng())
         self.add_after(key, delay)
         return delay
 

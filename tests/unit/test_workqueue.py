@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-import pytest
+from agentexec.backoff import Backoff
+from agentexec.workqueue import TokenBucket, WorkQueue
 
-from agentexec.workqueue import TokenBucket, WorkQueue, backoff_delay
 
-
-def test_backoff_doubles_per_failure_up_to_the_cap_with_bounded_jitter() -> None:
-    assert [backoff_delay(n, 0.1, 60, 0, 0.5) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.4, 0.8]
-    assert backoff_delay(30, 0.1, 60, 0, 0.5) == 60
-    assert backoff_delay(1, 1.0, 60, 0.2, 0.0) == pytest.approx(0.8)
-    assert backoff_delay(1, 1.0, 60, 0.2, 1.0) == pytest.approx(1.2)
+def test_reconcile_backoff_doubles_per_failure_up_to_a_minute() -> None:
+    no_jitter = Backoff(base=0.1, cap=60, jitter=0)
+    assert [no_jitter.delay(n, 0.5) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.4, 0.8]
+    assert WorkQueue[str]().backoff.cap == 60
 
 
 async def test_a_key_added_many_times_while_waiting_runs_once() -> None:
@@ -65,7 +63,7 @@ async def test_one_reconcile_per_key_at_a_time_and_an_add_meanwhile_runs_after()
 
 
 async def test_errors_back_off_per_key_and_success_forgets() -> None:
-    queue: WorkQueue[str] = WorkQueue(base_delay=0.02, max_delay=1, jitter=0)
+    queue: WorkQueue[str] = WorkQueue(backoff=Backoff(base=0.02, cap=1, jitter=0))
     times: list[float] = []
     loop = asyncio.get_running_loop()
 

@@ -50,10 +50,10 @@ from temporalio.runtime import (
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from agentexec.backoff import WORKER_RESTART, Backoff
 from agentexec.logs import RateLimiter, RateLimitFilter
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
-from agentexec.temporal.backoff import BackoffPolicy
 from agentexec.temporal.state import (
     CIRCUIT_OPEN,
     NAMESPACE_NOT_FOUND,
@@ -258,7 +258,7 @@ class SupervisedWorker:
             )
             # Ask the probe what is wrong now rather than at its next tick.
             self.manager.report_failure(error)
-            await asyncio.sleep(min(2.0 ** (quick_failures - 1), 10.0))
+            await asyncio.sleep(WORKER_RESTART.nominal(quick_failures))
             # A re-dial is for a client that is broken while the probe says
             # the server and the namespace are fine; a missing namespace or
             # a server that is down is waited out at the top of the loop.
@@ -343,11 +343,8 @@ class TemporalManager:
         self.worker_specs = tuple(workers)
         self.metrics = metrics if metrics is not None else Metrics()
         self.identity = identity
-        self.backoff = BackoffPolicy(
-            base=settings.backoff_base,
-            ceiling=settings.backoff_max,
-            circuit_ceiling=settings.circuit_backoff_max,
-            jitter=settings.backoff_jitter,
+        self.backoff = Backoff(
+            base=settings.backoff_base, cap=settings.backoff_max, jitter=settings.backoff_jitter
         )
         self._rng = rng or random.Random()
         self._tracker = ConnectionTracker(
@@ -644,7 +641,12 @@ class TemporalManager:
         self._set_circuit()
         self._announce(flip)
         failures = self._tracker.consecutive_dial_failures
-        delay = self.backoff.plan_delay(failures, self._tracker.circuit_open, self._rng)
+        policy = (
+            self.backoff.capped(self.settings.circuit_backoff_max)
+            if self._tracker.circuit_open
+            else self.backoff
+        )
+        delay = policy.delay(failures, self._rng.random())
         first_connect = not self._tracker.ever_connected
         log.warning(
             (
