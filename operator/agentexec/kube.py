@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+import yaml
 
 GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
 AGENT_PLURAL = "agents"
@@ -43,13 +44,36 @@ class KubeError(Exception):
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
+class NoCredentials(RuntimeError):
+    """No Kubernetes credentials can be found: said in one line, never a traceback."""
+
+
 def login() -> kopf.ConnectionInfo:
     """The same credentials kopf's login handler uses."""
     kwargs: dict[str, Any] = {"settings": kopf.OperatorSettings(), "logger": log}
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    try:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    except (
+        OSError, ValueError, LookupError, TypeError, AttributeError, yaml.YAMLError,
+        kopf.LoginError,
+    ) as exc:  # fmt: skip
+        # A kubeconfig that is missing, unreadable or names a context it lacks.
+        raise NoCredentials(
+            f"no usable Kubernetes credentials: the kubeconfig cannot be used "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     if info is None:
-        raise RuntimeError("no Kubernetes credentials: not in a pod and no usable kubeconfig")
+        raise NoCredentials(
+            "no Kubernetes credentials: not in a pod (no service account token at "
+            f"{SERVICE_ACCOUNT_TOKEN}) and no kubeconfig (KUBECONFIG unset, no ~/.kube/config)"
+        )
     return info
+
+
+def describe_credentials(info: kopf.ConnectionInfo) -> str:
+    """Where the credentials point, for --check-config (never a token)."""
+    how = "service account" if _token_file(info) is not None else "kubeconfig"
+    return f"{info.server} ({how})"
 
 
 class Credentials:
