@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -178,6 +179,13 @@ class RunnerProcess:
                 return int(r.status), r.read().decode()
         except urllib.error.HTTPError as err:
             return int(err.code), err.read().decode()
+
+    def check_config(self) -> subprocess.CompletedProcess[str]:
+        """`agentexec-operator runner --check-config` in this runner's environment."""
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "agentexec-operator"), "runner", "--check-config"],
+            env=self.environ, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
 
     def kill(self) -> None:
         self._proc.kill()
