@@ -15,8 +15,8 @@ import kopf
 
 from agentexec import __version__, handlers
 from agentexec.controller import Controller
-from agentexec.http import build_app, liveness_of, start_http
-from agentexec.kube import Kube
+from agentexec.http import build_app, build_secure_app, build_server_tls, liveness_of, start_http
+from agentexec.kube import Kube, TokenAuthorizer
 from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
 from agentexec.runner import configure_agents, load_agents
@@ -142,15 +142,30 @@ async def run(settings: Settings) -> None:
         # Ready once kopf's watches run; Temporal's state is data, not health.
         return (True, "watching") if ready.is_set() else (False, "starting")
 
+    secure = settings.metrics_secure
     http = await start_http(
-        build_app(metrics, status, readiness, liveness_of(controller.stopped_loops)),
+        build_app(
+            metrics, status, readiness, liveness_of(controller.stopped_loops), with_data=not secure
+        ),
         settings.http_port,
+    )
+    secure_http = (
+        await start_http(
+            build_secure_app(metrics, status, TokenAuthorizer(kube)),
+            settings.metrics_port,
+            ssl_context=build_server_tls(settings.metrics_cert_file, settings.metrics_key_file),
+        )
+        if secure
+        else None
     )
     log.info(
         "operator starting",
         extra={
             "version": __version__,
             "http_port": settings.http_port,
+            # /metrics and /statusz: HTTPS with a reviewed token on this port, or plain.
+            "metrics_port": settings.metrics_port if secure else settings.http_port,
+            "metrics_secure": secure,
             "watch_namespaces": ",".join(settings.watch_namespaces) or "all",
             "leader_election": elector is not None,
             # Whether TLS and an API key are in use; never the key itself.
@@ -202,5 +217,7 @@ async def run(settings: Settings) -> None:
             log.warning("kopf stopped with an error", extra={"error": str(exc)[:300]})
     finally:
         await http.cleanup()
+        if secure_http is not None:
+            await secure_http.cleanup()
         await kube.close()
         log.info("operator stopped")

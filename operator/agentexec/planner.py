@@ -39,6 +39,11 @@ FORCE_DELETE = "agentexec.io/force-delete"
 TEMPORAL_CONNECTED = "TemporalConnected"
 WORKFLOW_STARTED = "WorkflowStarted"
 SUCCEEDED_CONDITION = "Succeeded"
+# True once the execution finished, whichever way (reason: the phase), so that
+# `kubectl wait --for=condition=Completed` returns for a success and a failure
+# alike. Argo Workflows' name for it; a Job's "Complete" means success only
+# (a failed Job says "Failed"), and Succeeded stays the Tekton-style outcome.
+COMPLETED_CONDITION = "Completed"
 AGENT_RESOLVED = "AgentResolved"
 
 # Fields of status we cap so a huge agent output cannot make the object
@@ -361,7 +366,8 @@ def plan_terminal(
             "True" if phase == SUCCEEDED else "False",
             phase if phase == SUCCEEDED else (reason or phase),
             (message or "")[:MAX_MESSAGE] if phase != SUCCEEDED else "the agent finished",
-        )
+        ),
+        Condition(COMPLETED_CONDITION, "True", phase, f"the execution finished: {phase}"),
     ]
     if started_reason is not None:
         updates.append(Condition(WORKFLOW_STARTED, "False", started_reason, message or ""))

@@ -74,7 +74,8 @@ def test_spec_is_immutable(control_plane: ControlPlane, namespace: str, crd: Non
 def test_printer_columns(control_plane: ControlPlane, namespace: str, crd: None) -> None:
     aex.create(control_plane, namespace, "shown", "x")
     header = control_plane.kubectl("get", "-n", namespace, "aex").stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "TEMPORAL", "WORKFLOW", "AGE"]
+    # The workflow ID is long: -o wide shows it (tests/e2e/test_kubectl.py).
+    assert header == ["NAME", "PHASE", "AGENT", "REASON", "TEMPORAL", "AGE"]
     column = ".status.temporalConnection"
     crd = control_plane.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
     columns = {

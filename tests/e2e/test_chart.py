@@ -680,12 +680,13 @@ def test_tls_secret_mounts_only_the_keys_it_has_and_the_operator_starts(
     assert told == expected
     checked = subprocess.run(
         [str(Path(sys.executable).parent / "agentexec-operator"), "--check-config"],
-        env={"PATH": os.environ["PATH"], **env},
+        # In the pod the service account's token; here the control plane's.
+        env={"PATH": os.environ["PATH"], "KUBECONFIG": str(control_plane.kubeconfig), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert checked.stdout.strip() == "configuration ok", checked.stderr
+    assert checked.stdout.splitlines()[-1] == "configuration ok", checked.stderr
 
 
 def test_tls_keys_refuse_half_a_client_pair(helm: Helm) -> None:

@@ -18,10 +18,12 @@ from agentexec.runner.providers import PROVIDERS_FILE_ENV, Provider, dump_provid
 from localenv.binaries import ROOT
 from localenv.kube import ControlPlane
 from localenv.openai_server import MODEL, OpenAIServer
+from localenv.pki import CertificateAuthority
 from localenv.procs import free_port
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
 from tests.e2e.test_agents import apply_agent
+from tests.support.gateway import ApiKeyGateway, ConnectProxy
 from tests.support.operator import OperatorProcess, RunnerProcess
 from tests.support.waiting import eventually
 
@@ -283,3 +285,75 @@ async def test_a_runner_killed_mid_agent_is_retried_once_on_the_other_runner(
     finally:
         for runner in runners:
             runner.stop()
+
+
+GATEWAY_KEY = "azure-key-0b7c2e19f4d84a6e"
+PROXY_LOGIN = "agents:pr0xy-s3cret"
+
+
+async def test_a_chat_through_a_connect_proxy_to_a_private_ca_provider_with_an_api_key_header(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+    openai_server: OpenAIServer,
+    tmp_path: Path,
+) -> None:
+    """Issue #21: the runner reaches its provider only through the platform's
+    HTTP proxy (proxy.py, CONNECT, with a login), the provider's certificate
+    is signed by a private CA that only the provider's caFile trusts, and it
+    takes its key Azure-style in an `api-key` header (a Bearer token is
+    refused). The model behind it is llama.cpp's real server."""
+    ca = CertificateAuthority(tmp_path / "pki", "agentexec-e2e-private-ca")
+    gateway = ApiKeyGateway(
+        openai_server.base_url, KEY, GATEWAY_KEY,
+        ca.issue("gateway", "localhost", server_hosts=("localhost", "127.0.0.1")),
+    )  # fmt: skip
+    await gateway.start()
+    proxy = ConnectProxy(tmp_path / "proxy", credentials=PROXY_LOGIN)
+    proxy.start()
+    operator = make_operator(AGENTEXEC_RUNNER_ENABLED="false")
+    keys = tmp_path / "providers"
+    keys.mkdir()
+    (keys / "apiKey").write_text(GATEWAY_KEY)
+    providers = keys / "providers.yaml"
+    providers.write_text(
+        yaml.safe_dump(
+            {"providers": {"azure": {
+                "baseURL": gateway.base_url, "apiKeyFile": str(keys / "apiKey"),
+                "apiKeyHeader": "api-key", "caFile": str(ca.cert_path), "timeoutSeconds": 30,
+            }}}
+        )
+    )  # fmt: skip
+    runner = RunnerProcess(
+        tmp_path, temporal.address, operator.runner_queue,
+        env={PROVIDERS_FILE_ENV: str(providers), "HTTPS_PROXY": proxy.url,
+             "NO_PROXY": "models.example.internal"},
+    )  # fmt: skip
+    runner.start()
+    try:
+        apply_agent(
+            control_plane, namespace, "azure-assistant",
+            type="chat", model=MODEL, provider="azure", systemPrompt="Answer briefly.",
+            parameters={"maxTokens": MAX_TOKENS, "temperature": 0},
+        )  # fmt: skip
+        aex.create(control_plane, namespace, "via-proxy", "Hello?", agent="azure-assistant")
+        done = await finished(control_plane, namespace, "via-proxy")
+        assert aex.phase(done) == "Succeeded", aex.summary(done)
+        assert done["status"]["usage"]["completionTokens"] == MAX_TOKENS
+        # Through the proxy (its access log has the tunnel), to the gateway,
+        # which let the api-key header in and refused nothing.
+        assert proxy.tunnels(at_least=1) == [f"localhost:{gateway.port}"]
+        assert (gateway.served, gateway.refused) == (1, 0)
+        log = runner.log()
+        assert "pr0xy-s3cret" not in log
+        assert GATEWAY_KEY not in log
+        assert GATEWAY_KEY not in json.dumps(await history(temporal, done))
+        checked = runner.check_config()
+        assert checked.returncode == 0, checked.stderr
+        assert "HTTPS_PROXY" in checked.stdout
+        assert "pr0xy-s3cret" not in checked.stdout
+    finally:
+        runner.stop()
+        proxy.stop()
+        await gateway.stop()

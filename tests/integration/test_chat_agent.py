@@ -25,8 +25,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from agentexec.runner.activity import RunnerActivities
-from agentexec.runner.chat import ChatAgent
-from agentexec.runner.providers import Provider, dump_providers
+from agentexec.runner.chat import ChatAgent, call_provider
+from agentexec.runner.providers import Provider, dump_providers, parse_providers
+from agentexec.settings import ProxySettings
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
     REPORT_STATUS_ACTIVITY,
@@ -39,8 +40,10 @@ from agentexec.temporal.types import (
 )
 from agentexec.temporal.workflows import AgentExecutionWorkflow
 from localenv.openai_server import MODEL, OpenAIServer
+from localenv.pki import CertificateAuthority
 from localenv.procs import free_port
 from localenv.temporal import TemporalDevServer
+from tests.support.gateway import ApiKeyGateway, ConnectProxy
 from tests.support.relay import TcpRelay
 
 KEY = "sk-agentexec-test-5f1c0d9e7a3b"
@@ -332,3 +335,100 @@ async def test_a_429_waits_as_long_as_its_retry_after_before_the_next_attempt(
     assert attempts(history) == 2
     # The retry policy alone would have retried after 1 s.
     assert seen[1] - seen[0] >= 3.5, seen
+
+
+GATEWAY_KEY = "azure-key-7d41c0a9e2b35f86"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+@pytest.fixture
+async def private_gateway(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> AsyncIterator[tuple[ApiKeyGateway, Path]]:
+    """The model server behind an api-key gateway whose certificate a private
+    CA signed; yields it and the CA's bundle."""
+    ca = CertificateAuthority(tmp_path / "pki", "agentexec-private-ca")
+    cert = ca.issue("gateway", "localhost", server_hosts=("localhost", "127.0.0.1"))
+    gateway = ApiKeyGateway(openai_server.base_url, KEY, GATEWAY_KEY, cert)
+    await gateway.start()
+    try:
+        yield gateway, ca.cert_path
+    finally:
+        await gateway.stop()
+
+
+@pytest.fixture
+def connect_proxy(tmp_path: Path) -> Iterator[ConnectProxy]:
+    proxy = ConnectProxy(tmp_path / "proxy", credentials="agents:pr0xy-s3cret")
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def azure(base_url: str, ca: Path | None, proxies: ProxySettings | None, **entry: Any) -> Provider:
+    return parse_providers(
+        {"providers": {"azure": {"baseURL": base_url, "apiKeyHeader": "api-key",
+                                 **({"caFile": str(ca)} if ca else {}), **entry}}},
+        proxies=proxies,
+    )["azure"]  # fmt: skip
+
+
+async def test_each_of_the_ca_the_key_header_and_the_proxy_login_is_needed(
+    private_gateway: tuple[ApiKeyGateway, Path], connect_proxy: ConnectProxy
+) -> None:
+    """What the e2e proxy test (tests/e2e/test_chat.py) depends on, one piece
+    missing at a time: each fails, saying why, and shows no secret."""
+    gateway, ca = private_gateway
+    proxies = ProxySettings(https=connect_proxy.url)
+    answered = await call_provider(azure(gateway.base_url, ca, proxies), GATEWAY_KEY, BODY)
+    assert answered.usage is not None
+    assert answered.usage.completion_tokens == 4
+    assert connect_proxy.tunnels(at_least=1) == [f"localhost:{gateway.port}"]
+
+    # The system roots do not know the private CA.
+    with pytest.raises(ApplicationError) as untrusted:
+        await call_provider(azure(gateway.base_url, None, proxies), GATEWAY_KEY, BODY)
+    assert untrusted.value.type == "ProviderUnavailable"
+    assert "certificate verify failed" in untrusted.value.message
+
+    # The key as a Bearer token (no apiKeyHeader): the gateway refuses it.
+    bearer = parse_providers(
+        {"providers": {"azure": {"baseURL": gateway.base_url, "caFile": str(ca)}}},
+        proxies=proxies,
+    )["azure"]
+    with pytest.raises(ApplicationError) as refused:
+        await call_provider(bearer, GATEWAY_KEY, BODY)
+    assert refused.value.type == "ProviderRejected"
+    assert "HTTP 401: Access denied" in refused.value.message
+    assert GATEWAY_KEY not in refused.value.message
+
+    # A wrong proxy login: the proxy refuses the tunnel (407).
+    wrong = ProxySettings(https=connect_proxy.url.replace("pr0xy-s3cret", "wrong-pass"))
+    with pytest.raises(ApplicationError) as denied:
+        await call_provider(azure(gateway.base_url, ca, wrong), GATEWAY_KEY, BODY)
+    assert denied.value.type == "ProviderUnavailable"
+    assert "407" in denied.value.message
+    assert "wrong-pass" not in denied.value.message
+    assert "pr0xy-s3cret" not in denied.value.message
+    assert (gateway.served, gateway.refused) == (1, 1)
+
+
+async def test_no_proxy_names_the_hosts_called_directly(
+    private_gateway: tuple[ApiKeyGateway, Path], connect_proxy: ConnectProxy
+) -> None:
+    gateway, ca = private_gateway
+    direct = azure(
+        gateway.base_url,
+        ca,
+        ProxySettings(https=connect_proxy.url, no_proxy="example.com,localhost"),
+    )
+    assert direct.proxy is None
+    await call_provider(direct, GATEWAY_KEY, BODY)
+    # Then one through the proxy: its tunnel is the only one logged.
+    await call_provider(
+        azure(gateway.base_url, ca, ProxySettings(https=connect_proxy.url)), GATEWAY_KEY, BODY
+    )
+    assert connect_proxy.tunnels(at_least=1) == [f"localhost:{gateway.port}"]
+    assert gateway.served == 2

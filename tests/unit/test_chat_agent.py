@@ -27,9 +27,13 @@ from agentexec.runner.chat import (
 from agentexec.runner.providers import (
     Provider,
     ProviderConfigError,
+    build_ssl_context,
+    dump_providers,
     load_providers,
     parse_providers,
+    proxy_for,
 )
+from agentexec.settings import ProxySettings
 from agentexec.temporal.types import AgentRequest, AgentResult, AgentSpec, Usage
 
 KEY = "sk-test-0123456789abcdef"
@@ -122,9 +126,20 @@ def test_the_providers_file_is_parsed(tmp_path: Path) -> None:
         ({"providers": {"p": {"baseURL": "http://x", "timeoutSeconds": 0}}}, "timeoutSeconds"),
         ({"providers": {"p": {"baseURL": "http://x", "apiKey": KEY}}}, "unknown fields"),
         ({"providers": {"p": {"baseURL": "http://x", "headers": {"a": 1}}}}, "headers"),
+        ({"providers": {"p": {"baseURL": "http://x", "apiKeyHeader": "api key"}}}, "apiKeyHeader"),
+        (
+            {"providers": {"p": {"baseURL": "http://x", "apiKeyHeader": "api-key",
+                                 "headers": {"Api-Key": "x"}}}},
+            "headers must not set apiKeyHeader",
+        ),
+        ({"providers": {"p": {"baseURL": "http://x", "caFile": "/ca.crt"}}}, "https:// baseURL"),
+        ({"providers": {"p": {"baseURL": "https://x", "caFile": 3}}}, "caFile must be a path"),
     ],
-    ids=["no-providers", "bad-url", "bad-timeout", "inline-key", "bad-headers"],
-)
+    ids=[
+        "no-providers", "bad-url", "bad-timeout", "inline-key", "bad-headers", "bad-key-header",
+        "key-header-in-headers", "ca-for-http", "bad-ca",
+    ],
+)  # fmt: skip
 def test_a_bad_providers_file_says_what_is_wrong(data: Any, shown: str) -> None:
     with pytest.raises(ProviderConfigError, match=shown) as err:
         parse_providers(data)
@@ -277,8 +292,9 @@ def test_the_providers_own_words_are_kept(body: bytes, words: str) -> None:
         f"header was Authorization: Bearer {KEY}",
         "Incorrect API key provided: sk-test-****cdef. You can find your API key at ...",
         'got {"api_key": "sk-other-secret"}',
+        "407, message='Proxy Authentication Required', url='http://me:sk-other-pass@proxy:3128'",
     ],
-    ids=["verbatim", "bearer", "openai-masked", "json-field"],
+    ids=["verbatim", "bearer", "openai-masked", "json-field", "proxy-login"],
 )
 def test_secrets_are_scrubbed_from_messages(text: str) -> None:
     clean = scrub(text, [KEY])
@@ -296,3 +312,67 @@ def test_a_key_echoed_in_an_error_body_never_reaches_the_failure() -> None:
         scrub(err.value.message, [KEY])
         == "provider 'local' answered HTTP 401: key [REDACTED] is revoked"
     )
+
+
+def test_the_key_goes_in_a_bearer_authorization_or_as_is_in_its_header() -> None:
+    assert LOCAL.auth_headers(KEY) == {"Authorization": f"Bearer {KEY}"}
+    assert LOCAL.auth_headers(None) == {}
+    azure = parse_providers(
+        {"providers": {"azure": {"baseURL": "https://x/v1", "apiKeyHeader": "api-key"}}}
+    )["azure"]
+    assert azure.auth_headers(KEY) == {"api-key": KEY}
+
+
+@pytest.mark.parametrize(
+    ("url", "no_proxy", "expected"),
+    [
+        ("https://api.openai.com/v1", "", "http://proxy:3128"),
+        ("http://vllm.models.svc:8000/v1", "", "http://plain-proxy:3128"),
+        ("https://api.openai.com/v1", ".svc,localhost", "http://proxy:3128"),
+        ("http://vllm.models.svc:8000/v1", ".svc,localhost", None),
+        ("https://localhost:8443/v1", ".svc,localhost", None),
+        ("https://api.openai.com/v1", "*", None),
+        ("https://api.openai.com/v1", "openai.com", None),
+    ],
+)
+def test_the_proxy_is_chosen_per_provider_url(
+    url: str, no_proxy: str, expected: str | None
+) -> None:
+    proxies = ProxySettings(
+        https="http://proxy:3128", http="http://plain-proxy:3128", no_proxy=no_proxy
+    )
+    assert proxy_for(url, proxies) == expected
+    assert proxy_for(url, None) is None
+    assert proxy_for(url, ProxySettings()) is None
+
+
+def test_providers_carry_their_proxy_and_ca_and_write_back_what_they_read(tmp_path: Path) -> None:
+    data = {"providers": {"azure": {
+        "baseURL": "https://example.openai.azure.com/openai", "apiKeyHeader": "api-key",
+        "caFile": "/etc/agentexec/ca/ca.crt", "apiKeyFile": "/keys/azure", "timeoutSeconds": 30.0,
+    }}}  # fmt: skip
+    [azure] = parse_providers(data, proxies=ProxySettings(https="http://proxy:3128")).values()
+    assert (azure.proxy, azure.ca_file) == ("http://proxy:3128", Path("/etc/agentexec/ca/ca.crt"))
+    assert json.loads(dump_providers({"azure": azure})) == data
+
+
+def test_a_ca_file_that_cannot_be_used_names_the_provider_and_the_file(tmp_path: Path) -> None:
+    provider = Provider("corp", "https://llm.corp/v1", ca_file=tmp_path / "missing.crt")
+    with pytest.raises(ProviderConfigError, match=r"provider .corp.: caFile .*missing.crt"):
+        build_ssl_context(provider)
+    (tmp_path / "bad.crt").write_text("not a certificate")
+    with pytest.raises(ProviderConfigError, match=r"caFile .*bad.crt.* cannot be used"):
+        build_ssl_context(Provider("corp", "https://llm.corp/v1", ca_file=tmp_path / "bad.crt"))
+    assert build_ssl_context(LOCAL) is True  # the system roots
+
+
+def test_credential_problems_name_missing_and_empty_files(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("")
+    provider = Provider(
+        "p", "https://x/v1", api_key_file=tmp_path / "empty", ca_file=tmp_path / "nope"
+    )
+    assert provider.credential_problems() == [
+        f"provider 'p': apiKeyFile '{tmp_path}/empty' is empty",
+        f"provider 'p': caFile '{tmp_path}/nope' cannot be read (No such file or directory); "
+        "is it mounted?",
+    ]

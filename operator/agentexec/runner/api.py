@@ -202,3 +202,15 @@ def configure_agents(agents: Mapping[str, Agent], settings: Settings) -> None:
             configure(settings)
         except Exception as exc:
             raise AgentLoadError(f"agent {name!r}: {exc}") from exc
+
+
+def check_agents(agents: Mapping[str, Agent], settings: Settings) -> list[str]:
+    """What each agent's optional ``check(settings)`` finds missing, for
+    --check-config: things a runner only warns about when it starts (a
+    provider's key file not mounted), each naming its agent."""
+    problems = []
+    for name, agent in agents.items():
+        check = getattr(agent, "check", None)
+        if check is not None:
+            problems += [f"agent {name!r}: {problem}" for problem in check(settings)]
+    return problems

@@ -40,8 +40,10 @@ from agentexec.runner.providers import (
     PROVIDERS_FILE_ENV,
     Provider,
     ProviderConfigError,
+    create_session,
     load_providers,
 )
+from agentexec.settings import ProxySettings
 from agentexec.temporal.types import (
     PROVIDER_INVALID_RESPONSE,
     PROVIDER_REJECTED,
@@ -79,9 +81,11 @@ OPTIONS = {
 }
 # Header names whose configured values are secrets, like the key.
 SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie", re.IGNORECASE)
-# What a provider may echo of a credential: "Bearer xyz", "API key provided: sk-...".
+# What a provider may echo of a credential: "Bearer xyz", "API key provided: sk-...";
+# and a URL's login (aiohttp names the proxy URL, login included, in its errors).
 _ECHOED = (
     re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+"),
+    re.compile(r"(://[^/\s:@]+:)[^@\s/]+(?=@)"),
     re.compile(r"(?i)\b((?:api[ _-]?key|token|authorization)\b[^:=\n]{0,24}[:=]\s*\"?)[^\s\"',]+"),
 )
 
@@ -264,16 +268,16 @@ async def call_provider(
     provider: Provider, api_key: str | None, body: dict[str, Any]
 ) -> AgentResult:
     """One Chat Completions request, bounded by the provider's timeoutSeconds."""
-    headers = {"Content-Type": "application/json", **provider.headers}
-    if api_key is not None:
-        headers["Authorization"] = f"Bearer {api_key}"
+    headers = {
+        "Content-Type": "application/json",
+        **provider.headers,
+        **provider.auth_headers(api_key),
+    }
     secrets = [api_key, *(v for k, v in headers.items() if SECRET_HEADER.search(k))]
     url = f"{provider.base_url}/chat/completions"
     try:
         async with (
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=provider.timeout_seconds)
-            ) as session,
+            create_session(provider, api_key) as session,
             session.post(url, json=body, headers=headers, allow_redirects=False) as response,
         ):
             status, raw = response.status, await response.read()
@@ -319,6 +323,7 @@ class ChatAgent:
         # the file is read again at each call (a ConfigMap update applies
         # without a restart).
         self.providers_file = providers_file
+        self.proxies: ProxySettings | None = None
 
     def configure(self, settings: Settings) -> None:
         """Check the providers file once, when the runner starts.
@@ -330,24 +335,34 @@ class ChatAgent:
         keys are read at each call.
         """
         self.providers_file = settings.providers_file
+        self.proxies = settings.proxy
         if self.providers_file is None:
             log.warning(
                 "the chat agent has no providers: chat executions on this runner fail "
                 f"until {PROVIDERS_FILE_ENV} names a providers file"
             )
             return
-        providers = load_providers(self.providers_file)
+        providers = load_providers(self.providers_file, self.proxies)
         for provider in providers.values():
-            key = provider.api_key_file
-            if key is not None and not key.is_file():
-                log.warning(
-                    "a provider's apiKeyFile is not there (yet): its calls fail until it is",
-                    extra={"provider": provider.name, "api_key_file": str(key)},
-                )
+            for problem in provider.credential_problems():
+                log.warning("%s (its calls fail until it is there)", problem)
         log.info(
             "chat providers",
-            extra={"providers_file": str(self.providers_file), "providers": sorted(providers)},
+            extra={
+                "providers_file": str(self.providers_file),
+                "providers": sorted(providers),
+                # Which go through a proxy (its address only: no credentials).
+                "proxied": sorted(p.name for p in providers.values() if p.proxy),
+            },
         )
+
+    def check(self, settings: Settings) -> list[str]:
+        """For --check-config: each provider's missing or empty key and CA files
+        (a runner only warns about them at start)."""
+        if settings.providers_file is None:
+            return []
+        providers = load_providers(settings.providers_file, settings.proxy)
+        return [p for provider in providers.values() for p in provider.credential_problems()]
 
     async def run(self, request: AgentRequest) -> AgentResult:
         call = build_chat_call(request)
@@ -358,7 +373,7 @@ class ChatAgent:
         try:
             # Was valid at startup: broken since (a bad ConfigMap update) is
             # for the platform team to fix, and retrying cannot.
-            providers = load_providers(self.providers_file)
+            providers = load_providers(self.providers_file, self.proxies)
         except ProviderConfigError as exc:
             raise AgentFailed(str(exc)) from None
         provider = choose_provider(providers, call.provider)
@@ -372,6 +387,9 @@ class ChatAgent:
                 category=ApplicationErrorCategory.BENIGN,
             )
         else:
-            return await call_provider(provider, api_key, call.body)
+            try:
+                return await call_provider(provider, api_key, call.body)
+            except ProviderConfigError as exc:  # its caFile cannot be used
+                raise AgentFailed(str(exc)) from None
         log.warning("chat provider key unreadable: %s", error.message)
         raise error
