@@ -25,6 +25,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -212,8 +213,11 @@ def _result_of_failure(err: WorkflowFailureError) -> ExecutionResult | None:
         if isinstance(detail, ExecutionResult):
             return detail
         if isinstance(detail, dict):
+            # Decoded by type, nested fields too (usage, attempts): the
+            # details came without a type hint, as plain JSON.
             try:
-                return ExecutionResult(**detail)
-            except TypeError:
+                result = value_to_type(ExecutionResult, detail)
+            except (TypeError, ValueError):
                 return None
+            return result if isinstance(result, ExecutionResult) else None
     return None
