@@ -7,8 +7,10 @@ names each OpenAI-compatible endpoint an agent may call::
       local:
         baseURL: http://llama.example:8080/v1
         apiKeyFile: /var/run/agentexec/providers/local/apiKey  # a mounted Secret
-        timeoutSeconds: 60
         headers: {X-Team: agents}
+        stallTimeoutSeconds: 120  # streamed: no byte for this long and it is re-sent
+        # stream: false           # a provider that cannot stream: one answer, bounded by
+        # timeoutSeconds: 600     #   timeoutSeconds (the OpenAI SDK's 10 minutes)
 
 The API key is read from its file at each call, so a rotated Secret is used
 as soon as the kubelet updates the mount; nothing reads Secrets through the
@@ -26,7 +28,14 @@ from typing import Any
 import yaml
 
 PROVIDERS_FILE_ENV = "AGENTEXEC_PROVIDERS_FILE"
-DEFAULT_TIMEOUT_SECONDS = 60.0
+# Without streaming, the longest one request may take: the OpenAI SDK's
+# default (10 minutes). It was 60 s, which cut slow models off mid-answer.
+DEFAULT_TIMEOUT_SECONDS = 600.0
+# Streaming, the longest silence (no byte, not even a keep-alive) before a
+# request is taken for stalled, closed and re-sent. A model that is slow but
+# streams is never cut; one that thinks silently for longer needs more.
+DEFAULT_STALL_TIMEOUT_SECONDS = 120.0
+FIELDS = {"baseURL", "apiKeyFile", "timeoutSeconds", "headers", "stream", "stallTimeoutSeconds"}
 
 
 class ProviderConfigError(ValueError):
@@ -38,8 +47,10 @@ class Provider:
     name: str
     base_url: str
     api_key_file: Path | None = None
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # one request, when not streamed
     headers: Mapping[str, str] = field(default_factory=dict)
+    stream: bool = True  # Chat Completions streaming (stream: true)
+    stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS  # streamed: longest silence
 
     def read_api_key(self) -> str | None:
         """The key as the mounted Secret has it now (None: the provider needs none)."""
@@ -68,7 +79,7 @@ def parse_providers(data: Any, source: str = "the providers file") -> dict[str, 
         where = f"{source}: provider {name!r}"
         if not isinstance(entry, Mapping):
             raise ProviderConfigError(f"{where}: expected a mapping")
-        unknown = set(entry) - {"baseURL", "apiKeyFile", "timeoutSeconds", "headers"}
+        unknown = set(entry) - FIELDS
         if unknown:
             raise ProviderConfigError(f"{where}: unknown fields {sorted(unknown)}")
         base_url = entry.get("baseURL")
@@ -77,9 +88,11 @@ def parse_providers(data: Any, source: str = "the providers file") -> dict[str, 
         key_file = entry.get("apiKeyFile")
         if key_file is not None and not (isinstance(key_file, str) and key_file):
             raise ProviderConfigError(f"{where}: apiKeyFile must be a path")
-        timeout = entry.get("timeoutSeconds", DEFAULT_TIMEOUT_SECONDS)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ProviderConfigError(f"{where}: timeoutSeconds must be a positive number")
+        timeout = _positive(entry, "timeoutSeconds", DEFAULT_TIMEOUT_SECONDS, where)
+        stall = _positive(entry, "stallTimeoutSeconds", DEFAULT_STALL_TIMEOUT_SECONDS, where)
+        stream = entry.get("stream", True)
+        if not isinstance(stream, bool):
+            raise ProviderConfigError(f"{where}: stream must be true or false")
         headers = entry.get("headers") or {}
         if not isinstance(headers, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -89,10 +102,19 @@ def parse_providers(data: Any, source: str = "the providers file") -> dict[str, 
             name=str(name),
             base_url=base_url.rstrip("/"),
             api_key_file=Path(key_file) if key_file else None,
-            timeout_seconds=float(timeout),
+            timeout_seconds=timeout,
             headers=dict(headers),
+            stream=stream,
+            stall_timeout_seconds=stall,
         )
     return providers
+
+
+def _positive(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ProviderConfigError(f"{where}: {key} must be a positive number of seconds")
+    return float(value)
 
 
 def load_providers(path: Path) -> dict[str, Provider]:
@@ -126,6 +148,8 @@ def dump_providers(providers: Mapping[str, Provider]) -> str:
                     **({"apiKeyFile": str(p.api_key_file)} if p.api_key_file else {}),
                     "timeoutSeconds": p.timeout_seconds,
                     **({"headers": dict(p.headers)} if p.headers else {}),
+                    "stream": p.stream,
+                    "stallTimeoutSeconds": p.stall_timeout_seconds,
                 }
                 for p in providers.values()
             }
