@@ -251,6 +251,31 @@ async def test_sigterm_lets_agents_finish_within_the_grace_then_hands_the_rest_o
     assert "stop requested" in first.log()
 
 
+async def test_the_prestop_drain_answers_once_the_agents_in_flight_finished(
+    executions: Executions, runners: list[RunnerProcess], tmp_path: Path
+) -> None:
+    # The chart's preStop hook: GET /drain stops the runner taking agents and
+    # answers when those in flight are done (finished within the grace here),
+    # so the kubelet's SIGTERM finds nothing left to hand over.
+    runner = executions.runner(tmp_path)
+    runners.append(runner)
+    runner.start()
+    handle = await executions.start(message="drained", delaySeconds=3)
+    await eventually(
+        lambda: runner.statusz()["runner"]["in_flight"], lambda n: n == 1, what="the agent running"
+    )
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    status, body = await asyncio.to_thread(runner.get, "/drain", 30)
+    assert (status, body) == (200, '{"drained": true}')
+    result = await asyncio.wait_for(handle.result(), 10)
+    assert result.output == "drained"
+    assert disrupted(result) == (1, 0, 0, None)  # finished where it ran
+    assert loop.time() - asked >= 1.5  # answered after the agent, not at once
+    await eventually(lambda: runner.returncode, lambda rc: rc == 0, what="the runner exited 0")
+    assert "preStop" in runner.log()
+
+
 async def test_a_slow_api_agent_does_not_time_out_its_heartbeats_are_automatic(
     executions: Executions, runners: list[RunnerProcess], tmp_path: Path
 ) -> None:
