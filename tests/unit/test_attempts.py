@@ -265,6 +265,10 @@ def test_no_runner_is_said_when_none_polls_and_ends_it_after_a_whole_deadline() 
     assert "no runner polled task queue 'runners' for 600s" in gone.give_up
 
 
+def test_the_first_look_comes_no_later_than_a_short_deadline() -> None:
+    assert watch(deadline=3).next_check(T0) == timedelta(seconds=3)
+
+
 def test_a_look_that_failed_changes_nothing_but_its_timing() -> None:
     w, b = watch(), book()
     assert w.observe(None, T0 + timedelta(seconds=60), b).report is None

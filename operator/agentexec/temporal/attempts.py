@@ -375,7 +375,10 @@ class RunnerWatch:
     due: datetime = field(init=False)
 
     def __post_init__(self) -> None:
-        self.due = self.scheduled + timedelta(seconds=self.no_runner_seconds)
+        # The first look comes no later than the deadline (a short one would
+        # otherwise outlast a minute of waiting unseen).
+        first = max(1.0, min(self.no_runner_seconds, self.deadline))
+        self.due = self.scheduled + timedelta(seconds=first)
 
     def next_check(self, now: datetime) -> timedelta | None:
         """How long until the next look (None: it started, no more looks)."""

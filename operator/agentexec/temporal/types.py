@@ -232,6 +232,7 @@ class Outcome(enum.Enum):
     CLOSED = "closed"  # finished; ``result`` says how
     CANCEL_REQUESTED = "cancel_requested"
     NOT_FOUND = "not_found"
+    SIGNALLED = "signalled"  # the workflow was told (spec.suspend)
     UNAVAILABLE = "unavailable"  # Temporal did not answer: wait for it
     REJECTED = "rejected"  # Temporal answered no: back off, say why
 
@@ -305,3 +306,5 @@ WAITING_FOR_RUNNER = "WaitingForRunner"
 ATTEMPT_FAILED = "AttemptFailed"
 ATTEMPT_DISRUPTED = "AttemptDisrupted"
 SUSPENDED = "Suspended"
+# A signal found no running workflow (it ended meanwhile).
+WORKFLOW_NOT_RUNNING = "WorkflowNotRunning"
