@@ -13,6 +13,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from agentexec.temporal.types import RUN_AGENT_ACTIVITY
+from localenv.binaries import ROOT
 from localenv.kube import ControlPlane
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
@@ -144,6 +145,8 @@ async def test_the_spec_is_immutable_except_suspend_and_one_deadline_field(
     assert "not both" in both.stderr
     created = aex.get(control_plane, namespace, "fixed")
     assert created["spec"]["backoffLimit"] == 2  # the schema's default, as a Job's
+    example = ROOT / "examples" / "echo-slow.yaml"  # the fields as the docs show them
+    control_plane.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", str(example))
 
 
 async def test_a_failing_agent_spends_its_backoff_limit_and_says_so_on_status(

@@ -246,13 +246,14 @@ class AgentExecutionWorkflow:
 
     async def _stay_suspended(self, inp: ExecutionInput, book: AttemptBook) -> None:
         where = "at its checkpoint" if book.has_checkpoint else "before any checkpoint"
+        said = (
+            f"after {book.count} attempt{'s' if book.count != 1 else ''} it stopped {where}"
+            if book.count
+            else "before its first attempt"
+        )
         await self._report(
             inp,
-            book.progress(
-                SUSPENDED,
-                f"suspended (spec.suspend): no attempt runs; after {book.count} "
-                f"attempt{'s' if book.count != 1 else ''} it stopped {where}",
-            ),
+            book.progress(SUSPENDED, f"suspended (spec.suspend): no attempt runs; {said}"),
             final=False,
             cancellable=True,
         )
