@@ -24,6 +24,7 @@ from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY
 from agentexec.settings import Settings
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
+from agentexec.temporal.runner_check import check_runner
 from agentexec.temporal.workflows import AgentExecutionWorkflow
 
 log = logging.getLogger("agentexec")
@@ -38,7 +39,8 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
         WorkerSpec(
             task_queue=settings.task_queue,
             workflows=[AgentExecutionWorkflow],
-            activities=[controller.report_status],
+            # check_runner: the workflow's look at a runner queue (NoRunner).
+            activities=[controller.report_status, check_runner],
             # Each cached run holds a sandbox; the SDK default (1000) alone
             # would cost more memory than the rest of the operator.
             max_cached_workflows=200,

@@ -146,6 +146,9 @@ class Settings:
     sweep_interval: float = 30.0
     no_runner_seconds: float = 60.0
     report_timeout: float = 600.0
+    # Attempts of one execution the platform may cut short (a runner stopped
+    # or gone) before it fails Disrupted; they spend none of backoffLimit.
+    max_disruptions: int = 10
     leader_election: bool = True
     leader_election_namespace: str | None = None  # None: the pod's own namespace, else "default"
     leader_election_name: str = "agentexec-operator"
@@ -503,6 +506,7 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
         sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", _seconds, s.sweep_interval),
         no_runner_seconds=env.get("AGENTEXEC_NO_RUNNER_SECONDS", _seconds, s.no_runner_seconds),
         report_timeout=env.get("AGENTEXEC_REPORT_TIMEOUT_SECONDS", _seconds, s.report_timeout),
+        max_disruptions=env.get("AGENTEXEC_MAX_DISRUPTIONS", _non_negative_int, s.max_disruptions),
         leader_election=env.get("AGENTEXEC_LEADER_ELECTION", _bool, s.leader_election),
         leader_election_namespace=env.get(
             "AGENTEXEC_LEADER_ELECTION_NAMESPACE", _text, s.leader_election_namespace

@@ -86,7 +86,7 @@ async def test_kubectl_wait_for_completed_returns_for_success_and_failure_as_the
     assert table[0].split() == ["NAME", "PHASE", "AGENT", "REASON", "TEMPORAL", "AGE"], table
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert rows["hello-echo"][1:4] == ["Succeeded", "echo", "Succeeded"], rows
-    assert rows["broken"][1:4] == ["Failed", "echo", "RunnerFailed"], rows
+    assert rows["broken"][1:4] == ["Failed", "echo", "AgentFailed"], rows
     wide = control_plane.kubectl("get", "aex", "broken", "-n", namespace, "-o", "wide").stdout
     assert "WORKFLOW" in wide.splitlines()[0]
     assert f"agentexec/{namespace}/broken/" in wide

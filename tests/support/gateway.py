@@ -78,7 +78,9 @@ class ApiKeyGateway:
         ):
             body = await answer.read()
             self.served += 1
-            return web.Response(body=body, status=answer.status, content_type="application/json")
+            # As Azure does: a streamed answer stays an event stream.
+            kind = answer.headers.get("Content-Type", "application/json").split(";")[0]
+            return web.Response(body=body, status=answer.status, content_type=kind)
 
 
 class ConnectProxy:

@@ -183,9 +183,10 @@ class RunnerProcess:
             data: dict[str, Any] = json.load(r)
             return data
 
-    def get(self, path: str) -> tuple[int, str]:
+    def get(self, path: str, timeout: float = 2) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.http_port}{path}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
                 return int(r.status), r.read().decode()
         except urllib.error.HTTPError as err:
             return int(err.code), err.read().decode()

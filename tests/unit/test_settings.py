@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert (s.runner_agents, s.runner_max_concurrent) == ((), 16)
     assert s.runner_heartbeat_timeout == 30.0
     assert (s.start_rate, s.delete_rate) == (200.0, 50.0)
+    assert s.max_disruptions == 10
 
 
 def test_reads_the_environment(tmp_path: Path) -> None:
@@ -46,6 +47,7 @@ def test_reads_the_environment(tmp_path: Path) -> None:
             "AGENTEXEC_RUNNER_MAX_CONCURRENT": "3",
             "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS": "5",
             "AGENTEXEC_DELETE_RATE": "2.5",
+            "AGENTEXEC_MAX_DISRUPTIONS": "0",
         }
     )
     assert s.temporal.address == "temporal.example:7233"
@@ -59,6 +61,7 @@ def test_reads_the_environment(tmp_path: Path) -> None:
     assert (s.runner_agents, s.runner_max_concurrent) == (("echo",), 3)
     assert s.runner_heartbeat_timeout == 5.0
     assert s.delete_rate == 2.5
+    assert s.max_disruptions == 0  # every disruption fails the execution
 
 
 @pytest.mark.parametrize(
@@ -94,6 +97,8 @@ def test_reads_the_environment(tmp_path: Path) -> None:
             {"AGENTEXEC_METRICS_SECURE": "true", "AGENTEXEC_METRICS_PORT": "8080"},
             "AGENTEXEC_METRICS_PORT",
         ),
+        ({"AGENTEXEC_MAX_DISRUPTIONS": "-1"}, "AGENTEXEC_MAX_DISRUPTIONS"),
+        ({"AGENTEXEC_MAX_DISRUPTIONS": "many"}, "AGENTEXEC_MAX_DISRUPTIONS"),
         (
             {"TEMPORAL_BACKOFF_BASE_SECONDS": "60", "TEMPORAL_BACKOFF_MAX_SECONDS": "30"},
             "TEMPORAL_BACKOFF_MAX_SECONDS",

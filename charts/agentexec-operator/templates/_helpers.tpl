@@ -174,6 +174,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range $name, $p := .Values.runner.providers -}}
 {{- $entry := dict "baseURL" $p.baseURL -}}
 {{- with $p.timeoutSeconds }}{{ $_ := set $entry "timeoutSeconds" . }}{{ end -}}
+{{- with $p.stallTimeoutSeconds }}{{ $_ := set $entry "stallTimeoutSeconds" . }}{{ end -}}
+{{- if hasKey $p "stream" }}{{ $_ := set $entry "stream" $p.stream }}{{ end -}}
 {{- with $p.headers }}{{ $_ := set $entry "headers" . }}{{ end -}}
 {{- with $p.apiKeyHeader }}{{ $_ := set $entry "apiKeyHeader" . }}{{ end -}}
 {{- with $p.caFile }}{{ $_ := set $entry "caFile" . }}{{ end -}}

@@ -7,8 +7,10 @@ names each OpenAI-compatible endpoint an agent may call::
       local:
         baseURL: http://llama.example:8080/v1
         apiKeyFile: /var/run/agentexec/providers/local/apiKey  # a mounted Secret
-        timeoutSeconds: 60
         headers: {X-Team: agents}
+        stallTimeoutSeconds: 120  # streamed: no byte for this long and it is re-sent
+        # stream: false           # a provider that cannot stream: one answer, bounded by
+        # timeoutSeconds: 600     #   timeoutSeconds (the OpenAI SDK's 10 minutes)
       azure:
         baseURL: https://example.openai.azure.com/openai/deployments/gpt-4o
         apiKeyFile: /var/run/agentexec/providers/azure/apiKey
@@ -50,9 +52,26 @@ import yaml
 from agentexec.settings import ProxySettings
 
 PROVIDERS_FILE_ENV = "AGENTEXEC_PROVIDERS_FILE"
-DEFAULT_TIMEOUT_SECONDS = 60.0
+# Without streaming, the longest one request may take: the OpenAI SDK's
+# default (10 minutes). It was 60 s, which cut slow models off mid-answer.
+DEFAULT_TIMEOUT_SECONDS = 600.0
+# Streaming, the longest silence (no byte, not even a keep-alive) before a
+# request is taken for stalled, closed and re-sent. A model that is slow but
+# streams is never cut; one that thinks silently for longer needs more.
+DEFAULT_STALL_TIMEOUT_SECONDS = 120.0
 AUTHORIZATION = "Authorization"
-FIELDS = frozenset({"baseURL", "apiKeyFile", "apiKeyHeader", "caFile", "timeoutSeconds", "headers"})
+FIELDS = frozenset(
+    {
+        "baseURL",
+        "apiKeyFile",
+        "apiKeyHeader",
+        "caFile",
+        "timeoutSeconds",
+        "headers",
+        "stream",
+        "stallTimeoutSeconds",
+    }
+)
 # An HTTP header name (RFC 9110 token).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -66,8 +85,10 @@ class Provider:
     name: str
     base_url: str
     api_key_file: Path | None = None
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # one request, when not streamed
     headers: Mapping[str, str] = field(default_factory=dict)
+    stream: bool = True  # Chat Completions streaming (stream: true)
+    stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS  # streamed: longest silence
     # The header that carries the key: Authorization (as "Bearer <key>"), or
     # another (the key as is: Azure OpenAI's "api-key").
     api_key_header: str = AUTHORIZATION
@@ -161,9 +182,11 @@ def parse_providers(
         key_file = entry.get("apiKeyFile")
         if key_file is not None and not (isinstance(key_file, str) and key_file):
             raise ProviderConfigError(f"{where}: apiKeyFile must be a path")
-        timeout = entry.get("timeoutSeconds", DEFAULT_TIMEOUT_SECONDS)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ProviderConfigError(f"{where}: timeoutSeconds must be a positive number")
+        timeout = _positive(entry, "timeoutSeconds", DEFAULT_TIMEOUT_SECONDS, where)
+        stall = _positive(entry, "stallTimeoutSeconds", DEFAULT_STALL_TIMEOUT_SECONDS, where)
+        stream = entry.get("stream", True)
+        if not isinstance(stream, bool):
+            raise ProviderConfigError(f"{where}: stream must be true or false")
         headers = entry.get("headers") or {}
         if not isinstance(headers, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -183,13 +206,22 @@ def parse_providers(
             name=str(name),
             base_url=base_url.rstrip("/"),
             api_key_file=Path(key_file) if key_file else None,
-            timeout_seconds=float(timeout),
+            timeout_seconds=timeout,
             headers=dict(headers),
             api_key_header=key_header,
             ca_file=Path(ca_file) if ca_file else None,
             proxy=proxy_for(base_url, proxies),
+            stream=stream,
+            stall_timeout_seconds=stall,
         )
     return providers
+
+
+def _positive(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ProviderConfigError(f"{where}: {key} must be a positive number of seconds")
+    return float(value)
 
 
 def load_providers(path: Path, proxies: ProxySettings | None = None) -> dict[str, Provider]:
@@ -229,6 +261,8 @@ def dump_providers(providers: Mapping[str, Provider]) -> str:
                         else {}
                     ),
                     **({"caFile": str(p.ca_file)} if p.ca_file else {}),
+                    "stream": p.stream,
+                    "stallTimeoutSeconds": p.stall_timeout_seconds,
                 }
                 for p in providers.values()
             }
@@ -263,15 +297,18 @@ def build_ssl_context(provider: Provider) -> ssl.SSLContext | bool:
         ) from None
 
 
-def create_session(provider: Provider, api_key: str | None) -> aiohttp.ClientSession:
+def create_session(
+    provider: Provider, api_key: str | None, timeout: aiohttp.ClientTimeout | None = None
+) -> aiohttp.ClientSession:
     """The session one call to ``provider`` is made in: its proxy, its TLS
-    verification, its credentials and its timeout. The environment is not
-    consulted (trust_env off): the settings already said which proxy."""
+    verification, its credentials and its timeout (``timeout``, else the
+    provider's timeoutSeconds in total). The environment is not consulted
+    (trust_env off): the settings already said which proxy."""
     # A login in the proxy URL is sent as Proxy-Authorization by aiohttp;
     # its errors name that URL, login included (chat.scrub removes it).
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=build_ssl_context(provider)),
-        timeout=aiohttp.ClientTimeout(total=provider.timeout_seconds),
+        timeout=timeout or aiohttp.ClientTimeout(total=provider.timeout_seconds),
         headers=provider.auth_headers(api_key),
         proxy=provider.proxy,
         trust_env=False,
