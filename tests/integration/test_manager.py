@@ -216,7 +216,7 @@ async def test_a_worker_that_refuses_the_new_client_is_replaced_after_draining(
         runtime = Runtime(telemetry=TelemetryConfig())
         return await Client.connect(manager.settings.address, runtime=runtime)
 
-    monkeypatch.setattr(manager, "_dial", dial_on_another_runtime)
+    monkeypatch.setattr(manager.connection, "_dial", dial_on_another_runtime)
     await manager.reconnect("test: a client the worker refuses")
 
     assert manager.workers[0] is not old
