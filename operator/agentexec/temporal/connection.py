@@ -14,7 +14,8 @@ The probe asks about our namespace (DescribeNamespace), not the server-wide
 health check: Temporal Cloud refuses that one to namespace-scoped API keys
 (temporal-worker-controller issue #225), and it cannot tell that the
 namespace is missing. "Connected" means the client works and the namespace
-exists.
+exists. Whether a run of failed probes means "down" is the state machine's
+call (temporal/state.py): not one failed probe, a short window of them.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class Connection:
         self._tracker = ConnectionTracker(
             circuit_threshold=settings.circuit_threshold,
             redial_after_failures=settings.redial_after_failures,
+            down_after=settings.down_after,
         )
         self._client: Client | None = None
         self._generation = 0
@@ -421,9 +423,11 @@ class Connection:
         while True:
             self._probe_now.clear()
             await self._probe_once()
+            # Down, or failing without being called down yet: probe fast, so
+            # that recovery, or the end of the window, is seen within this.
             interval = (
                 self.settings.probe_interval
-                if self._tracker.connected
+                if self._tracker.connected and not self._tracker.failing
                 else min(self.settings.probe_interval, self.settings.probe_interval_disconnected)
             )
             with contextlib.suppress(TimeoutError):
@@ -465,7 +469,7 @@ class Connection:
         if client is not self._client:
             return  # a re-dial swapped clients meanwhile; this answer is about the old one
         if isinstance(outcome, Exception):
-            await self._probe_failed(outcome)
+            await self._probe_failed(outcome, started)
         elif outcome == NAMESPACE_NOT_FOUND:
             self._limiter.reset("probe-failed")
             self._announce(
@@ -565,12 +569,11 @@ class Connection:
             self._redial_wanted.set()
         self._announce(flip)
 
-    async def _probe_failed(self, exc: Exception) -> None:
+    async def _probe_failed(self, exc: Exception, started: float) -> None:
         self.metrics.probe_failures.labels(**self.labels).inc()
-        reachable = await self._tcp_reachable()
-        self._reachable = reachable
         error = describe_error(exc)
-        flip, redial = self._tracker.probe_failed(time.monotonic(), error, reachable)
+        flip = self._tracker.probe_failed(time.monotonic(), error, started=started)
+        reachable = await self._tcp_reachable() if self._tracker.redial_due else None
         held = self._limiter.allow("probe-failed")
         if held is not None:
             log.warning(
@@ -578,13 +581,13 @@ class Connection:
                 extra={
                     **self.log_fields,
                     "error": error,
-                    "reachable": reachable,
                     "consecutive_failures": self._tracker.consecutive_failures,
                     "suppressed_repeats": held,
+                    **({} if reachable is None else {"reachable": reachable}),
                 },
             )
         self._announce(flip)
-        if redial:
+        if reachable:
             self.request_redial("health probe failing while the server answers TCP")
 
     # ----- settings that can change at runtime ----------------------------------

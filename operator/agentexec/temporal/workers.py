@@ -246,16 +246,20 @@ class WorkerPool:
         gone; a stopping process must not wait on a server it no longer needs.
         """
         workers, self._workers = self._workers, []
+        stops = [asyncio.ensure_future(w.stop()) for w in workers] + list(self._draining)
+        if not stops:
+            return
         limit = self.connection.settings.worker_grace + 10.0
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(w.stop() for w in workers), *self._draining), limit
-            )
-        except TimeoutError:
+        # asyncio.wait, not wait_for: wait_for waits for what it cancels, and
+        # an SDK shutdown stuck on a dead server may never end.
+        _, stuck = await asyncio.wait(stops, timeout=limit)
+        if stuck:
             log.warning(
                 "workers did not stop within the grace period; leaving them",
                 extra={**self.connection.log_fields, "seconds": limit},
             )
+            for stop in stuck:
+                stop.cancel()
 
     @property
     def workers(self) -> tuple[SupervisedWorker, ...]:
