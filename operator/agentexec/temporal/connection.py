@@ -27,7 +27,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -47,7 +47,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from agentexec.backoff import Backoff
+from agentexec.backoff import LOOP, Backoff
 from agentexec.logs import RateLimiter, RateLimitFilter
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
@@ -95,6 +95,23 @@ def forwarding_runtime() -> Runtime:
             )
         )
     )
+
+
+async def settle(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Wait for ``tasks`` to end, whatever they end with (a loop that died of a
+    bug has already been reported by /healthz), and mark their errors seen.
+    Cancelling the caller cancels them, as awaiting them would."""
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        raise
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
 
 
 def _read(path: Any) -> bytes | None:
@@ -170,9 +187,9 @@ class Connection:
             return
         self._tracker.start(time.monotonic())
         self._tasks = [
-            asyncio.create_task(self._connection_loop(), name="temporal-connection"),
-            asyncio.create_task(self._probe_loop(), name="temporal-probe"),
-            asyncio.create_task(self._settings_loop(), name="temporal-settings"),
+            self._spawn("temporal-connection", self._connection_loop),
+            self._spawn("temporal-probe", self._probe_loop),
+            self._spawn("temporal-settings", self._settings_loop),
         ]
 
     @property
@@ -183,12 +200,42 @@ class Connection:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await settle(tasks)
 
     def forget_client(self) -> None:
         self._client = None
+
+    def _spawn(
+        self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
+        """Run ``loop`` for good: an error is logged and the loop started again
+        after a backoff; only cancellation (or a BaseException, a bug that
+        /healthz then names) ends it."""
+
+        async def forever() -> None:
+            failures = 0
+            while True:
+                started = time.monotonic()
+                try:
+                    await loop()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    ran_long = time.monotonic() - started > LOOP.cap
+                    failures = 1 if ran_long else failures + 1
+                    delay = LOOP.delay(failures, self._rng.random())
+                    log.exception(
+                        "Temporal connection loop failed; restarting it",
+                        extra={
+                            **self.log_fields,
+                            "loop": name,
+                            "error": describe_error(exc),
+                            "retry_in_seconds": round(delay, 2),
+                        },
+                    )
+                    await asyncio.sleep(delay)
+
+        return asyncio.create_task(forever(), name=name)
 
     def stopped_loops(self) -> list[str]:
         """Loops that ended although the connection runs (what liveness should see)."""

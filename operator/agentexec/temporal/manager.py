@@ -172,9 +172,10 @@ class TemporalManager:
     # ----- what the process shows ------------------------------------------------
 
     def stopped_loops(self) -> list[str]:
-        """Background tasks that ended although the manager runs (a bug that a
-        restart cures: what a liveness probe should see)."""
-        return self.connection.stopped_loops()
+        """Background tasks that ended although the manager runs: the connection's
+        loops and the worker supervisors (a bug that a restart cures: what a
+        liveness probe should see)."""
+        return sorted(self.connection.stopped_loops() + self.pool.stopped())
 
     def status(self) -> dict[str, Any]:
         """What /statusz shows."""

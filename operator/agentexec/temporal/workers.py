@@ -22,7 +22,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from agentexec.backoff import WORKER_RESTART
-from agentexec.temporal.connection import Connection
+from agentexec.temporal.connection import Connection, settle
 from agentexec.temporal.errors import describe_error
 
 log = logging.getLogger("agentexec.temporal")
@@ -84,6 +84,11 @@ class SupervisedWorker:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def stopped(self) -> bool:
+        """The supervisor ended though nobody stopped it (a bug: /healthz says so)."""
+        return self._task is not None and self._task.done() and not self._stopping
 
     @property
     def worker(self) -> Worker | None:
@@ -186,8 +191,7 @@ class SupervisedWorker:
         if self._task is not None:
             if not self._running:  # waiting to restart: nothing to drain
                 self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await settle([self._task])
 
 
 class WorkerPool:
@@ -272,3 +276,7 @@ class WorkerPool:
     @property
     def restarts(self) -> int:
         return sum(w.restarts for w in self._workers)
+
+    def stopped(self) -> list[str]:
+        """Supervisors that ended although nobody stopped them."""
+        return [w.name for w in self._workers if w.stopped]
