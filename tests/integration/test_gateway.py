@@ -1,10 +1,12 @@
 """The gateway's answers against a real dev server: how errors are classified
-(issue #18, failure 1)."""
+(issue #18, failure 1) and what a cancelled call leaves behind (failure 11)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+
+import pytest
 
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
@@ -12,6 +14,7 @@ from agentexec.temporal.gateway import TemporalGateway
 from agentexec.temporal.manager import TemporalManager
 from agentexec.temporal.types import Outcome
 from localenv.temporal import TemporalDevServer
+from tests.support.relay import TcpRelay
 
 
 async def started(settings: TemporalSettings) -> TemporalManager:
@@ -49,3 +52,41 @@ async def test_not_found_is_told_by_its_detail_type_never_by_the_text(
         assert manager.connected  # another namespace missing is not ours
     finally:
         await manager.stop()
+
+
+async def test_cancelling_a_reconcile_cancels_its_temporal_call(
+    temporal: TemporalDevServer, task_queue: str
+) -> None:
+    relay = TcpRelay("127.0.0.1", temporal.port)
+    await relay.start()
+    # Probes far apart and a long window: the manager stays "connected"
+    # while the call hangs, so only the caller's cancellation can end it.
+    settings = TemporalSettings(
+        address=relay.address, probe_interval=60.0, probe_timeout=30.0, down_after=60.0
+    )
+    manager = await started(settings)
+    gateway = TemporalGateway(manager, task_queue, rpc_timeout=20.0)
+    try:
+        relay.freeze_existing()  # the server stops answering this client
+        reconcile = asyncio.create_task(
+            gateway.describe({"id": f"frozen-{uuid.uuid4()}", "namespace": "default"})
+        )
+        await asyncio.sleep(0.5)
+        calls = [
+            t
+            for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__qualname__", "") == "TemporalManager.call"
+        ]
+        assert len(calls) == 1, calls  # the call is in flight on the frozen connection
+        assert not calls[0].done()
+
+        reconcile.cancel()  # e.g. leadership lost: the work queue cancels its reconciles
+        with pytest.raises(asyncio.CancelledError):
+            await reconcile
+        # At once, not when the call's own deadline (40 s) ends it.
+        await asyncio.wait_for(asyncio.wait(calls), 2.0)
+        assert calls[0].cancelled()
+    finally:
+        relay.restore()
+        await manager.stop()
+        await relay.stop()

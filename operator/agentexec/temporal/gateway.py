@@ -202,10 +202,13 @@ class TemporalGateway:
             await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            if not task.done():
+                # Given up, or the caller was cancelled (a reconcile stopped
+                # when leadership ends): the Temporal call goes with it.
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
             raise self.manager.unavailable()
         result: Answer = task.result()
         return result
