@@ -70,7 +70,7 @@ async def probe_costs(address: str, calls: int) -> dict[str, list[float]]:
         "describe_namespace": lambda: client.workflow_service.describe_namespace(
             request, retry=False, timeout=per_call
         ),
-        "manager probe (both)": lambda: manager.connection.ask(client),
+        "manager probe (both)": lambda: manager.connection.probe.ask(client),
     }
     costs: dict[str, list[float]] = {name: [] for name in kinds}
     for name, call in kinds.items():

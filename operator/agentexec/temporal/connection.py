@@ -10,10 +10,8 @@ its workers, so an outage alone never tears anything down. This dials when
 there is no client, probes on a short interval (a cheap RPC with a hard
 deadline), and re-dials only when the client itself is broken.
 
-The probe asks about our namespace (DescribeNamespace), not the server-wide
-health check: Temporal Cloud refuses that one to namespace-scoped API keys
-(temporal-worker-controller issue #225), and it cannot tell that the
-namespace is missing. "Connected" means the client works and the namespace
+How a client is made is temporal/dial.py's; what one probe asks is
+temporal/probe.py's. "Connected" means the client works and the namespace
 exists. Whether a run of failed probes means "down" is the state machine's
 call (temporal/state.py): not one failed probe, a short window of them.
 """
@@ -22,45 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
-from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import NamespaceState
-from temporalio.api.workflowservice.v1 import (
-    DescribeNamespaceRequest,
-    DescribeWorkflowExecutionRequest,
-)
-from temporalio.client import Client, TLSConfig
-from temporalio.runtime import (
-    LogForwardingConfig,
-    LoggingConfig,
-    Runtime,
-    TelemetryConfig,
-    TelemetryFilter,
-)
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
 from agentexec.backoff import LOOP, Backoff
-from agentexec.logs import RateLimiter, RateLimitFilter
+from agentexec.logs import RateLimiter
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
+from agentexec.temporal.dial import dial, fingerprint
 from agentexec.temporal.errors import (
-    HEALTH_REFUSED_CODES,
-    ProbeRefused,
     TemporalUnavailable,
     describe_dial_error,
     describe_error,
     is_namespace_not_found,
     is_unavailable,
-    is_workflow_not_found,
 )
+from agentexec.temporal.probe import Probe
 from agentexec.temporal.state import (
     CIRCUIT_OPEN,
     NAMESPACE_NOT_FOUND,
@@ -73,28 +53,6 @@ from agentexec.temporal.state import (
 
 log = logging.getLogger("agentexec.temporal")
 T = TypeVar("T")
-
-# Asked for while disconnected, to see the namespace as every other call will.
-_PROBE_WORKFLOW_ID = "agentexec-namespace-probe"
-
-
-@functools.cache
-def forwarding_runtime() -> Runtime:
-    """An SDK runtime whose Rust-core logs go to Python logging, rate-limited.
-
-    Without forwarding the core writes to stderr, once per poll retry during an
-    outage.
-    """
-    core = logging.getLogger("temporalio.core")
-    core.addFilter(RateLimitFilter(period=30.0))
-    return Runtime(
-        telemetry=TelemetryConfig(
-            logging=LoggingConfig(
-                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-                forwarding=LogForwardingConfig(logger=core),
-            )
-        )
-    )
 
 
 async def settle(tasks: Collection[asyncio.Task[Any]]) -> None:
@@ -112,10 +70,6 @@ async def settle(tasks: Collection[asyncio.Task[Any]]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()
-
-
-def _read(path: Any) -> bytes | None:
-    return path.read_bytes() if path is not None else None
 
 
 class Connection:
@@ -137,6 +91,7 @@ class Connection:
         self.settings = settings
         self.metrics = metrics
         self.identity = identity
+        self.log_fields = {"address": settings.address, "namespace": settings.namespace}
         self.on_client = on_client
         self.backoff = Backoff(
             base=settings.backoff_base, cap=settings.backoff_max, jitter=settings.backoff_jitter
@@ -157,17 +112,13 @@ class Connection:
         self._disconnected = asyncio.Event()
         self._disconnected.set()
         self._installed = asyncio.Event()
-        self._health_refused_by: Client | None = None
-        self._namespace_doubted = False
+        self.probe = Probe(settings, self.log_fields)
         self._announced = (False, TEMPORAL_UNAVAILABLE)
         self._listeners: list[Callable[[ConnectionState], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._limiter = RateLimiter(period=30.0)
-        self._fingerprint = self._settings_fingerprint()
-        host, _, port = settings.address.rpartition(":")
-        self._host, self._port = host.strip("[]"), int(port)
+        self._fingerprint = fingerprint(settings)
         self.labels = {"host_port": settings.address, "namespace": settings.namespace}
-        self.log_fields = {"address": settings.address, "namespace": settings.namespace}
         self.metrics.connection_status.labels(**self.labels).set(0)
         self.metrics.circuit_open.labels(**self.labels).set(0)
         # Labelled series exist from the start, so dashboards show zeros, not gaps.
@@ -292,7 +243,7 @@ class Connection:
             if is_namespace_not_found(exc, self.settings.namespace):
                 # The next probe asks the way this call did (through the
                 # frontend's namespace cache), so the state follows.
-                self._namespace_doubted = True
+                self.probe.doubt_namespace = True
                 self.report_failure(exc)
                 raise TemporalUnavailable(
                     NAMESPACE_NOT_FOUND,
@@ -358,33 +309,7 @@ class Connection:
     # ----- dialling -------------------------------------------------------------
 
     async def _dial(self) -> Client:
-        s = self.settings
-        tls: bool | TLSConfig = False
-        if s.uses_tls:
-            tls = TLSConfig(
-                server_root_ca_cert=_read(s.tls_ca_file),
-                client_cert=_read(s.tls_cert_file),
-                client_private_key=_read(s.tls_key_file),
-                domain=s.tls_server_name,
-            )
-        api_key = _read(s.api_key_file)
-        kwargs: dict[str, Any] = {}
-        if self.identity:
-            kwargs["identity"] = self.identity
-        # connect_timeout alone does not bound a dial to a port that accepts
-        # and never answers (measured: 30 s); wait_for does.
-        return await asyncio.wait_for(
-            Client.connect(
-                s.address,
-                namespace=s.namespace,
-                tls=tls,
-                api_key=api_key.decode().strip() if api_key else None,
-                connect_timeout=timedelta(seconds=s.connect_timeout),
-                runtime=forwarding_runtime(),
-                **kwargs,
-            ),
-            s.connect_timeout,
-        )
+        return await dial(self.settings, self.identity)
 
     async def _connection_loop(self) -> None:
         while True:
@@ -480,23 +405,11 @@ class Connection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._probe_now.wait(), interval)
 
-    async def _tcp_reachable(self) -> bool:
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), self.settings.probe_timeout
-            )
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-        return True
-
     async def _probe_once(self) -> None:
         client = self._client
         if client is None:
             # No client to ask: a TCP dial tells whether dialling is worth it.
-            reachable = await self._tcp_reachable()
+            reachable = await self.probe.tcp_reachable()
             if reachable and not self._reachable:
                 self._redial_wanted.set()  # cut the dial backoff short
             self._reachable = reachable
@@ -507,7 +420,7 @@ class Connection:
         started = time.monotonic()
         outcome: str | Exception
         try:
-            outcome = await self.ask(client)
+            outcome = await self.probe.ask(client, through_cache=not self._tracker.connected)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -528,83 +441,6 @@ class Connection:
         else:
             self._probe_succeeded()
 
-    async def ask(self, client: Client) -> str:
-        """One probe: DescribeNamespace, and the health check where the server allows it.
-
-        Returns "ok" or NAMESPACE_NOT_FOUND; raises what says the server is
-        not usable. Both RPCs run at once under one hard deadline (the SDK's
-        per-call timeout does not bound a frozen connection).
-        """
-        timeout = self.settings.probe_timeout
-        per_call = timedelta(seconds=timeout)
-        asks: list[Awaitable[Any]] = [
-            client.workflow_service.describe_namespace(
-                DescribeNamespaceRequest(namespace=self.settings.namespace),
-                retry=False,
-                timeout=per_call,
-            )
-        ]
-        # The health check adds what DescribeNamespace cannot see: a frontend
-        # that is draining answers NOT_SERVING while it still serves calls.
-        health_wanted = self._health_refused_by is not client
-        if health_wanted:
-            asks.append(client.service_client.check_health(timeout=per_call))
-        described, *rest = await asyncio.wait_for(
-            asyncio.gather(*asks, return_exceptions=True), timeout + 0.25
-        )
-        health = rest[0] if rest else True
-        if isinstance(health, RPCError) and health.status in HEALTH_REFUSED_CODES:
-            self._health_refused_by = client
-            log.info(
-                "the server refuses the health check to this client; probing the namespace only",
-                extra={**self.log_fields, "error": describe_error(health)},
-            )
-            health = True
-        # NOT_FOUND to DescribeNamespace is about the one thing it names.
-        if isinstance(described, RPCError) and described.status == RPCStatusCode.NOT_FOUND:
-            if health is True:
-                return NAMESPACE_NOT_FOUND
-        elif isinstance(described, BaseException):
-            raise described
-        elif described.namespace_info.state == NamespaceState.NAMESPACE_STATE_DELETED:
-            return NAMESPACE_NOT_FOUND
-        if isinstance(health, BaseException):
-            raise health
-        if health is not True:
-            raise ProbeRefused("the frontend's health check answered NOT_SERVING")
-        if not self._tracker.connected or self._namespace_doubted:
-            self._namespace_doubted = False
-            return await self._ask_through_namespace_cache(client)
-        return "ok"
-
-    async def _ask_through_namespace_cache(self, client: Client) -> str:
-        """Whether calls other than DescribeNamespace see the namespace too.
-
-        DescribeNamespace reads the database; every other call goes through
-        the frontend's namespace cache, which learns of a new namespace up to
-        its refresh interval later (measured ~1 s on the dev server; 10 s by
-        default), answering NOT_FOUND meanwhile. So, before saying connected,
-        one call through that cache: a workflow that does not exist.
-        """
-        timeout = self.settings.probe_timeout
-        request = DescribeWorkflowExecutionRequest(
-            namespace=self.settings.namespace,
-            execution=WorkflowExecution(workflow_id=_PROBE_WORKFLOW_ID),
-        )
-        try:
-            await asyncio.wait_for(
-                client.workflow_service.describe_workflow_execution(
-                    request, retry=False, timeout=timedelta(seconds=timeout)
-                ),
-                timeout + 0.25,
-            )
-        except RPCError as exc:
-            if is_namespace_not_found(exc, self.settings.namespace):
-                return NAMESPACE_NOT_FOUND
-            if not is_workflow_not_found(exc):  # the workflow missing, as expected
-                raise
-        return "ok"
-
     def _probe_succeeded(self) -> None:
         flip = self._tracker.probe_succeeded(time.monotonic())
         self._limiter.reset("probe-failed")
@@ -620,7 +456,7 @@ class Connection:
         self.metrics.probe_failures.labels(**self.labels).inc()
         error = describe_error(exc)
         flip = self._tracker.probe_failed(time.monotonic(), error, started=started)
-        reachable = await self._tcp_reachable() if self._tracker.redial_due else None
+        reachable = await self.probe.tcp_reachable() if self._tracker.redial_due else None
         held = self._limiter.allow("probe-failed")
         if held is not None:
             log.warning(
@@ -639,17 +475,6 @@ class Connection:
 
     # ----- settings that can change at runtime ----------------------------------
 
-    def _settings_fingerprint(self) -> tuple[str, str]:
-        s = self.settings
-        tls = hashlib.sha256()
-        for path in (s.tls_ca_file, s.tls_cert_file, s.tls_key_file):
-            with contextlib.suppress(OSError):
-                tls.update(_read(path) or b"-")
-        key = b""
-        with contextlib.suppress(OSError):
-            key = _read(s.api_key_file) or b""
-        return tls.hexdigest(), hashlib.sha256(key).hexdigest()
-
     async def _settings_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.settings_check_interval)
@@ -657,7 +482,7 @@ class Connection:
 
     def check_settings(self) -> None:
         """Pick up rotated TLS files (re-dial) or API key (set in place)."""
-        tls, key = self._settings_fingerprint()
+        tls, key = fingerprint(self.settings)
         old_tls, old_key = self._fingerprint
         self._fingerprint = (tls, key)
         if key != old_key and self._client is not None and self.settings.api_key_file is not None:

@@ -24,7 +24,8 @@ from temporalio.client import Client
 
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
-from agentexec.temporal.connection import Connection, forwarding_runtime
+from agentexec.temporal.connection import Connection
+from agentexec.temporal.dial import forwarding_runtime
 from agentexec.temporal.errors import TemporalUnavailable
 from agentexec.temporal.state import ConnectionState
 from agentexec.temporal.workers import SupervisedWorker, WorkerPool, WorkerSpec
