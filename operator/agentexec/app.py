@@ -144,11 +144,14 @@ async def run(settings: Settings) -> None:
         # Ready once kopf's watches run; Temporal's state is data, not health.
         return (True, "watching") if ready.is_set() else (False, "starting")
 
+    # Every supervised loop of the process: the controller's, the manager's
+    # (connection, probe, settings, worker supervisors) and the Lease campaign.
+    loops = [controller.stopped_loops, manager.stopped_loops]
+    if elector is not None:
+        loops.append(elector.stopped_loops)
     secure = settings.metrics_secure
     http = await start_http(
-        build_app(
-            metrics, status, readiness, liveness_of(controller.stopped_loops), with_data=not secure
-        ),
+        build_app(metrics, status, readiness, liveness_of(*loops), with_data=not secure),
         settings.http_port,
     )
     secure_http = (
@@ -179,10 +182,9 @@ async def run(settings: Settings) -> None:
     kopf_stop = asyncio.Event()
     try:
         async with manager:
-            campaign = (
-                asyncio.create_task(elector.run(), name="leader-election") if elector else None
-            )
-            if elector is None:
+            if elector is not None:
+                elector.start()
+            else:
                 await controller.start_leading()
             watching = asyncio.create_task(
                 kopf.operator(
@@ -204,9 +206,8 @@ async def run(settings: Settings) -> None:
             take_signals()
             await _first(stopping.wait(), watching)
             # 1. Stop reconciling and release the Lease: a successor starts now.
-            if campaign is not None and elector is not None:
-                campaign.cancel()
-                await asyncio.gather(campaign, return_exceptions=True)
+            if elector is not None:
+                await elector.stop()
                 await elector.release()
             else:
                 await controller.stop_leading()

@@ -39,12 +39,12 @@ AuthorizeFn = Callable[[str, str], Awaitable[tuple[int, str]]]
 log = logging.getLogger("agentexec.http")
 
 
-def liveness_of(stopped_loops: Callable[[], list[str]]) -> ReadyFn:
-    """/healthz from a process's supervised loops: unhealthy, naming them,
-    once any has stopped."""
+def liveness_of(*stopped_loops: Callable[[], list[str]]) -> ReadyFn:
+    """/healthz from a process's supervised loops (each source lists those of
+    its loops that stopped): unhealthy, naming them, once any has stopped."""
 
     def alive() -> tuple[bool, str]:
-        stopped = stopped_loops()
+        stopped = [name for source in stopped_loops for name in source()]
         return (False, f"stopped: {', '.join(stopped)}") if stopped else (True, "ok")
 
     return alive

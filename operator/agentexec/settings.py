@@ -58,13 +58,20 @@ class TemporalSettings:
     # recovery is then noticed within this interval.
     probe_interval_disconnected: float = 0.1
     probe_timeout: float = 1.0
+    # Seconds probes must keep failing (two at least) before Temporal is
+    # called down; 0: the first failed probe. A blip then flips nothing (each
+    # flip rewrites every unfinished execution), and an outage is still seen
+    # within probe_interval + down_after + probe_interval_disconnected (a
+    # refused port) or probe_interval + 2 x probe_timeout (a blackhole).
+    down_after: float = 1.0
     backoff_base: float = REDIAL.base
     backoff_max: float = REDIAL.cap
     backoff_jitter: float = REDIAL.jitter
     circuit_threshold: int = 10
     circuit_backoff_max: float = REDIAL_CIRCUIT_CAP
-    # Probe failures, while the server answers a plain TCP dial, before the
-    # client is considered broken and re-dialled.
+    # Probe failures on one client, while the server answers a plain TCP
+    # dial, before the client is considered broken and re-dialled (doubled
+    # after each re-dial that brought no good probe).
     redial_after_failures: int = 5
     worker_grace: float = 30.0
     settings_check_interval: float = 10.0
@@ -192,6 +199,13 @@ def _seconds(value: str) -> float:
     number = _number(value, float, "a positive number of seconds")
     if not number > 0 or number != number or number == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _seconds_or_zero(value: str) -> float:
+    number = _number(value, float, "a number of seconds, 0 or more")
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
     return number
 
 
@@ -424,6 +438,7 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
             "TEMPORAL_PROBE_INTERVAL_DISCONNECTED_SECONDS", _seconds, d.probe_interval_disconnected
         ),
         probe_timeout=env.get("TEMPORAL_PROBE_TIMEOUT_SECONDS", _seconds, d.probe_timeout),
+        down_after=env.get("TEMPORAL_DOWN_AFTER_SECONDS", _seconds_or_zero, d.down_after),
         backoff_base=env.get("TEMPORAL_BACKOFF_BASE_SECONDS", _seconds, d.backoff_base),
         backoff_max=env.get("TEMPORAL_BACKOFF_MAX_SECONDS", _seconds, d.backoff_max),
         backoff_jitter=env.get("TEMPORAL_BACKOFF_JITTER", _fraction, d.backoff_jitter),

@@ -14,6 +14,7 @@ def test_defaults() -> None:
     assert (s.temporal.backoff_base, s.temporal.backoff_max) == (1.0, 30.0)
     assert s.temporal.circuit_threshold == 10
     assert s.temporal.circuit_backoff_max == 300.0
+    assert s.temporal.down_after == 1.0
     assert s.task_queue == "agentexec-executions"
     assert s.runner_task_queue == "agentexec-runner"
     assert s.queue_ttl == 3600.0
@@ -39,6 +40,7 @@ def test_reads_the_environment(tmp_path: Path) -> None:
             "TEMPORAL_NAMESPACE": "prod",
             "TEMPORAL_API_KEY_FILE": str(key),
             "TEMPORAL_PROBE_INTERVAL_SECONDS": "0.5",
+            "TEMPORAL_DOWN_AFTER_SECONDS": "0",
             "AGENTEXEC_WATCH_NAMESPACES": "b, a,,a",
             "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED": "0",
             "AGENTEXEC_RUNNER_ENABLED": "true",
@@ -54,6 +56,7 @@ def test_reads_the_environment(tmp_path: Path) -> None:
     assert s.temporal.namespace == "prod"
     assert s.temporal.api_key_file == key
     assert s.temporal.probe_interval == 0.5
+    assert s.temporal.down_after == 0.0  # 0: the first failed probe
     assert s.watch_namespaces == ("a", "b")
     assert s.ttl_seconds_after_finished == 0  # 0 is "at once", not "off"
     assert s.runner_enabled is True
@@ -72,6 +75,8 @@ def test_reads_the_environment(tmp_path: Path) -> None:
         ({"TEMPORAL_NAMESPACE": "  "}, "TEMPORAL_NAMESPACE"),
         ({"TEMPORAL_PROBE_INTERVAL_SECONDS": "-1"}, "TEMPORAL_PROBE_INTERVAL_SECONDS"),
         ({"TEMPORAL_PROBE_TIMEOUT_SECONDS": "soon"}, "TEMPORAL_PROBE_TIMEOUT_SECONDS"),
+        ({"TEMPORAL_DOWN_AFTER_SECONDS": "-1"}, "TEMPORAL_DOWN_AFTER_SECONDS"),
+        ({"TEMPORAL_DOWN_AFTER_SECONDS": "nan"}, "TEMPORAL_DOWN_AFTER_SECONDS"),
         ({"TEMPORAL_BACKOFF_JITTER": "1.5"}, "TEMPORAL_BACKOFF_JITTER"),
         ({"TEMPORAL_CIRCUIT_THRESHOLD": "0"}, "TEMPORAL_CIRCUIT_THRESHOLD"),
         ({"TEMPORAL_TLS": "maybe"}, "TEMPORAL_TLS"),

@@ -91,6 +91,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ .Values.temporal.probeIntervalSeconds | quote }}
 - name: TEMPORAL_PROBE_TIMEOUT_SECONDS
   value: {{ .Values.temporal.probeTimeoutSeconds | quote }}
+- name: TEMPORAL_DOWN_AFTER_SECONDS
+  value: {{ .Values.temporal.downAfterSeconds | quote }}
 - name: TEMPORAL_BACKOFF_MAX_SECONDS
   value: {{ .Values.temporal.backoffMaxSeconds | quote }}
 - name: TEMPORAL_CIRCUIT_THRESHOLD
