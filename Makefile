@@ -26,7 +26,8 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
+# The package version is read from __init__.py at install (pyproject dynamic).
+$(INSTALLED): pyproject.toml operator/agentexec/__init__.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -92,6 +93,14 @@ e2e-kind: install ## E2E against a kind cluster (skips where there is no Docker 
 image: $(INSTALLED) ## Build the image agentexec-operator:dev (starts the project's own dockerd where none runs)
 	$(PY) -m localenv.images operator --tag agentexec-operator:dev
 
+.PHONY: release
+release: binaries ## dist/: the chart package, the image (OCI archive + digest), its SBOM (CycloneDX), SHA256SUMS
+	$(PY) -m localenv.release
+
+.PHONY: version
+version: $(INSTALLED) ## Print the release version (its one source: operator/agentexec/__init__.py)
+	@$(PY) -c 'from localenv.release import project_version; print(project_version())'
+
 .PHONY: helm-lint
 helm-lint: binaries ## helm lint --strict (defaults and everything on), promtool check rules
 	$(HELM) lint --strict $(CHART)
@@ -125,4 +134,4 @@ bench: install ## Run bench/manager.py, executions.py, scaling.py, runners.py (f
 
 .PHONY: clean
 clean: ## Remove the venv and build outputs (keeps the .cache/ binaries)
-	rm -rf $(VENV) build *.egg-info operator/*.egg-info
+	rm -rf $(VENV) build dist *.egg-info operator/*.egg-info

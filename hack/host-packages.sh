@@ -2,11 +2,12 @@
 # The Debian packages the node tier and `make image` need on the host:
 # a Docker engine for image builds, debootstrap for a local base image, and
 # for the kubelet a containerd with the CRI plugin, runc, the CNI plugins and
-# iptables. Installed once (idempotent); prints SKIPPED and exits 0 where it
+# iptables, and skopeo (OCI archives: make release, the node tier's
+# registry). Installed once (idempotent); prints SKIPPED and exits 0 where it
 # cannot install (not root, no apt-get), so callers decide what that means.
 set -euo pipefail
 
-PACKAGES=(docker.io containerd runc containernetworking-plugins debootstrap iptables)
+PACKAGES=(docker.io containerd runc containernetworking-plugins debootstrap iptables skopeo)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -10,12 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from localenv import images
 from localenv.binaries import ROOT
@@ -233,3 +235,51 @@ def test_saved_image_reaches_a_containerd(engine: DockerEngine, tmp_path: Path) 
         shutil.rmtree(state, ignore_errors=True)
         # containerd's overlay snapshots may leave mounts under its root.
         assert not [m for m in Path("/proc/self/mounts").read_text().split() if str(tmp_path) in m]
+
+
+@pytest.mark.image
+def test_release_writes_the_chart_image_digest_sbom_and_checksums(
+    engine: DockerEngine, tmp_path: Path
+) -> None:
+    """`make release` (localenv.release): every artifact of this version, the
+    checksums verify, the digest is the OCI archive's manifest, and the SBOM
+    lists the image's own Python environment (the versions constraints.txt
+    pins, the package itself, no dev tooling)."""
+    from agentexec import __version__
+    from localenv import release
+
+    dist = tmp_path / "dist"
+    out = release.release(engine, dist)
+    names = sorted(p.name for p in dist.iterdir())
+    stem = f"agentexec-operator-{__version__}"
+    assert names == sorted(
+        ["SHA256SUMS", f"{stem}.tgz", f"{stem}.oci.tar", f"{stem}.digest", f"{stem}.sbom.cdx.json"]
+    )
+    check = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=dist, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    digest = out["digest"].read_text().strip()
+    assert digest.startswith("sha256:") and len(digest) == 71
+    with tarfile.open(out["image"]) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        manifest_blob = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+        assert manifest_blob is not None
+        assert "sha256:" + hashlib.sha256(manifest_blob.read()).hexdigest() == digest
+    [entry] = index["manifests"]
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == __version__
+    bom = json.loads(out["sbom"].read_text())
+    assert bom["bomFormat"] == "CycloneDX"
+    listed = release.sbom_components(out["sbom"])
+    assert listed["agentexec-operator"] == __version__
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    for name in ("kopf", "temporalio", "aiohttp"):
+        assert listed[name] == pins[name], name
+    assert not {"pytest", "cyclonedx-bom", "pip"} & set(listed), sorted(listed)
+    with tarfile.open(out["chart"]) as tar:
+        chart = yaml.safe_load(tar.extractfile("agentexec-operator/Chart.yaml"))  # type: ignore[arg-type]
+    assert (chart["version"], chart["appVersion"]) == (__version__, __version__)
