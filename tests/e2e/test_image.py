@@ -260,7 +260,8 @@ def test_release_writes_the_chart_image_digest_sbom_and_checksums(
     )
     assert check.returncode == 0, check.stdout + check.stderr
     digest = out["digest"].read_text().strip()
-    assert digest.startswith("sha256:") and len(digest) == 71
+    assert digest.startswith("sha256:")
+    assert len(digest) == 71
     with tarfile.open(out["image"]) as tar:
         index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
         manifest_blob = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")

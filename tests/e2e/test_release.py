@@ -60,7 +60,8 @@ def test_upgrade_notes_print_only_when_the_upgrade_crosses_their_version(
         # Namespaced: no cluster-wide role of this release meets another test's.
         done = helm.run(
             command, "notes", str(chart), "-n", namespace, *NO_CRDS,
-            "--set", f"watchNamespaces={{{namespace}}}", "--set", "rbac.aggregateToDefaultRoles=false",
+            "--set", f"watchNamespaces={{{namespace}}}",
+            "--set", "rbac.aggregateToDefaultRoles=false",
         )  # fmt: skip
         return " ".join(done.stdout.split())
 
