@@ -11,7 +11,9 @@ CAP_SYS_RESOURCE, so runc cannot set a negative oom_score_adj (containerd's
 restrict_oom_score_adj); kubelet 1.36 refuses cgroup v1 (failCgroupV1: false,
 cgroupfs); in-cluster clients dial kubernetes.default.svc (CoreDNS, clusterDNS);
 Docker sets the FORWARD policy to DROP (ACCEPT rules for the bridge); no
-registry (images are imported; workloads need imagePullPolicy: Never).
+registry can be reached (the project runs its own, localenv.registry, on
+loopback, which containerd reaches over plain HTTP; only the sandbox image is
+imported before the kubelet starts).
 
 Pods talk only to the node, the API server and each other: CoreDNS serves
 cluster.local only and forwards nothing, and pods get no search domains or
@@ -230,6 +232,9 @@ class Node:
         if len(str(self.containerd_socket)) > 100:
             raise ValueError(f"workdir too long for a unix socket: {self.containerd_socket}")
         self.kubelet_dir = self.workdir / "kubelet"
+        # Where a registry this node pulls from listens: loopback, which
+        # containerd's CRI reaches over plain HTTP without configuration.
+        self.registry_host = "127.0.0.1"
         # Seconds: "binaries" (built on first use), "node_ready" and "start"
         # (both from after the binaries, "start" up to DNS and ServiceAccount).
         self.timings: dict[str, float] = {}
@@ -266,6 +271,11 @@ class Node:
 
     def kubectl_json(self, *args: str) -> dict[str, object]:
         return self.plane.kubectl_json(*args)
+
+    def trust_registry(self, address: str) -> None:
+        """Nothing to do: a loopback registry is plain HTTP to containerd."""
+        if not address.startswith(("127.", "localhost:")):
+            raise ValueError(f"{address}: the node pulls from a loopback registry only")
 
     def load_image(self, tar: Path) -> None:
         """Import an image tar into the node's containerd (namespace k8s.io)."""

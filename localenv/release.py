@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from localenv.binaries import ROOT, built_tool
+from localenv.binaries import CACHE_DIR, ROOT, built_tool, versions
 from localenv.docker import DockerEngine, EngineUnavailable
 
 PACKAGE_INIT = ROOT / "operator" / "agentexec" / "__init__.py"
@@ -128,19 +129,19 @@ def push_oci_archive(archive: Path, ref: str, plain_http: bool = True) -> None:
     _skopeo("copy", "--quiet", *flags, f"oci-archive:{archive}", f"docker://{ref}")
 
 
-def package_chart(dest_dir: Path, helm: Path | None = None) -> Path:
+def package_chart(dest_dir: Path, helm: Path | None = None, chart_dir: Path = CHART_DIR) -> Path:
     """`helm package` of the chart into dest_dir; the chart's own version."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     binary = helm or built_tool("helm")
     done = subprocess.run(
-        [str(binary), "package", str(CHART_DIR), "--destination", str(dest_dir)],
+        [str(binary), "package", str(chart_dir), "--destination", str(dest_dir)],
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"helm package failed: {done.stderr.strip()}")
-    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
     return dest_dir / f"{chart['name']}-{chart['version']}.tgz"
 
 
@@ -189,6 +190,52 @@ def write_checksums(dist: Path, files: Sequence[Path]) -> Path:
     sums = dist / "SHA256SUMS"
     sums.write_text("".join(lines))
     return sums
+
+
+def previous_release() -> tuple[str, str]:
+    """(version, commit) of the release before this one (hack/versions.env)."""
+    pins = versions()
+    return pins["PREVIOUS_RELEASE"], pins["PREVIOUS_RELEASE_COMMIT"]
+
+
+def release_tree(commit: str) -> Path:
+    """The files of `commit` (git archive), cached under .cache/releases."""
+    tree = CACHE_DIR / "releases" / commit / "src"
+    if tree.exists():
+        return tree
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    partial = tree.with_name("src.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(
+            f"git archive {commit} failed (a shallow clone?): {archive.stderr.decode().strip()}"
+        )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(partial, filter="data")
+    partial.rename(tree)
+    return tree
+
+
+def previous_image(engine: DockerEngine) -> str:
+    """The previous release's image: its commit's source, built with this
+    checkout's Dockerfile and constraints (the same layout: /opt/agentexec,
+    user 10001), on the local base."""
+    from localenv import images  # needs Docker: imported when used
+
+    version, commit = previous_release()
+    return images.operator_image(engine, source=release_tree(commit), name=f"v{version}")
+
+
+def previous_chart(dest_dir: Path, helm: Path | None = None) -> Path:
+    """`helm package` of the previous release's chart, as it was."""
+    chart_dir = release_tree(previous_release()[1]) / "charts" / CHART_DIR.name
+    return package_chart(dest_dir, helm, chart_dir=chart_dir)
 
 
 def _skopeo(*args: str) -> None:

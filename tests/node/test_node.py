@@ -13,6 +13,7 @@ import pytest
 from localenv.binaries import ROOT
 from localenv.docker import DockerEngine
 from localenv.node import NODE_NAME, Node
+from localenv.registry import Pushed
 from tests.support.waiting import eventually
 
 # Run by a pod: resolve the API server's Service name, then call the API
@@ -68,8 +69,7 @@ def run_probe(node: Node, image: str, ns: str, name: str, *args: str) -> dict[st
             "containers": [
                 {
                     "name": "probe",
-                    "image": image,
-                    "imagePullPolicy": "Never",  # no registry here
+                    "image": image,  # from the registry, by digest
                     "command": ["python3", "-c", PROBE, *args],
                 }
             ],
@@ -129,19 +129,16 @@ def test_node_is_ready(node: Node) -> None:
     assert addresses["InternalIP"] == node.host_ip
 
 
-async def test_pod_runs(node: Node) -> None:
-    """The pause image as a workload. The pod is left running on purpose:
-    the fixture's teardown must drain it and still leave the machine clean."""
+async def test_pod_runs(node: Node, registry_images: dict[str, Pushed]) -> None:
+    """The pause image as a workload, pulled from the registry by digest with
+    the default pull policy. The pod is left running on purpose: the
+    fixture's teardown must drain it and still leave the machine clean."""
     ns = await namespace(node, "t-pod-runs")
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "sleeper", "namespace": ns},
-        "spec": {
-            "containers": [
-                {"name": "pause", "image": node.sandbox_image, "imagePullPolicy": "Never"}
-            ]
-        },
+        "spec": {"containers": [{"name": "pause", "image": registry_images["pause"].ref}]},
     }
     node.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
     node.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "-n", ns, "--timeout=60s")
@@ -149,11 +146,13 @@ async def test_pod_runs(node: Node) -> None:
     assert ip.startswith("10.244.0.")
 
 
-async def test_pod_resolves_and_reaches_the_api_server(node: Node, node_images: list[str]) -> None:
+async def test_pod_resolves_and_reaches_the_api_server(
+    node: Node, registry_images: dict[str, Pushed]
+) -> None:
     """Trap 3: in-cluster login dials kubernetes.default.svc, so a pod needs
     cluster DNS, the Service routed by kube-proxy, and a projected token."""
     ns = await namespace(node, "t-in-cluster")
-    out = run_probe(node, node_images[0], ns, "probe")
+    out = run_probe(node, registry_images["python"].ref, ns, "probe")
     assert out["resolved"] == [node.plane.service_ip]
     user = out["user"]
     assert isinstance(user, dict)
@@ -162,21 +161,21 @@ async def test_pod_resolves_and_reaches_the_api_server(node: Node, node_images: 
 
 
 async def test_audit_log_has_status_and_lease_writes_with_the_pod(
-    node: Node, node_images: list[str]
+    node: Node, registry_images: dict[str, Pushed]
 ) -> None:
     """What the scenario tests read: who wrote an AgentExecution's status and
     a Lease, down to the pod (user.extra) for in-cluster writers."""
     ns = await namespace(node, "t-audit")
     node.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     try:
-        await _audit_checks(node, node_images, ns)
+        await _audit_checks(node, registry_images["python"].ref, ns)
     finally:
         # The chart scenarios install the CRDs with their release (helm
         # refuses to adopt CRDs it did not create).
         node.kubectl("delete", "-f", str(ROOT / "crds"), "--wait=true", check=False)
 
 
-async def _audit_checks(node: Node, node_images: list[str], ns: str) -> None:
+async def _audit_checks(node: Node, image: str, ns: str) -> None:
     node.kubectl(
         "wait", "--for=condition=Established", "crd/agentexecutions.agentexec.io", "--timeout=30s"
     )
@@ -190,7 +189,7 @@ async def _audit_checks(node: Node, node_images: list[str], ns: str) -> None:
         "create", "rolebinding", "leases", "-n", ns, "--role=leases",
         f"--serviceaccount={ns}:default",
     )  # fmt: skip
-    run_probe(node, node_images[0], ns, "lease-writer", "from-a-pod")
+    run_probe(node, image, ns, "lease-writer", "from-a-pod")
 
     events = [json.loads(line) for line in node.audit_log.read_text().splitlines()]
     mine = [e for e in events if e.get("objectRef", {}).get("namespace") == ns]
