@@ -3,16 +3,16 @@
 # from Go modules, once, into $CACHE_DIR/bin keyed by version. A binary that is
 # already there is reused, so a warm `make test` builds nothing.
 #
-# `all` is what `make install` builds. The node tier's binaries (kubelet,
-# kube-scheduler, kube-proxy, kube-controller-manager, coredns: about 5.5 min
-# cold on 2 cores) are not in it: they are built on first use by the node tier
-# (localenv.binaries.built_tool) or all at once by `node`.
+# `all` is what `make install` builds. What the node tier's kind cluster is
+# made of (`kind-node`: kubelet, kubeadm, kubectl, kube-scheduler, kube-proxy,
+# kube-controller-manager, coredns, containerd, runc, crictl, the CNI plugins,
+# local-path-provisioner) and kind itself are not in it: they are built on
+# first use (localenv.kindimages) or all at once by `kind-node`.
 #
 # The node tier's registry (the CNCF distribution registry) is built with
-# `registry`; what a kind node image is made of (kubeadm, kubectl, containerd,
-# runc, crictl, the CNI plugins, local-path-provisioner) with `kind-node`.
+# `registry`.
 #
-#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|kubeadm|kubectl|coredns|etcd|helm|promtool|kube-score|kind|registry|kind-node|node|all]
+#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|kubeadm|kubectl|coredns|etcd|helm|promtool|kube-score|kind|registry|kind-node|all]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -222,6 +222,8 @@ build_kind_node() {
   for cmd in containerd ctr containerd-shim-runc-v2; do
     build_go_install "$cmd" "github.com/containerd/containerd/v2/cmd/$cmd" "$KIND_CONTAINERD_VERSION" -tags "$tags"
   done
+  # runc links the host's libseccomp (hack/host-packages.sh installs it).
+  [ -x "$BIN_DIR/runc-$KIND_RUNC_VERSION" ] || bash "$ROOT/hack/host-packages.sh" >&2
   CGO_ENABLED=1 build_go_install runc github.com/opencontainers/runc "$KIND_RUNC_VERSION" -tags seccomp
   build_go_install crictl sigs.k8s.io/cri-tools/cmd/crictl "$KIND_CRICTL_VERSION"
   for cmd in ipam/host-local main/loopback main/ptp meta/portmap; do
@@ -242,17 +244,11 @@ what=${1:-all}
 case $what in
   kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | kubelet | kubeadm | kubectl) build_kube "$what" ;;
   coredns) build_coredns ;;
-  node)
-    for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy; do
-      build_kube "$cmd"
-    done
-    build_coredns
-    ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   promtool) build_promtool ;;
   kube-score) build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" ;;
-  # kind for `make e2e-kind` only (not in `all`: the node tier runs here instead).
+  # kind for the node tier (not in `all`: built on first use).
   kind) build_go_install kind sigs.k8s.io/kind "$KIND_VERSION" ;;
   # The node tier's image registry (github.com/distribution/distribution).
   registry) build_go_install registry github.com/distribution/distribution/v3/cmd/registry "$REGISTRY_VERSION" ;;
@@ -265,7 +261,7 @@ case $what in
     build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION"
     ;;
   *)
-    echo "usage: $0 [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|kubeadm|kubectl|coredns|etcd|helm|promtool|kube-score|kind|registry|kind-node|node|all]" >&2
+    echo "usage: $0 [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|kubeadm|kubectl|coredns|etcd|helm|promtool|kube-score|kind|registry|kind-node|all]" >&2
     exit 2
     ;;
 esac

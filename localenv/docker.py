@@ -13,8 +13,9 @@ Our engine runs with `--iptables=false --bridge=none`: builds use the host
 network (`docker build --network host`) and tests run containers with
 `--network none`, so it creates no docker0 bridge and no iptables rules.
 Trap for an engine we did not start: Docker sets the iptables FORWARD policy
-to DROP, which silently drops bridged pod traffic on the same host; whoever
-owns a bridge (localenv.node) must ACCEPT its own traffic in FORWARD.
+to DROP, which silently drops bridged traffic of others on the same host.
+Ours also runs kind's nodes (localenv.kind): they sit on the Docker network
+kind creates, reached from the host through its gateway.
 
 Where this machine cannot run an engine (not root, no dockerd even after
 hack/host-packages.sh, no overlayfs), `ensure()` raises `EngineUnavailable`

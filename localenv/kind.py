@@ -1,4 +1,4 @@
-"""A kind cluster for `make e2e-kind`: the node tier's scenarios on kind.
+"""A kind cluster: the node tier's cluster (`make test-node`, `make e2e-kind`).
 
 Everything comes from this machine: kind from its Go module (KIND_VERSION),
 its node image built here by localenv.kindimages (kind's own base Dockerfile
@@ -7,11 +7,10 @@ node-image`), and the images the scenarios run pulled from the project's
 registry (localenv.registry), which the node's containerd is told to reach
 over plain HTTP (`trust_registry`).
 
-It offers what the scenarios use of a cluster, as `localenv.node.Node`
-does: `kubeconfig`, `kubectl`, `kubectl_json`, `audit_log` (the API
-server's audit log, on the host through a mount), `registry_host` (where a
-registry must listen for this cluster to pull from it) and
-`trust_registry`.
+It offers what the node tier's scenarios use of a cluster: `kubeconfig`,
+`kubectl`, `kubectl_json`, `audit_log` (the API server's audit log, on the
+host through a mount), `registry_host` (where a registry must listen for
+this cluster to pull from it) and `trust_registry`.
 
 What differs from kind's defaults, and why:
 - `disableDefaultCNI`: kind's CNI daemon, kindnetd, cannot be built here
@@ -43,8 +42,35 @@ import yaml
 
 from localenv.binaries import built_tool, venv_tool
 from localenv.docker import DockerEngine
-from localenv.node import AUDIT_POLICY
 from localenv.procs import wait_for
+
+# Metadata for writes of AgentExecutions (status included) and Leases: the
+# scenario tests read who wrote (user.extra carries a pod's name for its
+# ServiceAccount token). Node heartbeats (kube-node-lease) are left out.
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "None",
+            "namespaces": ["kube-node-lease"],
+            "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}],
+        },
+        {
+            "level": "Metadata",
+            "verbs": ["create", "update", "patch", "delete"],
+            "resources": [
+                {
+                    "group": "agentexec.io",
+                    "resources": ["agentexecutions", "agentexecutions/status"],
+                },
+                {"group": "coordination.k8s.io", "resources": ["leases"]},
+            ],
+        },
+        {"level": "None"},
+    ],
+}
 
 SERVICE_CIDR = "10.96.0.0/16"  # kind's default serviceSubnet
 POD_SUBNET = "10.244.0.0/16"  # kind's default podSubnet

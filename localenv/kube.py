@@ -4,10 +4,9 @@ Serving certificates, a service-account signing key, RBAC authorization and an
 admin client certificate (group system:masters) are generated per run; the
 kubeconfig it writes is what the tests, kubectl and the operator use.
 
-By default it is reachable on loopback only and runs no pods. A node
-(localenv.node) asks for more: bound to all addresses and advertising the
-host's address (pods reach it through the `kubernetes` Service), the
-ServiceAccount admission plugin on, and an audit log.
+By default it is reachable on loopback only and runs no pods; the options
+(bind and advertise addresses, ServiceAccount admission, an audit log) serve
+a control plane that pods reach through the `kubernetes` Service.
 """
 
 from __future__ import annotations

@@ -7,11 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ import yaml
 from localenv import images
 from localenv.binaries import ROOT
 from localenv.docker import DockerEngine, EngineUnavailable
-from localenv.procs import ManagedProcess, wait_for
+from localenv.procs import wait_for
 
 # A sanity bound, not a goal: the image is about 211 MB on the local Debian
 # stand-in; the goal (250 MB on the official base) is reported by `make image`.
@@ -194,47 +192,6 @@ def test_pause_image_waits_for_sigterm(engine: DockerEngine) -> None:
         assert code == "0"
     finally:
         engine.docker("rm", "-f", name, check=False)
-
-
-@pytest.mark.image
-def test_saved_image_reaches_a_containerd(engine: DockerEngine, tmp_path: Path) -> None:
-    """The node's path for every image: docker save, then ctr import into a
-    containerd of its own (here one with only the content store)."""
-    tag = images.pause_image(engine)
-    tarball = images.save(engine, tag, tmp_path / "images")
-    assert images.save(engine, tag, tmp_path / "images") == tarball  # saved once
-    if shutil.which("containerd") is None:
-        pytest.skip("no containerd binary (hack/host-packages.sh installs it)")
-    # A short path: the socket's must fit in sun_path (108 bytes).
-    state = Path(tempfile.mkdtemp(prefix="aex-ctrd-", dir="/tmp"))
-    socket = state / "c.sock"
-    config = tmp_path / "containerd.toml"
-    config.write_text(
-        "version = 2\n"
-        f'root = "{tmp_path / "root"}"\n'
-        f'state = "{state / "state"}"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{socket}"\n'
-    )
-    containerd = ManagedProcess(
-        "containerd", ["containerd", "--config", str(config)], tmp_path / "containerd.log"
-    )
-    containerd.start()
-    try:
-        wait_for(socket.exists, timeout=30, what=f"containerd ({containerd.log_path})")
-        images.import_into_containerd(tarball, str(socket))
-        listed = subprocess.run(
-            ["ctr", "-a", str(socket), "-n", "k8s.io", "images", "ls", "-q"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        assert tag in listed
-    finally:
-        containerd.stop()
-        shutil.rmtree(state, ignore_errors=True)
-        # containerd's overlay snapshots may leave mounts under its root.
-        assert not [m for m in Path("/proc/self/mounts").read_text().split() if str(tmp_path) in m]
 
 
 @pytest.mark.image

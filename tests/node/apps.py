@@ -1,7 +1,7 @@
 """What the node-tier scenarios put on a cluster, and how they look at it.
 
 Cluster-agnostic: the same code drives the local node (`localenv.node`) and
-a kind cluster (`make e2e-kind`). A cluster here is anything with
+a kind cluster (localenv.kind). A cluster here is anything with
 `kubeconfig`, `kubectl(...)`, `kubectl_json(...)`, `audit_log` (None where
 the API server's audit log cannot be read), `registry_host` and
 `trust_registry(address)`. Every image comes from the registry, by digest,
