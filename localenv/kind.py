@@ -39,9 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client as k8s
 
 from localenv.binaries import built_tool, venv_tool
 from localenv.docker import DockerEngine
+from localenv.kube import api_client
 from localenv.procs import wait_for
 
 # Metadata for writes of AgentExecutions (status included) and Leases: the
@@ -298,20 +300,22 @@ class KindCluster:
         data: dict[str, Any] = json.loads(self.kubectl(*args, "-o", "json").stdout)
         return data
 
+    @property
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(api_client(self.kubeconfig))
+
     def _pod_cidr(self) -> str | None:
-        node = self.kubectl_json("get", "node", self.node)
-        cidr = node.get("spec", {}).get("podCIDR")
+        cidr: str | None = self.core.read_node(self.node).spec.pod_cidr
         if cidr:
             ipaddress.ip_network(cidr)
         return cidr
 
     def _ready(self) -> bool:
-        conditions = self.kubectl_json("get", "node", self.node)["status"]["conditions"]
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        conditions = self.core.read_node(self.node).status.conditions or []
+        return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
     def _default_service_account(self) -> bool:
-        done = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
-        return done.returncode == 0
+        return bool(self.core.read_namespaced_service_account("default", "default"))
 
     def _write_on_node(self, path: str, text: str) -> None:
         script = f"mkdir -p {Path(path).parent} && cat > {path}"

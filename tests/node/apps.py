@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from kubernetes import client as k8s
 from temporalio.client import Client
 
 from agentexec.planner import workflow_id
 from localenv.helm import CHART
+from localenv.kube import api_client
 from localenv.registry import Pushed
 
 TEMPORAL_NAMESPACE = "temporal"
@@ -111,8 +113,9 @@ def diagnose(cluster: Cluster) -> str:
 
 def temporal_address(cluster: Cluster) -> str:
     """The Service's cluster IP, which the host reaches through kube-proxy."""
-    svc = cluster.kubectl_json("get", "svc", "-n", TEMPORAL_NAMESPACE, TEMPORAL_SERVICE)
-    return f"{svc['spec']['clusterIP']}:7233"
+    core = k8s.CoreV1Api(api_client(cluster.kubeconfig))
+    svc = core.read_namespaced_service(TEMPORAL_SERVICE, TEMPORAL_NAMESPACE)
+    return f"{svc.spec.cluster_ip}:7233"
 
 
 def scale_temporal(cluster: Cluster, replicas: int) -> None:
@@ -142,10 +145,10 @@ def helm_values(image: Pushed, *extra: str) -> list[str]:
 
 
 def operator_pods(cluster: Cluster) -> list[dict[str, Any]]:
-    pods: list[dict[str, Any]] = cluster.kubectl_json(
-        "get", "pods", "-n", OPERATOR_NAMESPACE,
-        "-l", f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=agentexec-operator",
-    )["items"]  # fmt: skip
+    core = k8s.CoreV1Api(api_client(cluster.kubeconfig))
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=agentexec-operator"
+    listed = core.list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=selector)
+    pods: list[dict[str, Any]] = core.api_client.sanitize_for_serialization(listed)["items"]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
