@@ -126,11 +126,13 @@ chart-score: binaries ## kube-score on the default and everything-on renders (ex
 	done
 
 .PHONY: bench
-bench: install ## Run bench/manager.py, executions.py, scaling.py, runners.py (figures and ratios)
+bench: install ## Run bench/manager.py, executions.py, scaling.py, runners.py, operator_client.py, kube_calls.py (figures and ratios)
 	$(PY) bench/manager.py
 	$(PY) bench/executions.py
 	$(PY) bench/scaling.py
 	$(PY) bench/runners.py
+	$(PY) bench/operator_client.py
+	$(PY) bench/kube_calls.py
 
 .PHONY: clean
 clean: ## Remove the venv and build outputs (keeps the .cache/ binaries)
