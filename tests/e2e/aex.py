@@ -16,10 +16,13 @@ from typing import Any, TypeVar
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from temporalio.client import Client
+from urllib3.exceptions import HTTPError
 
 from localenv.kube import ControlPlane, api_client
 
 GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
+# Per request, as the kubectl subprocess had its 60 s timeout.
+TIMEOUT = 60
 T = TypeVar("T")
 
 
@@ -28,10 +31,14 @@ def objects(plane: ControlPlane) -> k8s.CustomObjectsApi:
 
 
 def call(what: str, fn: Callable[[], T]) -> T:
+    """`fn()`, with an API error or an API server that does not answer (down
+    in a chaos scenario) raised as AssertionError, as a failed kubectl was."""
     try:
         return fn()
     except ApiException as exc:
         raise AssertionError(f"{what} failed ({exc.status} {exc.reason}): {exc.body}") from exc
+    except (HTTPError, OSError) as exc:
+        raise AssertionError(f"{what} failed: {exc}") from exc
 
 
 def manifest(name: str, message: str = "hello", **spec: Any) -> str:
@@ -52,7 +59,9 @@ def create(
     api = objects(plane)
     call(
         f"create aex {namespace}/{name}",
-        lambda: api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body),
+        lambda: api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, _request_timeout=TIMEOUT
+        ),
     )
 
 
@@ -60,7 +69,9 @@ def get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
     api = objects(plane)
     found: dict[str, Any] = call(
         f"get aex {namespace}/{name}",
-        lambda: api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+        lambda: api.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+        ),
     )
     return found
 
@@ -69,7 +80,9 @@ def list_all(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
     api = objects(plane)
     listed: dict[str, Any] = call(
         f"list aex in {namespace}",
-        lambda: api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
+        lambda: api.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, _request_timeout=TIMEOUT
+        ),
     )
     items: list[dict[str, Any]] = listed["items"]
     return items
