@@ -60,12 +60,7 @@ class RunnerActivities:
             return result
         except AgentFailed as exc:
             outcome = "failed"
-            raise ApplicationError(
-                str(exc),
-                type=AGENT_ERROR,
-                non_retryable=True,
-                category=ApplicationErrorCategory.BENIGN,
-            ) from exc
+            raise agent_failure(exc) from exc
         except asyncio.CancelledError:
             outcome = "cancelled"
             details = activity.cancellation_details()
@@ -103,6 +98,13 @@ class RunnerActivities:
     def _count(self, agent: str, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.runner_agent_attempts.labels(agent=agent, outcome=outcome).inc()
+
+
+def agent_failure(exc: AgentFailed) -> ApplicationError:
+    """An agent that says it failed: the execution fails, not retried."""
+    return ApplicationError(
+        str(exc), type=AGENT_ERROR, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+    )
 
 
 async def _heartbeat(ctx: AgentContext) -> None:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from agentexec.settings import Settings
 
 log = logging.getLogger("agentexec.runner.chat")
+T = TypeVar("T")
 
 # A provider's apiKeyFile could not be read at call time: retryable (its
 # Secret may be mounted late, or be mid-rotation), a few seconds apart; when
@@ -94,8 +95,13 @@ class ChatCall:
     body: dict[str, Any]
 
 
-def build_chat_call(request: AgentRequest) -> ChatCall:
-    """The provider name and the request body; AgentFailed when the model is unnamed."""
+def build_chat_call(
+    request: AgentRequest, conversation: Iterable[Mapping[str, Any]] | None = None
+) -> ChatCall:
+    """The provider name and the request body; AgentFailed when the model is unnamed.
+
+    ``conversation`` (the agent loop's messages so far) replaces the request's
+    message after the system prompt."""
     spec = request.agent_spec
     params = request.parameters or {}
 
@@ -110,7 +116,10 @@ def build_chat_call(request: AgentRequest) -> ChatCall:
         raise AgentFailed("the chat agent needs a model: set the Agent's model or parameters.model")
     system_prompt = pick(spec.system_prompt if spec else None, "systemPrompt")
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": request.message})
+    if conversation is None:
+        messages.append({"role": "user", "content": request.message})
+    else:
+        messages.extend(dict(m) for m in conversation)
     body: dict[str, Any] = {"model": model, "messages": messages}
     for key, field_name in OPTIONS.items():
         if params.get(key) is not None:
@@ -193,14 +202,15 @@ def retry_delay(retry_after: str | None, time_left: float | None = None) -> time
     return timedelta(seconds=seconds)
 
 
-def build_result(
+def build_completion(
     provider: Provider,
     status: int,
     raw: bytes,
     retry_after: str | None = None,
     time_left: float | None = None,
-) -> AgentResult:
-    """The agent's result from the provider's answer, or the ApplicationError to raise.
+) -> dict[str, Any]:
+    """The provider's decoded chat completion (a first choice with a message),
+    or the ApplicationError to raise.
 
     A retryable answer (429, 503, ...) with ``Retry-After`` waits as long
     before the next attempt (see retry_delay)."""
@@ -218,6 +228,8 @@ def build_result(
     try:
         data = json.loads(raw)
         message = data["choices"][0]["message"]
+        if not isinstance(message, dict):
+            raise TypeError("message is not an object")
         content = message.get("content") or ""
         if not isinstance(content, str):
             raise TypeError("content is not a string")
@@ -227,7 +239,22 @@ def build_result(
             PROVIDER_INVALID_RESPONSE,
             f"{where} answered HTTP {status} but not with a chat completion ({exc}): {sent}",
         ) from None
-    return AgentResult(output=content, usage=usage_of(data.get("usage")))
+    return data  # type: ignore[no-any-return]
+
+
+def build_result(
+    provider: Provider,
+    status: int,
+    raw: bytes,
+    retry_after: str | None = None,
+    time_left: float | None = None,
+) -> AgentResult:
+    """The chat agent's result from the provider's answer, or the
+    ApplicationError to raise (see build_completion)."""
+    data = build_completion(provider, status, raw, retry_after, time_left)
+    return AgentResult(
+        output=data["choices"][0]["message"].get("content") or "", usage=usage_of(data.get("usage"))
+    )
 
 
 def usage_of(value: Any) -> Usage | None:
@@ -264,6 +291,17 @@ async def call_provider(
     provider: Provider, api_key: str | None, body: dict[str, Any]
 ) -> AgentResult:
     """One Chat Completions request, bounded by the provider's timeoutSeconds."""
+    return await request_chat(provider, api_key, body, build_result)
+
+
+async def request_chat(
+    provider: Provider,
+    api_key: str | None,
+    body: dict[str, Any],
+    build: Callable[[Provider, int, bytes, str | None, float | None], T],
+) -> T:
+    """One Chat Completions request, bounded by the provider's timeoutSeconds;
+    ``build`` makes the result of the answer, or the error to raise."""
     headers = {"Content-Type": "application/json", **provider.headers}
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -296,7 +334,7 @@ async def call_provider(
         )
     else:
         try:
-            return build_result(provider, status, raw, retry_after, time_left())
+            return build(provider, status, raw, retry_after, time_left())
         except ApplicationError as exc:
             error = provider_error(
                 exc.type or PROVIDER_UNAVAILABLE, scrub(exc.message, secrets), exc.next_retry_delay
@@ -351,6 +389,14 @@ class ChatAgent:
 
     async def run(self, request: AgentRequest) -> AgentResult:
         call = build_chat_call(request)
+        provider, api_key = self.provider_for(call.provider)
+        return await call_provider(provider, api_key, call.body)
+
+    def provider_for(self, name: str | None) -> tuple[Provider, str | None]:
+        """The provider ``name`` picks on this runner, and its key as mounted now.
+
+        AgentFailed when none can be chosen (retrying cannot help); a key that
+        cannot be read is retryable (PROVIDER_KEY_UNREADABLE)."""
         if self.providers_file is None:
             raise AgentFailed(
                 f"the chat agent has no providers on this runner: set {PROVIDERS_FILE_ENV}"
@@ -361,9 +407,9 @@ class ChatAgent:
             providers = load_providers(self.providers_file)
         except ProviderConfigError as exc:
             raise AgentFailed(str(exc)) from None
-        provider = choose_provider(providers, call.provider)
+        provider = choose_provider(providers, name)
         try:
-            api_key = provider.read_api_key()
+            return provider, provider.read_api_key()
         except ProviderConfigError as exc:
             error = ApplicationError(
                 str(exc),
@@ -371,7 +417,5 @@ class ChatAgent:
                 next_retry_delay=KEY_RETRY_DELAY,
                 category=ApplicationErrorCategory.BENIGN,
             )
-        else:
-            return await call_provider(provider, api_key, call.body)
         log.warning("chat provider key unreadable: %s", error.message)
         raise error

@@ -141,6 +141,9 @@ class StatusReport:
     run_id: str
     namespace: str | None = None
     task_queue: str | None = None
+    # The agent loop's status fields (progress, pendingApproval, lastApproval),
+    # already in the resource's casing: see temporal/steps.py.
+    progress: dict[str, Any] | None = None
 
 
 class Outcome(enum.Enum):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -160,29 +161,40 @@ class AgentExecutionWorkflow:
     async def _report(
         self, inp: ExecutionInput, result: ExecutionResult, final: bool = True
     ) -> None:
-        info = workflow.info()
-        try:
-            await workflow.execute_activity(
-                REPORT_STATUS_ACTIVITY,
-                StatusReport(
-                    ref=inp.ref,
-                    result=result,
-                    workflow_id=info.workflow_id,
-                    run_id=info.run_id,
-                    namespace=info.namespace,
-                    task_queue=info.task_queue,
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=timedelta(seconds=inp.report_timeout_seconds),
-                retry_policy=REPORT_RETRY,
-            )
-        except ActivityError:
-            # The Kubernetes API stayed unreachable longer than the report's
-            # retries: the result stays in this workflow's history and the
-            # operator applies it from there. Never lose it, never wait forever.
-            workflow.logger.warning("could not report %s to the resource", result.phase)
-            if not final:
-                return
+        await send_report(inp, result, final)
+
+
+async def send_report(
+    inp: ExecutionInput,
+    result: ExecutionResult,
+    final: bool = True,
+    progress: dict[str, Any] | None = None,
+) -> None:
+    """Report ``result`` (and the agent loop's ``progress``) to the resource."""
+    info = workflow.info()
+    try:
+        await workflow.execute_activity(
+            REPORT_STATUS_ACTIVITY,
+            StatusReport(
+                ref=inp.ref,
+                result=result,
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                namespace=info.namespace,
+                task_queue=info.task_queue,
+                progress=progress,
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=timedelta(seconds=inp.report_timeout_seconds),
+            retry_policy=REPORT_RETRY,
+        )
+    except ActivityError:
+        # The Kubernetes API stayed unreachable longer than the report's
+        # retries: the result stays in this workflow's history and the
+        # operator applies it from there. Never lose it, never wait forever.
+        workflow.logger.warning("could not report %s to the resource", result.phase)
+        if not final:
+            return
 
 
 class _NoRunnerYet(Exception):
