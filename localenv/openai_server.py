@@ -40,7 +40,13 @@ def ensure_installed() -> Path:
 class OpenAIServer:
     """llama.cpp's server on a loopback port; ``api_key`` set: it requires it."""
 
-    def __init__(self, workdir: Path, api_key: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        api_key: str | None = None,
+        port: int | None = None,
+        n_ctx: int = 512,
+    ) -> None:
         tool = ensure_installed()
         self.port = port or free_port()
         self.api_key = api_key
@@ -55,7 +61,7 @@ class OpenAIServer:
             "--chat_format",
             "chatml",
             "--n_ctx",
-            "512",
+            str(n_ctx),  # an agent loop's conversation grows with each step
             "--n_threads",
             "1",
             "--host",

@@ -120,7 +120,14 @@ class AgentLoopWorkflow:
             )
             raise
         self._done = True
-        self._progress = replace(self._progress, current="done", pending_approval=None)
+        state = self._state
+        self._progress = replace(
+            self._progress,
+            current="done",
+            pending_approval=None,
+            usage=state.usage if state else self._progress.usage,
+            tool_calls=state.tool_calls if state else self._progress.tool_calls,
+        )
         await self._settle()
         await self._report(exe, result, progress=True)
         if result.phase == "Failed":
