@@ -107,6 +107,8 @@ class Settings:
     sweep_interval: float = 30.0
     no_runner_seconds: float = 60.0
     report_timeout: float = 600.0
+    # The most often an assistant's loop writes status.progress.
+    progress_interval: float = 5.0
     leader_election: bool = True
     leader_election_namespace: str | None = None  # None: the pod's own namespace, else "default"
     leader_election_name: str = "agentexec-operator"
@@ -353,6 +355,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", _seconds, s.sweep_interval),
         no_runner_seconds=env.get("AGENTEXEC_NO_RUNNER_SECONDS", _seconds, s.no_runner_seconds),
         report_timeout=env.get("AGENTEXEC_REPORT_TIMEOUT_SECONDS", _seconds, s.report_timeout),
+        progress_interval=env.get(
+            "AGENTEXEC_PROGRESS_INTERVAL_SECONDS", _seconds, s.progress_interval
+        ),
         leader_election=env.get("AGENTEXEC_LEADER_ELECTION", _bool, s.leader_election),
         leader_election_namespace=env.get(
             "AGENTEXEC_LEADER_ELECTION_NAMESPACE", _text, s.leader_election_namespace

@@ -47,6 +47,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [agentexec.io]
   resources: [agents]
   verbs: [get, list, watch]
+# AgentApprovals: read, relayed to the waiting workflow, and said Applied.
+- apiGroups: [agentexec.io]
+  resources: [agentapprovals]
+  verbs: [get, list, watch]
+- apiGroups: [agentexec.io]
+  resources: [agentapprovals/status]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]

@@ -29,14 +29,20 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, describe_error
+from agentexec.temporal.steps import (
+    APPROVAL_SIGNAL,
+    LOOP_WORKFLOW_TYPE,
+    ApprovalDecision,
+    LoopInput,
+)
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
+    WORKFLOW_TYPE,
     Answer,
     ExecutionInput,
     ExecutionResult,
     Outcome,
 )
-from agentexec.temporal.workflows import AgentExecutionWorkflow
 
 log = logging.getLogger("agentexec.gateway")
 
@@ -74,13 +80,15 @@ class TemporalGateway:
             "taskQueue": self.task_queue,
         }
 
-    async def start(self, workflow_id: str, inp: ExecutionInput) -> Answer:
-        """Start the execution's one workflow, or find the one already there."""
+    async def start(self, workflow_id: str, inp: ExecutionInput | LoopInput) -> Answer:
+        """Start the execution's one workflow, or find the one already there
+        (an assistant's agent loop for a LoopInput)."""
+        workflow_type = LOOP_WORKFLOW_TYPE if isinstance(inp, LoopInput) else WORKFLOW_TYPE
 
         async def call(client: Client) -> Answer:
             try:
                 handle: WorkflowHandle[Any, Any] = await client.start_workflow(
-                    AgentExecutionWorkflow.run,
+                    workflow_type,
                     inp,
                     id=workflow_id,
                     task_queue=self.task_queue,
@@ -103,6 +111,20 @@ class TemporalGateway:
 
         async def call(client: Client) -> Answer:
             return await self._describe(client, wid, str(namespace or client.namespace))
+
+        return await self._guarded(call)
+
+    async def signal_approval(
+        self, workflow_id: str, namespace: str | None, decision: ApprovalDecision
+    ) -> Answer:
+        """Relay an AgentApproval's decision to the waiting agent loop."""
+
+        async def call(client: Client) -> Answer:
+            scoped = _in_namespace(client, namespace)
+            await scoped.get_workflow_handle(workflow_id).signal(
+                APPROVAL_SIGNAL, decision, rpc_timeout=timedelta(seconds=self.rpc_timeout)
+            )
+            return Answer(Outcome.RUNNING)
 
         return await self._guarded(call)
 

@@ -7,6 +7,7 @@ field added later needs a default, so that running loops' histories decode.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,3 +263,63 @@ def build_progress_status(progress: Progress, now: str) -> dict[str, Any]:
             "approval": last.approval,
         }
     return fields
+
+
+def _int(value: Any, default: int | None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _names(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def build_tool_server(entry: Mapping[str, Any], namespace: str) -> ToolServer:
+    """One ``spec.tools[]`` entry: its URL, or its Service's in-cluster URL."""
+    url = entry.get("url")
+    service = entry.get("service")
+    if not isinstance(url, str) and isinstance(service, Mapping):
+        path = str(service.get("path") or "/mcp")
+        url = (
+            f"http://{service.get('name')}.{namespace}.svc:{service.get('port')}"
+            f"{path if path.startswith('/') else '/' + path}"
+        )
+    return ToolServer(
+        name=str(entry.get("name", "")),
+        url=str(url or ""),
+        allow=_names(entry.get("allow")),
+        require_approval=_names(entry.get("requireApproval")),
+        on_error=FAIL if entry.get("onError") == FAIL else REPORT,
+        timeout_seconds=_int(entry.get("timeoutSeconds"), None) or 60,
+    )
+
+
+def build_loop_spec(
+    agent: Mapping[str, Any] | None,
+    namespace: str,
+    max_tokens: int | None = None,
+    tool_choice: Any = None,
+) -> LoopSpec:
+    """The loop's settings from an Agent snapshot's ``loop`` (its spec's
+    tools, maxSteps and approval, as the resource has them), the execution's
+    ``spec.limits.maxTokens`` and ``parameters.toolChoice``."""
+    agent = agent or {}
+    approval = agent.get("approval")
+    approval = approval if isinstance(approval, Mapping) else {}
+    on_timeout = approval.get("onTimeout")
+    tools = agent.get("tools")
+    return LoopSpec(
+        tools=[
+            build_tool_server(t, namespace)
+            for t in (tools if isinstance(tools, list) else [])
+            if isinstance(t, Mapping)
+        ],
+        max_steps=max(1, _int(agent.get("maxSteps"), None) or 20),
+        approval=ApprovalPolicy(
+            after_steps=_int(approval.get("afterSteps"), None),
+            after_tokens=_int(approval.get("afterTokens"), None),
+            timeout_seconds=_int(approval.get("timeoutSeconds"), None) or 3600,
+            on_timeout=on_timeout if on_timeout in APPROVAL_OUTCOMES else REJECT,
+        ),
+        max_tokens=max_tokens,
+        tool_choice=tool_choice,
+    )
