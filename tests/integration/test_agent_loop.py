@@ -8,6 +8,7 @@ and the runner as its own process where it is killed.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -150,6 +151,19 @@ async def completed(handle: WorkflowHandle[Any, Any], activity_type: str) -> int
     return done
 
 
+async def keep(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """With AGENTEXEC_RECORD_LOOP_HISTORIES=DIR, write the run's history there
+    (how tests/fixtures/loop-histories/ were recorded: see its README)."""
+    target = os.environ.get("AGENTEXEC_RECORD_LOOP_HISTORIES")
+    if target:
+        write_json(Path(target) / f"{name}.json", (await handle.fetch_history()).to_json())
+
+
+def write_json(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def model_requests(server: OpenAIServer) -> int:
     return server.log_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
 
@@ -164,6 +178,7 @@ async def test_a_tool_using_agent_calls_its_mcp_server_and_succeeds(
         handle = await loops.start(mcp_server, max_steps=3)
         result = await asyncio.wait_for(handle.result(), 120)
         view: StepsView = await handle.query(STEPS_QUERY, result_type=StepsView)
+    await keep(handle, "tools_succeeded")
     assert result.phase == "Succeeded", result
     assert result.usage is not None
     assert result.usage.total_tokens > 0
@@ -210,6 +225,7 @@ async def test_a_runner_killed_mid_loop_resumes_at_its_step(
     finally:
         first.stop()
         second.stop()
+    await keep(handle, "runner_killed")
     assert result.phase == "Succeeded", result
     tool_calls = await completed(handle, TOOL_CALL_ACTIVITY)
     model_calls = await completed(handle, MODEL_CALL_ACTIVITY)
@@ -256,6 +272,7 @@ async def test_an_approval_decides_a_tool_call(
         # Step 2's call is left to its timeout: Reject, and the model is told.
         result = await asyncio.wait_for(handle.result(), 120)
         view: StepsView = await handle.query(STEPS_QUERY, result_type=StepsView)
+    await keep(handle, "approved_then_timed_out")
     assert result.phase == "Succeeded", result
     assert [c["tool"] for c in mcp_server.calls()] == ["add"]  # the rejected one never ran
     approvals = [(r.step, r.detail.split(":")[0]) for r in view.records if r.kind == "approval"]
