@@ -2,8 +2,9 @@
 
 Run as a program (``python -m localenv.mcp_server --port N --calls FILE``),
 it serves Streamable HTTP on loopback with a few small tools, and appends
-one JSON line per tool call it received to FILE, so that a test can count
-what the server saw. ``make run``, the tests and the benchmark start it the
+one JSON line per tool call it received to FILE (the tool, its arguments,
+the call key and the Authorization header), so that a test can count what
+the server saw. ``make run``, the tests and the benchmark start it the
 same way (``MCPServerProcess``).
 
 Tools: ``add(a, b)``, integers, answers their sum (after ``--delay`` seconds:
@@ -35,7 +36,16 @@ def serve(port: int, calls: Path, delay: float) -> None:
 
     def record(tool: str, arguments: dict[str, object], ctx: Context | None = None) -> None:
         meta = dict(ctx.request_context.meta or {}) if ctx is not None else {}
-        line = {"tool": tool, "arguments": arguments, "call": meta.get(CALL_KEY_META)}
+        # The HTTP request the call came in (Streamable HTTP): which
+        # credential the runner sent (a test's, from its MCP servers file).
+        request = getattr(ctx.request_context, "request", None) if ctx is not None else None
+        headers = getattr(request, "headers", None) or {}
+        line = {
+            "tool": tool,
+            "arguments": arguments,
+            "call": meta.get(CALL_KEY_META),
+            "authorization": headers.get("authorization"),
+        }
         with calls.open("a") as out:
             out.write(json.dumps({**line, "at": time.time()}) + "\n")
 

@@ -88,8 +88,24 @@ class OpenAIServer:
                 self._serving, 120, f"OpenAI-compatible server on {self.base_url}", 0.2
             )
 
+    def __enter__(self) -> OpenAIServer:
+        """``with OpenAIServer(...) as server``: started, and stopped after."""
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self._proc.stop(grace=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are accepted (by the kernel) and
+        nothing is answered, as a hung model server."""
+        self._proc.freeze()
+
+    def thaw(self) -> None:
+        self._proc.thaw()
 
     def log_text(self) -> str:
         return self._proc.log_path.read_text(errors="replace")

@@ -96,10 +96,18 @@ class ManagedProcess:
         self._signal(signal.SIGKILL)
         self._reap(timeout=10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process holds its sockets and answers nothing (a hung server)."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
     def stop(self, grace: float = 10.0) -> None:
         if not self.running:
             self._reap(timeout=0)
             return
+        self.thaw()  # a frozen process would not act on SIGTERM
         self._signal(signal.SIGTERM)
         if not self._reap(timeout=grace):
             self._signal(signal.SIGKILL)

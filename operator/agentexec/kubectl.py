@@ -178,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == "steps":
             steps(args)
+            # The Temporal client's core threads may still let go of Python
+            # objects at exit, which aborts a finalizing interpreter (SIGABRT):
+            # leave as the runner does (runner/process.py).
+            from agentexec.runner.process import exit_without_finalizing
+
+            exit_without_finalizing(0)
         else:
             print(decide(args, approve=args.command == "approve"))
     except PluginError as exc:

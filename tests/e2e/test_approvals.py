@@ -33,12 +33,8 @@ APPROVER_ROLE = "rel-agentexec-operator-approver"
 
 @pytest.fixture(scope="module")
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
-    server = OpenAIServer(tmp_path_factory.mktemp("openai"), n_ctx=2048)
-    server.start()
-    try:
+    with OpenAIServer(tmp_path_factory.mktemp("openai"), n_ctx=2048) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

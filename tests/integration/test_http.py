@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from agentexec.http import build_app, start_http
+from agentexec.http import build_app, build_secure_app, build_server_tls, start_http
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
 from agentexec.temporal.manager import TemporalManager
+from localenv.pki import CertificateAuthority
 from localenv.procs import free_port
 from localenv.temporal import TemporalDevServer
 from tests.support.waiting import eventually
@@ -66,3 +71,91 @@ async def test_endpoints_report_temporal_state_as_data(
     assert '"last_error": "' in text
     _, body = await get(f"{base}/metrics")
     assert f"temporal_connection_status{{{labels}}} 0.0" in body
+
+
+async def peer_certificate(port: int, ca: Path, host: str) -> bytes:
+    """The DER certificate the server presents to a client verifying it
+    against ``ca`` and connecting to ``host`` (an IP address: no SNI sent)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=host)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert der is not None
+        return bytes(der)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_the_secure_port_serves_a_renewed_certificate_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """metrics.secure.certSecret (cert-manager renews it in place): each new
+    handshake, with SNI or without, gets the certificate the files hold now."""
+    ca = CertificateAuthority(tmp_path / "pki")
+    first = ca.issue("first", "localhost", server_hosts=("localhost", "127.0.0.1"))
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(first.cert, cert)
+    shutil.copy(first.key, key)
+    port = free_port()
+
+    async def allow(token: str, path: str) -> tuple[int, str]:
+        return (200, "ok") if token == "good" else (401, "no")
+
+    metrics = Metrics()
+    runner = await start_http(
+        build_secure_app(metrics, lambda: {"ok": True}, allow), port, "127.0.0.1",
+        ssl_context=build_server_tls(cert, key),
+    )  # fmt: skip
+    try:
+        for host in ("127.0.0.1", "localhost"):
+            assert await peer_certificate(port, ca.cert_path, host) == pem_to_der(first.cert)
+        second = ca.issue("second", "localhost", server_hosts=("localhost", "127.0.0.1"))
+        shutil.copy(second.key, key)  # a half-done rotation keeps the last good pair
+        assert await peer_certificate(port, ca.cert_path, "127.0.0.1") == pem_to_der(first.cert)
+        shutil.copy(second.cert, cert)
+        for host in ("127.0.0.1", "localhost"):
+            assert await peer_certificate(port, ca.cert_path, host) == pem_to_der(second.cert)
+        context = ssl.create_default_context(cafile=str(ca.cert_path))
+        async with aiohttp.ClientSession() as session:
+            url = f"https://localhost:{port}/metrics"
+            async with session.get(url, ssl=context) as refused:
+                assert refused.status == 401
+            async with session.get(
+                url, ssl=context, headers={"Authorization": "Bearer good"}
+            ) as served:
+                assert served.status == 200
+                assert "agentexec_build_info" in await served.text()
+    finally:
+        await runner.cleanup()
+
+
+def pem_to_der(path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+
+async def test_without_certificate_files_the_secure_port_makes_its_own() -> None:
+    port = free_port()
+
+    async def allow(token: str, path: str) -> tuple[int, str]:
+        return 200, "ok"
+
+    runner = await start_http(
+        build_secure_app(Metrics(), dict, allow), port, "127.0.0.1",
+        ssl_context=build_server_tls(None, None),
+    )  # fmt: skip
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"https://127.0.0.1:{port}/statusz", ssl=False,
+                headers={"Authorization": "Bearer any"},
+            ) as answer,
+        ):  # fmt: skip
+            assert answer.status == 200
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with aiohttp.ClientSession() as session:
+                await session.get(f"https://127.0.0.1:{port}/statusz")
+    finally:
+        await runner.cleanup()

@@ -1,13 +1,28 @@
 """The agent loop's pure pieces: the loop spec from an Agent, which
-AgentApprovals are relayed, and what a loop report writes."""
+AgentApprovals are relayed, what a loop report writes, the runner's MCP
+servers file, and a step's model request."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from agentexec.approvals import plan_approvals
 from agentexec.planner import plan_loop_status
-from agentexec.temporal.steps import ApprovalPolicy, ToolServer, build_loop_spec
+from agentexec.runner import AgentFailed
+from agentexec.runner.steps import build_model_body
+from agentexec.runner.tools import McpConfigError, McpServers, parse_servers
+from agentexec.settings import ProxySettings
+from agentexec.temporal.steps import (
+    ApprovalPolicy,
+    ModelCallRequest,
+    Tool,
+    ToolServer,
+    build_loop_spec,
+)
+from agentexec.temporal.types import AgentSpec, ExecutionRef
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -18,6 +33,7 @@ def test_the_loop_spec_resolves_services_and_defaults() -> None:
             "tools": [
                 {"name": "a", "url": "http://x/mcp", "requireApproval": ["rm"], "onError": "Fail"},
                 {"name": "b", "service": {"name": "tools", "port": 8080}},
+                {"name": "c", "configuredServer": "github"},
             ],
             "approval": {"onTimeout": "Bogus", "afterSteps": 3},
         },
@@ -28,6 +44,7 @@ def test_the_loop_spec_resolves_services_and_defaults() -> None:
     assert spec.tools == [
         ToolServer("a", "http://x/mcp", require_approval=["rm"], on_error="Fail"),
         ToolServer("b", "http://tools.team.svc:8080/mcp"),
+        ToolServer("c", "", configured="github"),  # the runner knows its URL
     ]
     assert spec.approval == ApprovalPolicy(after_steps=3, on_timeout="Reject")
     assert (spec.max_steps, spec.max_tokens, spec.tool_choice) == (20, 500, "add")
@@ -87,3 +104,81 @@ def test_a_loop_report_says_what_waits_and_who_decided() -> None:
     # The same report again is no news.
     again = {"metadata": {"name": "ask"}, "status": {**patch}}
     assert plan_loop_status(again, {"lastApproval": last}, NOW, patch["conditions"])[1] == ()
+
+
+def test_the_mcp_servers_file_says_what_is_wrong_with_it() -> None:
+    good = {"servers": {"gh": {"url": "https://x/mcp", "headerFiles": {"Authorization": "/a"}}}}
+    assert parse_servers(good)["gh"].header_files == {"Authorization": Path("/a")}
+    for data, problem in [
+        ({}, "expected a mapping under 'servers'"),
+        ({"servers": {"gh": {"url": "ftp://x"}}}, "url must be an http(s) URL"),
+        ({"servers": {"gh": {"url": "http://x", "header": {}}}}, "unknown fields ['header']"),
+        ({"servers": {"gh": {"url": "http://x", "headers": {"A": 1}}}}, "headers must map"),
+        (
+            {
+                "servers": {
+                    "gh": {"url": "http://x", "headers": {"a": "1"}, "headerFiles": {"A": "/"}}
+                }
+            },
+            "['a'] set in both headers and headerFiles",
+        ),
+    ]:
+        with pytest.raises(McpConfigError) as err:
+            parse_servers(data)
+        assert problem in str(err.value)
+
+
+def test_a_configured_server_is_resolved_on_the_runner_with_its_headers(tmp_path: Path) -> None:
+    token = tmp_path / "authorization"
+    token.write_text("Bearer t0ken\n")
+    servers_file = tmp_path / "servers.yaml"
+    servers_file.write_text(
+        "servers:\n  gh:\n    url: https://mcp.example/mcp\n    headers: {X-Team: a}\n"
+        f"    headerFiles: {{Authorization: {token}}}\n"
+    )
+    servers = McpServers(servers_file, ProxySettings(https="http://proxy:3128"))
+    endpoint = servers.resolve(ToolServer("tools", "", configured="gh"))
+    assert endpoint.url == endpoint.server.url == "https://mcp.example/mcp"
+    assert endpoint.headers == {"X-Team": "a", "Authorization": "Bearer t0ken"}
+    assert endpoint.proxy == "http://proxy:3128"
+    # A server the Agent addresses itself gets no configured headers.
+    plain = servers.resolve(ToolServer("own", "http://tools.team.svc:8080/mcp"))
+    assert (plain.headers, plain.proxy) == ({}, None)
+    with pytest.raises(AgentFailed, match=r"no MCP server named 'other'.*configured: gh"):
+        servers.resolve(ToolServer("tools", "", configured="other"))
+    token.unlink()
+    with pytest.raises(AgentFailed, match="cannot read headerFiles\\['Authorization'\\]"):
+        servers.resolve(ToolServer("tools", "", configured="gh"))
+    assert servers.check() == [
+        f"MCP server 'gh': cannot read headerFiles['Authorization'] {str(token)!r} "
+        "(No such file or directory); is its Secret mounted?"
+    ]
+    with pytest.raises(AgentFailed, match="has no MCP servers file"):
+        McpServers().resolve(ToolServer("tools", "", configured="gh"))
+
+
+def test_a_model_step_sends_the_conversation_tools_and_what_the_budget_leaves() -> None:
+    spec = AgentSpec(
+        name="a", type="assistant", model="m", provider="p", system_prompt="be brief",
+        parameters={"maxTokens": 100, "temperature": 0},
+    )  # fmt: skip
+    tool = Tool(server="s", name="add", description="adds", parameters={"type": "object"})
+    provider, body = build_model_body(
+        ModelCallRequest(
+            execution=ExecutionRef("ns", "n", "u"),
+            step=2,
+            agent_spec=spec,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[tool],
+            tool_choice="add",
+            max_tokens=40,
+        )
+    )
+    assert provider == "p"
+    assert body["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
+    assert body["tools"][0]["function"]["name"] == "add"
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "add"}}
+    assert (body["max_tokens"], body["temperature"]) == (40, 0)

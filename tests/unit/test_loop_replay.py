@@ -13,7 +13,18 @@ from agentexec.temporal.loop import AgentLoopWorkflow
 from agentexec.temporal.steps import LOOP_WORKFLOW_TYPE
 
 HISTORIES = Path(__file__).resolve().parents[1] / "fixtures" / "loop-histories"
-PATHS = {"tools_succeeded", "runner_killed", "approved_then_timed_out"}
+PATHS = {
+    "tools_succeeded",
+    "runner_killed",
+    "approved_then_timed_out",
+    "approval_timeout_approve",
+    "approval_timeout_fail",
+    "continued_as_new",
+    "continued_last_run",
+    "rate_limited",
+    "provider_rejected",
+    "suspended",
+}
 
 
 def histories() -> list[Path]:

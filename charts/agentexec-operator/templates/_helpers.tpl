@@ -174,15 +174,50 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- /* The chat agent's providers file (agentexec.runner.providers): URLs,
-       timeouts, headers, and where each key is mounted; never a key. */}}
+       timeouts, headers, the key's header, CA files, and where each key is
+       mounted; never a key. */}}
 {{- define "aex.runnerProvidersFile" -}}
 {{- $providers := dict -}}
 {{- range $name, $p := .Values.runner.providers -}}
 {{- $entry := dict "baseURL" $p.baseURL -}}
 {{- with $p.timeoutSeconds }}{{ $_ := set $entry "timeoutSeconds" . }}{{ end -}}
+{{- with $p.stallTimeoutSeconds }}{{ $_ := set $entry "stallTimeoutSeconds" . }}{{ end -}}
+{{- if hasKey $p "stream" }}{{ $_ := set $entry "stream" $p.stream }}{{ end -}}
 {{- with $p.headers }}{{ $_ := set $entry "headers" . }}{{ end -}}
+{{- with $p.apiKeyHeader }}{{ $_ := set $entry "apiKeyHeader" . }}{{ end -}}
+{{- with $p.caFile }}{{ $_ := set $entry "caFile" . }}{{ end -}}
 {{- if $p.apiKeySecret }}{{ $_ := set $entry "apiKeyFile" (printf "/var/run/agentexec/providers/%s/apiKey" $name) }}{{ end -}}
 {{- $_ := set $providers $name $entry -}}
 {{- end -}}
 {{- dict "providers" $providers | toPrettyJson -}}
+{{- end -}}
+
+
+{{- /* The MCP servers file (agentexec.runner.mcpServers): URLs, headers, and
+       where each header's Secret is mounted; never a secret. A header's file
+       is named by its lower-cased name. */}}
+{{- define "aex.runnerMcpServersFile" -}}
+{{- $servers := dict -}}
+{{- range $name, $m := .Values.runner.mcpServers -}}
+{{- $entry := dict "url" $m.url -}}
+{{- with $m.headers }}{{ $_ := set $entry "headers" . }}{{ end -}}
+{{- $files := dict -}}
+{{- range $header, $_ := $m.headerSecrets }}{{ $_ := set $files $header (printf "/var/run/agentexec/mcp/%s/%s" $name (lower $header)) }}{{ end -}}
+{{- if $files }}{{ $_ := set $entry "headerFiles" $files }}{{ end -}}
+{{- $_ := set $servers $name $entry -}}
+{{- end -}}
+{{- dict "servers" $servers | toPrettyJson -}}
+{{- end -}}
+
+
+{{- /* Whether the operator serves /metrics and /statusz securely (HTTPS, a
+       bearer token checked with TokenReview and SubjectAccessReview):
+       metrics.secure.enabled, or by default where no NetworkPolicy limits
+       who reaches the pod. "true" or "". */}}
+{{- define "aex.metricsSecure" -}}
+{{- $on := .Values.metrics.secure.enabled -}}
+{{- if kindIs "invalid" $on -}}
+{{- $on = not .Values.networkPolicy.enabled -}}
+{{- end -}}
+{{- if $on }}true{{ end -}}
 {{- end -}}

@@ -1,32 +1,29 @@
 """The agent loop's steps, as activities the runners serve: list the tools,
-call the model, call a tool. Each is retried on its own by the workflow, and
-never run again once it completed (temporal/loop.py).
+call the model, call a tool. Each runs one attempt the workflow asked for
+(temporal/loop.py keeps #19's attempt policy per step) and is never run
+again once it completed.
 
-The model is called through the chat agent's providers (its providers file,
-keys and error classes); the tools through the MCP servers the Agent names.
+Each attempt runs as an agent's does (runner/activity.py ``run_attempt``):
+heartbeated, and answering a shutdown, a cancellation or a failure with
+its checkpoint and what it used, so the workflow tells disruptions from
+failures and bills every request. The model is called through the chat
+agent's request code (its providers file, keys, proxy and CA, streaming
+with the stall timeout, re-sends, failure classes); the tools through the
+MCP servers the Agent names (runner/tools.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from temporalio import activity
 
 from agentexec.runner import tools
-from agentexec.runner.activity import agent_failure
-from agentexec.runner.api import HEARTBEAT_EVERY, AgentFailed
-from agentexec.runner.chat import (
-    ChatAgent,
-    build_chat_call,
-    build_completion,
-    request_chat,
-    usage_of,
-)
-from agentexec.runner.providers import Provider
+from agentexec.runner.activity import run_attempt
+from agentexec.runner.api import AgentContext
+from agentexec.runner.chat import ChatAgent, Completion, build_chat_call
+from agentexec.runner.tools import McpServers
 from agentexec.temporal.steps import (
     LIST_TOOLS_ACTIVITY,
     MODEL_CALL_ACTIVITY,
@@ -44,8 +41,6 @@ from agentexec.temporal.types import AgentRequest
 if TYPE_CHECKING:
     from agentexec.settings import Settings
 
-T = TypeVar("T")
-
 
 def build_model_body(request: ModelCallRequest) -> tuple[str | None, dict[str, Any]]:
     """The provider's name and the Chat Completions body of one model step."""
@@ -55,7 +50,6 @@ def build_model_body(request: ModelCallRequest) -> tuple[str | None, dict[str, A
         request.messages,
     )
     body = call.body
-    body.pop("tool_choice", None)
     if request.tools:
         body["tools"] = [build_function(t) for t in request.tools]
         choice = build_tool_choice(request.tool_choice)
@@ -85,97 +79,60 @@ def build_tool_choice(choice: Any) -> Any:
     return {"type": "function", "function": {"name": str(choice)}}
 
 
-def build_model_result(
-    provider: Provider,
-    status: int,
-    raw: bytes,
-    retry_after: str | None = None,
-    time_left: float | None = None,
-) -> ModelCallResult:
-    data = build_completion(provider, status, raw, retry_after, time_left)
-    choice = data["choices"][0]
-    message = choice["message"]
-    kept: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
-    calls = message.get("tool_calls")
-    if isinstance(calls, list) and calls:
-        kept["tool_calls"] = [
-            {
-                "id": str(c.get("id") or f"call-{i}"),
-                "type": "function",
-                "function": {
-                    "name": str((c.get("function") or {}).get("name", "")),
-                    "arguments": _arguments_text((c.get("function") or {}).get("arguments")),
-                },
-            }
-            for i, c in enumerate(calls)
-            if isinstance(c, dict)
-        ]
-    finish = choice.get("finish_reason")
-    return ModelCallResult(
-        message=kept,
-        usage=usage_of(data.get("usage")),
-        finish_reason=finish if isinstance(finish, str) else None,
-    )
-
-
-def _arguments_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value if value is not None else {})
+def build_model_result(answer: Completion) -> ModelCallResult:
+    """The step's result: the assistant's message as the conversation keeps it."""
+    message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+    if answer.tool_calls:
+        message["tool_calls"] = [dict(c) for c in answer.tool_calls]
+    return ModelCallResult(message=message, usage=answer.usage, finish_reason=answer.finish_reason)
 
 
 class StepActivities:
-    """The loop's activities on a runner. ``chat`` holds the providers file."""
+    """The loop's activities on a runner: ``chat`` holds the providers file,
+    ``servers`` the MCP servers file (servers configured on the runners)."""
 
-    def __init__(self, chat: ChatAgent | None = None) -> None:
+    def __init__(self, chat: ChatAgent | None = None, servers: McpServers | None = None) -> None:
         self.chat = chat or ChatAgent()
+        self.servers = servers or McpServers()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StepActivities:
-        return cls(ChatAgent(settings.providers_file))
+        chat = ChatAgent(settings.providers_file)
+        chat.proxies = settings.proxy
+        return cls(chat, McpServers(settings.mcp_servers_file, settings.proxy))
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.list_tools, self.model_call, self.tool_call]
 
     @activity.defn(name=LIST_TOOLS_ACTIVITY)
     async def list_tools(self, request: ListToolsRequest) -> ListToolsResult:
-        found: list[Tool] = []
-        for server in request.servers:
-            found.extend(await _beating(tools.list_tools(server)))
-        return ListToolsResult(tools=found)
+        async def work() -> ListToolsResult:
+            found: list[Tool] = []
+            for server in request.servers:
+                found.extend(await tools.list_tools(self.servers.resolve(server)))
+            return ListToolsResult(tools=found)
+
+        return await run_attempt(AgentContext(activity.info()), work)
 
     @activity.defn(name=MODEL_CALL_ACTIVITY)
     async def model_call(self, request: ModelCallRequest) -> ModelCallResult:
-        try:
+        # An attempt after one that had sent its request (its checkpoint
+        # says so) sends it again: billed as a re-sent request.
+        ctx = AgentContext(activity.info(), resume_from=request.resume_from)
+
+        async def work() -> ModelCallResult:
             name, body = build_model_body(request)
-            provider, api_key = self.chat.provider_for(name)
-        except AgentFailed as exc:
-            raise agent_failure(exc) from None
-        return await _beating(request_chat(provider, api_key, body, build_model_result))
+            return build_model_result(await self.chat.send(name, body))
+
+        return await run_attempt(ctx, work)
 
     @activity.defn(name=TOOL_CALL_ACTIVITY)
     async def tool_call(self, request: ToolCallRequest) -> ToolCallResult:
         ref = request.execution
         key = f"{ref.namespace}/{ref.name}/{ref.uid}/{request.step}/{request.call_id}"
-        return await _beating(tools.call_tool(request.server, request.tool, request.arguments, key))
 
+        async def work() -> ToolCallResult:
+            server = self.servers.resolve(request.server)
+            return await tools.call_tool(server, request.tool, request.arguments, key)
 
-async def _beating(work: Awaitable[T]) -> T:
-    """``work``, heartbeating meanwhile: a runner that dies is noticed within
-    the heartbeat timeout, and the step retried elsewhere."""
-    info = activity.info()
-    timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 0.0
-    every = max(0.1, min(HEARTBEAT_EVERY, timeout / 3)) if timeout > 0 else HEARTBEAT_EVERY
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(every)
-
-    beating = asyncio.create_task(beat())
-    try:
-        return await work
-    finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
+        return await run_attempt(AgentContext(activity.info()), work)

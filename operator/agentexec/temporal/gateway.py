@@ -25,6 +25,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -37,6 +38,8 @@ from agentexec.temporal.steps import (
 )
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
+    SUSPEND_SIGNAL,
+    WORKFLOW_NOT_RUNNING,
     WORKFLOW_TYPE,
     Answer,
     ExecutionInput,
@@ -138,6 +141,26 @@ class TemporalGateway:
 
         return await self._guarded(call)
 
+    async def signal_suspend(
+        self, workflow_id: str, namespace: str | None, suspended: bool
+    ) -> Answer:
+        """Tell the running workflow that spec.suspend changed (idempotent:
+        it sets a value)."""
+
+        async def call(client: Client) -> Answer:
+            handle = _in_namespace(client, namespace).get_workflow_handle(workflow_id)
+            try:
+                await handle.signal(
+                    SUSPEND_SIGNAL, suspended, rpc_timeout=timedelta(seconds=self.rpc_timeout)
+                )
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                return Answer(Outcome.REJECTED, reason=WORKFLOW_NOT_RUNNING, message=str(exc)[:500])
+            return Answer(Outcome.SIGNALLED)
+
+        return await self._guarded(call)
+
     async def _describe(self, client: Client, wid: str, namespace: str) -> Answer:
         resp = await client.workflow_service.describe_workflow_execution(
             DescribeWorkflowExecutionRequest(
@@ -234,8 +257,11 @@ def _result_of_failure(err: WorkflowFailureError) -> ExecutionResult | None:
         if isinstance(detail, ExecutionResult):
             return detail
         if isinstance(detail, dict):
+            # Decoded by type, nested fields too (usage, attempts): the
+            # details came without a type hint, as plain JSON.
             try:
-                return ExecutionResult(**detail)
-            except TypeError:
+                result = value_to_type(ExecutionResult, detail)
+            except (TypeError, ValueError):
                 return None
+            return result if isinstance(result, ExecutionResult) else None
     return None

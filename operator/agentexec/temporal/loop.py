@@ -1,28 +1,50 @@
 """AgentLoopWorkflow: an assistant that thinks in steps, each step durable.
 
 The conversation lives in the workflow; each model call and each tool call
-is its own activity on the execution's runner queue, retried on its own and
-never run again once it completed: a runner that dies mid-loop costs the step
-it was in, not the steps before it (and completed model calls are not billed
-again). A tool call that needs approval waits for a signal from the operator
-(an AgentApproval), costing no runner slot, up to its timeout. Long loops
+is its own activity on the execution's runner queue, never run again once it
+completed: a runner that dies mid-loop costs the step it was in, not the
+steps before it (and completed model calls are not billed again).
+
+Each step's attempts follow the execution's attempt policy (issue #19,
+temporal/attempts.py), as a single-call agent's attempts do: a disruption
+(the runner shut down or died) is retried at once and costs nothing, up to
+the operator's bound on disruptions for the whole execution; a failure of
+the model provider or a tool server spends one of the step's
+``backoffLimit``; a class that retrying cannot fix (ProviderRejected,
+ContextTooLong, ContentFiltered, an agent error) ends the loop with its
+reason. ``spec.suspend`` stops the step in flight and goes on from it when
+resumed. The deadline counts the attempts' running time only: not waits for
+a runner, for a person's approval, or while suspended.
+
+A tool call that needs approval waits for a signal from the operator (an
+AgentApproval), costing no runner slot, up to its timeout. Long loops
 continue as new, with their state, before Temporal's history limits.
 
-Imports temporalio and our types only: the sandbox re-imports this module.
+Imports temporalio, our types and the shared workflow code
+(temporal/running.py) only: the sandbox re-imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.converter import value_to_type
 
 with workflow.unsafe.imports_passed_through():
+    from agentexec.temporal.attempts import AttemptBook, Kind
+    from agentexec.temporal.running import (
+        execution_failure,
+        pause,
+        run_attempt,
+        send_report,
+        stay_suspended,
+    )
     from agentexec.temporal.steps import (
         APPROVAL,
         APPROVAL_SIGNAL,
@@ -57,24 +79,47 @@ with workflow.unsafe.imports_passed_through():
         build_progress_status,
     )
     from agentexec.temporal.types import (
-        EXECUTION_FAILED,
+        CANCELLED,
+        DISRUPTED,
+        NO_RUNNER,
+        RUNNER_FAILED,
+        RUNNING,
+        SUSPEND_SIGNAL,
+        TIMEOUT,
         ExecutionInput,
         ExecutionResult,
-        Usage,
+        add_usage,
     )
-    from agentexec.temporal.workflows import AGENT_RETRY, _failure, send_report
 
-# A step is retried on its own (a runner lost mid-call, a provider or tool
-# server that blinked) as the single-call agent is.
-STEP_RETRY = AGENT_RETRY
 MAX_RECORDS = 100  # steps the query shows (earlier ones are in earlier runs' histories)
 MAX_DETAIL = 200  # characters of a step's detail
+# Endings of a step's attempts that end the whole loop, whatever the step
+# (a tool's onError does not apply): the deadline, too many disruptions, no
+# runner at all.
+LOOP_ENDINGS = frozenset({TIMEOUT, DISRUPTED, NO_RUNNER})
+
+R = TypeVar("R")
 
 
 class _Ended(Exception):
-    def __init__(self, result: ExecutionResult) -> None:
-        super().__init__(result.reason)
-        self.result = result
+    """The loop ends Failed with this reason and message (usage and attempts
+    come from the book)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _StepFailed(Exception):
+    """A step's attempts failed beyond its backoffLimit, or in a way retrying
+    cannot fix: the caller decides (a model call ends the loop, a tool's
+    failure is reported to the model or ends it)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 @workflow.defn(name=LOOP_WORKFLOW_TYPE)
@@ -82,8 +127,10 @@ class AgentLoopWorkflow:
     def __init__(self) -> None:
         self._decisions: dict[str, ApprovalDecision] = {}
         self._state: LoopState | None = None
+        self._book: AttemptBook | None = None
         self._progress = Progress(step=0, max_steps=0, current="starting")
         self._done = False
+        self._suspended = False
         self._reporting: Any = None  # the progress report in flight
         self._reported_at: datetime | None = None
 
@@ -92,6 +139,12 @@ class AgentLoopWorkflow:
         # The first decision for a call stands: a second AgentApproval for the
         # same call (another approver, a retried signal) changes nothing.
         self._decisions.setdefault(decision.id, decision)
+
+    @workflow.signal(name=SUSPEND_SIGNAL)
+    def suspend(self, suspended: bool) -> None:
+        """spec.suspend changed: stop the step in flight (True), or go on
+        from it (False)."""
+        self._suspended = bool(suspended)
 
     @workflow.query(name=STEPS_QUERY)
     def steps(self) -> StepsView:
@@ -106,17 +159,17 @@ class AgentLoopWorkflow:
     @workflow.run
     async def run(self, inp: LoopInput) -> ExecutionResult:
         exe = inp.execution
+        book = self._book = (
+            AttemptBook.resume(exe, inp.state.book) if inp.state else AttemptBook(exe)
+        )
         try:
-            result = await self._loop(inp)
+            result = await self._loop(inp, book)
         except _Ended as ended:
-            result = ended.result
+            result = book.result("Failed", ended.reason, ended.message)
         except asyncio.CancelledError:
             await self._settle()
             await self._report(
-                exe,
-                ExecutionResult(
-                    phase="Cancelled", reason="Cancelled", message="the AgentExecution was deleted"
-                ),
+                exe, book.result("Cancelled", CANCELLED, "the AgentExecution was deleted")
             )
             raise
         self._done = True
@@ -125,60 +178,51 @@ class AgentLoopWorkflow:
             self._progress,
             current="done",
             pending_approval=None,
-            usage=state.usage if state else self._progress.usage,
+            usage=book.usage,
             tool_calls=state.tool_calls if state else self._progress.tool_calls,
         )
         await self._settle()
         await self._report(exe, result, progress=True)
         if result.phase == "Failed":
-            raise ApplicationError(
-                result.message or result.reason or "the agent failed",
-                result,
-                type=EXECUTION_FAILED,
-                non_retryable=True,
-            )
+            raise execution_failure(result)
         return result
 
     # ----- the loop -----------------------------------------------------------------
 
-    async def _loop(self, inp: LoopInput) -> ExecutionResult:
+    async def _loop(self, inp: LoopInput, book: AttemptBook) -> ExecutionResult:
         exe, spec = inp.execution, inp.loop
         state = inp.state or LoopState(
             messages=[{"role": "user", "content": exe.message}],
             tools=await self._list_tools(inp),
-            started=_iso(workflow.info().start_time),
         )
         self._state = state
         for d in state.decisions:
             self._decisions.setdefault(d.id, d)
         while True:
             self._state = state
-            # timeoutSeconds counts the loop's own time, not waits for approval.
-            deadline = _parse(state.started, workflow.info().start_time) + timedelta(
-                seconds=exe.timeout_seconds + state.waited_seconds
-            )
             if self._should_continue_as_new(inp):
                 await self._settle()
                 workflow.continue_as_new(
                     replace(
                         inp,
                         state=replace(
-                            state, decisions=list(self._decisions.values()), runs=state.runs + 1
+                            state,
+                            decisions=list(self._decisions.values()),
+                            runs=state.runs + 1,
+                            book=book.state(),
                         ),
                     )
                 )
             step = state.step + 1
             budget = spec.max_tokens
-            if budget is not None and state.usage.total_tokens >= budget:
-                raise _Ended(self._budget(state, budget))
+            if budget is not None and _tokens(book) >= budget:
+                raise self._over_budget(state, budget)
             last = step >= spec.max_steps
             self._set_progress(inp, state, step, MODEL)
-            answer = await self._model(inp, state, step, deadline, last)
-            usage = _add(state.usage, answer.usage)
+            answer = await self._model(inp, state, step, last)
             state = replace(
                 state,
                 step=step,
-                usage=usage,
                 messages=[*state.messages, answer.message],
                 records=_record(
                     state.records,
@@ -192,17 +236,13 @@ class AgentLoopWorkflow:
                 ),
             )
             self._state = state
-            if budget is not None and usage.total_tokens > budget:
-                raise _Ended(self._budget(state, budget))
+            if budget is not None and _tokens(book) > budget:
+                raise self._over_budget(state, budget)
             calls = answer.message.get("tool_calls") or []
             if not calls:
-                return ExecutionResult(
-                    phase="Succeeded",
-                    output=str(answer.message.get("content") or ""),
-                    usage=usage,
-                )
+                return book.result("Succeeded", output=str(answer.message.get("content") or ""))
             for index, call in enumerate(calls):
-                state = await self._tool(inp, state, step, index, call, deadline)
+                state = await self._tool(inp, state, step, index, call)
                 self._state = state
 
     def _should_continue_as_new(self, inp: LoopInput) -> bool:
@@ -212,72 +252,122 @@ class AgentLoopWorkflow:
             or info.get_current_history_length() > inp.max_history_events
         )
 
+    async def _run_step(
+        self,
+        inp: LoopInput,
+        activity: str,
+        build: Callable[[int, Any], Any],
+        result_type: type[R],
+        what: str,
+    ) -> R:
+        """One step's activity, attempt after attempt as the policy says
+        (temporal/attempts.py): its result, or _StepFailed; _Ended when the
+        loop as a whole cannot go on. ``build(attempt, checkpoint)`` makes
+        the activity's argument."""
+        exe = inp.execution
+        book = self._require_book()
+        book.begin_step()
+        while True:
+            if self._suspended:
+                await self._stay_suspended(inp, what)
+            if book.time_left() < 1:
+                deadline = book.deadline_result()
+                raise _Ended(deadline.reason or TIMEOUT, deadline.message or "")
+            attempt = book.begin_attempt()
+            arg = build(attempt, book.checkpoint if book.has_checkpoint else None)
+            ended, out = await run_attempt(
+                exe,
+                book,
+                activity,
+                arg,
+                f"{activity}-{attempt}",
+                self._is_suspended,
+                lambda result: self._report_now(inp, result),
+            )
+            if ended.kind is Kind.SUCCEEDED:
+                try:
+                    decoded = value_to_type(result_type, out)
+                except (TypeError, ValueError) as exc:
+                    raise _StepFailed(
+                        RUNNER_FAILED,
+                        f"{what}: the runner's {activity} result is not a "
+                        f"{result_type.__name__}: {exc}",
+                    ) from None
+                if isinstance(decoded, result_type):
+                    return decoded
+                raise _StepFailed(RUNNER_FAILED, f"{what}: the runner's {activity} sent nothing")
+            decided = book.record(ended, workflow.now(), workflow.random().random())
+            if decided.finish is not None:
+                reason = decided.finish.reason or RUNNER_FAILED
+                message = f"{what}: {decided.finish.message}"
+                if reason in LOOP_ENDINGS or ended.kind not in (Kind.FAILED, Kind.FATAL):
+                    raise _Ended(reason, message)
+                raise _StepFailed(reason, message)
+            if decided.report is not None:
+                await self._report_now(inp, decided.report)
+            if decided.delay > 0:
+                await pause(book, decided.delay, self._is_suspended)
+
     async def _list_tools(self, inp: LoopInput) -> list[Tool]:
         servers = inp.loop.tools
         if not servers:
             return []
         exe = inp.execution
         try:
-            listed = await workflow.execute_activity(
+            listed = await self._run_step(
+                inp,
                 LIST_TOOLS_ACTIVITY,
-                ListToolsRequest(execution=exe.ref, servers=servers),
-                task_queue=exe.runner_task_queue,
-                start_to_close_timeout=timedelta(
-                    seconds=sum(s.timeout_seconds for s in servers) + 10
-                ),
-                schedule_to_close_timeout=timedelta(seconds=exe.timeout_seconds),
-                heartbeat_timeout=timedelta(seconds=exe.heartbeat_timeout_seconds),
-                retry_policy=STEP_RETRY,
-                result_type=ListToolsResult,
+                lambda _attempt, _checkpoint: ListToolsRequest(execution=exe.ref, servers=servers),
+                ListToolsResult,
+                "listing the tools",
             )
-        except ActivityError as err:
-            raise _Ended(_step_failure(err, exe, TOOLS_UNAVAILABLE, "listing the tools")) from None
+        except _StepFailed as failed:
+            raise _Ended(TOOLS_UNAVAILABLE, failed.message) from None
         tools: list[Tool] = listed.tools
         seen: dict[str, str] = {}
         for tool in tools:
             if tool.name in seen:
                 raise _Ended(
-                    ExecutionResult(
-                        phase="Failed",
-                        reason=TOOLS_UNAVAILABLE,
-                        message=f"tool {tool.name!r} is offered by MCP servers {seen[tool.name]!r} "
-                        f"and {tool.server!r}: name the one to use in spec.tools[].allow",
-                    )
+                    TOOLS_UNAVAILABLE,
+                    f"tool {tool.name!r} is offered by MCP servers {seen[tool.name]!r} "
+                    f"and {tool.server!r}: name the one to use in spec.tools[].allow",
                 )
             seen[tool.name] = tool.server
         return tools
 
     async def _model(
-        self, inp: LoopInput, state: LoopState, step: int, deadline: datetime, last: bool
+        self, inp: LoopInput, state: LoopState, step: int, last: bool
     ) -> ModelCallResult:
         exe, spec = inp.execution, inp.loop
-        if exe.agent_spec is None:
-            raise _Ended(
-                ExecutionResult(phase="Failed", reason="RunnerFailed", message="no Agent snapshot")
-            )
+        agent_spec = exe.agent_spec
+        if agent_spec is None:
+            raise _Ended(RUNNER_FAILED, "no Agent snapshot")
+        book = self._require_book()
         budget = spec.max_tokens
-        left = None if budget is None else max(1, budget - state.usage.total_tokens)
+        left = None if budget is None else max(1, budget - _tokens(book))
         try:
-            answer: ModelCallResult = await workflow.execute_activity(
+            answer = await self._run_step(
+                inp,
                 MODEL_CALL_ACTIVITY,
-                ModelCallRequest(
+                lambda attempt, checkpoint: ModelCallRequest(
                     execution=exe.ref,
                     step=step,
-                    agent_spec=exe.agent_spec,
+                    agent_spec=agent_spec,
                     messages=state.messages,
                     # The last step answers: no tools to call.
                     tools=[] if last else state.tools,
                     tool_choice=None if last else spec.tool_choice,
                     max_tokens=left,
+                    attempt=attempt,
+                    resume_from=checkpoint,
                 ),
-                task_queue=exe.runner_task_queue,
-                schedule_to_close_timeout=self._left(deadline, exe),
-                heartbeat_timeout=timedelta(seconds=exe.heartbeat_timeout_seconds),
-                retry_policy=STEP_RETRY,
-                result_type=ModelCallResult,
+                ModelCallResult,
+                f"step {step}'s model call",
             )
-        except ActivityError as err:
-            raise _Ended(_step_failure(err, exe, None, f"step {step}'s model call")) from None
+        except _StepFailed as failed:
+            # The provider's class (RateLimited, ContextTooLong, ...) is the reason.
+            raise _Ended(failed.reason, failed.message) from None
+        book.usage = add_usage(book.usage, answer.usage)
         return answer
 
     async def _tool(
@@ -287,7 +377,6 @@ class AgentLoopWorkflow:
         step: int,
         index: int,
         call: dict[str, Any],
-        deadline: datetime,
     ) -> LoopState:
         function = call.get("function") or {}
         name = str(function.get("name", ""))
@@ -316,19 +405,12 @@ class AgentLoopWorkflow:
                 result = ToolCallResult(content=refusal, is_error=True)
             else:
                 self._set_progress(inp, state, step, f"{TOOL} {name}")
-                result = await self._call_tool(
-                    inp, server, step, call_id, name, arguments, deadline
-                )
+                result = await self._call_tool(inp, server, step, call_id, name, arguments)
                 state = replace(state, tool_calls=state.tool_calls + 1)
         if result.is_error and server is not None and server.on_error == FAIL:
             raise _Ended(
-                ExecutionResult(
-                    phase="Failed",
-                    reason=TOOL_FAILED,
-                    message=f"step {step}: tool {name!r} failed (onError: Fail): "
-                    f"{result.content[:500]}",
-                    usage=state.usage,
-                )
+                TOOL_FAILED,
+                f"step {step}: tool {name!r} failed (onError: Fail): {result.content[:500]}",
             )
         return replace(
             state,
@@ -357,13 +439,13 @@ class AgentLoopWorkflow:
         call_id: str,
         name: str,
         arguments: dict[str, Any],
-        deadline: datetime,
     ) -> ToolCallResult:
         exe = inp.execution
         try:
-            result: ToolCallResult = await workflow.execute_activity(
+            return await self._run_step(
+                inp,
                 TOOL_CALL_ACTIVITY,
-                ToolCallRequest(
+                lambda _attempt, _checkpoint: ToolCallRequest(
                     execution=exe.ref,
                     step=step,
                     call_id=call_id,
@@ -371,20 +453,12 @@ class AgentLoopWorkflow:
                     tool=name,
                     arguments=arguments,
                 ),
-                task_queue=exe.runner_task_queue,
-                start_to_close_timeout=timedelta(seconds=server.timeout_seconds + 5),
-                schedule_to_close_timeout=self._left(deadline, exe),
-                heartbeat_timeout=timedelta(seconds=exe.heartbeat_timeout_seconds),
-                retry_policy=STEP_RETRY,
-                result_type=ToolCallResult,
+                ToolCallResult,
+                f"step {step}'s call of tool {name!r}",
             )
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
-                raise asyncio.CancelledError() from err
-            failed = _step_failure(err, exe, TOOL_FAILED, f"step {step}'s call of tool {name!r}")
+        except _StepFailed as failed:
             # Reported to the model (onError: Report), or ends the loop (Fail).
             return ToolCallResult(content=f"error: {failed.message}", is_error=True)
-        return result
 
     async def _approve(
         self,
@@ -400,11 +474,12 @@ class AgentLoopWorkflow:
         else what the model is told instead of the tool's result; and the
         state with the approval recorded."""
         policy = inp.loop.approval
+        book = self._require_book()
         needs = (
             "*" in server.require_approval
             or tool.name in server.require_approval
             or (policy.after_steps is not None and step > policy.after_steps)
-            or (policy.after_tokens is not None and state.usage.total_tokens > policy.after_tokens)
+            or (policy.after_tokens is not None and _tokens(book) > policy.after_tokens)
         )
         if not needs:
             return None, state
@@ -423,23 +498,18 @@ class AgentLoopWorkflow:
             self._progress, current=f"{APPROVAL} {tool.name}", pending_approval=pending
         )
         self._report_progress(inp, force=True)
-        asked = workflow.now()
         try:
             await workflow.wait_condition(
                 lambda: approval_id in self._decisions,
-                timeout=timedelta(seconds=policy.timeout_seconds),
+                timeout=policy.timeout_seconds,
             )
             decision = self._decisions[approval_id]
         except TimeoutError:
             if policy.on_timeout == FAIL:
                 raise _Ended(
-                    ExecutionResult(
-                        phase="Failed",
-                        reason=APPROVAL_TIMEOUT,
-                        message=f"step {step}: nobody approved tool {tool.name!r} within "
-                        f"{policy.timeout_seconds}s (onTimeout: Fail)",
-                        usage=state.usage,
-                    )
+                    APPROVAL_TIMEOUT,
+                    f"step {step}: nobody approved tool {tool.name!r} within "
+                    f"{policy.timeout_seconds}s (onTimeout: Fail)",
                 ) from None
             decision = ApprovalDecision(
                 id=approval_id,
@@ -452,7 +522,6 @@ class AgentLoopWorkflow:
         self._progress = replace(self._progress, pending_approval=None, last_approval=decision)
         state = replace(
             state,
-            waited_seconds=state.waited_seconds + (workflow.now() - asked).total_seconds(),
             last_approval=decision,
             records=_record(
                 state.records,
@@ -477,7 +546,27 @@ class AgentLoopWorkflow:
         )
         return refusal, state
 
+    # ----- suspension ------------------------------------------------------------------
+
+    def _is_suspended(self) -> bool:
+        return self._suspended
+
+    async def _stay_suspended(self, inp: LoopInput, what: str) -> None:
+        book = self._require_book()
+        self._progress = replace(self._progress, current="suspended")
+        await stay_suspended(
+            book,
+            self._is_suspended,
+            lambda result: self._report_now(inp, result),
+            f"it stopped at {what}",
+            f"{what} goes on",
+        )
+
     # ----- progress and reports --------------------------------------------------------
+
+    def _require_book(self) -> AttemptBook:
+        assert self._book is not None  # set first thing in run()
+        return self._book
 
     def _set_progress(self, inp: LoopInput, state: LoopState, step: int, current: str) -> None:
         self._progress = replace(
@@ -486,7 +575,7 @@ class AgentLoopWorkflow:
             max_steps=inp.loop.max_steps,
             current=current,
             tool_calls=state.tool_calls,
-            usage=state.usage,
+            usage=self._require_book().usage,
         )
         self._report_progress(inp)
 
@@ -496,28 +585,32 @@ class AgentLoopWorkflow:
         not wait for the Kubernetes API; one report in flight at a time."""
         now = workflow.now()
         busy = self._reporting is not None and not self._reporting.done()
-        recent = (
-            self._reported_at is not None
-            and (now - self._reported_at).total_seconds() < inp.progress_interval_seconds
-        )
+        # The first write waits an interval too (the operator wrote Running
+        # when it started the loop): a loop shorter than that writes its
+        # progress once, with its result. Each write is an activity whose
+        # completion is a workflow task, which the next step's would queue
+        # behind (docs/benchmarks.md).
+        since = self._reported_at or workflow.info().start_time
+        recent = (now - since).total_seconds() < inp.progress_interval_seconds
         if not force and (busy or recent):
             return
         previous = self._reporting
         self._reported_at = now
         progress = self._progress
+        result = self._require_book().progress(RUNNING, progress.current)
 
         async def send() -> None:
             if previous is not None:
                 await previous
-            await self._report(
-                inp.execution,
-                ExecutionResult(phase="Running", reason="Running", message=progress.current),
-                final=False,
-                progress=True,
-                snapshot=progress,
-            )
+            await self._report(inp.execution, result, final=False, snapshot=progress)
 
         self._reporting = asyncio.ensure_future(send())
+
+    async def _report_now(self, inp: LoopInput, result: ExecutionResult) -> None:
+        """A report the loop waits for (an attempt failed or disrupted, no
+        runner, suspended): after the one in flight, with the progress."""
+        await self._settle()
+        await self._report(inp.execution, result, final=False, cancellable=True)
 
     async def _settle(self) -> None:
         if self._reporting is not None:
@@ -529,7 +622,8 @@ class AgentLoopWorkflow:
         exe: ExecutionInput,
         result: ExecutionResult,
         final: bool = True,
-        progress: bool = False,
+        cancellable: bool = False,
+        progress: bool = True,
         snapshot: Progress | None = None,
     ) -> None:
         fields = (
@@ -537,52 +631,18 @@ class AgentLoopWorkflow:
             if progress
             else None
         )
-        await send_report(exe, result, final, fields)
+        await send_report(exe, result, final, cancellable, fields)
 
-    def _budget(self, state: LoopState, budget: int) -> ExecutionResult:
-        return ExecutionResult(
-            phase="Failed",
-            reason=BUDGET_EXCEEDED,
-            message=f"the loop used {state.usage.total_tokens} tokens in {state.step} steps; "
+    def _over_budget(self, state: LoopState, budget: int) -> _Ended:
+        return _Ended(
+            BUDGET_EXCEEDED,
+            f"the loop used {_tokens(self._require_book())} tokens in {state.step} steps; "
             f"spec.limits.maxTokens is {budget}",
-            usage=state.usage,
         )
 
-    def _left(self, deadline: datetime, exe: ExecutionInput) -> timedelta:
-        left = deadline - workflow.now()
-        if left.total_seconds() <= 0:
-            raise _Ended(
-                ExecutionResult(
-                    phase="Failed",
-                    reason="Timeout",
-                    message=f"the agent did not finish within timeoutSeconds={exe.timeout_seconds}",
-                    usage=self._state.usage if self._state else None,
-                )
-            )
-        return left
 
-
-def _step_failure(
-    err: ActivityError, exe: ExecutionInput, reason: str | None, what: str
-) -> ExecutionResult:
-    if isinstance(err.cause, CancelledError):
-        raise asyncio.CancelledError() from err
-    failed = _failure(err, exe.timeout_seconds)
-    return replace(
-        failed,
-        reason=reason or failed.reason,
-        message=f"{what}: {failed.message}",
-    )
-
-
-def _add(total: Usage, more: Usage | None) -> Usage:
-    if more is None:
-        return total
-    return Usage(
-        prompt_tokens=total.prompt_tokens + more.prompt_tokens,
-        completion_tokens=total.completion_tokens + more.completion_tokens,
-        total_tokens=total.total_tokens + more.total_tokens,
-    )
+def _tokens(book: AttemptBook) -> int:
+    return book.usage.total_tokens if book.usage else 0
 
 
 def _detail(message: dict[str, Any]) -> str:
@@ -599,10 +659,3 @@ def _record(records: list[StepRecord], record: StepRecord) -> list[StepRecord]:
 
 def _iso(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(value: str, default: datetime) -> datetime:
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=default.tzinfo)
-    except ValueError:
-        return default

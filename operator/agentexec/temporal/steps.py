@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentexec.temporal.attempts import BookState
 from agentexec.temporal.types import AgentSpec, ExecutionInput, ExecutionRef, Usage
 
 LOOP_WORKFLOW_TYPE = "AgentLoop"
@@ -49,8 +50,9 @@ TOOL_SERVER_ERROR = "ToolServerError"
 @dataclass(frozen=True)
 class ToolServer:
     """One MCP server an assistant may use (the Agent's ``spec.tools[]``),
-    its address resolved by the operator: a URL, or a Service in the
-    execution's namespace."""
+    its address resolved by the operator (a URL, or a Service in the
+    execution's namespace), or a server configured on the runners, whose URL
+    and headers (credentials from Secrets) only the runner knows."""
 
     name: str
     url: str
@@ -58,6 +60,7 @@ class ToolServer:
     require_approval: list[str] = field(default_factory=list)  # tool names, "*": all
     on_error: str = REPORT
     timeout_seconds: int = 60  # one call, the server's answer included
+    configured: str = ""  # a server of the runners' MCP servers file (runner/tools.py)
 
 
 @dataclass(frozen=True)
@@ -150,14 +153,13 @@ class LoopState:
     tools: list[Tool]
     step: int = 0
     tool_calls: int = 0
-    usage: Usage = field(default_factory=Usage)
     records: list[StepRecord] = field(default_factory=list)  # the latest only (bounded)
-    decisions: list[ApprovalDecision] = field(default_factory=list)  # not yet used
+    decisions: list[ApprovalDecision] = field(default_factory=list)  # given so far
     last_approval: ApprovalDecision | None = None
     runs: int = 1  # workflow runs so far (continue-as-new)
-    started: str = ""  # ISO time the first run started
-    # Time spent waiting for approvals, which timeoutSeconds does not count.
-    waited_seconds: float = 0.0
+    # The attempts, their clock (the deadline counts attempts' running time:
+    # not waits for a runner, for approval or while suspended) and the bill.
+    book: BookState = field(default_factory=BookState)
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ class LoopInput:
     execution: ExecutionInput
     loop: LoopSpec = field(default_factory=LoopSpec)
     state: LoopState | None = None  # set when continued as new
-    progress_interval_seconds: float = 5.0  # the most often progress is written
+    progress_interval_seconds: float = 5.0  # the most often progress is written (at step ends)
     # Continue as new past this many history events, or when Temporal suggests
     # it (its limits are 51 200 events and 50 MB).
     max_history_events: int = 10_000
@@ -191,6 +193,10 @@ class ModelCallRequest:
     tools: list[Tool] = field(default_factory=list)
     tool_choice: Any = None  # as the API takes it
     max_tokens: int | None = None  # what the budget leaves for this answer
+    # Which attempt of the step this is, and the previous attempt's
+    # checkpoint (a request it had sent: this one is billed as re-sent).
+    attempt: int | None = None
+    resume_from: Any = None
 
 
 @dataclass(frozen=True)
@@ -277,7 +283,10 @@ def build_tool_server(entry: Mapping[str, Any], namespace: str) -> ToolServer:
     """One ``spec.tools[]`` entry: its URL, or its Service's in-cluster URL."""
     url = entry.get("url")
     service = entry.get("service")
-    if not isinstance(url, str) and isinstance(service, Mapping):
+    configured = entry.get("configuredServer")
+    if isinstance(configured, str) and configured:
+        url = ""  # the runner's MCP servers file has it
+    elif not isinstance(url, str) and isinstance(service, Mapping):
         path = str(service.get("path") or "/mcp")
         url = (
             f"http://{service.get('name')}.{namespace}.svc:{service.get('port')}"
@@ -290,6 +299,7 @@ def build_tool_server(entry: Mapping[str, Any], namespace: str) -> ToolServer:
         require_approval=_names(entry.get("requireApproval")),
         on_error=FAIL if entry.get("onError") == FAIL else REPORT,
         timeout_seconds=_int(entry.get("timeoutSeconds"), None) or 60,
+        configured=configured if isinstance(configured, str) else "",
     )
 
 
