@@ -6,7 +6,7 @@ same real servers: llama.cpp's (the tiny model, the tool forced by
 ``tool_choice``, answers streamed) and the MCP fixture server.
 
     .venv/bin/python -m bench.agent_loop [--runs 5] [--steps 10]
-        [--runner process|inline] [--temporal-db file|memory]
+        [--runner process|inline] [--temporal-db file|memory] [--no-stream]
 
 The runner is ``agentexec-operator runner`` in its own process (as
 deployed); the operator's workflow worker runs here, with report_status in
@@ -272,7 +272,8 @@ async def main(a: argparse.Namespace) -> None:
     mcp.start()
     try:
         providers = work / "providers.json"
-        providers.write_text(dump_providers({"local": Provider("local", llama.base_url)}))
+        provider = Provider("local", llama.base_url, stream=not a.no_stream)
+        providers.write_text(dump_providers({"local": provider}))
         chat = ChatAgent(providers)
         server = ToolServer(name="fixture", url=mcp.url, allow=["add"])
         client = await Client.connect(temporal.address)
@@ -336,7 +337,7 @@ async def main(a: argparse.Namespace) -> None:
         d = med([r.total for r in loop])
         f = med(floors)
         print(f"\n{steps}-step loop, median of {a.runs} (runner: {a.runner}, "
-              f"Temporal's store: {a.temporal_db}):")  # fmt: skip
+              f"Temporal's store: {a.temporal_db}, streamed: {not a.no_stream}):")  # fmt: skip
         print("| figure | ms per step |")
         print("|---|---|")
         print(f"| the calls made directly, one process | {ms(b / steps)} |")
@@ -373,4 +374,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--runner", choices=["process", "inline"], default="process")
     parser.add_argument("--temporal-db", choices=["file", "memory"], default="file")
+    parser.add_argument(
+        "--no-stream", action="store_true", help="the provider with stream: false (one answer)"
+    )
     asyncio.run(main(parser.parse_args()))

@@ -173,6 +173,10 @@ async def _heartbeat(ctx: AgentContext) -> None:
     # Heartbeats let the server notice a dead runner within the heartbeat
     # timeout, deliver cancellation (a deleted execution) to the agent, and
     # carry the agent's last checkpoint. The SDK throttles what it sends.
+    # The first one waits an interval (a third of the timeout at most, so a
+    # dead runner is still noticed in time): the SDK sends a first heartbeat
+    # at once, and a write to Temporal at the start of every short attempt
+    # (an agent loop's step) is a cost with nothing to carry yet.
     while True:
-        ctx.heartbeat()
         await asyncio.sleep(ctx.heartbeat_every)
+        ctx.heartbeat()
