@@ -22,7 +22,9 @@ from agentexec.metrics import Metrics
 from agentexec.runner import configure_agents, load_agents
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY
+from agentexec.runner.steps import StepActivities
 from agentexec.settings import Settings
+from agentexec.temporal.loop import AgentLoopWorkflow
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
 from agentexec.temporal.runner_check import check_runner
 from agentexec.temporal.workflows import AgentExecutionWorkflow
@@ -38,7 +40,7 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
     specs = [
         WorkerSpec(
             task_queue=settings.task_queue,
-            workflows=[AgentExecutionWorkflow],
+            workflows=[AgentExecutionWorkflow, AgentLoopWorkflow],
             # check_runner: the workflow's look at a runner queue (NoRunner).
             activities=[controller.report_status, check_runner],
             # Each cached run holds a sandbox; the SDK default (1000) alone
@@ -56,7 +58,10 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
         specs.append(
             WorkerSpec(
                 task_queue=settings.runner_task_queue,
-                activities=[RunnerActivities(agents).run_agent],
+                activities=[
+                    RunnerActivities(agents).run_agent,
+                    *StepActivities.from_settings(settings).all(),
+                ],
                 max_concurrent_activities=settings.runner_max_concurrent,
                 heartbeat_throttle_seconds=HEARTBEAT_EVERY,
             )

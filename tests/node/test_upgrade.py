@@ -49,6 +49,8 @@ pytestmark = pytest.mark.node
 
 WORK = "upgrade-work"
 CRDS = ("agentexecutions.agentexec.io", "agents.agentexec.io")
+# CRDs of 0.2.0 that 0.1.0 did not have: gone before 0.1.0 is installed.
+NEW_CRDS = ("agentapprovals.agentexec.io",)
 KOPF_CRDS = ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")
 
 
@@ -171,7 +173,9 @@ def releases(
                 "patch", name, obj["metadata"]["name"], "-n", obj["metadata"]["namespace"],
                 "--type=merge", "-p", '{"metadata": {"finalizers": null}}', check=False,
             )  # fmt: skip
-    cluster.kubectl("delete", "crd", *CRDS, *KOPF_CRDS, "--ignore-not-found", "--wait=true")
+    cluster.kubectl(
+        "delete", "crd", *CRDS, *NEW_CRDS, *KOPF_CRDS, "--ignore-not-found", "--wait=true"
+    )
     db = tmp_path_factory.mktemp("temporal-db")
     manifests = apps.temporal_manifests(registry_images["temporal"].ref, db_dir=str(db))
     cluster.kubectl("apply", "-f", "-", stdin=manifests)
@@ -293,7 +297,7 @@ async def test_upgrade_and_rollback_with_executions_in_flight(
     # 3. Back to the previous release with executions of this one running:
     # their workflows (0.2.0's attempt loop) cannot replay on 0.1.0's code, so
     # they wait, their agents' results kept, while 0.1.0 runs new ones
-    # (CHANGELOG.md, step 12).
+    # (CHANGELOG.md, step 17).
     long2 = [f"long2-{i}" for i in range(4)]
     apps.create_executions(cluster, WORK, long2, delaySeconds=30)
     await rel.wait_phase(long2, "Running", timeout=90)
