@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import pytest
 from kubernetes import client as k8s
+from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
 from agentexec.planner import workflow_id
@@ -243,12 +244,30 @@ async def workflow_runs(address: str, namespace: str, obj: dict[str, Any]) -> in
     return count
 
 
+async def running_agent(address: str, namespace: str, obj: dict[str, Any]) -> str | None:
+    """The worker identity of the runner running the execution's agent now
+    (`runner:POD:PID`), None when no attempt is running. From the workflow's
+    pending activities: a history records an attempt's start only once it
+    ends."""
+    client = await Client.connect(address)
+    wid = workflow_id(namespace, obj["metadata"]["name"], obj["metadata"]["uid"])
+    described = await client.get_workflow_handle(wid).describe()
+    for pending in described.raw_description.pending_activities:
+        if (
+            pending.activity_type.name == "run_agent"
+            and pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        ):
+            return str(pending.last_worker_identity)
+    return None
+
+
 async def agent_attempts(address: str, namespace: str, obj: dict[str, Any]) -> list[dict[str, Any]]:
     """Each run_agent attempt of the execution's workflow, in order: when a
     runner started it and when it ended (seconds), which runner (its worker
     identity, `runner:POD:PID`), the checkpoint it began from (its request's
     resume_from), and how it ended (the close event's failure type, None
-    when it completed)."""
+    when it completed). An attempt still running has no start yet (Temporal
+    writes it when the attempt ends): see running_agent."""
     client = await Client.connect(address)
     wid = workflow_id(namespace, obj["metadata"]["name"], obj["metadata"]["uid"])
     history = json.loads((await client.get_workflow_handle(wid).fetch_history()).to_json())

@@ -390,21 +390,18 @@ async def test_runner_rollouts_finish_or_hand_over_long_agents_without_spending_
     long_lived = runners_of(rollout, 150)
     assert len(long_lived) == 2, (long_lived, apps.runner_pods(cluster).keys())
 
-    async def current_attempts() -> dict[str, dict[str, Any]]:
+    async def running_on() -> dict[str, str | None]:
         mine = [o for o in release.executions() if o["metadata"]["name"] in names]
-        return {
-            o["metadata"]["name"]: (await apps.agent_attempts(release.temporal, WORK, o))[-1]
-            for o in mine
-        }
+        found = await asyncio.gather(*(apps.running_agent(release.temporal, WORK, o) for o in mine))
+        return dict(zip([o["metadata"]["name"] for o in mine], found, strict=True))
 
     await eventually(
-        current_attempts,
-        lambda last: len(last) == len(names) and all(
-            "ended" not in a and any(pod in a.get("runner", "") for pod in long_lived)
-            for a in last.values()
+        running_on,
+        lambda now: len(now) == len(names) and all(
+            who and any(pod in who for pod in long_lived) for who in now.values()
         ),
-        timeout=60, interval=2,
-        what="every agent running again, resumed on a runner of the first rollout",
+        timeout=45, interval=1,
+        what=f"every agent running again, resumed on a runner of the first rollout {long_lived}",
     )  # fmt: skip
     second = time.time()
     await asyncio.to_thread(release.upgrade, before, *replicas)
@@ -416,6 +413,8 @@ async def test_runner_rollouts_finish_or_hand_over_long_agents_without_spending_
         name, attempts = obj["metadata"]["name"], obj["status"]["attempts"]
         assert attempts["failed"] == 0, (name, attempts)
         assert attempts["disrupted"] >= 1, (name, attempts)
+        # A runner took each attempt within seconds: none of it was waiting.
+        assert attempts["runnerWaitSeconds"] <= 10, (name, attempts)
         disrupted += attempts["disrupted"]
         runs = await apps.agent_attempts(release.temporal, WORK, obj)
         assert len(runs) == attempts["count"] == attempts["disrupted"] + 1, (name, runs)
