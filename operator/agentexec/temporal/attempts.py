@@ -450,8 +450,15 @@ class RunnerWatch:
         queue = self.runner_task_queue
         waited = int((now - self.scheduled).total_seconds())
         if seen.started:
+            # No start time: the attempt was no longer pending when the look
+            # came (it ran and ended just before). When it started is unknown;
+            # it started no earlier than the last look that saw it waiting, and
+            # counting from there never takes its running time for waiting
+            # (the deadline counts running time: the safe side).
             started = (
-                datetime.fromtimestamp(seen.started_at, UTC) if seen.started_at is not None else now
+                datetime.fromtimestamp(seen.started_at, UTC)
+                if seen.started_at is not None
+                else self.waiting_seen or self.scheduled
             )
             self.started_at = max(self.scheduled, min(started, now))
             if self.said in (NO_RUNNER, WAITING_FOR_RUNNER):
