@@ -8,6 +8,7 @@ operator with a :class:`SettingsError` that names the variable.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,12 +69,29 @@ class TemporalSettings:
         )
 
 
+DEFAULT_INSTALL = "agentexec"
+
+
+def build_task_queues(install: str) -> tuple[str, str]:
+    """The default workflow and runner task queues of an install: derived from
+    its identity, so two installs on one Temporal namespace never share one
+    (the default install's are the names every release before 0.3 used)."""
+    return f"{install}-executions", f"{install}-runner"
+
+
 @dataclass(frozen=True)
 class Settings:
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
-    task_queue: str = "agentexec-executions"
+    # The install's identity (the chart: "<release namespace>.<full name>"):
+    # the default task queues derive from it, and the pollers of its queues
+    # whose identity does not start with it are another install's.
+    install: str = DEFAULT_INSTALL
+    task_queue: str = build_task_queues(DEFAULT_INSTALL)[0]
     # The queue executions name by default (spec.taskQueue overrides it).
-    runner_task_queue: str = "agentexec-runner"
+    runner_task_queue: str = build_task_queues(DEFAULT_INSTALL)[1]
+    # Workflow queues served without starting anything on them: an upgrade
+    # from another task_queue drains the workflows still running on it.
+    drain_task_queues: tuple[str, ...] = ()
     # The operator runs agents itself only when asked (make run, tests): an
     # agent on the operator's event loop can stall it, and an operator restart
     # would kill every agent in flight. `agentexec-operator runner` serves them.
@@ -87,6 +105,10 @@ class Settings:
     # The chat agent's providers file (URLs, and where each key is mounted);
     # checked when the runner starts, read again at each call.
     providers_file: Path | None = None
+    # Payload encryption (agentexec.temporal.codec): the directory of keys
+    # (a mounted Secret, file name = key ID) and the key ID that encrypts.
+    payload_keys_dir: Path | None = None
+    payload_key_id: str | None = None
     # The heartbeat timeout the workflow gives each agent attempt: a runner
     # that died mid-agent is noticed, and the agent retried, after this long.
     runner_heartbeat_timeout: float = 30.0
@@ -195,6 +217,13 @@ def _file(value: str) -> Path:
     return path
 
 
+def _directory(value: str) -> Path:
+    path = Path(_text(value))
+    if not path.is_dir():
+        raise ValueError(f"directory {path} does not exist")
+    return path
+
+
 def _path(value: str) -> Path:
     return Path(_text(value))
 
@@ -227,6 +256,17 @@ def _queues(value: str) -> tuple[str, ...]:
 def _names(value: str) -> tuple[str, ...]:
     """A comma-separated list, in the order given, without repeats."""
     return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
+def _install(value: str) -> str:
+    # It prefixes task queue names and worker identities: no separators of
+    # those (":" and "/"), no spaces.
+    name = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}", name):
+        raise ValueError(
+            "must be 1 to 151 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
 
 
 def _whole_seconds(value: str) -> float:
@@ -316,11 +356,22 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS: must be at least TEMPORAL_BACKOFF_MAX_SECONDS"
         )
     s = Settings()
+    if bool(environ.get("AGENTEXEC_PAYLOAD_KEYS_DIR")) != bool(
+        environ.get("AGENTEXEC_PAYLOAD_KEY_ID")
+    ):
+        raise SettingsError(
+            "AGENTEXEC_PAYLOAD_KEYS_DIR and AGENTEXEC_PAYLOAD_KEY_ID: set both (payloads "
+            "encrypted with that key) or neither"
+        )
+    install = env.get("AGENTEXEC_INSTALL", _install, s.install)
+    task_queue, runner_task_queue = build_task_queues(install)
     return dataclasses.replace(
         s,
         temporal=temporal,
-        task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, s.task_queue),
-        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, s.runner_task_queue),
+        install=install,
+        task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, task_queue),
+        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, runner_task_queue),
+        drain_task_queues=env.get("AGENTEXEC_DRAIN_TASK_QUEUES", _names, s.drain_task_queues),
         runner_enabled=env.get("AGENTEXEC_RUNNER_ENABLED", _bool, s.runner_enabled),
         execution_task_queues=env.get(
             "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE", _queues, s.execution_task_queues
@@ -333,6 +384,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         # Not _file: the runner checks it (and says what is wrong with it)
         # when it starts; the operator without a runner never reads it.
         providers_file=env.get("AGENTEXEC_PROVIDERS_FILE", _path, s.providers_file),
+        payload_keys_dir=env.get("AGENTEXEC_PAYLOAD_KEYS_DIR", _directory, s.payload_keys_dir),
+        payload_key_id=env.get("AGENTEXEC_PAYLOAD_KEY_ID", _text, s.payload_key_id),
         runner_heartbeat_timeout=env.get(
             "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS", _whole_seconds, s.runner_heartbeat_timeout
         ),

@@ -11,6 +11,18 @@ from temporalio.client import Client
 from localenv.kube import ControlPlane
 
 
+def resource(kind: str, name: str, spec: dict[str, Any]) -> str:
+    """One agentexec.io/v1alpha1 object, as `kubectl apply -f -` reads it."""
+    return json.dumps(
+        {
+            "apiVersion": "agentexec.io/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
 def manifest(name: str, message: str = "hello", **spec: Any) -> str:
     return json.dumps(
         {

@@ -35,16 +35,19 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> st
 
 CRD = ROOT / "crds" / "agentexecutions.agentexec.io.yaml"
 AGENT_CRD = ROOT / "crds" / "agents.agentexec.io.yaml"
+POLICY_CRD = ROOT / "crds" / "executionpolicies.agentexec.io.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd(control_plane: ControlPlane) -> None:
-    """Both CRDs: AgentExecution, and the Agent it may name."""
-    for path in (CRD, AGENT_CRD):
+    """The CRDs: AgentExecution, the Agent it may name, the ExecutionPolicy
+    of its namespace."""
+    for path in (CRD, AGENT_CRD, POLICY_CRD):
         control_plane.kubectl("apply", "--server-side", "-f", str(path))
     control_plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s",
         "crd/agentexecutions.agentexec.io", "crd/agents.agentexec.io",
+        "crd/executionpolicies.agentexec.io",
     )  # fmt: skip
 
 

@@ -69,7 +69,11 @@ def test_chart_crd_is_the_crds_file() -> None:
     no kopf peering CRDs); the chart carries them as they are under
     files/crds/ (a template, governed by crds.install) and has no crds/
     folder, which Helm would install unconditionally and never upgrade."""
-    names = ["agentexecutions.agentexec.io.yaml", "agents.agentexec.io.yaml"]
+    names = [
+        "agentexecutions.agentexec.io.yaml",
+        "agents.agentexec.io.yaml",
+        "executionpolicies.agentexec.io.yaml",
+    ]
     assert sorted(p.name for p in (ROOT / "crds").iterdir()) == names
     assert sorted(p.name for p in (CHART / "files" / "crds").iterdir()) == names
     for name in names:
@@ -105,7 +109,11 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
     if not install:
         assert crds == {}
         return
-    assert set(crds) == {"agentexecutions.agentexec.io", "agents.agentexec.io"}
+    assert set(crds) == {
+        "agentexecutions.agentexec.io",
+        "agents.agentexec.io",
+        "executionpolicies.agentexec.io",
+    }
     for name, ours in crds.items():
         source = yaml.safe_load((ROOT / "crds" / f"{name}.yaml").read_text())
         assert ours["spec"] == source["spec"], name
@@ -123,7 +131,7 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
 
 
 def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_path: Path) -> None:
-    """A fresh cluster: the AgentExecution and Agent CRDs come with the
+    """A fresh cluster: the AgentExecution, Agent and ExecutionPolicy CRDs come with the
     release, and are the only CRDs it brings (leadership needs the built-in
     Lease, not kopf's peering CRDs); the Lease's Role is in the release namespace."""
     fresh = ControlPlane(tmp_path / "fresh")
@@ -136,6 +144,7 @@ def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_p
         assert crds == [
             "customresourcedefinition.apiextensions.k8s.io/agentexecutions.agentexec.io",
             "customresourcedefinition.apiextensions.k8s.io/agents.agentexec.io",
+            "customresourcedefinition.apiextensions.k8s.io/executionpolicies.agentexec.io",
         ]
         crd = fresh.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "aex"  # type: ignore[index]
@@ -480,6 +489,14 @@ async def test_operator_runs_with_only_the_charts_rbac(
         assert allowed(verb, "agents.agentexec.io", "-n", namespace)
     for verb in ("create", "update", "patch", "delete"):
         assert not allowed(verb, "agents.agentexec.io", "-n", namespace)
+    # ExecutionPolicies are read; only their status (the budget's spending)
+    # is written.
+    for verb in ("get", "list", "watch"):
+        assert allowed(verb, "executionpolicies.agentexec.io", "-n", namespace)
+    for verb in ("create", "update", "patch", "delete"):
+        assert not allowed(verb, "executionpolicies.agentexec.io", "-n", namespace)
+    assert allowed("patch", "executionpolicies.agentexec.io", "--subresource=status",
+                   "-n", namespace)  # fmt: skip
 
     # The reference reconnection scenario, as that identity, with the pod's
     # leader-election variables from the installed Deployment: the Lease is
@@ -723,7 +740,12 @@ async def test_tenants_with_the_builtin_roles_can_use_agentexecutions(
 ) -> None:
     helm.run("install", "tenants", str(CHART), "-n", namespace, *NO_CRDS,
              "--set", f"watchNamespaces={{{namespace}}}")  # fmt: skip
-    for role, user in (("view", "alice"), ("edit", "bob"), ("admin", "carol")):
+    for role, user in (
+        ("view", "alice"),
+        ("edit", "bob"),
+        ("admin", "carol"),
+        ("tenants-agentexec-operator-agent-author", "dave"),
+    ):
         control_plane.kubectl(
             "create", "rolebinding", f"{user}-{role}", "-n", namespace,
             f"--clusterrole={role}", f"--user={user}",
@@ -741,10 +763,18 @@ async def test_tenants_with_the_builtin_roles_can_use_agentexecutions(
         ("alice", "delete"): False,
         ("bob", "create"): True, ("bob", "delete"): True, ("bob", "patch"): True,
         ("carol", "create"): True, ("carol", "deletecollection"): True,
-        # Agents: view reads them, edit (and admin) writes them.
+        # Agents: view reads them; writing them is the agent-author role's,
+        # not edit's nor admin's (an Agent chooses queues and providers).
         ("alice", "get", "", "agents"): True, ("alice", "create", "", "agents"): False,
-        ("bob", "create", "", "agents"): True, ("bob", "update", "", "agents"): True,
-        ("carol", "delete", "", "agents"): True,
+        ("bob", "get", "", "agents"): True, ("bob", "create", "", "agents"): False,
+        ("carol", "delete", "", "agents"): False,
+        ("dave", "create", "", "agents"): True, ("dave", "update", "", "agents"): True,
+        ("dave", "create"): False,
+        # ExecutionPolicies: a team reads its limits and cannot change them.
+        ("alice", "get", "", "executionpolicies"): True,
+        ("bob", "create", "", "executionpolicies"): False,
+        ("carol", "update", "", "executionpolicies"): False,
+        ("carol", "patch", "status", "executionpolicies"): False,
     }  # fmt: skip
     await eventually(
         lambda: {key: can(*key) for key in expected},

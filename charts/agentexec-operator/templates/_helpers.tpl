@@ -35,6 +35,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{- /* The install's identity (AGENTEXEC_INSTALL): the release's namespace and
+       full name, unique in a cluster (a namespace has no dot). Its task queues
+       derive from it unless named, so that two releases sharing a Temporal
+       namespace never take each other's tasks (issue #22). */}}
+{{- define "aex.install" -}}
+{{- printf "%s.%s" .Release.Namespace (include "aex.fullname" .) -}}
+{{- end -}}
+
+{{- define "aex.taskQueue" -}}
+{{- .Values.temporal.taskQueue | default (printf "%s-executions" (include "aex.install" .)) -}}
+{{- end -}}
+
+{{- define "aex.runnerTaskQueue" -}}
+{{- .Values.temporal.runnerTaskQueue | default (printf "%s-runner" (include "aex.install" .)) -}}
+{{- end -}}
+
 {{/* The rules the operator needs: no wildcards, only what it calls. */}}
 {{- define "aex.rules" -}}
 - apiGroups: [agentexec.io]
@@ -47,6 +63,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [agentexec.io]
   resources: [agents]
   verbs: [get, list, watch]
+# ExecutionPolicies are read; their status holds each namespace's spending.
+- apiGroups: [agentexec.io]
+  resources: [executionpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [agentexec.io]
+  resources: [executionpolicies/status]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
