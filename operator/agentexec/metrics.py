@@ -144,8 +144,46 @@ class Metrics:
             ("agent", "outcome"),
             registry=r,
         )
+        # Installs never cross (#22): another install's pollers on our
+        # queues, and reports of workflows that are not ours.
+        self.foreign_pollers = Gauge(
+            "agentexec_foreign_pollers",
+            "Pollers of this install's task queues whose identity is not this install's "
+            "(AGENTEXEC_INSTALL), as Temporal listed them when the operator connected.",
+            ("task_queue", "task_queue_type"),
+            registry=r,
+        )
+        self.foreign_reports = Counter(
+            "agentexec_foreign_reports",
+            "Workflow reports refused because they are about no execution of this install "
+            "(another install's workflow on a shared task queue), by reason.",
+            ("reason",),
+            registry=r,
+        )
+        # Tokens and budgets (#22).
+        self.tokens = Counter(
+            "agentexec_tokens",
+            "Tokens the agents of finished executions reported, by namespace, agent (the "
+            "Agent or built-in name), provider, model and kind (prompt or completion).",
+            ("namespace", "agent", "provider", "model", "kind"),
+            registry=r,
+        )
+        self.namespace_budget = Gauge(
+            "agentexec_namespace_token_budget",
+            "Tokens a namespace may spend per period (its ExecutionPolicy's spec.budget).",
+            ("namespace", "policy", "period"),
+            registry=r,
+        )
+        self.namespace_used = Gauge(
+            "agentexec_namespace_tokens_used",
+            "Tokens a namespace spent in the current period of its ExecutionPolicy's budget.",
+            ("namespace", "policy", "period"),
+            registry=r,
+        )
         # Every series exists from the start (at 0), so rate() and alerts see
         # the first increment instead of a series appearing from nowhere.
         for result in ("started", "closed", "unavailable", "rejected"):
             self.workflow_starts.labels(result=result)
         self.reconcile_errors.labels(handler="reconcile")
+        for reason in ("unknown_execution", "other_install"):
+            self.foreign_reports.labels(reason=reason)

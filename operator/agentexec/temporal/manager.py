@@ -40,6 +40,7 @@ from temporalio.api.workflowservice.v1 import (
     DescribeWorkflowExecutionRequest,
 )
 from temporalio.client import Client, TLSConfig
+from temporalio.converter import PayloadCodec
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -54,6 +55,7 @@ from agentexec.backoff import WORKER_RESTART, Backoff
 from agentexec.logs import RateLimiter, RateLimitFilter
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
+from agentexec.temporal.codec import build_data_converter
 from agentexec.temporal.state import (
     CIRCUIT_OPEN,
     NAMESPACE_NOT_FOUND,
@@ -338,8 +340,11 @@ class TemporalManager:
         *,
         rng: random.Random | None = None,
         identity: str | None = None,
+        payload_codec: PayloadCodec | None = None,
     ) -> None:
         self.settings = settings
+        # Every client this manager dials encodes payloads with it (#22).
+        self.data_converter = build_data_converter(payload_codec)
         self.worker_specs = tuple(workers)
         self.metrics = metrics if metrics is not None else Metrics()
         self.identity = identity
@@ -597,6 +602,7 @@ class TemporalManager:
                 api_key=api_key.decode().strip() if api_key else None,
                 connect_timeout=timedelta(seconds=s.connect_timeout),
                 runtime=forwarding_runtime(),
+                data_converter=self.data_converter,
                 **kwargs,
             ),
             s.connect_timeout,
