@@ -31,6 +31,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec import backoff, planner
 from agentexec.agents import AgentCache, AgentPolicy
+from agentexec.budgets import token_limit
 from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
@@ -98,6 +99,7 @@ def build_input(body: Body, settings: Settings, agent: AgentSpec | None = None) 
         report_timeout_seconds=int(settings.report_timeout),
         agent_spec=agent,
         heartbeat_timeout_seconds=int(settings.runner_heartbeat_timeout),
+        max_tokens=token_limit(spec),
     )
 
 

@@ -37,10 +37,13 @@ from agentexec.runner.api import (
     AgentFailed,
     AgentFunction,
     AgentLoadError,
+    BudgetExceeded,
+    TokenBudget,
     agent_names,
     build_agents,
     configure_agents,
     context,
+    current_budget,
     load_agents,
 )
 from agentexec.temporal.types import AgentRequest, AgentResult
@@ -54,10 +57,13 @@ __all__ = [
     "AgentLoadError",
     "AgentRequest",
     "AgentResult",
+    "BudgetExceeded",
+    "TokenBudget",
     "agent_names",
     "build_agents",
     "configure_agents",
     "context",
+    "current_budget",
     "load_agents",
     "serve",
 ]

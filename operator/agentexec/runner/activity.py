@@ -11,9 +11,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec.metrics import Metrics
-from agentexec.runner.api import Agent, AgentContext, AgentFailed, _current
+from agentexec.runner.api import Agent, AgentContext, AgentFailed, BudgetExceeded, _current
 from agentexec.temporal.types import (
     AGENT_ERROR,
+    BUDGET_EXCEEDED,
     RUN_AGENT_ACTIVITY,
     UNKNOWN_AGENT,
     AgentRequest,
@@ -49,7 +50,7 @@ class RunnerActivities:
                 # An expected outcome, said on the resource: no traceback in the log.
                 category=ApplicationErrorCategory.BENIGN,
             )
-        ctx = AgentContext(activity.info())
+        ctx = AgentContext(activity.info(), request.max_tokens)
         token = _current.set(ctx)
         beat = asyncio.create_task(_heartbeat(ctx))
         self._running(+1)
@@ -58,6 +59,15 @@ class RunnerActivities:
             result = await agent.run(request)
             outcome = "succeeded"
             return result
+        except BudgetExceeded as exc:
+            outcome = "budget_exceeded"
+            raise ApplicationError(
+                str(exc),
+                exc.usage,
+                type=BUDGET_EXCEEDED,
+                non_retryable=True,
+                category=ApplicationErrorCategory.BENIGN,
+            ) from exc
         except AgentFailed as exc:
             outcome = "failed"
             raise ApplicationError(

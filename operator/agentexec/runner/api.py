@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from temporalio import activity
 
-from agentexec.temporal.types import AgentRequest, AgentResult
+from agentexec.temporal.types import AgentRequest, AgentResult, Usage
 
 if TYPE_CHECKING:
     from agentexec.settings import Settings
@@ -41,6 +41,63 @@ class AgentFailed(Exception):
     """Raised by an agent that ran and failed; the execution fails without retry."""
 
 
+class BudgetExceeded(AgentFailed):
+    """The agent would go past the execution's spec.limits.maxTokens: it stops,
+    and the execution fails with reason BudgetExceeded and ``usage``."""
+
+    def __init__(self, message: str, usage: Usage) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class TokenBudget:
+    """The tokens one agent attempt may still use (spec.limits.maxTokens).
+
+    An agent that calls a model asks :meth:`cap` for the most completion
+    tokens a call may ask for, and hands each call's usage to :meth:`charge`;
+    both raise BudgetExceeded once nothing is left (before a call, or when
+    one went past it), carrying what was used.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.used = Usage()
+
+    @property
+    def left(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used.total_tokens)
+
+    def cap(self, requested: int | None = None) -> int | None:
+        """The max_tokens for the next call: ``requested``, bounded by what is left."""
+        left = self.left
+        if left is None:
+            return requested
+        if left <= 0:
+            raise self._exceeded("before its next model call")
+        return left if requested is None else min(requested, left)
+
+    def charge(self, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        used = self.used
+        self.used = Usage(
+            used.prompt_tokens + usage.prompt_tokens,
+            used.completion_tokens + usage.completion_tokens,
+            used.total_tokens
+            + (usage.total_tokens or usage.prompt_tokens + usage.completion_tokens),
+        )
+        if self.limit is not None and self.used.total_tokens > self.limit:
+            raise self._exceeded("by its last model call")
+
+    def _exceeded(self, when: str) -> BudgetExceeded:
+        return BudgetExceeded(
+            f"the agent was stopped {when}: {self.used.total_tokens} tokens used "
+            f"(prompt {self.used.prompt_tokens}, completion {self.used.completion_tokens}), "
+            f"spec.limits.maxTokens is {self.limit}",
+            self.used,
+        )
+
+
 class AgentContext:
     """The running attempt of an agent, from :func:`context` inside ``run``.
 
@@ -50,8 +107,10 @@ class AgentContext:
     in the agent's coroutine.
     """
 
-    def __init__(self, info: activity.Info) -> None:
+    def __init__(self, info: activity.Info, max_tokens: int | None = None) -> None:
         self.info = info
+        #: What the execution's spec.limits.maxTokens leaves (see TokenBudget).
+        self.budget = TokenBudget(max_tokens)
         details = list(info.heartbeat_details)
         self._checkpoint: Any = details[0] if details else None
         self._has_checkpoint = bool(details)
@@ -101,6 +160,15 @@ class AgentContext:
 
 
 _current: ContextVar[AgentContext] = ContextVar("agentexec_agent_context")
+
+
+def current_budget() -> TokenBudget:
+    """The running attempt's budget; unlimited outside a runner (an agent
+    called directly, in a test)."""
+    try:
+        return _current.get().budget
+    except LookupError:
+        return TokenBudget()
 
 
 def context() -> AgentContext:

@@ -35,7 +35,7 @@ import aiohttp
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from agentexec.runner import AgentFailed
+from agentexec.runner import AgentFailed, current_budget
 from agentexec.runner.providers import (
     PROVIDERS_FILE_ENV,
     Provider,
@@ -372,6 +372,14 @@ class ChatAgent:
                 category=ApplicationErrorCategory.BENIGN,
             )
         else:
-            return await call_provider(provider, api_key, call.body)
+            # spec.limits.maxTokens: the answer may use no more than is left,
+            # and an answer that went past it stops the agent (BudgetExceeded).
+            budget = current_budget()
+            limit = budget.cap(call.body.get("max_tokens"))
+            if limit is not None:
+                call.body["max_tokens"] = limit
+            result = await call_provider(provider, api_key, call.body)
+            budget.charge(result.usage)
+            return result
         log.warning("chat provider key unreadable: %s", error.message)
         raise error

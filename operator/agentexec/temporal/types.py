@@ -66,6 +66,8 @@ class ExecutionInput:
     # A runner that stops heartbeating this long is taken for dead and the agent
     # retried elsewhere. 30 is what every workflow before this field used.
     heartbeat_timeout_seconds: int = 30
+    # spec.limits.maxTokens: the most tokens the agent may use (None: no limit).
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ class AgentRequest:
     # ``agent`` is its type (the agent the runner dispatches to) and
     # ``parameters`` are the merged ones. Older runners ignore it.
     agent_spec: AgentSpec | None = None
+    # The execution's spec.limits.maxTokens: the runner stops the agent before
+    # a call would go past it (agentexec.runner.context().budget).
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,22 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+
+
+def usage_from(value: Any) -> Usage | None:
+    """A Usage from what a runner sent (a decoded JSON object), or None."""
+    if isinstance(value, Usage):
+        return value
+    if not isinstance(value, dict):
+        return None
+    counts = {
+        k: v
+        for k, v in value.items()
+        if k in ("prompt_tokens", "completion_tokens", "total_tokens")
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+    }
+    return Usage(**counts)
 
 
 @dataclass(frozen=True)
@@ -181,6 +202,9 @@ UNKNOWN_AGENT = "UnknownAgent"
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 PROVIDER_REJECTED = "ProviderRejected"
 PROVIDER_INVALID_RESPONSE = "ProviderInvalidResponse"
+# The agent would have gone past spec.limits.maxTokens: not retried; the
+# error's first detail is the Usage spent until then.
+BUDGET_EXCEEDED = "BudgetExceeded"
 AGENT_FAILURE_REASONS = (PROVIDER_UNAVAILABLE, PROVIDER_REJECTED, PROVIDER_INVALID_RESPONSE)
 # The type of the error a workflow ends with when its agent failed; its first
 # detail is the ExecutionResult (Temporal's UI and metrics see the failure).

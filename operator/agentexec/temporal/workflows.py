@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from agentexec.temporal.types import (
         AGENT_ERROR,
         AGENT_FAILURE_REASONS,
+        BUDGET_EXCEEDED,
         EXECUTION_FAILED,
         REPORT_STATUS_ACTIVITY,
         RUN_AGENT_ACTIVITY,
@@ -33,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ExecutionResult,
         StatusReport,
         agent_result_from,
+        usage_from,
     )
 
 # Transient runner failures (a crashed worker, a lost connection) are retried,
@@ -126,6 +128,7 @@ class AgentExecutionWorkflow:
                     parameters=inp.parameters,
                     execution=inp.ref,
                     agent_spec=inp.agent_spec,
+                    max_tokens=inp.max_tokens,
                 ),
                 task_queue=inp.runner_task_queue,
                 start_to_close_timeout=timeout,
@@ -207,6 +210,14 @@ def _failure(err: ActivityError, timeout_seconds: int) -> ExecutionResult:
         )
     if isinstance(cause, ApplicationError) and cause.type == UNKNOWN_AGENT:
         return ExecutionResult(phase="Failed", reason="UnknownAgent", message=cause.message)
+    if isinstance(cause, ApplicationError) and cause.type == BUDGET_EXCEEDED:
+        # Only the report's content: replay-safe. The usage is the first detail.
+        return ExecutionResult(
+            phase="Failed",
+            reason=BUDGET_EXCEEDED,
+            message=cause.message,
+            usage=usage_from(cause.details[0] if cause.details else None),
+        )
     if isinstance(cause, ApplicationError) and cause.type in AGENT_FAILURE_REASONS:
         # Only the report's content changes, not the commands: replay-safe.
         return ExecutionResult(phase="Failed", reason=cause.type, message=cause.message)
