@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from localenv.kube import ControlPlane
-from localenv.openai_server import OpenAIServer
+from localenv.openai_server import MODEL, OpenAIServer
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
 from tests.e2e.test_chat import (  # noqa: F401 (the module-scoped server fixture)
@@ -57,5 +57,14 @@ async def test_an_execution_s_token_limit_stops_its_chat_agent_budget_exceeded(
     assert roomy["status"]["usage"]["completionTokens"] == MAX_TOKENS
     assert (
         'agentexec_runner_agent_attempts_total{agent="chat",outcome="budget_exceeded"} 1.0'
+        in metrics
+    )
+    # Tokens are counted where they are spent, a stopped agent's included.
+    labels = f'agent="assistant",kind="completion",model="{MODEL}",namespace="{namespace}"'
+    completion = f'agentexec_tokens_total{{{labels},provider="local"}} {4 + MAX_TOKENS}.0'
+    assert completion in metrics, [m for m in metrics.splitlines() if "tokens" in m]
+    prompt = usage["promptTokens"] + roomy["status"]["usage"]["promptTokens"]
+    assert (
+        f'kind="prompt",model="{MODEL}",namespace="{namespace}",provider="local"}} {prompt}.0'
         in metrics
     )

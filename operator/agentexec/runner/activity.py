@@ -19,6 +19,7 @@ from agentexec.temporal.types import (
     UNKNOWN_AGENT,
     AgentRequest,
     AgentResult,
+    Usage,
 )
 
 # A retryable failure: the attempt stopped because its runner did.
@@ -58,9 +59,11 @@ class RunnerActivities:
         try:
             result = await agent.run(request)
             outcome = "succeeded"
+            self._tokens(request, result.usage if isinstance(result, AgentResult) else None)
             return result
         except BudgetExceeded as exc:
             outcome = "budget_exceeded"
+            self._tokens(request, exc.usage)
             raise ApplicationError(
                 str(exc),
                 exc.usage,
@@ -110,9 +113,41 @@ class RunnerActivities:
         if self.metrics is not None:
             self.metrics.runner_agents_running.set(self.in_flight)
 
+    def _tokens(self, request: AgentRequest, usage: Usage | None) -> None:
+        """What the attempt spent, counted where it was spent: retried
+        attempts and failed ones cost tokens too."""
+        if self.metrics is None or usage is None:
+            return
+        labels = build_token_labels(request)
+        for kind, count in (
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ):
+            if count > 0:
+                self.metrics.tokens.labels(**labels, kind=kind).inc(count)
+
     def _count(self, agent: str, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.runner_agent_attempts.labels(agent=agent, outcome=outcome).inc()
+
+
+def build_token_labels(request: AgentRequest) -> dict[str, str]:
+    """agentexec_tokens_total's labels for one request: the execution's
+    namespace, the Agent (or built-in agent) it named, and the provider and
+    model as the chat agent picks them (the Agent's, else the parameters')."""
+    spec = request.agent_spec
+    params = request.parameters or {}
+
+    def pick(own: str | None, key: str) -> str:
+        value = own or params.get(key)
+        return value if isinstance(value, str) else ""
+
+    return {
+        "namespace": request.execution.namespace if request.execution else "",
+        "agent": spec.name if spec else request.agent,
+        "provider": pick(spec.provider if spec else None, "provider"),
+        "model": pick(spec.model if spec else None, "model"),
+    }
 
 
 async def _heartbeat(ctx: AgentContext) -> None:
