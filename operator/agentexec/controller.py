@@ -31,11 +31,11 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec import backoff, planner
 from agentexec.agents import AgentCache, AgentPolicy
-from agentexec.budgets import token_limit
 from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
 from agentexec.planner import Body, Call, Connection, Decision, Observed
+from agentexec.policy import token_limit
 from agentexec.runner.api import agent_names
 from agentexec.settings import Settings
 from agentexec.temporal.gateway import TemporalGateway
