@@ -25,6 +25,7 @@ import kopf
 
 GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
 AGENT_PLURAL = "agents"
+POLICY_PLURAL = "executionpolicies"
 KIND = "AgentExecution"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "agentexec-operator"

@@ -3,6 +3,9 @@ alerts, dashboards and docs/operations.md use them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+
 from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
@@ -12,8 +15,11 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from agentexec import __version__
+from agentexec.policy import NamespacePolicy, used_now
 
 CONNECTION_LABELS = ("host_port", "namespace")
 # Counters' `_created` series double the series count and no alert uses them.
@@ -168,18 +174,11 @@ class Metrics:
             ("namespace", "agent", "provider", "model", "kind"),
             registry=r,
         )
-        self.namespace_budget = Gauge(
-            "agentexec_namespace_token_budget",
-            "Tokens a namespace may spend per period (its ExecutionPolicy's spec.budget).",
-            ("namespace", "policy", "period"),
-            registry=r,
-        )
-        self.namespace_used = Gauge(
-            "agentexec_namespace_tokens_used",
-            "Tokens a namespace spent in the current period of its ExecutionPolicy's budget.",
-            ("namespace", "policy", "period"),
-            registry=r,
-        )
+        # Each ExecutionPolicy budget and its spending in the current period,
+        # read from the policies the operator watches when scraped (a period
+        # that rolled over reads 0 without waiting for a write).
+        self.budgets: Callable[[], Iterable[NamespacePolicy]] = list
+        r.register(_BudgetCollector(self))
         # Every series exists from the start (at 0), so rate() and alerts see
         # the first increment instead of a series appearing from nowhere.
         for result in ("started", "closed", "unavailable", "rejected"):
@@ -187,3 +186,31 @@ class Metrics:
         self.reconcile_errors.labels(handler="reconcile")
         for reason in ("unknown_execution", "other_install"):
             self.foreign_reports.labels(reason=reason)
+
+
+class _BudgetCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ("namespace", "policy", "period")
+        budget = GaugeMetricFamily(
+            "agentexec_namespace_token_budget",
+            "Tokens a namespace may spend per period (its ExecutionPolicy's spec.budget.tokens).",
+            labels=labels,
+        )
+        used = GaugeMetricFamily(
+            "agentexec_namespace_tokens_used",
+            "Tokens a namespace spent in the current period of its ExecutionPolicy's budget "
+            "(status.budget.used, counted as its executions finish).",
+            labels=labels,
+        )
+        now = datetime.now(UTC)
+        for policy in self.metrics.budgets():
+            if policy.budget_tokens is None or policy.budget_period is None:
+                continue
+            values = [policy.namespace, policy.name, policy.budget_period]
+            budget.add_metric(values, policy.budget_tokens)
+            used.add_metric(values, used_now(policy, now))
+        yield budget
+        yield used

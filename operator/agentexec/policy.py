@@ -16,9 +16,7 @@ import calendar
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from agentexec.temporal.types import AgentSpec
+from typing import Any, Protocol
 
 Body = Mapping[str, Any]
 PERIODS = ("Hour", "Day", "Week", "Month")
@@ -129,6 +127,23 @@ class PolicyCache:
 # ----- what an execution uses, and whether it may -------------------------------
 
 
+class AgentLike(Protocol):
+    """What an Agent snapshot (temporal.types.AgentSpec) says, as read here:
+    a Protocol, so the metrics layer may read policies without the Temporal
+    layer."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def task_queue(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Uses:
     """What an execution resolves to, and where each name came from."""
@@ -140,7 +155,7 @@ class Uses:
     source: str = "the execution"  # "Agent 'x'" when an Agent was resolved
 
 
-def build_uses(execution: Body, agent: AgentSpec | None) -> Uses:
+def build_uses(execution: Body, agent: AgentLike | None) -> Uses:
     """From the execution and its Agent snapshot (None: a built-in name, or
     a queue's own agent): the Agent's values first, as the chat agent picks them."""
     spec = _mapping(execution.get("spec"))

@@ -10,7 +10,10 @@ import yaml
 from agentexec.metrics import Metrics
 
 ALERTS = Path(__file__).resolve().parents[2] / "charts/agentexec-operator/files/alerts.yaml"
-PROMQL_WORDS = {"max", "sum", "rate", "by", "and", "or", "unless", "without", "on", "absent"}
+PROMQL_WORDS = {
+    "max", "sum", "rate", "by", "and", "or", "unless", "without", "on", "absent",
+    "histogram_quantile", "increase",
+}  # fmt: skip
 
 
 def exported_names() -> set[str]:
@@ -41,6 +44,9 @@ def test_every_alert_uses_exported_metrics() -> None:
         "AgentExecExecutionsFailing",
         "AgentExecRunnerAbsent",
         "AgentExecRunnerAgentsFailing",
+        "AgentExecNamespaceBudgetNearlySpent",
+        "AgentExecInstallsCrossing",
+        "AgentExecForeignReports",
     }
     exported = exported_names()
     for rule in rules:
@@ -88,5 +94,22 @@ def test_the_contract_metric_names_are_exported() -> None:
         "agentexec_build_info",
         "agentexec_runner_agents_running",
         "agentexec_runner_agent_attempts_total",
+        "agentexec_tokens_total",
+        "agentexec_namespace_token_budget",
+        "agentexec_namespace_tokens_used",
+        "agentexec_foreign_pollers",
+        "agentexec_foreign_reports_total",
     ):
         assert name in exported, name
+
+
+def test_the_dashboard_uses_exported_metrics_and_shows_spend_per_namespace() -> None:
+    import json
+
+    dashboard = json.loads((ALERTS.parent / "dashboard.json").read_text())
+    exprs = {p["title"]: t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    exported = exported_names()
+    for title, expr in exprs.items():
+        used = metric_names(re.sub(r"\$__\w+", "5m", expr))
+        assert used <= exported, f"{title}: unknown metrics {used - exported}"
+    assert "sum by (namespace)" in exprs["Tokens spent by namespace (per hour)"]

@@ -181,3 +181,26 @@ def test_token_limit_reads_spec_limits_max_tokens() -> None:
     assert token_limit({"limits": {}}) is None
     assert token_limit({}) is None
     assert token_limit(None) is None
+
+
+def test_budgets_are_exported_as_of_the_scrape() -> None:
+    from agentexec.metrics import Metrics
+
+    cache = PolicyCache()
+    today = datetime.now(UTC).strftime("%Y-%m-%dT00:00:00Z")
+    cache.put(body(budget={"tokens": 1000, "period": "Day"},
+                   status={"budget": {"periodStart": today, "used": 250}}))  # fmt: skip
+    long_ago = {"budget": {"periodStart": "2020-01-01T00:00:00Z", "used": 9}}
+    cache.put(body(name="old", namespace="b", budget={"tokens": 10, "period": "Day"},
+                   status=long_ago))  # fmt: skip
+    cache.put(body(name="no-budget", namespace="c", concurrency={"maxRunning": 2}))
+    metrics = Metrics()
+    metrics.budgets = cache.all
+    sample = metrics.registry.get_sample_value
+    labels = {"namespace": "a", "policy": "team-a", "period": "Day"}
+    assert sample("agentexec_namespace_token_budget", labels) == 1000
+    assert sample("agentexec_namespace_tokens_used", labels) == 250
+    # A period that rolled over reads 0 before the operator writes anything.
+    old = {"namespace": "b", "policy": "old", "period": "Day"}
+    assert sample("agentexec_namespace_tokens_used", old) == 0
+    assert sample("agentexec_namespace_token_budget", {**old, "namespace": "c"}) is None
