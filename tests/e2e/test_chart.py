@@ -857,6 +857,21 @@ def test_network_policy_names_destinations_and_closes_ingress_by_default(
             "invalid propertyName 'Authorization'",
         ),
         (
+            "payload keys without the key that encrypts",
+            ("--set", "payloadEncryption.secretName=payload-keys"),
+            "payloadEncryption.currentKeyId: name the key ID that encrypts",
+        ),
+        (
+            "a current key without its Secret",
+            ("--set", "payloadEncryption.currentKeyId=k1"),
+            "payloadEncryption.secretName: name the Secret",
+        ),
+        (
+            "half a client pair for the runner",
+            ("--set", "runner.temporal.tls.secretName=t", "--set", "runner.temporal.tls.keys.key="),
+            "runner.temporal.tls.keys.cert and runner.temporal.tls.keys.key",
+        ),
+        (
             "providers behind a policy without egress to them",
             ("--set", "networkPolicy.enabled=true", *API_SERVER,
              "--set", "runner.providers.p.baseURL=https://x"),
@@ -1132,3 +1147,69 @@ def key_path(lines: list[str], n: int) -> tuple[str, ...]:
             path.insert(0, stripped.split(":")[0])
             indent = level
     return tuple(path)
+
+
+def test_payload_keys_and_the_runner_s_own_credential_reach_each_pod(
+    control_plane: ControlPlane, helm: Helm, namespace: str, tmp_path: Path
+) -> None:
+    """Issue #22: both Deployments mount the payload keys Secret whole (a key
+    added later reaches running pods) and check it at start; the runner
+    mounts its own Temporal API key, not the operator's."""
+    keys = {k: base64.b64encode(os.urandom(32)).decode() for k in ("k1", "k2")}
+    control_plane.kubectl(
+        "create", "secret", "generic", "payload-keys", "-n", namespace,
+        *(f"--from-literal={k}={v}" for k, v in keys.items()),
+    )  # fmt: skip
+    for name, key in (("operator-key", "op-key-1"), ("runner-key", "runner-key-1")):
+        control_plane.kubectl(
+            "create", "secret", "generic", name, "-n", namespace, f"--from-literal=api-key={key}"
+        )
+    rendered = helm.template(
+        "--namespace", namespace,
+        "--set", "payloadEncryption.secretName=payload-keys",
+        "--set", "payloadEncryption.currentKeyId=k2",
+        "--set", "temporal.apiKey.secretName=operator-key",
+        "--set", "runner.temporal.apiKey.secretName=runner-key",
+    )  # fmt: skip
+    seen = {}
+    for runner in (False, True):
+        spec = the(rendered, "Deployment", runner=runner)["spec"]["template"]["spec"]
+        volume = next(v for v in spec["volumes"] if v["name"] == "payload-keys")
+        assert volume["secret"] == {"secretName": "payload-keys", "defaultMode": 0o440}
+        env = mount_as_kubelet(control_plane, namespace, spec, tmp_path / f"pod-{runner}")
+        assert env["AGENTEXEC_PAYLOAD_KEY_ID"] == "k2"
+        assert sorted(p.name for p in Path(env["AGENTEXEC_PAYLOAD_KEYS_DIR"]).iterdir()) == [
+            "k1",
+            "k2",
+        ]
+        seen[runner] = Path(env["TEMPORAL_API_KEY_FILE"]).read_text()
+        command = [str(Path(sys.executable).parent / "agentexec-operator")]
+        command += ["runner", "--check-config"] if runner else ["--check-config"]
+        checked = subprocess.run(
+            command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
+            check=False,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+    assert seen == {False: "op-key-1", True: "runner-key-1"}
+    # A current key that is not in the Secret stops the pod at start, naming it.
+    bad = {**env, "AGENTEXEC_PAYLOAD_KEY_ID": "k9"}
+    refused = subprocess.run(
+        [str(Path(sys.executable).parent / "agentexec-operator"), "--check-config"],
+        env={"PATH": os.environ["PATH"], **bad}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "current payload key 'k9' is not in" in refused.stderr
+    assert all(key not in refused.stderr for key in keys.values())
+
+
+def test_agent_authoring_joins_a_builtin_role_only_when_asked(helm: Helm) -> None:
+    def labels(*args: str) -> dict[str, str]:
+        roles = [o for o in objects(helm.template(*args)) if o["kind"] == "ClusterRole"]
+        author = next(r for r in roles if r["metadata"]["name"].endswith("-agent-author"))
+        assert author["rules"][0]["resources"] == ["agents"]
+        return {k: v for k, v in author["metadata"]["labels"].items() if "aggregate-to" in k}
+
+    assert labels() == {}
+    assert labels("--set", "rbac.agentAuthoring.aggregateTo={edit}") == {
+        "rbac.authorization.k8s.io/aggregate-to-edit": "true"
+    }
