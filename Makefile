@@ -48,7 +48,7 @@ run: install ## Run the operator on a local control plane + Temporal dev server 
 	$(PY) hack/run_local.py $(if $(USE_KUBECONFIG),--use-kubeconfig)
 
 .PHONY: lint
-lint: $(INSTALLED) ## ruff, mypy --strict, import-linter, hadolint, helm lint, kube-score
+lint: $(INSTALLED) ## ruff, mypy --strict, import-linter, hadolint, helm lint, promtool, kube-score
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -93,11 +93,18 @@ image: $(INSTALLED) ## Build the image agentexec-operator:dev (starts the projec
 	$(PY) -m localenv.images operator --tag agentexec-operator:dev
 
 .PHONY: helm-lint
-helm-lint: binaries ## helm lint --strict (defaults and everything on), promtool check rules
+helm-lint: binaries ## helm lint --strict (defaults and everything on), promtool check rules and test rules
 	$(HELM) lint --strict $(CHART)
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/everything-on-values.yaml
 	$(PROMTOOL) check rules $(CHART)/files/alerts.yaml
+	$(MAKE) --no-print-directory alerts-test
 	@echo "rendered objects are validated by the API server in tests/e2e/test_chart.py"
+
+# One test file per alert group (tests/unit/test_alerts.py checks each group
+# has one and each alert is seen firing and silent in it).
+.PHONY: alerts-test
+alerts-test: binaries ## promtool test rules: every alert fires when it should and stays silent otherwise
+	$(PROMTOOL) test rules tests/alerts/*.test.yaml
 
 # kube-score fails on CRITICAL and (--exit-one-on-warning) on WARNING; each
 # line of $(SCORE_EXCEPTIONS) is "<render|all> <check> # reason".

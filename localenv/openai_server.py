@@ -85,6 +85,14 @@ class OpenAIServer:
     def stop(self) -> None:
         self._proc.stop(grace=10)
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are accepted (by the kernel) and
+        nothing is answered, as a hung model server."""
+        self._proc.freeze()
+
+    def thaw(self) -> None:
+        self._proc.thaw()
+
     def log_text(self) -> str:
         return self._proc.log_path.read_text(errors="replace")
 

@@ -29,7 +29,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from agentexec import backoff, planner
+from agentexec import backoff, lifecycle, planner
 from agentexec.agents import AgentCache, AgentPolicy
 from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
@@ -78,13 +78,11 @@ def build_input(body: Body, settings: Settings, agent: AgentSpec | None = None) 
     spec = body.get("spec")
     spec = spec if isinstance(spec, Mapping) else {}
     params = spec.get("parameters")
-    timeout = spec.get("timeoutSeconds")
     queue = spec.get("taskQueue")
     session = spec.get("sessionId")
     if not (isinstance(queue, str) and queue):
         queue = (agent.task_queue if agent else None) or settings.runner_task_queue
-    if not (isinstance(timeout, int) and timeout > 0):
-        timeout = (agent.timeout_seconds if agent else None) or 3600
+    timeout, deadline_field = lifecycle.deadline_of(spec, agent)
     return ExecutionInput(
         ref=ExecutionRef(meta["namespace"], meta["name"], meta["uid"]),
         agent=agent.type if agent else str(spec.get("agent", "")),
@@ -100,6 +98,9 @@ def build_input(body: Body, settings: Settings, agent: AgentSpec | None = None) 
         agent_spec=agent,
         heartbeat_timeout_seconds=int(settings.runner_heartbeat_timeout),
         max_tokens=token_limit(spec),
+        backoff_limit=lifecycle.backoff_limit_of(spec),
+        max_disruptions=settings.max_disruptions,
+        deadline_field=deadline_field,
     )
 
 
@@ -582,6 +583,10 @@ class Controller:
             return answer
         if call is Call.DESCRIBE:
             return await self.gateway.describe({"id": wid, **recorded})
+        if call is Call.SIGNAL_SUSPEND:
+            return await self.gateway.signal_suspend(
+                str(recorded.get("id") or wid), recorded.get("namespace"), decision.suspend
+            )
         return await self.gateway.cancel(str(recorded.get("id") or wid), recorded.get("namespace"))
 
     async def _apply(

@@ -169,9 +169,11 @@ class Metrics:
         # Tokens and budgets (#22).
         self.tokens = Counter(
             "agentexec_tokens",
-            "Tokens the agents of finished executions reported, by namespace, agent (the "
-            "Agent or built-in name), provider, model and kind (prompt or completion).",
-            ("namespace", "agent", "provider", "model", "kind"),
+            "Tokens the agents reported, counted by the runner that ran them (failed and "
+            "stopped attempts too), by the execution's namespace (execution_namespace: a "
+            "scrape adds its own namespace label), agent (the Agent or built-in name), "
+            "provider, model and kind (prompt or completion).",
+            ("execution_namespace", "agent", "provider", "model", "kind"),
             registry=r,
         )
         # Each ExecutionPolicy budget and its spending in the current period,
@@ -193,7 +195,9 @@ class _BudgetCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        labels = ("namespace", "policy", "period")
+        # execution_namespace: the policy's namespace (a scrape adds the pod's
+        # as namespace).
+        labels = ("execution_namespace", "policy", "period")
         budget = GaugeMetricFamily(
             "agentexec_namespace_token_budget",
             "Tokens a namespace may spend per period (its ExecutionPolicy's spec.budget.tokens).",

@@ -13,15 +13,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agentexec import agents
+from agentexec import agents, lifecycle
 from agentexec.agents import AgentPolicy
 from agentexec.temporal.types import (
+    SUSPENDED,
+    WORKFLOW_NOT_RUNNING,
     AgentSpec,
     Answer,
     ExecutionResult,
     Outcome,
     StatusReport,
-    Usage,
 )
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
@@ -39,6 +40,11 @@ FORCE_DELETE = "agentexec.io/force-delete"
 TEMPORAL_CONNECTED = "TemporalConnected"
 WORKFLOW_STARTED = "WorkflowStarted"
 SUCCEEDED_CONDITION = "Succeeded"
+# True once the execution finished, whichever way (reason: the phase), so that
+# `kubectl wait --for=condition=Completed` returns for a success and a failure
+# alike. Argo Workflows' name for it; a Job's "Complete" means success only
+# (a failed Job says "Failed"), and Succeeded stays the Tekton-style outcome.
+COMPLETED_CONDITION = "Completed"
 AGENT_RESOLVED = "AgentResolved"
 
 # Fields of status we cap so a huge agent output cannot make the object
@@ -361,7 +367,8 @@ def plan_terminal(
             "True" if phase == SUCCEEDED else "False",
             phase if phase == SUCCEEDED else (reason or phase),
             (message or "")[:MAX_MESSAGE] if phase != SUCCEEDED else "the agent finished",
-        )
+        ),
+        Condition(COMPLETED_CONDITION, "True", phase, f"the execution finished: {phase}"),
     ]
     if started_reason is not None:
         updates.append(Condition(WORKFLOW_STARTED, "False", started_reason, message or ""))
@@ -502,6 +509,7 @@ class Call(enum.Enum):
     START = "start"
     DESCRIBE = "describe"
     CANCEL = "cancel"
+    SIGNAL_SUSPEND = "signal-suspend"  # tell a running workflow spec.suspend changed
 
 
 @dataclass(frozen=True)
@@ -540,6 +548,7 @@ class Decision:
     backoff: str | None = None  # not done: retry with per-key backoff (why)
     outcome: str = ""  # what happened, for logs and metrics
     agent_spec: AgentSpec | None = None  # with START: the Agent snapshot for the input
+    suspend: bool = False  # with SIGNAL_SUSPEND: the value to tell the workflow
 
 
 def _uid(body: Body) -> str:
@@ -585,18 +594,9 @@ def _from_result(
         reason=result.reason,
         message=result.message,
     )
-    if patch is not None and result.usage is not None:
-        patch["usage"] = build_usage(result.usage)
+    if patch is not None:
+        patch.update(lifecycle.build_run_status(result))
     return _finish(o, result.phase, patch, f"finished: {result.phase}", ours)
-
-
-def build_usage(usage: Usage) -> dict[str, int]:
-    """``status.usage``: the tokens the agent reported, in the API's casing."""
-    return {
-        "promptTokens": usage.prompt_tokens,
-        "completionTokens": usage.completion_tokens,
-        "totalTokens": usage.total_tokens,
-    }
 
 
 def decide(o: Observed) -> Decision:
@@ -659,6 +659,11 @@ def _decide(o: Observed) -> Decision:
     # Not started yet.
     if resolved.missing is not None:
         return _agent_missing(o, resolved.missing, report_moot)
+    if answer is None and lifecycle.suspend_wanted(body):
+        # As a suspended Job: nothing starts until spec.suspend is false.
+        return Decision(
+            status=plan_suspended(body, o.conn, now), report_done=report_moot, outcome="suspended"
+        )
     if answer is None:
         if not o.conn.connected:
             waiting = _waiting(o, o.conn, attempted=False, report_moot=report_moot)
@@ -675,6 +680,8 @@ def _decide(o: Observed) -> Decision:
         patch = plan_started(body, now, workflow=answer.workflow, conn=o.conn)
         if patch is not None and resolved.spec is not None:
             patch["conditions"] = _upsert(body, patch["conditions"], _resolved(resolved.spec), now)
+        if patch is not None and _suspend_applied(body):
+            patch["conditions"] = _upsert(body, patch["conditions"], _suspension(False), now)
         return Decision(status=patch, report_done=report_moot, outcome="started")
     if answer.outcome == Outcome.CLOSED and answer.result is not None:
         return _from_result(o, answer.result, answer.workflow or {}, ours)
@@ -689,6 +696,59 @@ def _decide(o: Observed) -> Decision:
         backoff=answer.reason or "StartFailed",
         report_done=report_moot,
         outcome="start-refused",
+    )
+
+
+def plan_suspended(body: Body, conn: Connection, now: datetime) -> StatusPatch | None:
+    """spec.suspend before the workflow started: Pending, and why."""
+    if is_terminal(body):
+        return None
+    status = status_of(body)
+    attempts = status.get("startAttempts")
+    message = "spec.suspend is true: the workflow starts once it is false"
+    return {
+        "phase": PENDING,
+        "temporalConnection": conn.reason,
+        "observedGeneration": generation_of(body),
+        "queuedTime": status.get("queuedTime") or timestamp(now),
+        "startAttempts": attempts if isinstance(attempts, int) else 0,
+        "conditions": build_conditions(
+            body,
+            [
+                _connection_condition(conn),
+                _suspension(True),
+                Condition(WORKFLOW_STARTED, "False", SUSPENDED, message),
+                Condition(SUCCEEDED_CONDITION, "Unknown", SUSPENDED, message),
+            ],
+            now,
+        ),
+    }
+
+
+def _suspend_applied(body: Body) -> bool:
+    return (condition_of(body, lifecycle.SUSPENDED_CONDITION) or {}).get("status") == "True"
+
+
+def _suspension(suspended: bool) -> Condition:
+    if suspended:
+        return Condition(
+            lifecycle.SUSPENDED_CONDITION,
+            "True",
+            SUSPENDED,
+            "spec.suspend is true: no attempt runs; a running one stops at its last checkpoint",
+        )
+    return Condition(
+        lifecycle.SUSPENDED_CONDITION,
+        "False",
+        lifecycle.RESUMED,
+        "spec.suspend is false: the agent runs (on from its last checkpoint)",
+    )
+
+
+def _conditions(body: Body) -> list[dict[str, Any]]:
+    existing = status_of(body).get("conditions")
+    return (
+        [dict(c) for c in existing if isinstance(c, Mapping)] if isinstance(existing, list) else []
     )
 
 
@@ -770,21 +830,39 @@ def _decide_started(
     o: Observed, recorded: Mapping[str, Any], report: StatusReport | None, report_moot: bool
 ) -> Decision:
     body, now, answer = o.body, o.now, o.answer
-    if report is not None:  # a progress report, e.g. NoRunner
+    if report is not None:  # a progress report, e.g. NoRunner, AttemptFailed
         reason = report.result.reason or RUNNING
         message = report.result.message or ""
+        patch = plan_progress(body, now, reason=reason, message=message, conn=o.conn)
+        if patch is not None:
+            patch.update(lifecycle.build_run_status(report.result))
+        kind = "Normal" if reason in lifecycle.NORMAL_PROGRESS else "Warning"
         return Decision(
-            status=plan_progress(body, now, reason=reason, message=message, conn=o.conn),
-            events=(Event("Warning", reason, message),) if reason != RUNNING else (),
+            status=patch,
+            events=() if reason in lifecycle.QUIET_PROGRESS else (Event(kind, reason, message),),
             report_done=True,
             outcome=f"progress: {reason}",
         )
+    suspend = lifecycle.suspend_wanted(body)
     if answer is None:
         if o.check and o.conn.connected:
             return Decision(call=Call.DESCRIBE, report_done=report_moot)
+        if suspend != _suspend_applied(body) and o.conn.connected:
+            return Decision(call=Call.SIGNAL_SUSPEND, suspend=suspend, report_done=report_moot)
         return Decision(
             status=plan_connection(body, o.conn, now), report_done=report_moot, outcome="running"
         )
+    if answer.outcome == Outcome.SIGNALLED:
+        condition = _suspension(suspend)
+        return Decision(
+            status={"conditions": build_conditions(body, [condition], now)},
+            events=(Event("Normal", condition.reason, condition.message),),
+            report_done=report_moot,
+            outcome=f"suspend: {suspend}",
+        )
+    if answer.reason == WORKFLOW_NOT_RUNNING:
+        # Ended meanwhile: its report (or the sweep's describe) settles it.
+        return Decision(backoff=answer.reason, report_done=report_moot, outcome="signal-missed")
     if answer.outcome == Outcome.RUNNING:
         succeeded = condition_of(body, SUCCEEDED_CONDITION) or {}
         if answer.agent_started and succeeded.get("reason") == "NoRunner":

@@ -60,7 +60,9 @@ async def test_an_execution_s_token_limit_stops_its_chat_agent_budget_exceeded(
         in metrics
     )
     # Tokens are counted where they are spent, a stopped agent's included.
-    labels = f'agent="assistant",kind="completion",model="{MODEL}",namespace="{namespace}"'
+    labels = (
+        f'agent="assistant",execution_namespace="{namespace}",kind="completion",model="{MODEL}"'
+    )
     completion = f'agentexec_tokens_total{{{labels},provider="local"}} {4 + MAX_TOKENS}.0'
     assert completion in metrics, [m for m in metrics.splitlines() if "tokens" in m]
     prompt = usage["promptTokens"] + roomy["status"]["usage"]["promptTokens"]

@@ -277,8 +277,15 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
         "scheme": "HTTP",
     }
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Rollouts (#19): a new runner first, old ones drain on their own build.
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    prestop = container["lifecycle"]["preStop"]["httpGet"]
+    assert (prestop["path"], prestop["port"]) == ("/drain", "http")
     env = env_of(deploy)
     op_env = env_of(operator)
+    grace = int(env["TEMPORAL_WORKER_GRACE_SECONDS"]["value"])
+    assert pod["terminationGracePeriodSeconds"] > grace >= 60, (pod, grace)
+    assert op_env["AGENTEXEC_MAX_DISRUPTIONS"]["value"] == "10"
     for shared in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"):
         assert env[shared] == op_env[shared]
     assert (
@@ -335,6 +342,9 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
         assert done["status"]["output"] == "hello"
         assert runner.statusz()["runner"]["agents"] == ["chat", "echo"]  # the image's entry points
         assert "KUBECONFIG" not in runner.environ
+        # What the kubelet calls before SIGTERM: the runner drains and ends.
+        assert runner.get(prestop["path"], timeout=30)[0] == 200
+        await eventually(lambda: runner.returncode, lambda rc: rc == 0, what="runner exited 0")
     finally:
         operator_process.stop()
         runner.stop()
@@ -697,12 +707,13 @@ def test_tls_secret_mounts_only_the_keys_it_has_and_the_operator_starts(
     assert told == expected
     checked = subprocess.run(
         [str(Path(sys.executable).parent / "agentexec-operator"), "--check-config"],
-        env={"PATH": os.environ["PATH"], **env},
+        # In the pod the service account's token; here the control plane's.
+        env={"PATH": os.environ["PATH"], "KUBECONFIG": str(control_plane.kubeconfig), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert checked.stdout.strip() == "configuration ok", checked.stderr
+    assert checked.stdout.splitlines()[-1] == "configuration ok", checked.stderr
 
 
 def test_tls_keys_refuse_half_a_client_pair(helm: Helm) -> None:

@@ -41,8 +41,18 @@ def test_entrypoint_from_a_fresh_virtualenv(tmp_path: Path) -> None:
     version = subprocess.run([str(entrypoint), "--version"], capture_output=True, text=True)
     assert version.returncode == 0
     assert version.stdout.startswith("agentexec-operator ")
-    ok = subprocess.run([str(entrypoint), "--check-config"], capture_output=True, text=True, env={})
-    assert ok.stdout.strip() == "configuration ok", ok.stderr
+    # No Kubernetes credentials anywhere here: --check-config names that
+    # alone (issue #21), and the runner, which needs none, is fine.
+    checked = subprocess.run(
+        [str(entrypoint), "--check-config"], capture_output=True, text=True, env={}
+    )
+    assert checked.returncode == 2
+    assert checked.stderr.splitlines()[1].startswith("  no Kubernetes credentials"), checked.stderr
+    assert len(checked.stderr.splitlines()) == 2, checked.stderr
+    ok = subprocess.run(
+        [str(entrypoint), "runner", "--check-config"], capture_output=True, text=True, env={}
+    )
+    assert ok.stdout.splitlines()[-1].startswith("configuration ok"), ok.stderr
     bad = subprocess.run(
         [str(entrypoint)], capture_output=True, text=True, env={"TEMPORAL_ADDRESS": "nope"}
     )
@@ -94,7 +104,19 @@ def run(
 @pytest.mark.image
 def test_image_runs_read_only_as_non_root(engine: DockerEngine, image: str) -> None:
     assert run(engine, image, "--version").startswith("agentexec-operator ")
-    assert run(engine, image, "--check-config").strip() == "configuration ok"
+    # The runner needs no Kubernetes credentials; the operator's check names
+    # their absence in a container without them (issue #21).
+    assert (
+        run(engine, image, "runner", "--check-config")
+        .splitlines()[-1]
+        .startswith("configuration ok")
+    )
+    unconfigured = engine.docker(
+        "run", "--rm", "--network", "none", "--read-only", image, "--check-config", check=False
+    )
+    assert unconfigured.returncode == 2
+    assert "no Kubernetes credentials" in unconfigured.stderr
+    assert "Traceback" not in unconfigured.stderr
     assert run(engine, image, "-u", entrypoint="id").strip() == UID
     # The image's own default user is the same, without --user.
     config = json.loads(engine.docker("image", "inspect", "-f", "{{json .Config}}", image).stdout)

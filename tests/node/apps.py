@@ -8,12 +8,14 @@ a kind cluster (`make e2e-kind`). A cluster here is anything with
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -217,6 +219,49 @@ async def workflow_runs(address: str, namespace: str, obj: dict[str, Any]) -> in
     async for _ in client.list_workflows(f"WorkflowId = '{wid}'"):
         count += 1
     return count
+
+
+async def agent_attempts(address: str, namespace: str, obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each run_agent attempt of the execution's workflow, in order: when a
+    runner started it and when it ended (seconds), the checkpoint it began
+    from (its request's resume_from), and how it ended (the close event's
+    failure type, None when it completed)."""
+    client = await Client.connect(address)
+    wid = workflow_id(namespace, obj["metadata"]["name"], obj["metadata"]["uid"])
+    history = json.loads((await client.get_workflow_handle(wid).fetch_history()).to_json())
+    return attempts_in(history)
+
+
+def attempts_in(history: dict[str, Any]) -> list[dict[str, Any]]:
+    """agent_attempts, from a history as JSON."""
+    attempts: dict[str, dict[str, Any]] = {}
+    for event in history["events"]:
+        scheduled = event.get("activityTaskScheduledEventAttributes")
+        if scheduled and scheduled["activityType"]["name"] == "run_agent":
+            request = json.loads(base64.b64decode(scheduled["input"]["payloads"][0]["data"]))
+            attempts[event["eventId"]] = {"resume_from": request.get("resume_from")}
+            continue
+        for key in (
+            "activityTaskStartedEventAttributes",
+            "activityTaskCompletedEventAttributes",
+            "activityTaskFailedEventAttributes",
+            "activityTaskTimedOutEventAttributes",
+            "activityTaskCanceledEventAttributes",
+        ):
+            attrs = event.get(key)
+            if attrs is None or attrs.get("scheduledEventId") not in attempts:
+                continue
+            at = datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")).timestamp()
+            attempt = attempts[attrs["scheduledEventId"]]
+            if key == "activityTaskStartedEventAttributes":
+                attempt["started"] = at
+            else:
+                attempt["ended"] = at
+                failure = attrs.get("failure", {})
+                attempt["failure"] = failure.get("applicationFailureInfo", {}).get("type") or (
+                    "Timeout" if "timeoutFailureInfo" in failure else None
+                )
+    return list(attempts.values())
 
 
 def status_writes(audit_log: Path, namespace: str) -> Iterator[tuple[float, str, str]]:

@@ -12,23 +12,36 @@ what the previous one left, as an on-call engineer would meet them:
 4. `helm upgrade` to a new image tag with 2 replicas while 50 executions run;
 5. the Lease holder frozen: the standby takes over within 15 s and the
    liveness probe restarts the frozen pod;
-6. the API server's audit: two replicas never wrote status at once.
+6. two `helm upgrade`s of the runner image while 20 agents of 90 s run;
+7. the API server's audit: two replicas never wrote status at once;
+8. the runners' HPA on: `helm upgrade` keeps the replica count the
+   autoscaler chose (the Deployment renders no replicas);
+9. a chat agent in a runner pod reaching its provider through an HTTP CONNECT
+   proxy, the provider's private CA mounted through runner.extraVolumes and
+   its key sent in an `api-key` header (issue #21).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from localenv.helm import Helm
+from localenv.openai_server import MODEL, OpenAIServer
+from localenv.pki import CertificateAuthority
 from tests.e2e import aex
+from tests.e2e.test_agents import apply_agent
 from tests.node import apps
+from tests.support.gateway import ApiKeyGateway, ConnectProxy
 from tests.support.report import SUMMARY
 from tests.support.waiting import eventually
 
@@ -72,6 +85,20 @@ class Release:
 
     def executions(self) -> list[dict[str, Any]]:
         return aex.list_all(self.cluster, WORK)  # type: ignore[arg-type]
+
+    async def all_running(self, names: list[str], timeout: float = 90) -> None:
+        wanted = set(names)
+        await eventually(
+            self.executions,
+            lambda objs: (
+                sum(
+                    1 for o in objs if o["metadata"]["name"] in wanted and aex.phase(o) == "Running"
+                )
+                == len(wanted)
+            ),
+            timeout=timeout,
+            what=f"{len(wanted)} executions Running",
+        )
 
     async def all_succeed_once(self, names: list[str], timeout: float = 180) -> None:
         """Each named execution Succeeded with its own output, and Temporal
@@ -163,15 +190,7 @@ async def test_deleting_the_operator_pod_with_executions_in_flight(release: Rele
     cluster = release.cluster
     names = [f"inflight-{i:02d}" for i in range(20)]
     apps.create_executions(cluster, WORK, names, delaySeconds=8)
-    await eventually(
-        release.executions,
-        lambda objs: (
-            sum(1 for o in objs if o["metadata"]["name"] in names and aex.phase(o) == "Running")
-            == len(names)
-        ),
-        timeout=90,
-        what="20 executions Running",
-    )
+    await release.all_running(names)
     [old] = apps.operator_pods(cluster)
     cluster.kubectl("delete", "pod", "-n", apps.OPERATOR_NAMESPACE, old["metadata"]["name"])
     await release.all_succeed_once(names, timeout=180)
@@ -300,6 +319,56 @@ async def test_a_frozen_leader_is_replaced_by_the_standby_and_restarted(
     assert restarted
 
 
+async def test_runner_rollouts_finish_or_hand_over_long_agents_without_spending_backoff(
+    release: Release, scenario_images: dict[str, str], cluster: apps.Cluster
+) -> None:
+    """#19: the runner image upgraded twice while 20 agents of 90 s run, each
+    checkpointing every 10 s (the echo agent's checkpointSeconds): every
+    execution Succeeds once, none spends backoffLimit, and no attempt cut
+    short redoes more than 10 s of work: what it ran beyond the checkpoint
+    the next attempt resumed from (read from the workflow's history)."""
+    names = [f"long-{i:02d}" for i in range(20)]
+    apps.create_executions(cluster, WORK, names, delaySeconds=90, checkpointSeconds=10)
+    await eventually(
+        release.executions,
+        lambda objs: (
+            sum(1 for o in objs if o["metadata"]["name"] in names and aex.phase(o) == "Running")
+            == len(names)
+        ),
+        timeout=90,
+        what="20 long executions Running",
+    )
+    await asyncio.sleep(15)  # into their work, on the runners of the first build
+    original, upgrade = release.tag, scenario_images["operator_upgrade"].rpartition(":")[2]
+    started = time.monotonic()
+    await asyncio.to_thread(release.upgrade, upgrade, "--set", "replicaCount=2")
+    await asyncio.sleep(20)
+    await asyncio.to_thread(release.upgrade, original, "--set", "replicaCount=2")
+    upgrades_s = time.monotonic() - started
+    await release.all_succeed_once(names, timeout=420)
+    redone: dict[str, float] = {}
+    disrupted = 0
+    for obj in [o for o in release.executions() if o["metadata"]["name"] in names]:
+        attempts = obj["status"]["attempts"]
+        assert attempts["failed"] == 0, (obj["metadata"]["name"], attempts)
+        disrupted += attempts["disrupted"]
+        runs = await apps.agent_attempts(release.temporal, WORK, obj)
+        for cut, following in itertools.pairwise(runs):
+            assert cut["failure"] in ("RunnerShutdown", "Timeout"), cut
+            kept = (following["resume_from"] or {}).get("done", 0) - (cut["resume_from"] or {}).get(
+                "done", 0
+            )
+            redo = (cut["ended"] - cut["started"]) - kept
+            redone[obj["metadata"]["name"]] = max(redone.get(obj["metadata"]["name"], 0), redo)
+    worst = max(redone.values(), default=0.0)
+    SUMMARY.append(
+        f"node: two runner upgrades in {upgrades_s:.0f} s under 20 agents of 90 s: "
+        f"{disrupted} attempts handed over, the most work redone {worst:.1f} s"
+    )
+    # 10 s between checkpoints, plus the hand-over's own second or two.
+    assert worst <= 12, redone
+
+
 def test_two_replicas_never_wrote_status_at_once(release: Release, cluster: apps.Cluster) -> None:
     """Through everything above, the API server's audit of AgentExecution
     status writes shows one writer at a time: once another pod has written,
@@ -316,3 +385,114 @@ def test_two_replicas_never_wrote_status_at_once(release: Release, cluster: apps
             writers.append(pod)
     assert "<not a pod>" not in writers
     SUMMARY.append(f"node: {len(writes)} status writes by {len(writers)} successive leaders")
+
+
+RUNNER = f"{apps.FULLNAME}-runner"
+
+
+def runner_replicas(cluster: apps.Cluster) -> int:
+    deploy = cluster.kubectl_json("get", "deploy", "-n", apps.OPERATOR_NAMESPACE, RUNNER)
+    return int(deploy["spec"]["replicas"])
+
+
+async def test_helm_upgrade_keeps_the_replica_count_the_runners_autoscaler_chose(
+    release: Release, cluster: apps.Cluster
+) -> None:
+    """runner.autoscaling.enabled: an HPA owns the runner count and the
+    Deployment renders none, so an upgrade no longer resets it (it did to
+    runner.replicaCount before issue #21)."""
+    scaled = (
+        "--set", "runner.autoscaling.enabled=true",
+        "--set", "runner.autoscaling.minReplicas=2",
+        "--set", "runner.autoscaling.maxReplicas=5",
+    )  # fmt: skip
+    release.upgrade(release.tag, *scaled)
+    hpa = cluster.kubectl_json("get", "hpa", "-n", apps.OPERATOR_NAMESPACE, RUNNER)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == RUNNER
+    await eventually(
+        lambda: runner_replicas(cluster), lambda n: n >= 2, timeout=60,
+        what="the HPA holding the runners at minReplicas",
+    )  # fmt: skip
+    # What the autoscaler does when load rises: it sets the scale subresource.
+    cluster.kubectl("scale", "deploy", RUNNER, "-n", apps.OPERATOR_NAMESPACE, "--replicas=3")
+    await eventually(
+        lambda: runner_replicas(cluster), lambda n: n == 3, timeout=30, what="3 runners"
+    )
+    # An unrelated change, as upgrades bring.
+    release.upgrade(release.tag, *scaled, "--set", "runner.maxConcurrent=8")
+    assert runner_replicas(cluster) == 3
+    cluster.kubectl(
+        "rollout", "status", "deploy", RUNNER, "-n", apps.OPERATOR_NAMESPACE, "--timeout=180s"
+    )
+    assert runner_replicas(cluster) == 3
+    SUMMARY.append("node: helm upgrade kept the 3 runners the HPA had set")
+
+
+GATEWAY_KEY = "azure-key-node-5c2e8f0a71d9"
+PROXY_LOGIN = "agents:node-pr0xy-pass"
+
+
+async def test_a_runner_pod_reaches_a_private_ca_provider_through_a_proxy(
+    release: Release, cluster: apps.Cluster, tmp_path: Path
+) -> None:
+    """The pod-level proof of issue #21's proxy and CA: on the node's own
+    address (which pods reach), llama.cpp's server behind an `api-key`
+    gateway whose certificate a private CA signed, and proxy.py with a
+    login; the CA reaches the runner pod as a ConfigMap through
+    runner.extraVolumes, the proxy through runner.proxy."""
+    host = getattr(cluster, "host_ip", None)
+    if host is None:
+        pytest.skip("this cluster's pods cannot reach a server on this host")
+    model = OpenAIServer(tmp_path / "openai")
+    model.start()
+    ca = CertificateAuthority(tmp_path / "pki", "agentexec-node-private-ca")
+    gateway = ApiKeyGateway(
+        model.base_url, None, GATEWAY_KEY,
+        ca.issue("gateway", host, server_hosts=(host,)), host=host, hostname=host,
+    )  # fmt: skip
+    await gateway.start()
+    proxy = ConnectProxy(tmp_path / "proxy", credentials=PROXY_LOGIN, host=host)
+    proxy.start()
+    ns = apps.OPERATOR_NAMESPACE
+    try:
+        cluster.kubectl(
+            "create", "configmap", "corp-ca", "-n", ns, f"--from-file=ca.crt={ca.cert_path}"
+        )
+        cluster.kubectl(
+            "create", "secret", "generic", "azure-key", "-n", ns,
+            f"--from-literal=apiKey={GATEWAY_KEY}",
+        )  # fmt: skip
+        values = tmp_path / "values.yaml"
+        values.write_text(
+            yaml.safe_dump({"runner": {
+                "extraVolumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca"}}],
+                "extraVolumeMounts": [
+                    {"name": "corp-ca", "mountPath": "/etc/agentexec/ca", "readOnly": True}
+                ],
+                "proxy": {"httpsProxy": proxy.url},
+                "providers": {"azure": {
+                    "baseURL": gateway.base_url, "apiKeyHeader": "api-key",
+                    "caFile": "/etc/agentexec/ca/ca.crt", "apiKeySecret": {"name": "azure-key"},
+                    "timeoutSeconds": 60,
+                }},
+            }})
+        )  # fmt: skip
+        release.upgrade(release.tag, "-f", str(values))
+        apply_agent(
+            cluster, WORK, "azure-assistant",  # type: ignore[arg-type]
+            type="chat", model=MODEL, provider="azure", parameters={"maxTokens": 4},
+        )  # fmt: skip
+        aex.create(cluster, WORK, "chat-via-proxy", "Hello?", agent="azure-assistant")  # type: ignore[arg-type]
+        done = await eventually(
+            lambda: aex.get(cluster, WORK, "chat-via-proxy"),  # type: ignore[arg-type]
+            lambda o: aex.phase(o) in ("Succeeded", "Failed"),
+            timeout=180, interval=1, what="the chat execution finished",
+        )  # fmt: skip
+        assert aex.phase(done) == "Succeeded", (aex.summary(done), apps.diagnose(cluster))
+        assert done["status"]["usage"]["completionTokens"] == 4
+        assert proxy.tunnels(at_least=1) == [f"{host}:{gateway.port}"]
+        assert (gateway.served, gateway.refused) == (1, 0)
+    finally:
+        proxy.stop()
+        await gateway.stop()
+        model.stop()

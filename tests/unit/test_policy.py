@@ -197,10 +197,10 @@ def test_budgets_are_exported_as_of_the_scrape() -> None:
     metrics = Metrics()
     metrics.budgets = cache.all
     sample = metrics.registry.get_sample_value
-    labels = {"namespace": "a", "policy": "team-a", "period": "Day"}
+    labels = {"execution_namespace": "a", "policy": "team-a", "period": "Day"}
     assert sample("agentexec_namespace_token_budget", labels) == 1000
     assert sample("agentexec_namespace_tokens_used", labels) == 250
     # A period that rolled over reads 0 before the operator writes anything.
-    old = {"namespace": "b", "policy": "old", "period": "Day"}
+    old = {"execution_namespace": "b", "policy": "old", "period": "Day"}
     assert sample("agentexec_namespace_tokens_used", old) == 0
-    assert sample("agentexec_namespace_token_budget", {**old, "namespace": "c"}) is None
+    assert sample("agentexec_namespace_token_budget", {**old, "execution_namespace": "c"}) is None

@@ -104,12 +104,19 @@ def test_runner_check_config_checks_the_providers_file(
     providers = tmp_path / "providers.yaml"
     monkeypatch.setenv("AGENTEXEC_PROVIDERS_FILE", str(providers))
     monkeypatch.setenv("AGENTEXEC_RUNNER_AGENTS", "chat")
-    # Missing key files are a warning: Secrets may be mounted after start.
+    # A missing key file: a runner starting with it only warns (keys are read
+    # at each call), but --check-config names it and fails (issue #21).
     providers.write_text(
         "providers:\n  p:\n    baseURL: http://x/v1\n    apiKeyFile: /nonexistent/key\n"
     )
+    assert main(["runner", "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "agent 'chat': provider 'p': apiKeyFile '/nonexistent/key' cannot be read" in err
+    key = tmp_path / "key"
+    key.write_text("sk-1")
+    providers.write_text(f"providers:\n  p:\n    baseURL: http://x/v1\n    apiKeyFile: {key}\n")
     assert main(["runner", "--check-config"]) == 0
-    capsys.readouterr()
+    assert capsys.readouterr().out.endswith("configuration ok: agents chat\n")
     providers.write_text(
         "providers:\n  p:\n    baseURL: http://x/v1\n    headers: {X-Key: sk-secret\n"
     )

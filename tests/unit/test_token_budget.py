@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentexec.runner import BudgetExceeded, TokenBudget, current_budget
+from agentexec.runner import BudgetExceeded, TokenBudget
 from agentexec.temporal.types import Usage, usage_from
 
 
@@ -14,7 +14,6 @@ def test_no_limit_caps_nothing_and_never_stops() -> None:
     assert budget.cap() is None
     budget.charge(Usage(10_000, 10_000, 20_000))
     assert budget.left is None
-    assert current_budget().limit is None  # outside a runner attempt
 
 
 def test_calls_are_capped_at_what_is_left_and_usage_adds_up() -> None:
@@ -36,7 +35,7 @@ def test_a_call_that_went_past_it_stops_the_agent_with_the_usage() -> None:
     with pytest.raises(BudgetExceeded) as stopped:
         budget.charge(Usage(45, 10, 55))
     assert stopped.value.usage == Usage(45, 10, 55)
-    assert "spec.limits.maxTokens is 50" in str(stopped.value)
+    assert "spec.limits.maxTokens left 50 for this attempt" in str(stopped.value)
 
 
 def test_usage_from_a_runner_s_json() -> None:

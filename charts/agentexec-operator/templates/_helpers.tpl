@@ -117,6 +117,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ $root.Values.temporal.probeIntervalSeconds | quote }}
 - name: TEMPORAL_PROBE_TIMEOUT_SECONDS
   value: {{ $root.Values.temporal.probeTimeoutSeconds | quote }}
+- name: TEMPORAL_DOWN_AFTER_SECONDS
+  value: {{ $root.Values.temporal.downAfterSeconds | quote }}
 - name: TEMPORAL_BACKOFF_MAX_SECONDS
   value: {{ $root.Values.temporal.backoffMaxSeconds | quote }}
 - name: TEMPORAL_CIRCUIT_THRESHOLD
@@ -226,15 +228,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- /* The chat agent's providers file (agentexec.runner.providers): URLs,
-       timeouts, headers, and where each key is mounted; never a key. */}}
+       timeouts, headers, the key's header, CA files, and where each key is
+       mounted; never a key. */}}
 {{- define "aex.runnerProvidersFile" -}}
 {{- $providers := dict -}}
 {{- range $name, $p := .Values.runner.providers -}}
 {{- $entry := dict "baseURL" $p.baseURL -}}
 {{- with $p.timeoutSeconds }}{{ $_ := set $entry "timeoutSeconds" . }}{{ end -}}
+{{- with $p.stallTimeoutSeconds }}{{ $_ := set $entry "stallTimeoutSeconds" . }}{{ end -}}
+{{- if hasKey $p "stream" }}{{ $_ := set $entry "stream" $p.stream }}{{ end -}}
 {{- with $p.headers }}{{ $_ := set $entry "headers" . }}{{ end -}}
+{{- with $p.apiKeyHeader }}{{ $_ := set $entry "apiKeyHeader" . }}{{ end -}}
+{{- with $p.caFile }}{{ $_ := set $entry "caFile" . }}{{ end -}}
 {{- if $p.apiKeySecret }}{{ $_ := set $entry "apiKeyFile" (printf "/var/run/agentexec/providers/%s/apiKey" $name) }}{{ end -}}
 {{- $_ := set $providers $name $entry -}}
 {{- end -}}
 {{- dict "providers" $providers | toPrettyJson -}}
+{{- end -}}
+
+
+{{- /* Whether the operator serves /metrics and /statusz securely (HTTPS, a
+       bearer token checked with TokenReview and SubjectAccessReview):
+       metrics.secure.enabled, or by default where no NetworkPolicy limits
+       who reaches the pod. "true" or "". */}}
+{{- define "aex.metricsSecure" -}}
+{{- $on := .Values.metrics.secure.enabled -}}
+{{- if kindIs "invalid" $on -}}
+{{- $on = not .Values.networkPolicy.enabled -}}
+{{- end -}}
+{{- if $on }}true{{ end -}}
 {{- end -}}

@@ -41,9 +41,9 @@ from agentexec.runner.api import (
     TokenBudget,
     agent_names,
     build_agents,
+    check_agents,
     configure_agents,
     context,
-    current_budget,
     load_agents,
 )
 from agentexec.temporal.types import AgentRequest, AgentResult
@@ -61,9 +61,9 @@ __all__ = [
     "TokenBudget",
     "agent_names",
     "build_agents",
+    "check_agents",
     "configure_agents",
     "context",
-    "current_budget",
     "load_agents",
     "serve",
 ]

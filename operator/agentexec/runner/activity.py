@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -14,16 +15,16 @@ from agentexec.metrics import Metrics
 from agentexec.runner.api import Agent, AgentContext, AgentFailed, BudgetExceeded, _current
 from agentexec.temporal.types import (
     AGENT_ERROR,
+    AGENT_STOPPED,
     BUDGET_EXCEEDED,
     RUN_AGENT_ACTIVITY,
+    RUNNER_SHUTDOWN,
     UNKNOWN_AGENT,
     AgentRequest,
     AgentResult,
     Usage,
 )
 
-# A retryable failure: the attempt stopped because its runner did.
-RUNNER_SHUTDOWN = "RunnerShutdown"
 # How soon a task this runner does not know the agent of is offered again.
 UNKNOWN_AGENT_RETRY_DELAY = timedelta(seconds=1)
 
@@ -51,22 +52,25 @@ class RunnerActivities:
                 # An expected outcome, said on the resource: no traceback in the log.
                 category=ApplicationErrorCategory.BENIGN,
             )
-        ctx = AgentContext(activity.info(), request.max_tokens)
+        ctx = AgentContext(activity.info(), request)
         token = _current.set(ctx)
         beat = asyncio.create_task(_heartbeat(ctx))
         self._running(+1)
         outcome = "error"
+        # Every failure carries [checkpoint, progress], as heartbeats do: the
+        # workflow passes the checkpoint to the next attempt and bills what
+        # this one used (a new attempt is a new activity: Temporal does not
+        # carry heartbeat details over to it).
+        spent: Usage | None = None
         try:
-            result = await agent.run(request)
-            outcome = "succeeded"
-            self._tokens(request, result.usage if isinstance(result, AgentResult) else None)
+            result = _with_usage(await agent.run(request), ctx)
+            outcome, spent = "succeeded", result.usage
             return result
         except BudgetExceeded as exc:
             outcome = "budget_exceeded"
-            self._tokens(request, exc.usage)
             raise ApplicationError(
                 str(exc),
-                exc.usage,
+                *ctx.details(),
                 type=BUDGET_EXCEEDED,
                 non_retryable=True,
                 category=ApplicationErrorCategory.BENIGN,
@@ -75,15 +79,27 @@ class RunnerActivities:
             outcome = "failed"
             raise ApplicationError(
                 str(exc),
+                *ctx.details(),
                 type=AGENT_ERROR,
                 non_retryable=True,
                 category=ApplicationErrorCategory.BENIGN,
             ) from exc
+        except ApplicationError as exc:
+            if exc.details:
+                raise  # the agent's own details: passed on as they are
+            raise ApplicationError(
+                exc.message,
+                *ctx.details(),
+                type=exc.type,
+                non_retryable=exc.non_retryable,
+                next_retry_delay=exc.next_retry_delay,
+                category=exc.category,
+            ) from None
         except asyncio.CancelledError:
             outcome = "cancelled"
             details = activity.cancellation_details()
             if details is not None and (details.timed_out or details.not_found):
-                # The server already ended this attempt (timeoutSeconds, or the
+                # The server already ended this attempt (its deadline, or the
                 # workflow is gone): the outcome is on the resource, and the SDK
                 # would log the cancellation as a failure with a traceback.
                 raise ApplicationError(
@@ -92,17 +108,36 @@ class RunnerActivities:
                 ) from None
             if activity.is_worker_shutdown() and not (details and details.cancel_requested):
                 # The runner is stopping and its grace period ran out: a
-                # retryable failure, so another runner takes the agent now
-                # rather than after the heartbeat timeout.
+                # disruption, so another runner takes the agent now (from this
+                # checkpoint) rather than after the heartbeat timeout.
                 raise ApplicationError(
                     "the runner shut down before the agent finished",
+                    *ctx.details(),
                     type=RUNNER_SHUTDOWN,
                     category=ApplicationErrorCategory.BENIGN,
                 ) from None
-            raise
+            # Cancelled by the workflow (the execution suspended or deleted):
+            # answered as a failure, not a cancellation, because only a failure
+            # carries details, and the next attempt resumes from them.
+            raise ApplicationError(
+                "the agent was stopped at the workflow's request",
+                *ctx.details(),
+                type=AGENT_STOPPED,
+                non_retryable=True,
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
+        except Exception as exc:
+            # What the SDK would send for it (type: the exception's class),
+            # plus the details; logged with its traceback, as unexpected.
+            raise ApplicationError(
+                str(exc) or type(exc).__name__, *ctx.details(), type=type(exc).__name__
+            ) from exc
         finally:
             self._running(-1)
             self._count(request.agent, outcome)
+            # Tokens are counted where they are spent: a failed or stopped
+            # attempt's too (what its context was told).
+            self._tokens(request, spent if outcome == "succeeded" else ctx.usage)
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
@@ -114,8 +149,6 @@ class RunnerActivities:
             self.metrics.runner_agents_running.set(self.in_flight)
 
     def _tokens(self, request: AgentRequest, usage: Usage | None) -> None:
-        """What the attempt spent, counted where it was spent: retried
-        attempts and failed ones cost tokens too."""
         if self.metrics is None or usage is None:
             return
         labels = build_token_labels(request)
@@ -131,6 +164,14 @@ class RunnerActivities:
             self.metrics.runner_agent_attempts.labels(agent=agent, outcome=outcome).inc()
 
 
+def _with_usage(result: AgentResult, ctx: AgentContext) -> AgentResult:
+    """The result, with the usage the agent counted through its context when
+    it returned none itself."""
+    if result.usage is None and ctx.usage is not None:
+        return dataclasses.replace(result, usage=ctx.usage)
+    return result
+
+
 def build_token_labels(request: AgentRequest) -> dict[str, str]:
     """agentexec_tokens_total's labels for one request: the execution's
     namespace, the Agent (or built-in agent) it named, and the provider and
@@ -143,7 +184,7 @@ def build_token_labels(request: AgentRequest) -> dict[str, str]:
         return value if isinstance(value, str) else ""
 
     return {
-        "namespace": request.execution.namespace if request.execution else "",
+        "execution_namespace": request.execution.namespace if request.execution else "",
         "agent": spec.name if spec else request.agent,
         "provider": pick(spec.provider if spec else None, "provider"),
         "model": pick(spec.model if spec else None, "model"),

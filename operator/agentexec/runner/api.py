@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import timedelta
@@ -15,7 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from temporalio import activity
 
-from agentexec.temporal.types import AgentRequest, AgentResult, Usage
+from agentexec.temporal.types import (
+    AgentRequest,
+    AgentResult,
+    AttemptProgress,
+    Usage,
+    add_usage,
+)
 
 if TYPE_CHECKING:
     from agentexec.settings import Settings
@@ -43,7 +50,7 @@ class AgentFailed(Exception):
 
 class BudgetExceeded(AgentFailed):
     """The agent would go past the execution's spec.limits.maxTokens: it stops,
-    and the execution fails with reason BudgetExceeded and ``usage``."""
+    and the execution fails with reason BudgetExceeded and its usage."""
 
     def __init__(self, message: str, usage: Usage) -> None:
         super().__init__(message)
@@ -51,12 +58,13 @@ class BudgetExceeded(AgentFailed):
 
 
 class TokenBudget:
-    """The tokens one agent attempt may still use (spec.limits.maxTokens).
+    """The tokens one attempt may still use (what spec.limits.maxTokens leaves
+    after the attempts before it: the workflow says, AgentRequest.max_tokens).
 
-    An agent that calls a model asks :meth:`cap` for the most completion
-    tokens a call may ask for, and hands each call's usage to :meth:`charge`;
-    both raise BudgetExceeded once nothing is left (before a call, or when
-    one went past it), carrying what was used.
+    An agent that calls a model asks :meth:`cap` for the most tokens its call
+    may answer with; :meth:`AgentContext.add_usage` charges each call here.
+    Both raise BudgetExceeded once nothing is left (before a call, or when
+    one went past it).
     """
 
     def __init__(self, limit: int | None = None) -> None:
@@ -76,15 +84,13 @@ class TokenBudget:
             raise self._exceeded("before its next model call")
         return left if requested is None else min(requested, left)
 
-    def charge(self, usage: Usage | None) -> None:
-        if usage is None:
-            return
+    def charge(self, usage: Usage) -> None:
         used = self.used
+        total = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
         self.used = Usage(
             used.prompt_tokens + usage.prompt_tokens,
             used.completion_tokens + usage.completion_tokens,
-            used.total_tokens
-            + (usage.total_tokens or usage.prompt_tokens + usage.completion_tokens),
+            used.total_tokens + total,
         )
         if self.limit is not None and self.used.total_tokens > self.limit:
             raise self._exceeded("by its last model call")
@@ -93,7 +99,7 @@ class TokenBudget:
         return BudgetExceeded(
             f"the agent was stopped {when}: {self.used.total_tokens} tokens used "
             f"(prompt {self.used.prompt_tokens}, completion {self.used.completion_tokens}), "
-            f"spec.limits.maxTokens is {self.limit}",
+            f"the execution's spec.limits.maxTokens left {self.limit} for this attempt",
             self.used,
         )
 
@@ -102,25 +108,37 @@ class AgentContext:
     """The running attempt of an agent, from :func:`context` inside ``run``.
 
     Heartbeats are sent for the agent while it runs: it never calls Temporal.
-    Cancellation (the execution was deleted, the attempt timed out, the runner
-    is shutting down past its grace period) arrives as ``asyncio.CancelledError``
-    in the agent's coroutine.
+    Cancellation (the execution was deleted or suspended, the attempt timed
+    out, the runner is shutting down past its grace period) arrives as
+    ``asyncio.CancelledError`` in the agent's coroutine.
     """
 
-    def __init__(self, info: activity.Info, max_tokens: int | None = None) -> None:
+    def __init__(self, info: activity.Info, request: AgentRequest | None = None) -> None:
         self.info = info
-        #: What the execution's spec.limits.maxTokens leaves (see TokenBudget).
-        self.budget = TokenBudget(max_tokens)
+        self.request = request
         details = list(info.heartbeat_details)
-        self._checkpoint: Any = details[0] if details else None
-        self._has_checkpoint = bool(details)
+        # A retry by Temporal itself (workflows started before #19) finds the
+        # last heartbeat's details; the workflow's own next attempt, the
+        # checkpoint the workflow passed on.
+        passed = request.resume_from if request is not None else None
+        checkpoint = details[0] if details else passed
+        self._checkpoint: Any = checkpoint
+        self._has_checkpoint = checkpoint is not None
         #: What the previous attempt last passed to :meth:`checkpoint`, or None
         #: on a first attempt (or if it never checkpointed).
-        self.resume_from: Any = self._checkpoint
+        self.resume_from: Any = checkpoint
+        self._usage: Usage | None = None
+        #: What spec.limits.maxTokens leaves this attempt (see TokenBudget).
+        self.budget = TokenBudget(request.max_tokens if request is not None else None)
+        self._output_chars = 0
+        self._started = time.monotonic()
 
     @property
     def attempt(self) -> int:
-        """1 on the first attempt, 2 on the first retry, ..."""
+        """1 on the first attempt, 2 on the next (failed, disrupted and
+        suspended attempts all count), ..."""
+        if self.request is not None and self.request.attempt:
+            return self.request.attempt
         return self.info.attempt
 
     @property
@@ -134,16 +152,56 @@ class AgentContext:
             return HEARTBEAT_EVERY
         return max(0.1, min(HEARTBEAT_EVERY, timeout.total_seconds() / 3))
 
+    def time_left(self) -> float | None:
+        """Seconds this attempt may still run (the execution's deadline, less
+        what earlier attempts used), or None when nothing bounds it."""
+        info = self.info
+        bounds = []
+        if info.start_to_close_timeout:
+            bounds.append(info.start_to_close_timeout.total_seconds())
+        if info.schedule_to_close_timeout:
+            # The path before #19: all attempts together, from the first schedule.
+            waited = (info.started_time - info.scheduled_time).total_seconds()
+            bounds.append(info.schedule_to_close_timeout.total_seconds() - max(waited, 0.0))
+        if not bounds:
+            return None
+        return min(bounds) - (time.monotonic() - self._started)
+
     def checkpoint(self, data: Any) -> None:
         """Record progress (JSON-serialisable) that a retried attempt resumes from.
 
-        It travels as the activity's heartbeat details: the server keeps the
-        last one it received (sent within a heartbeat interval) for the next
-        attempt, whichever runner takes it.
+        It travels as the activity's heartbeat details: the last one sent
+        (within a heartbeat interval) reaches the next attempt, whichever
+        runner takes it.
         """
         self._checkpoint = data
         self._has_checkpoint = True
-        activity.heartbeat(data)
+        activity.heartbeat(*self.details())
+
+    def add_usage(self, usage: Usage) -> None:
+        """Count what a model request used (tokens, requests) in this attempt:
+        heartbeated with the checkpoint, so the execution's ``status.usage``
+        includes attempts that never returned. Raises BudgetExceeded once the
+        attempt went past its budget (spec.limits.maxTokens)."""
+        self._usage = add_usage(self._usage, usage)
+        self.budget.charge(usage)
+
+    @property
+    def usage(self) -> Usage | None:
+        """What this attempt used so far (add_usage)."""
+        return self._usage
+
+    def output_progress(self, chars: int) -> None:
+        """How much output the attempt has produced so far (streamed text):
+        a disrupted attempt's status says how far it got."""
+        self._output_chars = chars
+
+    def details(self) -> tuple[Any, AttemptProgress]:
+        """What heartbeats and failures carry: [checkpoint, progress]."""
+        return (
+            self._checkpoint if self._has_checkpoint else None,
+            AttemptProgress(usage=self._usage, output_chars=self._output_chars),
+        )
 
     @property
     def cancelled(self) -> bool:
@@ -152,23 +210,11 @@ class AgentContext:
 
     def heartbeat(self) -> None:
         """One heartbeat, carrying the last checkpoint (a heartbeat without
-        details would erase it on the server)."""
-        if self._has_checkpoint:
-            activity.heartbeat(self._checkpoint)
-        else:
-            activity.heartbeat()
+        it would erase it on the server) and the progress."""
+        activity.heartbeat(*self.details())
 
 
 _current: ContextVar[AgentContext] = ContextVar("agentexec_agent_context")
-
-
-def current_budget() -> TokenBudget:
-    """The running attempt's budget; unlimited outside a runner (an agent
-    called directly, in a test)."""
-    try:
-        return _current.get().budget
-    except LookupError:
-        return TokenBudget()
 
 
 def context() -> AgentContext:
@@ -177,6 +223,11 @@ def context() -> AgentContext:
         return _current.get()
     except LookupError:
         raise RuntimeError("agentexec.runner.context() is only available inside an agent") from None
+
+
+def current_context() -> AgentContext | None:
+    """The running attempt's context, or None outside one (an agent called directly)."""
+    return _current.get(None)
 
 
 class FunctionAgent:
@@ -270,3 +321,15 @@ def configure_agents(agents: Mapping[str, Agent], settings: Settings) -> None:
             configure(settings)
         except Exception as exc:
             raise AgentLoadError(f"agent {name!r}: {exc}") from exc
+
+
+def check_agents(agents: Mapping[str, Agent], settings: Settings) -> list[str]:
+    """What each agent's optional ``check(settings)`` finds missing, for
+    --check-config: things a runner only warns about when it starts (a
+    provider's key file not mounted), each naming its agent."""
+    problems = []
+    for name, agent in agents.items():
+        check = getattr(agent, "check", None)
+        if check is not None:
+            problems += [f"agent {name!r}: {problem}" for problem in check(settings)]
+    return problems

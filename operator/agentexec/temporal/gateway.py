@@ -25,12 +25,22 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, describe_error
+from agentexec.temporal.errors import (
+    TemporalUnavailable,
+    describe_error,
+    is_workflow_not_found,
+    missing_namespace,
+)
+from agentexec.temporal.manager import TemporalManager
+from agentexec.temporal.state import NAMESPACE_NOT_FOUND
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
+    SUSPEND_SIGNAL,
+    WORKFLOW_NOT_RUNNING,
     Answer,
     ExecutionInput,
     ExecutionResult,
@@ -116,6 +126,26 @@ class TemporalGateway:
 
         return await self._guarded(call)
 
+    async def signal_suspend(
+        self, workflow_id: str, namespace: str | None, suspended: bool
+    ) -> Answer:
+        """Tell the running workflow that spec.suspend changed (idempotent:
+        it sets a value)."""
+
+        async def call(client: Client) -> Answer:
+            handle = _in_namespace(client, namespace).get_workflow_handle(workflow_id)
+            try:
+                await handle.signal(
+                    SUSPEND_SIGNAL, suspended, rpc_timeout=timedelta(seconds=self.rpc_timeout)
+                )
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                return Answer(Outcome.REJECTED, reason=WORKFLOW_NOT_RUNNING, message=str(exc)[:500])
+            return Answer(Outcome.SIGNALLED)
+
+        return await self._guarded(call)
+
     async def _describe(self, client: Client, wid: str, namespace: str) -> Answer:
         resp = await client.workflow_service.describe_workflow_execution(
             DescribeWorkflowExecutionRequest(
@@ -169,9 +199,16 @@ class TemporalGateway:
         except TemporalUnavailable as exc:
             return Answer(Outcome.UNAVAILABLE, reason=exc.reason, message=exc.message)
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND and "namespace" not in str(exc).lower():
+            # By the status and the detail type, never the text: the workflow
+            # ID carries the Kubernetes namespace (errors.py).
+            if is_workflow_not_found(exc):
                 return Answer(Outcome.NOT_FOUND, message=str(exc)[:500])
-            reason = _REJECTED_REASONS.get(exc.status, "StartFailed")
+            if missing_namespace(exc) is not None:
+                # Not ours (the manager answers for that one): the namespace
+                # an execution's workflow was recorded in is gone.
+                reason = NAMESPACE_NOT_FOUND
+            else:
+                reason = _REJECTED_REASONS.get(exc.status, "StartFailed")
             return Answer(Outcome.REJECTED, reason=reason, message=describe_error(exc)[:1000])
         return answer
 
@@ -188,10 +225,13 @@ class TemporalGateway:
             await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            if not task.done():
+                # Given up, or the caller was cancelled (a reconcile stopped
+                # when leadership ends): the Temporal call goes with it.
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
             raise self.manager.unavailable()
         result: Answer = task.result()
         return result
@@ -212,8 +252,11 @@ def _result_of_failure(err: WorkflowFailureError) -> ExecutionResult | None:
         if isinstance(detail, ExecutionResult):
             return detail
         if isinstance(detail, dict):
+            # Decoded by type, nested fields too (usage, attempts): the
+            # details came without a type hint, as plain JSON.
             try:
-                return ExecutionResult(**detail)
-            except TypeError:
+                result = value_to_type(ExecutionResult, detail)
+            except (TypeError, ValueError):
                 return None
+            return result if isinstance(result, ExecutionResult) else None
     return None

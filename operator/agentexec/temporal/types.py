@@ -66,8 +66,16 @@ class ExecutionInput:
     # A runner that stops heartbeating this long is taken for dead and the agent
     # retried elsewhere. 30 is what every workflow before this field used.
     heartbeat_timeout_seconds: int = 30
-    # spec.limits.maxTokens: the most tokens the agent may use (None: no limit).
+    # spec.limits.maxTokens: the most tokens the agent may use, all attempts
+    # together (None: no limit).
     max_tokens: int | None = None
+    # Added with the workflow's own attempt loop (issue #19). timeout_seconds
+    # is then the execution's deadline: the time its agent runs, all attempts
+    # together (waiting for a runner and being suspended are not counted);
+    # deadline_field says which spec field set it, for messages.
+    backoff_limit: int = 2  # failures of the agent or its provider retried; then Failed
+    max_disruptions: int = 10  # attempts cut short by the platform; then Failed/Disrupted
+    deadline_field: str = "timeoutSeconds"
 
 
 @dataclass(frozen=True)
@@ -83,9 +91,16 @@ class AgentRequest:
     # ``agent`` is its type (the agent the runner dispatches to) and
     # ``parameters`` are the merged ones. Older runners ignore it.
     agent_spec: AgentSpec | None = None
-    # The execution's spec.limits.maxTokens: the runner stops the agent before
-    # a call would go past it (agentexec.runner.context().budget).
+    # What the execution's spec.limits.maxTokens leaves for this attempt (the
+    # attempts before it spent the rest): the runner stops the agent before a
+    # call would go past it (agentexec.runner.context().budget).
     max_tokens: int | None = None
+    # Which attempt this is (1, 2, ...: failed, disrupted and suspended ones
+    # counted), and the checkpoint the previous attempt left (None: none).
+    # Each attempt is its own activity, so Temporal's heartbeat details do
+    # not carry over by themselves: the workflow passes them on.
+    attempt: int | None = None
+    resume_from: Any = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,55 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # Model requests sent (each one billed), and how many of them repeated an
+    # earlier one (after a stall or a retryable answer, or on a new attempt).
+    requests: int = 0
+    resent_requests: int = 0
+
+
+def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
+    """Two counts summed (None: nothing reported on either side)."""
+    if a is None or b is None:
+        return a or b
+    return Usage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.total_tokens + b.total_tokens,
+        a.requests + b.requests,
+        a.resent_requests + b.resent_requests,
+    )
+
+
+@dataclass(frozen=True)
+class AttemptProgress:
+    """How far a running attempt got, as the runner last heartbeated it (the
+    second heartbeat detail, after the agent's checkpoint): what a disrupted
+    or failed attempt used and produced is known even though it never returned.
+    """
+
+    usage: Usage | None = None  # tokens and requests of this attempt so far
+    output_chars: int = 0  # characters of (partial) output produced so far
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """Why an attempt ended without the agent's answer (status.attempts.last*)."""
+
+    reason: str
+    message: str = ""
+    time: str | None = None  # RFC 3339, UTC
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """The execution's attempts so far (status.attempts)."""
+
+    count: int = 0  # attempts sent to a runner queue, the running one included
+    failed: int = 0  # failures of the agent or its provider: spend backoffLimit
+    disrupted: int = 0  # cut short by the platform: free, up to max_disruptions
+    last_failure: AttemptEnd | None = None
+    last_disruption: AttemptEnd | None = None
+    runner_wait_seconds: int = 0  # time attempts were seen waiting for a free runner
 
 
 def usage_from(value: Any) -> Usage | None:
@@ -149,7 +213,8 @@ class ExecutionResult:
     output: str | None = None
     reason: str | None = None
     message: str | None = None
-    usage: Usage | None = None  # what the agent reported it used, when Succeeded
+    usage: Usage | None = None  # what the agent's attempts used, all summed
+    attempts: Attempts | None = None  # absent in results of workflows before #19
 
 
 @dataclass(frozen=True)
@@ -164,6 +229,24 @@ class StatusReport:
     task_queue: str | None = None
 
 
+@dataclass(frozen=True)
+class RunnerCheck:
+    """What ``check_runner`` is asked: is this attempt running yet, and if not,
+    does any runner poll its queue?"""
+
+    runner_task_queue: str
+    activity_id: str  # the attempt's run_agent activity in the calling workflow
+
+
+@dataclass(frozen=True)
+class RunnerSeen:
+    """What ``check_runner`` saw."""
+
+    started: bool  # a runner took the attempt
+    started_at: float | None = None  # when (seconds since the epoch), if started
+    pollers: int = 0  # runners that polled the queue lately (Temporal's poller history)
+
+
 class Outcome(enum.Enum):
     """What reconciliation learned from Temporal (see temporal/gateway.py)."""
 
@@ -172,6 +255,7 @@ class Outcome(enum.Enum):
     CLOSED = "closed"  # finished; ``result`` says how
     CANCEL_REQUESTED = "cancel_requested"
     NOT_FOUND = "not_found"
+    SIGNALLED = "signalled"  # the workflow was told (spec.suspend)
     UNAVAILABLE = "unavailable"  # Temporal did not answer: wait for it
     REJECTED = "rejected"  # Temporal answered no: back off, say why
 
@@ -191,21 +275,62 @@ class Answer:
 WORKFLOW_TYPE = "AgentExecution"
 RUN_AGENT_ACTIVITY = "run_agent"
 REPORT_STATUS_ACTIVITY = "report_status"
+# The runner's own probe of a runner queue, served by the operator's worker
+# on the workflow's task queue (temporal/runner_check.py).
+CHECK_RUNNER_ACTIVITY = "check_runner"
+# Signal: spec.suspend changed (its argument is the new value).
+SUSPEND_SIGNAL = "suspend"
 # ApplicationError types that retrying cannot fix.
 AGENT_ERROR = "AgentError"
 UNKNOWN_AGENT = "UnknownAgent"
 # ApplicationError types a runner raises about the model provider an agent
-# calls; the execution fails with the type as its reason (when retries, if
-# any, ran out). Unavailable is retried (down, slow, 5xx, 429); the others are
-# raised non-retryable (a 4xx, or a 2xx that is no answer: retrying the same
-# request cannot help).
+# calls; the execution fails with the type as its reason. RateLimited and
+# ProviderUnavailable are retried inside the attempt (the chat agent re-sends
+# until the execution's deadline) and raised non-retryable once it cannot;
+# the others are raised non-retryable at once (retrying the same request
+# cannot help).
+RATE_LIMITED = "RateLimited"
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 PROVIDER_REJECTED = "ProviderRejected"
 PROVIDER_INVALID_RESPONSE = "ProviderInvalidResponse"
 # The agent would have gone past spec.limits.maxTokens: not retried; the
 # error's first detail is the Usage spent until then.
 BUDGET_EXCEEDED = "BudgetExceeded"
-AGENT_FAILURE_REASONS = (PROVIDER_UNAVAILABLE, PROVIDER_REJECTED, PROVIDER_INVALID_RESPONSE)
+CONTEXT_TOO_LONG = "ContextTooLong"
+CONTENT_FILTERED = "ContentFiltered"
+AGENT_FAILURE_REASONS = (
+    RATE_LIMITED,
+    PROVIDER_UNAVAILABLE,
+    PROVIDER_REJECTED,
+    PROVIDER_INVALID_RESPONSE,
+    CONTEXT_TOO_LONG,
+    CONTENT_FILTERED,
+)
+# The runner stopped the attempt: its process is shutting down (SIGTERM, a
+# rollout, a drain) and the grace ran out. A disruption: retried at once,
+# without spending backoffLimit.
+RUNNER_SHUTDOWN = "RunnerShutdown"
+# The runner's answer to a cancellation (suspend, delete): not a failure; its
+# details carry the checkpoint and progress, which a cancelled activity's
+# failure cannot.
+AGENT_STOPPED = "AgentStopped"
 # The type of the error a workflow ends with when its agent failed; its first
 # detail is the ExecutionResult (Temporal's UI and metrics see the failure).
 EXECUTION_FAILED = "AgentExecutionFailed"
+# Reasons the workflow gives: how an execution ended (status.error.reason and
+# the Succeeded condition), and, while it runs, where it is (progress reports:
+# the Succeeded=Unknown condition and an event).
+AGENT_FAILED = "AgentFailed"
+RUNNER_FAILED = "RunnerFailed"
+TIMEOUT = "Timeout"
+HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
+DISRUPTED = "Disrupted"
+NO_RUNNER = "NoRunner"
+CANCELLED = "Cancelled"
+RUNNING = "Running"
+WAITING_FOR_RUNNER = "WaitingForRunner"
+ATTEMPT_FAILED = "AttemptFailed"
+ATTEMPT_DISRUPTED = "AttemptDisrupted"
+SUSPENDED = "Suspended"
+# A signal found no running workflow (it ended meanwhile).
+WORKFLOW_NOT_RUNNING = "WorkflowNotRunning"
