@@ -37,21 +37,22 @@ async def test_an_execution_s_token_limit_stops_its_chat_agent_budget_exceeded(
     runner = chat_runner(tmp_path, temporal, operator.runner_queue, providers)
     try:
         apply_chat_agent(control_plane, namespace)
+        # One after the other: llama.cpp's server answers one request at a time.
         aex.create(control_plane, namespace, "capped", "hello?", agent="assistant",
                    limits={"maxTokens": 4})  # fmt: skip
+        capped = await finished(control_plane, namespace, "capped")
         aex.create(control_plane, namespace, "roomy", "hello?", agent="assistant",
                    limits={"maxTokens": 100_000})  # fmt: skip
-        capped = await finished(control_plane, namespace, "capped")
         roomy = await finished(control_plane, namespace, "roomy")
         metrics = runner.get("/metrics")[1]
     finally:
         runner.stop()
-    assert aex.phase(capped) == "Failed", aex.summary(capped)
+    assert aex.phase(capped) == "Failed"
     assert capped["status"]["error"]["reason"] == "BudgetExceeded"
-    assert "spec.limits.maxTokens is 4" in capped["status"]["error"]["message"]
+    assert "spec.limits.maxTokens left 4 for this attempt" in capped["status"]["error"]["message"]
     usage = capped["status"]["usage"]
     assert usage["completionTokens"] == 4, usage  # cut at the limit (the Agent asks 8)
-    assert usage["totalTokens"] > 4, usage
+    assert usage["totalTokens"] >= 4, usage  # streamed: the server sends no prompt count
     assert aex.condition(capped, "Succeeded")["reason"] == "BudgetExceeded"
     assert aex.phase(roomy) == "Succeeded", aex.summary(roomy)
     assert roomy["status"]["usage"]["completionTokens"] == MAX_TOKENS
@@ -66,7 +67,8 @@ async def test_an_execution_s_token_limit_stops_its_chat_agent_budget_exceeded(
     completion = f'agentexec_tokens_total{{{labels},provider="local"}} {4 + MAX_TOKENS}.0'
     assert completion in metrics, [m for m in metrics.splitlines() if "tokens" in m]
     prompt = usage["promptTokens"] + roomy["status"]["usage"]["promptTokens"]
-    assert (
-        f'kind="prompt",model="{MODEL}",namespace="{namespace}",provider="local"}} {prompt}.0'
-        in metrics
-    )
+    prompts = [m for m in metrics.splitlines() if 'kind="prompt"' in m and "tokens_total{" in m]
+    if prompt:  # a streamed answer reports no prompt count: then no series
+        assert [m.rsplit(" ", 1)[1] for m in prompts] == [f"{float(prompt)}"], prompts
+    else:
+        assert prompts == []

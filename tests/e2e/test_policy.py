@@ -33,6 +33,21 @@ def helm(control_plane: ControlPlane, tmp_path: Path) -> Helm:
     return Helm(control_plane, tmp_path / "helm")
 
 
+async def policy_in_force(plane: ControlPlane, namespace: str) -> None:
+    """A binding reaches the API server's admission a moment after it is
+    created: wait until a server-side dry run is refused (a dry run, so no
+    object is stored that a later apply would find unchanged and not send)."""
+
+    def refused() -> bool:
+        probe = execution("probe", parameters={"provider": "not-allowed"})
+        out = plane.kubectl(
+            "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=probe, check=False
+        )
+        return out.returncode != 0 and "ValidatingAdmissionPolicy" in out.stderr
+
+    await eventually(refused, bool, timeout=30, what="the admission policy in force")
+
+
 def apply(plane: ControlPlane, namespace: str, manifest: str) -> tuple[bool, str]:
     out = plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest, check=False)
     return out.returncode == 0, out.stderr.strip()
@@ -67,14 +82,7 @@ async def test_a_team_naming_another_team_s_provider_model_or_queue_is_refused_a
     control_plane: ControlPlane, teams: tuple[str, str]
 ) -> None:
     team_a, team_b = teams
-    # The policy's own objects reach the API server's admission a moment
-    # after they are created: the first refusal is awaited.
-    await eventually(
-        lambda: apply(control_plane, team_a, execution("probe", parameters={"provider": "x"})),
-        lambda result: not result[0],
-        timeout=30,
-        what="the admission policy in force",
-    )
+    await policy_in_force(control_plane, team_a)
     refused = {
         "provider": execution("p", parameters={"provider": "provider-b", "model": "model-a"}),
         "model": execution("m", parameters={"provider": "provider-a", "model": "model-b"}),
@@ -130,12 +138,7 @@ async def test_a_namespace_without_a_policy_is_unrestricted(
     team_a, _ = teams
     free = f"{team_a[:40]}-free"
     control_plane.kubectl("create", "namespace", free)
-    await eventually(
-        lambda: apply(control_plane, team_a, execution("probe", parameters={"provider": "x"})),
-        lambda result: not result[0],
-        timeout=30,
-        what="the admission policy in force",
-    )
+    await policy_in_force(control_plane, team_a)
     for manifest in (
         execution("any", parameters={"provider": "provider-b", "model": "anything"}),
         execution("any-queue", taskQueue="runner-b"),

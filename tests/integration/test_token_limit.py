@@ -41,12 +41,12 @@ async def test_a_chat_that_would_go_past_its_limit_fails_budget_exceeded_with_it
     assert (result.phase, result.reason) == ("Failed", "BudgetExceeded"), result
     usage = result.usage
     assert usage is not None, result
-    # The answer was cut at what the limit left (5 of the Agent's 8), and
-    # the prompt on top went past it: stopped, not retried.
+    # The answer was cut at what the limit left (5 of the Agent's 8): the
+    # budget ended it, so the agent is stopped (not given a truncated
+    # answer), and not retried. (Streamed: the server reports no prompt count.)
     assert usage.completion_tokens == 5, usage
-    assert usage.prompt_tokens > 0
-    assert usage.total_tokens > 5
-    assert "spec.limits.maxTokens is 5" in (result.message or "")
+    assert usage.total_tokens >= 5
+    assert "spec.limits.maxTokens left 5 for this attempt" in (result.message or "")
     assert attempts(history) == 1
 
 

@@ -81,7 +81,7 @@ class TokenBudget:
         if left is None:
             return requested
         if left <= 0:
-            raise self._exceeded("before its next model call")
+            raise self.exceeded("before its next model call")
         return left if requested is None else min(requested, left)
 
     def charge(self, usage: Usage) -> None:
@@ -93,9 +93,9 @@ class TokenBudget:
             used.total_tokens + total,
         )
         if self.limit is not None and self.used.total_tokens > self.limit:
-            raise self._exceeded("by its last model call")
+            raise self.exceeded("by its last model call")
 
-    def _exceeded(self, when: str) -> BudgetExceeded:
+    def exceeded(self, when: str) -> BudgetExceeded:
         return BudgetExceeded(
             f"the agent was stopped {when}: {self.used.total_tokens} tokens used "
             f"(prompt {self.used.prompt_tokens}, completion {self.used.completion_tokens}), "

@@ -360,6 +360,7 @@ class Streamed:
     deltas: int = 0  # content chunks: about a token each
     usage: Usage | None = None
     done: bool = False
+    finish_reason: str | None = None  # the last one sent ("length": max_tokens ended it)
 
     @property
     def content(self) -> str:
@@ -399,7 +400,10 @@ class Streamed:
             self.parts.append(content)
             self.chars += len(content)
             self.deltas += 1
-        _check_finish(self.provider, choices[0].get("finish_reason"))
+        finish = choices[0].get("finish_reason")
+        if isinstance(finish, str):
+            self.finish_reason = finish
+        _check_finish(self.provider, finish)
 
 
 @dataclass
@@ -554,6 +558,7 @@ async def complete(call: ProviderCall, ctx: AgentContext | None) -> AgentResult:
             ctx.checkpoint({"requests": requests, "partial": progress.content[-MAX_PARTIAL:]})
 
     requested = call.body.get("max_tokens")
+    limit: int | None = None
     while True:
         if ctx is not None:
             # spec.limits.maxTokens: the answer may use no more than is left
@@ -602,6 +607,13 @@ async def complete(call: ProviderCall, ctx: AgentContext | None) -> AgentResult:
             await asyncio.sleep(delay)
             continue
         bill.answered(result.usage, streamed)
+        if ctx is not None and limit is not None and (requested is None or limit < requested):
+            # The budget, not the model, ended this answer (it used all it was
+            # allowed): the agent is stopped, not given a truncated answer.
+            used = result.usage.completion_tokens if result.usage is not None else 0
+            cut = streamed is not None and streamed.finish_reason == "length"
+            if cut or max(used, streamed.deltas if streamed is not None else 0) >= limit:
+                raise ctx.budget.exceeded("by its last model call, cut at what was left")
         return AgentResult(output=result.output, usage=bill.total)
 
 
