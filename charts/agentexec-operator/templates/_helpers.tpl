@@ -27,6 +27,16 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The image of the operator and runner pods: pinned by digest when
+     image.digest is set (the tag then only names it for people). */}}
+{{- define "aex.image" -}}
+{{- $ref := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- if .Values.image.digest -}}
+{{- $ref = printf "%s@%s" $ref .Values.image.digest -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
 {{- define "aex.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "aex.fullname" .) .Values.serviceAccount.name -}}
