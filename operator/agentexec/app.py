@@ -24,9 +24,11 @@ from agentexec.policy import PolicyCache
 from agentexec.runner import configure_agents, load_agents
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY
+from agentexec.runner.steps import StepActivities
 from agentexec.settings import Settings
 from agentexec.temporal.codec import build_codec
 from agentexec.temporal.codec import describe as describe_codec
+from agentexec.temporal.loop import AgentLoopWorkflow
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
 from agentexec.temporal.queues import PollerCheck, worker_identity
 from agentexec.temporal.runner_check import check_runner
@@ -43,7 +45,7 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
     specs = [
         WorkerSpec(
             task_queue=settings.task_queue,
-            workflows=[AgentExecutionWorkflow],
+            workflows=[AgentExecutionWorkflow, AgentLoopWorkflow],
             # check_runner: the workflow's look at a runner queue (NoRunner).
             activities=[controller.report_status, check_runner],
             # Each cached run holds a sandbox; the SDK default (1000) alone
@@ -68,7 +70,10 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
         specs.append(
             WorkerSpec(
                 task_queue=settings.runner_task_queue,
-                activities=[RunnerActivities(agents).run_agent],
+                activities=[
+                    RunnerActivities(agents).run_agent,
+                    *StepActivities.from_settings(settings).all(),
+                ],
                 max_concurrent_activities=settings.runner_max_concurrent,
                 heartbeat_throttle_seconds=HEARTBEAT_EVERY,
             )

@@ -154,6 +154,7 @@ def _warn_unknown(config: Configuration) -> None:
 def _runner(config: Configuration, check_only: bool) -> int:
     from agentexec.runner import check_agents, configure_agents, load_agents
     from agentexec.runner.process import exit_without_finalizing, run_runner, select_agents
+    from agentexec.runner.tools import McpServers
 
     prog = f"{PROG} runner"
     settings: Settings = config.settings
@@ -179,6 +180,9 @@ def _runner(config: Configuration, check_only: bool) -> int:
         # --check-config rather than in every execution.
         agents = select_agents(settings, load_agents(only=settings.runner_agents, strict=True))
         configure_agents(agents, settings)
+        mcp_servers = McpServers(settings.mcp_servers_file, settings.proxy)
+        if not check_only:
+            mcp_servers.configure()
     except ValueError as exc:
         if check_only:
             return report(config, prog, [str(exc)])
@@ -191,7 +195,10 @@ def _runner(config: Configuration, check_only: bool) -> int:
     if check_only:
         served = ", ".join(sorted(agents))
         return report(
-            config, prog, check_agents(agents, settings), ok=f"configuration ok: agents {served}"
+            config,
+            prog,
+            [*check_agents(agents, settings), *mcp_servers.check()],
+            ok=f"configuration ok: agents {served}",
         )
     _warn_unknown(config)
     asyncio.run(run_runner(settings, agents))

@@ -31,6 +31,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec import backoff, lifecycle, planner
 from agentexec.agents import AgentCache, AgentPolicy
+from agentexec.approvals import APPLIED, plan_approvals, slim_approval
 from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
@@ -40,8 +41,10 @@ from agentexec.runner.api import agent_names
 from agentexec.settings import Settings
 from agentexec.temporal.gateway import TemporalGateway
 from agentexec.temporal.manager import TemporalManager
+from agentexec.temporal.steps import ASSISTANT, LoopInput, build_loop_spec
 from agentexec.temporal.types import (
     REPORT_STATUS_ACTIVITY,
+    WORKFLOW_NOT_RUNNING,
     AgentSpec,
     Answer,
     ExecutionInput,
@@ -101,6 +104,24 @@ def build_input(body: Body, settings: Settings, agent: AgentSpec | None = None) 
         backoff_limit=lifecycle.backoff_limit_of(spec),
         max_disruptions=settings.max_disruptions,
         deadline_field=deadline_field,
+    )
+
+
+def build_start_input(
+    body: Body, settings: Settings, agent: AgentSpec | None = None
+) -> ExecutionInput | LoopInput:
+    """The workflow input: an assistant's runs the agent loop (LoopInput)."""
+    inp = build_input(body, settings, agent)
+    if agent is None or agent.type != ASSISTANT:
+        return inp
+    spec = body.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    return LoopInput(
+        execution=inp,
+        loop=build_loop_spec(
+            agent.loop, inp.ref.namespace, token_limit(spec), inp.parameters.get("toolChoice")
+        ),
+        progress_interval_seconds=settings.progress_interval,
     )
 
 
@@ -277,6 +298,7 @@ class Controller:
         self.events = EventRecorder(kube)
         self.cache = ExecutionCache()
         self.agents = AgentCache()
+        self.approvals: dict[Key, dict[str, Any]] = {}  # AgentApprovals by (namespace, name)
         self.policy = AgentPolicy(
             # The agents registered in this image: the runner Deployment (or the
             # in-process runner) serves them on the default runner queue.
@@ -377,6 +399,71 @@ class Controller:
                 and not planner.status_of(execution).get("workflow")
             ):
                 self.queue.add(ekey)
+
+    def on_approval_event(self, event_type: str | None, body: Body) -> None:
+        """An AgentApproval watch event: cache it, enqueue the execution it names."""
+        key = key_of(body)
+        if key is None:
+            return
+        if event_type == "DELETED":
+            self.approvals.pop(key, None)
+            return
+        self.approvals[key] = slim_approval(body)
+        execution = (
+            body.get("spec", {}).get("execution") if isinstance(body.get("spec"), Mapping) else None
+        )
+        if self.leading and isinstance(execution, str):
+            self.queue.add((key[0], execution))
+
+    async def _relay_approvals(self, key: Key) -> float | None:
+        """Send the AgentApprovals of this execution that it waits for to its
+        workflow, and say on each what came of it. Returns a retry delay when
+        Temporal could not be told."""
+        body = self.cache.get(key)
+        recorded = planner.status_of(body or {}).get("workflow") or {}
+        mine = [
+            a
+            for (ns, _), a in self.approvals.items()
+            if ns == key[0] and a["spec"].get("execution") == key[1]
+        ]
+        if body is None or not mine or not recorded.get("id"):
+            return None
+        retry = None
+        for relay in plan_approvals(body, mine, planner.is_terminal(body)):
+            if relay.signal is not None:
+                answer = await self.gateway.signal_approval(
+                    str(recorded["id"]), recorded.get("namespace"), relay.signal
+                )
+                if answer.outcome is Outcome.REJECTED and answer.reason == WORKFLOW_NOT_RUNNING:
+                    # The loop ended meanwhile: nothing waits for this decision.
+                    relay = replace(
+                        relay,
+                        applied=False,
+                        reason=WORKFLOW_NOT_RUNNING,
+                        message="the execution's workflow ended before the decision reached it",
+                    )
+                elif answer.outcome is not Outcome.SIGNALLED:
+                    retry = 2.0
+                    continue
+            condition = planner.build_conditions(
+                self.approvals.get((key[0], relay.name), {}),
+                [
+                    planner.Condition(
+                        APPLIED, "True" if relay.applied else "False", relay.reason, relay.message
+                    )
+                ],
+                _now(),
+            )
+            try:
+                written = await self.kube.write_approval_status(
+                    key[0], relay.name, {"conditions": condition}
+                )
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            self.approvals[(key[0], relay.name)] = slim_approval(written)
+        return retry
 
     async def _shadowing_agent(self, namespace: str, body: Body) -> dict[str, Any] | None:
         """Just before a start without an Agent, for a built-in name: the Agent
@@ -509,6 +596,7 @@ class Controller:
         try:
             decision, decided_on = await self._decide(key, obs)
             await self._apply(key, decided_on, decision, pending)
+            relay_retry = await self._relay_approvals(key)
         except KubeError as exc:
             if exc.status not in (404, 409):
                 self.metrics.reconcile_errors.labels(handler="reconcile").inc()
@@ -532,6 +620,8 @@ class Controller:
                 self._check.add(key)
             self.metrics.reconcile_errors.labels(handler="reconcile").inc()
             raise _Backoff(decision.backoff)
+        if relay_retry is not None:
+            return min(relay_retry, decision.requeue_after or relay_retry)
         return decision.requeue_after
 
     async def _decide(self, key: Key, obs: Observed) -> tuple[Decision, Body]:
@@ -577,7 +667,7 @@ class Controller:
         if call is Call.START:
             await self.starts.acquire()
             answer = await self.gateway.start(
-                wid, build_input(body, self.settings, decision.agent_spec)
+                wid, build_start_input(body, self.settings, decision.agent_spec)
             )
             self.metrics.workflow_starts.labels(result=answer.outcome.value).inc()
             return answer

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from agentexec.controller import Controller
-from agentexec.kube import AGENT_PLURAL, GROUP, PLURAL, POLICY_PLURAL, VERSION
+from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, GROUP, PLURAL, POLICY_PLURAL, VERSION
 from agentexec.policy import PolicyCache
 
 registry = kopf.OperatorRegistry()
@@ -60,6 +60,16 @@ async def observe_agent(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     controller: Controller = memo.controller
     raw = event.get("object")
     controller.on_agent_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, APPROVAL_PLURAL, registry=registry)
+async def observe_approval(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    # AgentApprovals: cached, and the execution they name enqueued.
+    controller: Controller = memo.controller
+    raw = event.get("object")
+    controller.on_approval_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry)

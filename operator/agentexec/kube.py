@@ -28,6 +28,7 @@ import yaml
 GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
 AGENT_PLURAL = "agents"
 POLICY_PLURAL = "executionpolicies"
+APPROVAL_PLURAL = "agentapprovals"
 KIND = "AgentExecution"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "agentexec-operator"
@@ -294,6 +295,17 @@ class Kube:
             "PATCH",
             self.path(namespace, name, "status"),
             {"metadata": {"resourceVersion": resource_version}, "status": dict(status)},
+            MERGE_PATCH,
+        )
+
+    async def write_approval_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge ``status`` into an AgentApproval's status (the operator is its only writer)."""
+        return await self.request(
+            "PATCH",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{APPROVAL_PLURAL}/{name}/status",
+            {"status": dict(status)},
             MERGE_PATCH,
         )
 

@@ -46,6 +46,7 @@ SUCCEEDED_CONDITION = "Succeeded"
 # (a failed Job says "Failed"), and Succeeded stays the Tekton-style outcome.
 COMPLETED_CONDITION = "Completed"
 AGENT_RESOLVED = "AgentResolved"
+AWAITING_APPROVAL = "AwaitingApproval"
 
 # Fields of status we cap so a huge agent output cannot make the object
 # unwritable (etcd's default request limit is 1.5 MiB, and the spec's message
@@ -499,6 +500,52 @@ def ttl_left(body: Body, now: datetime, ttl: float) -> float:
     return ttl - (now - queued).total_seconds()
 
 
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def plan_loop_status(
+    body: Body, fields: Mapping[str, Any], now: datetime, conditions: list[dict[str, Any]]
+) -> tuple[StatusPatch, tuple[Event, ...]]:
+    """An agent loop's report (status.progress, pendingApproval, lastApproval)
+    as status fields, the AwaitingApproval condition upserted into
+    ``conditions`` (a patch's full list), and the events it is news for: a
+    call that began waiting, a decision (with who gave it)."""
+    status = status_of(body)
+    patch: StatusPatch = {
+        k: fields[k] for k in ("progress", "pendingApproval", "lastApproval") if k in fields
+    }
+    pending, last = fields.get("pendingApproval"), fields.get("lastApproval")
+    was, had = _mapping(status.get("pendingApproval")), _mapping(status.get("lastApproval"))
+    events: list[Event] = []
+    name = str(_meta(body).get("name", ""))
+    if isinstance(pending, Mapping):
+        message = (
+            f"step {pending.get('step')}: tool {pending.get('tool')!r} waits for approval "
+            f"(call {pending.get('id')}, {pending.get('timeoutSeconds')}s, then "
+            f"{pending.get('onTimeout')}): kubectl agentexec approve {name} (or reject)"
+        )
+        update = Condition(AWAITING_APPROVAL, "True", "ApprovalRequested", message)
+        if pending.get("id") != was.get("id"):
+            events.append(Event("Normal", "ApprovalRequested", message))
+    else:
+        decided = str(_mapping(last).get("decision") or "NotWaiting")
+        update = Condition(AWAITING_APPROVAL, "False", decided, "no tool call waits for approval")
+    if isinstance(last, Mapping) and last.get("id") != had.get("id"):
+        who = last.get("approver") or "the approval timeout"
+        reason = f": {last.get('reason')}" if last.get("reason") else ""
+        events.append(
+            Event(
+                "Normal",
+                str(last.get("decision") or "Decided"),
+                f"call {last.get('id')} {str(last.get('decision')).lower()} by {who}{reason}",
+            )
+        )
+    if isinstance(pending, Mapping) or condition_of(body, AWAITING_APPROVAL) is not None:
+        patch["conditions"] = _upsert(body, conditions, update, now)
+    return patch, tuple(events)
+
+
 # ----- the decision: given what is true now, what to do --------------------------
 
 
@@ -596,6 +643,12 @@ def _from_result(
     )
     if patch is not None:
         patch.update(lifecycle.build_run_status(result))
+    report = o.report
+    if patch is not None and report is not None and report.progress is not None:
+        loop, events = plan_loop_status(o.body, report.progress, o.now, patch["conditions"])
+        patch.update(loop)
+        decision = _finish(o, result.phase, patch, f"finished: {result.phase}", ours)
+        return replace(decision, events=(*events, *decision.events))
     return _finish(o, result.phase, patch, f"finished: {result.phase}", ours)
 
 
@@ -837,9 +890,16 @@ def _decide_started(
         if patch is not None:
             patch.update(lifecycle.build_run_status(report.result))
         kind = "Normal" if reason in lifecycle.NORMAL_PROGRESS else "Warning"
+        events: tuple[Event, ...] = (
+            () if reason in lifecycle.QUIET_PROGRESS else (Event(kind, reason, message),)
+        )
+        if patch is not None and report.progress is not None:
+            loop, more = plan_loop_status(body, report.progress, now, patch["conditions"])
+            patch.update(loop)
+            events = (*events, *more)
         return Decision(
             status=patch,
-            events=() if reason in lifecycle.QUIET_PROGRESS else (Event(kind, reason, message),),
+            events=events,
             report_done=True,
             outcome=f"progress: {reason}",
         )

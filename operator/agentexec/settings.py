@@ -143,6 +143,9 @@ class Settings:
     # (a mounted Secret, file name = key ID) and the key ID that encrypts.
     payload_keys_dir: Path | None = None
     payload_key_id: str | None = None
+    # The agent loop's MCP servers configured on the runner (URLs, and headers
+    # whose values are mounted from Secrets): runner/tools.py.
+    mcp_servers_file: Path | None = None
     # The heartbeat timeout the workflow gives each agent attempt: a runner
     # that died mid-agent is noticed, and the agent retried, after this long.
     runner_heartbeat_timeout: float = 30.0
@@ -174,6 +177,8 @@ class Settings:
     sweep_interval: float = 30.0
     no_runner_seconds: float = 60.0
     report_timeout: float = 600.0
+    # The most often an assistant's loop writes status.progress.
+    progress_interval: float = 5.0
     # Attempts of one execution the platform may cut short (a runner stopped
     # or gone) before it fails Disrupted; they spend none of backoffLimit.
     max_disruptions: int = 10
@@ -542,6 +547,7 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
         providers_file=env.get("AGENTEXEC_PROVIDERS_FILE", _path, s.providers_file),
         payload_keys_dir=env.get("AGENTEXEC_PAYLOAD_KEYS_DIR", _directory, s.payload_keys_dir),
         payload_key_id=env.get("AGENTEXEC_PAYLOAD_KEY_ID", _text, s.payload_key_id),
+        mcp_servers_file=env.get("AGENTEXEC_MCP_SERVERS_FILE", _path, s.mcp_servers_file),
         runner_heartbeat_timeout=env.get(
             "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS", _whole_seconds, s.runner_heartbeat_timeout
         ),
@@ -566,6 +572,9 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
         sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", _seconds, s.sweep_interval),
         no_runner_seconds=env.get("AGENTEXEC_NO_RUNNER_SECONDS", _seconds, s.no_runner_seconds),
         report_timeout=env.get("AGENTEXEC_REPORT_TIMEOUT_SECONDS", _seconds, s.report_timeout),
+        progress_interval=env.get(
+            "AGENTEXEC_PROGRESS_INTERVAL_SECONDS", _seconds, s.progress_interval
+        ),
         max_disruptions=env.get("AGENTEXEC_MAX_DISRUPTIONS", _non_negative_int, s.max_disruptions),
         leader_election=env.get("AGENTEXEC_LEADER_ELECTION", _bool, s.leader_election),
         leader_election_namespace=env.get(

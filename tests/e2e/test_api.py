@@ -75,7 +75,7 @@ def test_printer_columns(control_plane: ControlPlane, namespace: str, crd: None)
     aex.create(control_plane, namespace, "shown", "x")
     header = control_plane.kubectl("get", "-n", namespace, "aex").stdout.splitlines()[0].split()
     # The workflow ID is long: -o wide shows it (tests/e2e/test_kubectl.py).
-    assert header == ["NAME", "PHASE", "AGENT", "REASON", "TEMPORAL", "AGE"]
+    assert header == ["NAME", "PHASE", "AGENT", "REASON", "TEMPORAL", "STEP", "AGE"]
     column = ".status.temporalConnection"
     crd = control_plane.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
     columns = {

@@ -65,11 +65,12 @@ def pod_spec(rendered: str) -> dict[str, Any]:
 
 
 def test_chart_crd_is_the_crds_file() -> None:
-    """crds/ is the source, and holds only our two CRDs (leadership is a Lease,
+    """crds/ is the source, and holds only our three CRDs (leadership is a Lease,
     no kopf peering CRDs); the chart carries them as they are under
     files/crds/ (a template, governed by crds.install) and has no crds/
     folder, which Helm would install unconditionally and never upgrade."""
     names = [
+        "agentapprovals.agentexec.io.yaml",
         "agentexecutions.agentexec.io.yaml",
         "agents.agentexec.io.yaml",
         "executionpolicies.agentexec.io.yaml",
@@ -110,6 +111,7 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
         assert crds == {}
         return
     assert set(crds) == {
+        "agentapprovals.agentexec.io",
         "agentexecutions.agentexec.io",
         "agents.agentexec.io",
         "executionpolicies.agentexec.io",
@@ -142,6 +144,7 @@ def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_p
         helm.run("install", "aex", str(CHART), "-n", "aex", "--set", "replicaCount=2")
         crds = fresh.kubectl("get", "crd", "-o", "name").stdout.split()
         assert crds == [
+            "customresourcedefinition.apiextensions.k8s.io/agentapprovals.agentexec.io",
             "customresourcedefinition.apiextensions.k8s.io/agentexecutions.agentexec.io",
             "customresourcedefinition.apiextensions.k8s.io/agents.agentexec.io",
             "customresourcedefinition.apiextensions.k8s.io/executionpolicies.agentexec.io",

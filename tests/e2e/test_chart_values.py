@@ -1,7 +1,8 @@
 """Chart values of issue #21: umbrella charts (`global`), the finished-TTL
 default, runner autoscaling, extra volumes and envFrom on both workloads,
-provider proxy/CA/header, and secure metrics, rendered and checked by the
-real API server (server-side dry run)."""
+provider proxy/CA/header, and secure metrics; of issue #23: the runners' MCP
+servers and the progress interval; rendered and checked by the real API
+server (server-side dry run)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agentexec.runner.tools import parse_servers
 from localenv.helm import CHART, EVERYTHING_ON, Helm
 from localenv.kube import ControlPlane
 from tests.e2e.test_chart import API_SERVER, env_of, objects, the
@@ -173,6 +175,53 @@ def test_runner_proxy_and_provider_ca_and_key_header_are_rendered(helm: Helm) ->
         "--set", "runner.providers.p.baseURL=https://x", "--set", "runner.providers.p.caFile=ca.crt"
     )  # fmt: skip
     assert "caFile" in refused.stderr
+
+
+def test_runner_mcp_servers_and_the_progress_interval_are_rendered(
+    helm: Helm, control_plane: ControlPlane, namespace: str
+) -> None:
+    """runner.mcpServers (#23): the MCP servers file in a ConfigMap, each
+    header's Secret mounted (whole volume: rotations reach the runner) where
+    the file says; the API server accepts both."""
+    rendered = helm.template("-f", str(EVERYTHING_ON))
+    runner = the(rendered, "Deployment", runner=True)
+    env = env_of(runner)
+    assert env["AGENTEXEC_MCP_SERVERS_FILE"]["value"] == "/etc/agentexec/mcp/mcp-servers.json"
+    config = next(
+        o
+        for o in objects(rendered)
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-mcp-servers")
+    )
+    servers = json.loads(config["data"]["mcp-servers.json"])["servers"]
+    assert servers["github"] == {
+        "url": "https://mcp.example.com/mcp",
+        "headers": {"X-Team": "agents"},
+        "headerFiles": {"Authorization": "/var/run/agentexec/mcp/github/authorization"},
+    }
+    assert servers["files"] == {"url": "http://mcp-files.tools.svc:8080/mcp"}
+    # The runner reads the file as rendered.
+    parsed = parse_servers(json.loads(config["data"]["mcp-servers.json"]))
+    assert parsed["github"].header_files == {
+        "Authorization": Path("/var/run/agentexec/mcp/github/authorization")
+    }
+    pod = runner["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["mcp-github"]["mountPath"] == "/var/run/agentexec/mcp/github"
+    assert "subPath" not in mounts["mcp-github"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    item = {"key": "authorization", "path": "authorization"}
+    assert volumes["mcp-github"]["projected"]["sources"] == [
+        {"secret": {"name": "github-mcp", "items": [item]}}
+    ]
+    assert "mcp-files" not in volumes  # no header Secrets, no volume
+    server_accepts(control_plane, namespace, config, runner)
+    operator = env_of(the(rendered, "Deployment"))
+    assert operator["AGENTEXEC_PROGRESS_INTERVAL_SECONDS"]["value"] == "5"
+    credential = helm.template_result(
+        "--set", "runner.mcpServers.x.url=https://x",
+        "--set", "runner.mcpServers.x.headers.Api-Key=k",
+    )  # fmt: skip
+    assert credential.returncode != 0
 
 
 def test_secure_metrics_default_follows_the_network_policy(

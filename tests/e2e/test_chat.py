@@ -35,12 +35,8 @@ MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
-    server = OpenAIServer(tmp_path_factory.mktemp("openai"), api_key=KEY)
-    server.start()
-    try:
+    with OpenAIServer(tmp_path_factory.mktemp("openai"), api_key=KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def providers_file(directory: Path, base_url: str, key: str) -> Path:

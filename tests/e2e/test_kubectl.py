@@ -81,9 +81,11 @@ async def test_kubectl_wait_for_completed_returns_for_success_and_failure_as_the
     )  # fmt: skip
     assert not_succeeded.returncode != 0
 
-    # The columns: phase, agent, reason, Temporal, age (the workflow with -o wide).
+    # The columns: phase, agent, reason, Temporal, the loop's step (assistants), age
+    # (the workflow with -o wide).
     table = control_plane.kubectl("get", "aex", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "AGENT", "REASON", "TEMPORAL", "AGE"], table
+    header = ["NAME", "PHASE", "AGENT", "REASON", "TEMPORAL", "STEP", "AGE"]
+    assert table[0].split() == header, table
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert rows["hello-echo"][1:4] == ["Succeeded", "echo", "Succeeded"], rows
     assert rows["broken"][1:4] == ["Failed", "echo", "AgentFailed"], rows

@@ -52,12 +52,8 @@ PARAMS = {"temperature": 0, "maxTokens": 8, "seed": 7}
 
 @pytest.fixture(scope="module")
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
-    server = OpenAIServer(tmp_path_factory.mktemp("openai"), api_key=KEY)
-    server.start()
-    try:
+    with OpenAIServer(tmp_path_factory.mktemp("openai"), api_key=KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def providers_file(tmp_path: Path, base_url: str, key: str, **settings: Any) -> Path:

@@ -150,18 +150,26 @@ class TlsRelay(TcpRelay):
 class ModelRelay:
     """An HTTP relay in front of a real OpenAI-compatible server, acting out
     what providers do: answer 429 with ``Retry-After`` for the first
-    ``rate_limited`` requests, then pass each request on and stream the real
+    ``rate_limited`` requests (or ``refuse_status``, e.g. 400, with an
+    OpenAI-style error), then pass each request on and stream the real
     answer back, ``event_delay`` seconds per server-sent event (a throttled,
     slow model). Counts what it was sent in ``requests``.
     """
 
     def __init__(
-        self, upstream: str, *, rate_limited: int = 0, retry_after: int = 1, event_delay: float = 0
+        self,
+        upstream: str,
+        *,
+        rate_limited: int = 0,
+        retry_after: int = 1,
+        event_delay: float = 0,
+        refuse_status: int = 429,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.rate_limited = rate_limited
         self.retry_after = retry_after
         self.event_delay = event_delay
+        self.refuse_status = refuse_status
         self.requests = 0
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -191,6 +199,11 @@ class ModelRelay:
         self.requests += 1
         body = await request.read()
         if self.requests <= self.rate_limited:
+            if self.refuse_status != 429:
+                return web.json_response(
+                    {"error": {"message": "Invalid request: refused", "type": "invalid"}},
+                    status=self.refuse_status,
+                )
             return web.json_response(
                 {"error": {"message": "Rate limit reached, retry later", "type": "requests"}},
                 status=429,

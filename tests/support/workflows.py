@@ -1,6 +1,6 @@
 """The operator's workflow worker as the integration tests run it: the real
-workflow and check_runner, with report_status kept in memory instead of
-written to Kubernetes."""
+workflows (the single call's and the agent loop's) and check_runner, with
+report_status kept in memory instead of written to Kubernetes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from agentexec.temporal.loop import AgentLoopWorkflow
 from agentexec.temporal.runner_check import check_runner
 from agentexec.temporal.types import REPORT_STATUS_ACTIVITY, StatusReport
 from agentexec.temporal.workflows import AgentExecutionWorkflow
@@ -27,7 +28,7 @@ async def workflow_worker(
     async with Worker(
         client,
         task_queue=task_queue,
-        workflows=[AgentExecutionWorkflow],
+        workflows=[AgentExecutionWorkflow, AgentLoopWorkflow],
         activities=[report_status, check_runner],
     ) as worker:
         yield worker

@@ -202,6 +202,42 @@ def test_the_next_attempt_resumes_from_the_last_checkpoint_and_usage_is_summed()
     assert done.finish.usage == Usage(9, 5, 8, requests=3)
 
 
+def test_each_step_of_a_loop_has_the_whole_backoff_limit_and_no_checkpoint() -> None:
+    """The agent loop gives each step the backoffLimit (begin_step): failures
+    of an earlier step do not count; disruptions and the bill go on."""
+    b = book(backoff_limit=1, max_disruptions=5)
+    b.begin_step()
+    b.begin_attempt()
+    b.record(Ended(Kind.FAILED, "RunnerFailed", "x", details=({"requests": 1}, PROGRESS)), T0, 0.5)
+    b.begin_attempt()
+    b.record(Ended(Kind.DISRUPTED, "RunnerShutdown", "bye"), T0, 0.5)
+    assert (b.spent, b.failed, b.disrupted, b.has_checkpoint) == (1, 1, 1, True)
+    b.begin_step()
+    assert (b.spent, b.failed, b.disrupted, b.has_checkpoint) == (0, 1, 1, False)
+    b.begin_attempt()
+    step = b.record(Ended(Kind.FAILED, "RunnerFailed", "y"), T0, 0.5)
+    assert step.finish is None  # the new step's first failure, not the second
+    assert step.report is not None
+    assert "failures: 1 of backoffLimit=1" in (step.report.message or "")
+    b.begin_attempt()
+    step = b.record(Ended(Kind.FAILED, "RunnerFailed", "y"), T0, 0.5)
+    assert step.finish is not None
+    assert step.finish.attempts is not None
+    assert (step.finish.attempts.count, step.finish.attempts.failed) == (4, 3)
+    assert step.finish.usage == Usage(prompt_tokens=3, requests=1)
+
+
+def test_a_book_continues_as_new_from_its_state() -> None:
+    b = book()
+    b.begin_attempt()
+    b.record(Ended(Kind.DISRUPTED, "RunnerShutdown", "bye", details=(None, PROGRESS)), T0, 0.5)
+    b.ran, b.runner_wait = 12.5, 3.0
+    again = AttemptBook.resume(b.inp, b.state())
+    assert again.attempts() == b.attempts()
+    assert (again.ran, again.runner_wait) == (12.5, 3.0)
+    assert again.usage == Usage(prompt_tokens=3, requests=1)
+
+
 def test_the_deadline_counts_running_time_not_waiting_for_a_runner() -> None:
     b = book(timeout_seconds=100, deadline_field="activeDeadlineSeconds")
     b.clock(T0, T0 + timedelta(seconds=40), T0 + timedelta(seconds=70))

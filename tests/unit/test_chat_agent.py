@@ -21,6 +21,7 @@ from agentexec.runner.chat import (
     SseParser,
     Streamed,
     build_chat_call,
+    build_completion,
     build_result,
     choose_provider,
     provider_words,
@@ -325,6 +326,59 @@ def test_a_stream_is_parsed_whatever_its_chunking() -> None:
                 streamed.event(data)
         assert (streamed.content, streamed.deltas, streamed.done) == ("hello", 2, True), size
         assert streamed.usage == Usage(4, 2, 6)
+
+
+def tool_delta(index: int, **piece: Any) -> dict[str, Any]:
+    return {"choices": [{"delta": {"tool_calls": [{"index": index, **piece}]}}]}
+
+
+def test_streamed_tool_calls_are_put_together_from_their_pieces() -> None:
+    """OpenAI's shape (and llama.cpp's, vLLM's): the id and name come once,
+    the arguments in parts; several calls by index, interleaved."""
+    events = [
+        tool_delta(0, id="call_a", type="function", function={"name": "add", "arguments": ""}),
+        tool_delta(0, function={"arguments": '{"a": '}),
+        tool_delta(1, id="call_b", function={"name": "lookup"}),
+        tool_delta(0, function={"arguments": '2, "b": 3}'}),
+        tool_delta(1, function={"name": "lookup", "arguments": '{"q": "x"}'}),  # name repeated
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}},
+    ]
+    streamed = Streamed(LOCAL)
+    for event in events:
+        streamed.event(json.dumps(event))
+    answer = streamed.completion()
+    assert answer.content == ""
+    assert [(c["id"], c["type"], c["function"]) for c in answer.tool_calls] == [
+        ("call_a", "function", {"name": "add", "arguments": '{"a": 2, "b": 3}'}),
+        ("call_b", "function", {"name": "lookup", "arguments": '{"q": "x"}'}),
+    ]
+    assert (answer.finish_reason, answer.usage) == ("tool_calls", Usage(9, 4, 13))
+    assert streamed.deltas == 3  # argument pieces count toward a cut request's bill
+
+
+def test_a_whole_answers_tool_calls_are_kept_with_their_arguments_as_text() -> None:
+    body = {
+        "choices": [
+            {
+                "message": {
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c1", "function": {"name": "add", "arguments": {"a": 1}}},
+                        {"function": {"name": "noop"}},
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ]
+    }
+    answer = build_completion(LOCAL, 200, json.dumps(body).encode())
+    assert answer.content == ""
+    assert [c["function"] for c in answer.tool_calls] == [
+        {"name": "add", "arguments": '{"a": 1}'},
+        {"name": "noop", "arguments": "{}"},
+    ]
+    assert [c["id"] for c in answer.tool_calls] == ["c1", "call-1"]
 
 
 def test_a_stream_without_the_last_blank_line_still_ends() -> None:

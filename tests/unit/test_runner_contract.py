@@ -128,6 +128,7 @@ def test_an_agent_snapshot_travels_as_plain_json_and_older_runners_ignore_it() -
         "timeout_seconds": 60,
         "uid": "u",
         "generation": 2,
+        "loop": None,  # an assistant's tools, maxSteps and approval (added with the loop)
     }
     assert set(sent) == {
         "agent",

@@ -80,6 +80,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [agentexec.io]
   resources: [executionpolicies/status]
   verbs: [patch]
+# AgentApprovals: read, relayed to the waiting workflow, and said Applied.
+- apiGroups: [agentexec.io]
+  resources: [agentapprovals]
+  verbs: [get, list, watch]
+- apiGroups: [agentexec.io]
+  resources: [agentapprovals/status]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
@@ -254,6 +261,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $providers $name $entry -}}
 {{- end -}}
 {{- dict "providers" $providers | toPrettyJson -}}
+{{- end -}}
+
+
+{{- /* The MCP servers file (agentexec.runner.mcpServers): URLs, headers, and
+       where each header's Secret is mounted; never a secret. A header's file
+       is named by its lower-cased name. */}}
+{{- define "aex.runnerMcpServersFile" -}}
+{{- $servers := dict -}}
+{{- range $name, $m := .Values.runner.mcpServers -}}
+{{- $entry := dict "url" $m.url -}}
+{{- with $m.headers }}{{ $_ := set $entry "headers" . }}{{ end -}}
+{{- $files := dict -}}
+{{- range $header, $_ := $m.headerSecrets }}{{ $_ := set $files $header (printf "/var/run/agentexec/mcp/%s/%s" $name (lower $header)) }}{{ end -}}
+{{- if $files }}{{ $_ := set $entry "headerFiles" $files }}{{ end -}}
+{{- $_ := set $servers $name $entry -}}
+{{- end -}}
+{{- dict "servers" $servers | toPrettyJson -}}
 {{- end -}}
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
@@ -24,6 +25,8 @@ from agentexec.temporal.types import (
     AgentResult,
     Usage,
 )
+
+T = TypeVar("T")
 
 # How soon a task this runner does not know the agent of is offered again.
 UNKNOWN_AGENT_RETRY_DELAY = timedelta(seconds=1)
@@ -53,95 +56,23 @@ class RunnerActivities:
                 category=ApplicationErrorCategory.BENIGN,
             )
         ctx = AgentContext(activity.info(), request)
-        token = _current.set(ctx)
-        beat = asyncio.create_task(_heartbeat(ctx))
         self._running(+1)
-        outcome = "error"
-        # Every failure carries [checkpoint, progress], as heartbeats do: the
-        # workflow passes the checkpoint to the next attempt and bills what
-        # this one used (a new attempt is a new activity: Temporal does not
-        # carry heartbeat details over to it).
-        spent: Usage | None = None
-        try:
+
+        answered: list[Usage | None] = [None]
+
+        async def work() -> AgentResult:
             result = _with_usage(await agent.run(request), ctx)
-            outcome, spent = "succeeded", result.usage
+            answered[0] = result.usage
             return result
-        except BudgetExceeded as exc:
-            outcome = "budget_exceeded"
-            raise ApplicationError(
-                str(exc),
-                *ctx.details(),
-                type=BUDGET_EXCEEDED,
-                non_retryable=True,
-                category=ApplicationErrorCategory.BENIGN,
-            ) from exc
-        except AgentFailed as exc:
-            outcome = "failed"
-            raise ApplicationError(
-                str(exc),
-                *ctx.details(),
-                type=AGENT_ERROR,
-                non_retryable=True,
-                category=ApplicationErrorCategory.BENIGN,
-            ) from exc
-        except ApplicationError as exc:
-            if exc.details:
-                raise  # the agent's own details: passed on as they are
-            raise ApplicationError(
-                exc.message,
-                *ctx.details(),
-                type=exc.type,
-                non_retryable=exc.non_retryable,
-                next_retry_delay=exc.next_retry_delay,
-                category=exc.category,
-            ) from None
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            details = activity.cancellation_details()
-            if details is not None and (details.timed_out or details.not_found):
-                # The server already ended this attempt (its deadline, or the
-                # workflow is gone): the outcome is on the resource, and the SDK
-                # would log the cancellation as a failure with a traceback.
-                raise ApplicationError(
-                    "the agent was stopped: its attempt timed out or its workflow is gone",
-                    category=ApplicationErrorCategory.BENIGN,
-                ) from None
-            if activity.is_worker_shutdown() and not (details and details.cancel_requested):
-                # The runner is stopping and its grace period ran out: a
-                # disruption, so another runner takes the agent now (from this
-                # checkpoint) rather than after the heartbeat timeout.
-                raise ApplicationError(
-                    "the runner shut down before the agent finished",
-                    *ctx.details(),
-                    type=RUNNER_SHUTDOWN,
-                    category=ApplicationErrorCategory.BENIGN,
-                ) from None
-            # Cancelled by the workflow (the execution suspended or deleted):
-            # answered as a failure, not a cancellation, because only a failure
-            # carries details, and the next attempt resumes from them.
-            raise ApplicationError(
-                "the agent was stopped at the workflow's request",
-                *ctx.details(),
-                type=AGENT_STOPPED,
-                non_retryable=True,
-                category=ApplicationErrorCategory.BENIGN,
-            ) from None
-        except Exception as exc:
-            # What the SDK would send for it (type: the exception's class),
-            # plus the details; logged with its traceback, as unexpected.
-            raise ApplicationError(
-                str(exc) or type(exc).__name__, *ctx.details(), type=type(exc).__name__
-            ) from exc
-        finally:
+
+        def ended(outcome: str) -> None:
             self._running(-1)
             self._count(request.agent, outcome)
             # Tokens are counted where they are spent: a failed or stopped
             # attempt's too (what its context was told).
-            self._tokens(request, spent if outcome == "succeeded" else ctx.usage)
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-            _current.reset(token)
+            self._tokens(request, answered[0] if outcome == "succeeded" else ctx.usage)
+
+        return await run_attempt(ctx, work, ended)
 
     def _running(self, delta: int) -> None:
         self.in_flight += delta
@@ -162,6 +93,103 @@ class RunnerActivities:
     def _count(self, agent: str, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.runner_agent_attempts.labels(agent=agent, outcome=outcome).inc()
+
+
+async def run_attempt(
+    ctx: AgentContext,
+    work: Callable[[], Awaitable[T]],
+    ended: Callable[[str], None] | None = None,
+) -> T:
+    """Run one attempt's ``work`` (an agent, or a step of the agent loop) in
+    ``ctx``: heartbeating meanwhile, and answering every way it can end as
+    the workflow's attempt policy reads it (temporal/attempts.py). ``ended``
+    is told the outcome (succeeded, failed, cancelled, error)."""
+    token = _current.set(ctx)
+    beat = asyncio.create_task(_heartbeat(ctx))
+    outcome = "error"
+    # Every failure carries [checkpoint, progress], as heartbeats do: the
+    # workflow passes the checkpoint to the next attempt and bills what
+    # this one used (a new attempt is a new activity: Temporal does not
+    # carry heartbeat details over to it).
+    try:
+        result = await work()
+        outcome = "succeeded"
+        return result
+    except BudgetExceeded as exc:
+        # Past spec.limits.maxTokens: not retried (the workflow's attempt
+        # policy reads the type), billed through the progress detail.
+        outcome = "budget_exceeded"
+        raise ApplicationError(
+            str(exc),
+            *ctx.details(),
+            type=BUDGET_EXCEEDED,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
+        ) from exc
+    except AgentFailed as exc:
+        outcome = "failed"
+        raise ApplicationError(
+            str(exc),
+            *ctx.details(),
+            type=AGENT_ERROR,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
+        ) from exc
+    except ApplicationError as exc:
+        if exc.details:
+            raise  # the agent's own details: passed on as they are
+        raise ApplicationError(
+            exc.message,
+            *ctx.details(),
+            type=exc.type,
+            non_retryable=exc.non_retryable,
+            next_retry_delay=exc.next_retry_delay,
+            category=exc.category,
+        ) from None
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        details = activity.cancellation_details()
+        if details is not None and (details.timed_out or details.not_found):
+            # The server already ended this attempt (its deadline, or the
+            # workflow is gone): the outcome is on the resource, and the SDK
+            # would log the cancellation as a failure with a traceback.
+            raise ApplicationError(
+                "the agent was stopped: its attempt timed out or its workflow is gone",
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
+        if activity.is_worker_shutdown() and not (details and details.cancel_requested):
+            # The runner is stopping and its grace period ran out: a
+            # disruption, so another runner takes the agent now (from this
+            # checkpoint) rather than after the heartbeat timeout.
+            raise ApplicationError(
+                "the runner shut down before the agent finished",
+                *ctx.details(),
+                type=RUNNER_SHUTDOWN,
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
+        # Cancelled by the workflow (the execution suspended or deleted):
+        # answered as a failure, not a cancellation, because only a failure
+        # carries details, and the next attempt resumes from them.
+        raise ApplicationError(
+            "the agent was stopped at the workflow's request",
+            *ctx.details(),
+            type=AGENT_STOPPED,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
+        ) from None
+    except Exception as exc:
+        # What the SDK would send for it (type: the exception's class),
+        # plus the details; logged with its traceback, as unexpected.
+        raise ApplicationError(
+            str(exc) or type(exc).__name__, *ctx.details(), type=type(exc).__name__
+        ) from exc
+    finally:
+        if ended is not None:
+            ended(outcome)
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+        _current.reset(token)
 
 
 def _with_usage(result: AgentResult, ctx: AgentContext) -> AgentResult:
@@ -195,6 +223,10 @@ async def _heartbeat(ctx: AgentContext) -> None:
     # Heartbeats let the server notice a dead runner within the heartbeat
     # timeout, deliver cancellation (a deleted execution) to the agent, and
     # carry the agent's last checkpoint. The SDK throttles what it sends.
+    # The first one waits an interval (a third of the timeout at most, so a
+    # dead runner is still noticed in time): the SDK sends a first heartbeat
+    # at once, and a write to Temporal at the start of every short attempt
+    # (an agent loop's step) is a cost with nothing to carry yet.
     while True:
-        ctx.heartbeat()
         await asyncio.sleep(ctx.heartbeat_every)
+        ctx.heartbeat()

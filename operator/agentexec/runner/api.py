@@ -113,14 +113,23 @@ class AgentContext:
     ``asyncio.CancelledError`` in the agent's coroutine.
     """
 
-    def __init__(self, info: activity.Info, request: AgentRequest | None = None) -> None:
+    def __init__(
+        self,
+        info: activity.Info,
+        request: AgentRequest | None = None,
+        *,
+        resume_from: Any = None,
+        attempt: int | None = None,
+    ) -> None:
         self.info = info
         self.request = request
         details = list(info.heartbeat_details)
         # A retry by Temporal itself (workflows started before #19) finds the
         # last heartbeat's details; the workflow's own next attempt, the
-        # checkpoint the workflow passed on.
-        passed = request.resume_from if request is not None else None
+        # checkpoint the workflow passed on (in the request, or given here
+        # by an agent loop's step).
+        passed = request.resume_from if request is not None else resume_from
+        self._attempt = attempt
         checkpoint = details[0] if details else passed
         self._checkpoint: Any = checkpoint
         self._has_checkpoint = checkpoint is not None
@@ -139,7 +148,7 @@ class AgentContext:
         suspended attempts all count), ..."""
         if self.request is not None and self.request.attempt:
             return self.request.attempt
-        return self.info.attempt
+        return self._attempt or self.info.attempt
 
     @property
     def heartbeat_timeout(self) -> timedelta | None:

@@ -21,6 +21,11 @@ backoff, until the attempt's deadline; then the execution fails with the
 reason. Every request is billed in ``status.usage`` (a cut one by the tokens
 it had streamed), with the count of re-sent ones.
 
+The agent loop (Agents of type assistant, runner/steps.py) sends its model
+calls through the same code, with tools: a streamed answer's tool calls
+arrive in pieces (``delta.tool_calls``, by index: the id and name once, the
+arguments as text in parts) and are put together here.
+
 Failures say which side is at fault (docs/agents.md, "Failures and retries"):
 ``RateLimited`` and ``ProviderUnavailable`` once re-sending cannot go on;
 ``ProviderRejected`` (another 4xx), ``ContextTooLong`` and ``ContentFiltered``
@@ -38,7 +43,7 @@ import random
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,8 +127,25 @@ class ChatCall:
     body: dict[str, Any]
 
 
-def build_chat_call(request: AgentRequest) -> ChatCall:
-    """The provider name and the request body; AgentFailed when the model is unnamed."""
+@dataclass(frozen=True)
+class Completion:
+    """One answer: its text, the tool calls it asks for (OpenAI's shape: id,
+    type, and the function's name and arguments as JSON text), why it ended,
+    and what it used."""
+
+    content: str
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+def build_chat_call(
+    request: AgentRequest, conversation: Iterable[Mapping[str, Any]] | None = None
+) -> ChatCall:
+    """The provider name and the request body; AgentFailed when the model is unnamed.
+
+    ``conversation`` (the agent loop's messages so far) replaces the request's
+    message after the system prompt."""
     spec = request.agent_spec
     params = request.parameters or {}
 
@@ -138,7 +160,10 @@ def build_chat_call(request: AgentRequest) -> ChatCall:
         raise AgentFailed("the chat agent needs a model: set the Agent's model or parameters.model")
     system_prompt = pick(spec.system_prompt if spec else None, "systemPrompt")
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": request.message})
+    if conversation is None:
+        messages.append({"role": "user", "content": request.message})
+    else:
+        messages.extend(dict(m) for m in conversation)
     body: dict[str, Any] = {"model": model, "messages": messages}
     for key, field_name in OPTIONS.items():
         if params.get(key) is not None:
@@ -268,19 +293,22 @@ def _error_code(raw: bytes) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def build_result(
+def build_completion(
     provider: Provider, status: int, raw: bytes, retry_after: str | None = None
-) -> AgentResult:
-    """The agent's result from a whole (not streamed) answer, or the
-    ProviderFailure it is."""
+) -> Completion:
+    """The answer of a whole (not streamed) response, or the ProviderFailure it is."""
     if not 200 <= status < 300:
         raise classify_status(provider, status, raw, retry_after)
     try:
         data = json.loads(raw)
         choice = data["choices"][0]
-        content = choice["message"].get("content") or ""
+        message = choice["message"]
+        content = message.get("content") or ""
         if not isinstance(content, str):
             raise TypeError("content is not a string")
+        calls = message.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise TypeError("tool_calls is not a list")
     except (ValueError, LookupError, TypeError, AttributeError) as exc:
         sent = raw.decode("utf-8", errors="replace")[:200]
         raise ProviderFailure(
@@ -288,8 +316,48 @@ def build_result(
             f"provider {provider.name!r} answered HTTP {status} but not with a chat "
             f"completion ({exc}): {sent}",
         ) from None
-    _check_finish(provider, choice.get("finish_reason"))
-    return AgentResult(output=content, usage=usage_of(data.get("usage")))
+    finish = choice.get("finish_reason")
+    _check_finish(provider, finish)
+    return Completion(
+        content=content,
+        tool_calls=build_tool_calls(calls),
+        finish_reason=finish if isinstance(finish, str) else None,
+        usage=usage_of(data.get("usage")),
+    )
+
+
+def build_result(
+    provider: Provider, status: int, raw: bytes, retry_after: str | None = None
+) -> AgentResult:
+    """The chat agent's result from a whole (not streamed) answer, or the
+    ProviderFailure it is."""
+    answer = build_completion(provider, status, raw, retry_after)
+    return AgentResult(output=answer.content, usage=answer.usage)
+
+
+def build_tool_calls(calls: Iterable[Any]) -> tuple[dict[str, Any], ...]:
+    """Tool calls as the conversation carries them back: each with an id, a
+    function name and its arguments as JSON text (some servers send an object)."""
+    out = []
+    for i, call in enumerate(calls):
+        if not isinstance(call, Mapping):
+            continue
+        function = call.get("function")
+        function = function if isinstance(function, Mapping) else {}
+        arguments = function.get("arguments")
+        out.append(
+            {
+                "id": str(call.get("id") or f"call-{i}"),
+                "type": "function",
+                "function": {
+                    "name": str(function.get("name") or ""),
+                    "arguments": arguments
+                    if isinstance(arguments, str)
+                    else json.dumps(arguments if arguments is not None else {}),
+                },
+            }
+        )
+    return tuple(out)
 
 
 def _check_finish(provider: Provider, finish_reason: object) -> None:
@@ -357,14 +425,49 @@ class Streamed:
     provider: Provider
     parts: list[str] = field(default_factory=list)
     chars: int = 0
-    deltas: int = 0  # content chunks: about a token each
+    deltas: int = 0  # content and tool-call chunks: about a token each
     usage: Usage | None = None
     done: bool = False
     finish_reason: str | None = None  # the last one sent ("length": max_tokens ended it)
+    # Tool calls by their index, as their pieces arrive: id, name, arguments' parts.
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def content(self) -> str:
         return "".join(self.parts)
+
+    def completion(self) -> Completion:
+        return Completion(
+            content=self.content,
+            tool_calls=build_tool_calls(
+                {
+                    "id": call["id"],
+                    "function": {"name": call["name"], "arguments": "".join(call["arguments"])},
+                }
+                for _, call in sorted(self.calls.items())
+            ),
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+        )
+
+    def _tool_call_delta(self, position: int, piece: Mapping[str, Any]) -> None:
+        index = piece.get("index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) else position
+        call = self.calls.setdefault(index, {"id": "", "name": "", "arguments": []})
+        if isinstance(piece.get("id"), str) and piece["id"]:
+            call["id"] = piece["id"]
+        function = piece.get("function")
+        if not isinstance(function, Mapping):
+            return
+        name = function.get("name")
+        # The name comes whole in the first piece; a server that repeats it
+        # in later pieces must not double it.
+        if isinstance(name, str) and name and name != call["name"]:
+            call["name"] += name
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            call["arguments"].append(arguments)
+            self.deltas += 1
 
     def event(self, data: str) -> None:
         if data.strip() == "[DONE]":
@@ -395,11 +498,16 @@ class Streamed:
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             return  # the usage chunk has no choices
         delta = choices[0].get("delta")
-        content = delta.get("content") if isinstance(delta, dict) else None
+        delta = delta if isinstance(delta, dict) else {}
+        content = delta.get("content")
         if isinstance(content, str) and content:
             self.parts.append(content)
             self.chars += len(content)
             self.deltas += 1
+        calls = delta.get("tool_calls")
+        for position, piece in enumerate(calls if isinstance(calls, list) else []):
+            if isinstance(piece, Mapping):
+                self._tool_call_delta(position, piece)
         finish = choices[0].get("finish_reason")
         if isinstance(finish, str):
             self.finish_reason = finish
@@ -475,7 +583,7 @@ class ProviderCall:
 
 async def send_once(
     call: ProviderCall, progress: Streamed | None, on_chunk: Any = None
-) -> tuple[AgentResult, Streamed | None]:
+) -> tuple[Completion, Streamed | None]:
     """One request. Streamed: bounded by the stall timeout between bytes, never
     by a total; otherwise by the provider's timeoutSeconds. Raises ProviderFailure."""
     provider = call.provider
@@ -497,7 +605,7 @@ async def send_once(
             kind = response.headers.get("Content-Type", "")
             if not (200 <= response.status < 300 and kind.startswith("text/event-stream")):
                 raw = await response.read()
-                return build_result(provider, response.status, raw, retry_after), None
+                return build_completion(provider, response.status, raw, retry_after), None
             progress = progress if progress is not None else Streamed(provider)
             parser = SseParser()
             async for chunk in response.content.iter_any():
@@ -524,14 +632,14 @@ async def send_once(
             f"could not reach {where}: {type(exc).__name__}: {exc}",
             resend=True,
         ) from None
-    if not progress.done and not progress.parts:
+    if not progress.done and not progress.parts and not progress.calls:
         raise ProviderFailure(
             PROVIDER_UNAVAILABLE, f"{where} ended its stream without an answer", resend=True
         )
-    return AgentResult(output=progress.content, usage=progress.usage), progress
+    return progress.completion(), progress
 
 
-async def complete(call: ProviderCall, ctx: AgentContext | None) -> AgentResult:
+async def complete(call: ProviderCall, ctx: AgentContext | None) -> Completion:
     """The answer, re-sending the request while that may help and the attempt's
     deadline allows. Outside an attempt (no deadline known) nothing is re-sent:
     a retryable failure is raised retryable."""
@@ -614,7 +722,7 @@ async def complete(call: ProviderCall, ctx: AgentContext | None) -> AgentResult:
             cut = streamed is not None and streamed.finish_reason == "length"
             if cut or max(used, streamed.deltas if streamed is not None else 0) >= limit:
                 raise ctx.budget.exceeded("by its last model call, cut at what was left")
-        return AgentResult(output=result.output, usage=bill.total)
+        return replace(result, usage=bill.total)
 
 
 def _requests_before(checkpoint: Any) -> int:
@@ -689,6 +797,24 @@ class ChatAgent:
 
     async def run(self, request: AgentRequest) -> AgentResult:
         call = build_chat_call(request)
+        answer = await self.send(call.provider, call.body)
+        return AgentResult(output=answer.content, usage=answer.usage)
+
+    async def send(self, provider_name: str | None, body: dict[str, Any]) -> Completion:
+        """``body`` to the provider ``provider_name`` picks on this runner,
+        re-sent while that may help (see complete); in the running attempt's
+        context, which is billed."""
+        provider, api_key = self.provider_for(provider_name)
+        try:
+            return await complete(ProviderCall(provider, api_key, body), current_context())
+        except ProviderConfigError as exc:  # its caFile cannot be used
+            raise AgentFailed(str(exc)) from None
+
+    def provider_for(self, name: str | None) -> tuple[Provider, str | None]:
+        """The provider ``name`` picks on this runner, and its key as mounted now.
+
+        AgentFailed when none can be chosen (retrying cannot help); a key that
+        cannot be read is retryable (PROVIDER_KEY_UNREADABLE)."""
         if self.providers_file is None:
             raise AgentFailed(
                 f"the chat agent has no providers on this runner: set {PROVIDERS_FILE_ENV}"
@@ -699,9 +825,9 @@ class ChatAgent:
             providers = load_providers(self.providers_file, self.proxies)
         except ProviderConfigError as exc:
             raise AgentFailed(str(exc)) from None
-        provider = choose_provider(providers, call.provider)
+        provider = choose_provider(providers, name)
         try:
-            api_key = provider.read_api_key()
+            return provider, provider.read_api_key()
         except ProviderConfigError as exc:
             error = ApplicationError(
                 str(exc),
@@ -709,10 +835,5 @@ class ChatAgent:
                 next_retry_delay=KEY_RETRY_DELAY,
                 category=ApplicationErrorCategory.BENIGN,
             )
-        else:
-            try:
-                return await complete(ProviderCall(provider, api_key, call.body), current_context())
-            except ProviderConfigError as exc:  # its caFile cannot be used
-                raise AgentFailed(str(exc)) from None
         log.warning("chat provider key unreadable: %s", error.message)
         raise error

@@ -27,6 +27,7 @@ from agentexec.http import build_app, liveness_of, start_http
 from agentexec.metrics import Metrics
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY, Agent
+from agentexec.runner.steps import StepActivities
 from agentexec.settings import Settings
 from agentexec.temporal.codec import build_codec
 from agentexec.temporal.codec import describe as describe_codec
@@ -41,7 +42,8 @@ def build_runner_specs(settings: Settings, activities: RunnerActivities) -> list
     return [
         WorkerSpec(
             task_queue=queue,
-            activities=[activities.run_agent],
+            # The single-call agent, and the agent loop's steps.
+            activities=[activities.run_agent, *StepActivities.from_settings(settings).all()],
             max_concurrent_activities=settings.runner_max_concurrent,
             # A deleted execution stops its agent within seconds, not within
             # 0.8 x the heartbeat timeout (the SDK's throttle).

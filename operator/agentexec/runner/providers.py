@@ -47,8 +47,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import yaml
 
+from agentexec.runner.config import config_entries, read_config_file
 from agentexec.settings import ProxySettings
 
 PROVIDERS_FILE_ENV = "AGENTEXEC_PROVIDERS_FILE"
@@ -166,16 +166,9 @@ def parse_providers(
     data: Any, source: str = "the providers file", proxies: ProxySettings | None = None
 ) -> dict[str, Provider]:
     """The providers a decoded providers file names; ProviderConfigError says what is wrong."""
-    if not isinstance(data, Mapping) or not isinstance(data.get("providers"), Mapping):
-        raise ProviderConfigError(f"{source}: expected a mapping under 'providers'")
     providers: dict[str, Provider] = {}
-    for name, entry in data["providers"].items():
-        where = f"{source}: provider {name!r}"
-        if not isinstance(entry, Mapping):
-            raise ProviderConfigError(f"{where}: expected a mapping")
-        unknown = set(entry) - FIELDS
-        if unknown:
-            raise ProviderConfigError(f"{where}: unknown fields {sorted(unknown)}")
+    entries = config_entries(data, "providers", "provider", FIELDS, source, ProviderConfigError)
+    for name, entry, where in entries:
         base_url = entry.get("baseURL")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ProviderConfigError(f"{where}: baseURL must be an http(s) URL")
@@ -202,8 +195,8 @@ def parse_providers(
             raise ProviderConfigError(f"{where}: caFile must be a path")
         if ca_file and not base_url.startswith("https://"):
             raise ProviderConfigError(f"{where}: caFile is for an https:// baseURL")
-        providers[str(name)] = Provider(
-            name=str(name),
+        providers[name] = Provider(
+            name=name,
             base_url=base_url.rstrip("/"),
             api_key_file=Path(key_file) if key_file else None,
             timeout_seconds=timeout,
@@ -226,22 +219,7 @@ def _positive(entry: Mapping[str, Any], key: str, default: float, where: str) ->
 
 def load_providers(path: Path, proxies: ProxySettings | None = None) -> dict[str, Provider]:
     """Read and parse the providers file (YAML, or JSON, which is YAML too)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ProviderConfigError(
-            f"cannot read the providers file {str(path)!r} ({exc.strerror or exc})"
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        # Not str(exc): it quotes the offending line, which may hold a header's value.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "cannot be parsed"
-        raise ProviderConfigError(
-            f"the providers file {str(path)!r} is not YAML{where}: {problem}"
-        ) from None
+    data = read_config_file(path, "the providers file", ProviderConfigError)
     return parse_providers(data, f"the providers file {str(path)!r}", proxies)
 
 

@@ -5,7 +5,9 @@ retries by itself: how the attempt ended decides what comes next, so that
 two budgets can be kept apart, as a Job's ``podFailurePolicy`` keeps
 disruptions apart from failures:
 
-- a **failure** of the agent or its provider spends one of ``backoffLimit``;
+- a **failure** of the agent or its provider spends one of ``backoffLimit``
+  (the execution's; the agent loop gives each of its steps the whole budget,
+  temporal/loop.py);
 - a **disruption** (the runner shut down, or stopped heartbeating because it
   died) is retried at once from the last checkpoint and spends nothing, up to
   ``max_disruptions`` so a crash-looping runner cannot retry forever;
@@ -208,6 +210,16 @@ class Step:
     delay: float = 0.0  # seconds before the next attempt
 
 
+@dataclass(frozen=True)
+class BookState:
+    """What an AttemptBook carries across continue-as-new (the agent loop)."""
+
+    attempts: Attempts = field(default_factory=Attempts)
+    ran: float = 0.0
+    runner_wait: float = 0.0
+    usage: Usage | None = None
+
+
 @dataclass
 class AttemptBook:
     """One execution's attempts: the budgets, the clock, the checkpoint and the bill."""
@@ -216,6 +228,9 @@ class AttemptBook:
     count: int = 0
     failed: int = 0
     disrupted: int = 0
+    # Failures that spent backoffLimit in the current piece of work: the
+    # execution for a single call, the step for the agent loop (begin_step).
+    spent: int = 0
     last_failure: AttemptEnd | None = None
     last_disruption: AttemptEnd | None = None
     ran: float = 0.0  # seconds counted against the deadline
@@ -241,10 +256,40 @@ class AttemptBook:
     def request(self) -> AgentRequest:
         """The next attempt's request (counting it), with what is left of the
         execution's token limit."""
-        self.count += 1
+        self.begin_attempt()
         resume_from = self.checkpoint if self.has_checkpoint else None
         return build_request(
             self.inp, attempt=self.count, resume_from=resume_from, max_tokens=self.tokens_left()
+        )
+
+    def begin_attempt(self) -> int:
+        """Count the next attempt; its number."""
+        self.count += 1
+        return self.count
+
+    def begin_step(self) -> None:
+        """A new piece of work (an agent loop's step): its own backoffLimit,
+        and no checkpoint yet. Disruptions, the clock and the bill go on."""
+        self.spent = 0
+        self.has_checkpoint, self.checkpoint = False, None
+
+    def state(self) -> BookState:
+        return BookState(self.attempts(), self.ran, self.runner_wait, self.usage)
+
+    @classmethod
+    def resume(cls, inp: ExecutionInput, state: BookState) -> AttemptBook:
+        """The book of an execution continued as new, from its ``state``."""
+        a = state.attempts
+        return cls(
+            inp,
+            count=a.count,
+            failed=a.failed,
+            disrupted=a.disrupted,
+            last_failure=a.last_failure,
+            last_disruption=a.last_disruption,
+            ran=state.ran,
+            runner_wait=state.runner_wait,
+            usage=state.usage,
         )
 
     def attempts(self) -> Attempts:
@@ -336,21 +381,22 @@ class AttemptBook:
             )
         # A failure of the agent or its provider: one of backoffLimit.
         self.failed += 1
+        self.spent += 1
         self.last_failure = AttemptEnd(ended.reason, ended.message, when)
         limit = self.inp.backoff_limit
-        if self.failed > limit:
+        if self.spent > limit:
             return Step(finish=self.result("Failed", ended.reason, ended.message))
         delay = (
             ended.retry_delay
             if ended.retry_delay is not None
-            else backoff.AGENT_ATTEMPT.delay(self.failed, rnd)
+            else backoff.AGENT_ATTEMPT.delay(self.spent, rnd)
         )
         delay = max(0.0, min(delay, self.time_left()))
         return Step(
             report=self.progress(
                 ATTEMPT_FAILED,
                 f"attempt {self.count} failed ({ended.reason}: {ended.message}){how_far}; "
-                f"attempt {self.count + 1} in {delay:.0f}s (failures: {self.failed} of "
+                f"attempt {self.count + 1} in {delay:.0f}s (failures: {self.spent} of "
                 f"backoffLimit={limit})",
             ),
             delay=delay,

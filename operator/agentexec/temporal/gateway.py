@@ -37,16 +37,22 @@ from agentexec.temporal.errors import (
 )
 from agentexec.temporal.manager import TemporalManager
 from agentexec.temporal.state import NAMESPACE_NOT_FOUND
+from agentexec.temporal.steps import (
+    APPROVAL_SIGNAL,
+    LOOP_WORKFLOW_TYPE,
+    ApprovalDecision,
+    LoopInput,
+)
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
     SUSPEND_SIGNAL,
     WORKFLOW_NOT_RUNNING,
+    WORKFLOW_TYPE,
     Answer,
     ExecutionInput,
     ExecutionResult,
     Outcome,
 )
-from agentexec.temporal.workflows import AgentExecutionWorkflow
 
 log = logging.getLogger("agentexec.gateway")
 
@@ -84,13 +90,15 @@ class TemporalGateway:
             "taskQueue": self.task_queue,
         }
 
-    async def start(self, workflow_id: str, inp: ExecutionInput) -> Answer:
-        """Start the execution's one workflow, or find the one already there."""
+    async def start(self, workflow_id: str, inp: ExecutionInput | LoopInput) -> Answer:
+        """Start the execution's one workflow, or find the one already there
+        (an assistant's agent loop for a LoopInput)."""
+        workflow_type = LOOP_WORKFLOW_TYPE if isinstance(inp, LoopInput) else WORKFLOW_TYPE
 
         async def call(client: Client) -> Answer:
             try:
                 handle: WorkflowHandle[Any, Any] = await client.start_workflow(
-                    AgentExecutionWorkflow.run,
+                    workflow_type,
                     inp,
                     id=workflow_id,
                     task_queue=self.task_queue,
@@ -116,6 +124,12 @@ class TemporalGateway:
 
         return await self._guarded(call)
 
+    async def signal_approval(
+        self, workflow_id: str, namespace: str | None, decision: ApprovalDecision
+    ) -> Answer:
+        """Relay an AgentApproval's decision to the waiting agent loop."""
+        return await self._signal(workflow_id, namespace, APPROVAL_SIGNAL, decision)
+
     async def cancel(self, workflow_id: str, namespace: str | None) -> Answer:
         async def call(client: Client) -> Answer:
             scoped = _in_namespace(client, namespace)
@@ -131,15 +145,18 @@ class TemporalGateway:
     ) -> Answer:
         """Tell the running workflow that spec.suspend changed (idempotent:
         it sets a value)."""
+        return await self._signal(workflow_id, namespace, SUSPEND_SIGNAL, suspended)
+
+    async def _signal(self, workflow_id: str, namespace: str | None, name: str, arg: Any) -> Answer:
+        """SIGNALLED, or REJECTED/WorkflowNotRunning when the workflow has
+        ended (nothing is waiting for the signal any more)."""
 
         async def call(client: Client) -> Answer:
             handle = _in_namespace(client, namespace).get_workflow_handle(workflow_id)
             try:
-                await handle.signal(
-                    SUSPEND_SIGNAL, suspended, rpc_timeout=timedelta(seconds=self.rpc_timeout)
-                )
+                await handle.signal(name, arg, rpc_timeout=timedelta(seconds=self.rpc_timeout))
             except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
+                if not is_workflow_not_found(exc):
                     raise
                 return Answer(Outcome.REJECTED, reason=WORKFLOW_NOT_RUNNING, message=str(exc)[:500])
             return Answer(Outcome.SIGNALLED)

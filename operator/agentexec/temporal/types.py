@@ -45,6 +45,9 @@ class AgentSpec:
     timeout_seconds: int | None = None
     uid: str | None = None  # which Agent object was snapshotted
     generation: int | None = None  # and which version of its spec
+    # An assistant's loop settings as the Agent's spec has them (tools,
+    # maxSteps, approval): see temporal/steps.py build_loop_spec.
+    loop: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,9 @@ class StatusReport:
     run_id: str
     namespace: str | None = None
     task_queue: str | None = None
+    # The agent loop's status fields (progress, pendingApproval, lastApproval),
+    # already in the resource's casing: see temporal/steps.py.
+    progress: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """AgentExecutionWorkflow: run the agent as an activity, report status back.
 
-Imports temporalio, our types and the pure attempt decisions only: the
-sandbox re-imports this module.
+Imports temporalio, our types, the pure attempt decisions and the workflow
+code it shares with the agent loop (temporal/running.py) only: the sandbox
+re-imports this module.
 
 Workflows started since issue #19 run their own attempt loop (patch
 ``attempt-loop``, temporal/attempts.py says why); those started before keep
@@ -11,13 +12,10 @@ the path they began on (``_run_agent``), as replay requires.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.converter import value_to_type
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -25,37 +23,32 @@ from temporalio.exceptions import (
     TimeoutType,
 )
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
-from temporalio.workflow import ActivityCancellationType, ActivityHandle
 
 with workflow.unsafe.imports_passed_through():
     from agentexec.temporal.attempts import (
         AttemptBook,
         Ended,
         Kind,
-        RunnerWatch,
-        build_ended,
         build_request,
     )
     from agentexec.temporal.attempts import _messages as _messages
+    from agentexec.temporal.running import (
+        execution_failure,
+        pause,
+        run_attempt,
+        send_report,
+        stay_suspended,
+    )
     from agentexec.temporal.types import (
         AGENT_ERROR,
         AGENT_FAILURE_REASONS,
-        CHECK_RUNNER_ACTIVITY,
-        EXECUTION_FAILED,
-        NO_RUNNER,
-        REPORT_STATUS_ACTIVITY,
         RUN_AGENT_ACTIVITY,
         RUNNER_FAILED,
-        RUNNING,
         SUSPEND_SIGNAL,
-        SUSPENDED,
         UNKNOWN_AGENT,
         WORKFLOW_TYPE,
         ExecutionInput,
         ExecutionResult,
-        RunnerCheck,
-        RunnerSeen,
-        StatusReport,
         agent_result_from,
     )
 
@@ -69,10 +62,6 @@ AGENT_RETRY = RetryPolicy(
     maximum_attempts=3,
     non_retryable_error_types=[AGENT_ERROR],
 )
-# Status reports go to the Kubernetes API: keep trying through an outage.
-REPORT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
 # Added in 0.2: a failed agent fails the workflow (after reporting), so
 # Temporal's own UI, metrics and alerts see it. Histories recorded before
 # this marker replay the old ending (completed with a Failed result).
@@ -80,11 +69,6 @@ FAIL_ON_AGENT_FAILURE = "fail-workflow-on-agent-failure"
 # Added with issue #19: the workflow's own attempt loop (one activity per
 # attempt, never retried by Temporal), the runner checks and suspend.
 ATTEMPT_LOOP = "attempt-loop"
-ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
-# check_runner runs on the operator's own worker; a look that fails is
-# simply taken again later.
-CHECK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
-CHECK_TIMEOUT = timedelta(seconds=10)
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -120,12 +104,7 @@ class AgentExecutionWorkflow:
             raise
         await self._report(inp, result)
         if result.phase == "Failed" and workflow.patched(FAIL_ON_AGENT_FAILURE):
-            raise ApplicationError(
-                result.message or result.reason or "the agent failed",
-                result,
-                type=EXECUTION_FAILED,
-                non_retryable=True,
-            )
+            raise execution_failure(result)
         return result
 
     # ----- the attempt loop (issue #19) ---------------------------------------
@@ -144,105 +123,29 @@ class AgentExecutionWorkflow:
             if step.report is not None:
                 await self._report(inp, step.report, final=False, cancellable=True)
             if step.delay > 0:
-                # Time between failed attempts counts against the deadline, time
-                # suspended does not: a suspend cuts the wait short.
-                began = workflow.now()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await workflow.wait_condition(
-                        lambda: self._suspended, timeout=timedelta(seconds=step.delay)
-                    )
-                book.ran += (workflow.now() - began).total_seconds()
+                await pause(book, step.delay, self._is_suspended)
 
     async def _attempt(self, inp: ExecutionInput, book: AttemptBook) -> Ended:
-        """Run one attempt to its end; look for runners while it waits for one,
-        and stop it when the execution is suspended."""
+        """Run one attempt to its end (temporal/running.py)."""
         request = book.request()
-        activity_id = f"{RUN_AGENT_ACTIVITY}-{book.count}"
-        left = timedelta(seconds=int(book.time_left()))
-        scheduled = workflow.now()
-        handle: ActivityHandle[Any] = workflow.start_activity(
+        ended, out = await run_attempt(
+            inp,
+            book,
             RUN_AGENT_ACTIVITY,
             request,
-            activity_id=activity_id,
-            task_queue=inp.runner_task_queue,
-            # The attempt's running time; waiting for a runner is not counted
-            # (no schedule-to-start bound: the runner checks watch that).
-            start_to_close_timeout=left,
-            heartbeat_timeout=min(timedelta(seconds=inp.heartbeat_timeout_seconds), left),
-            retry_policy=ONE_ATTEMPT,
-            # A stopped attempt has stopped before the next one starts, and
-            # its runner's answer carries the checkpoint.
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            f"{RUN_AGENT_ACTIVITY}-{book.count}",
+            self._is_suspended,
+            lambda result: self._report(inp, result, final=False, cancellable=True),
         )
-        watch = RunnerWatch(
-            inp.no_runner_seconds, inp.timeout_seconds, inp.runner_task_queue, scheduled
-        )
-        stopping = False
-        gave_up: str | None = None
+        if ended.kind is not Kind.SUCCEEDED:
+            return ended
         try:
-            while not handle.done():
-                wait = None if stopping else watch.next_check(workflow.now())
-                watch_suspend = not stopping
-                try:
-                    await workflow.wait_condition(
-                        lambda: handle.done() or (self._suspended and watch_suspend),  # noqa: B023
-                        timeout=wait,
-                    )
-                except TimeoutError:
-                    seen = await self._check_runner(inp, activity_id)
-                    look = watch.observe(seen, workflow.now(), book)
-                    if look.report is not None:
-                        await self._report(inp, look.report, final=False, cancellable=True)
-                    if look.give_up is not None and not handle.done():
-                        gave_up, stopping = look.give_up, True
-                        handle.cancel()
-                    continue
-                if self._suspended and not handle.done() and not stopping:
-                    stopping = True
-                    handle.cancel()
-            out = await handle
-        except asyncio.CancelledError:
-            # The workflow is cancelled (the execution deleted): stop the agent,
-            # and wait until it stopped, before saying so.
-            handle.cancel()
-            with contextlib.suppress(ActivityError, asyncio.CancelledError):
-                await handle
-            raise
-        except ActivityError as err:
-            ended = build_ended(err)
-        else:
-            try:
-                ended = Ended(Kind.SUCCEEDED, result=agent_result_from(out))
-            except ValueError as exc:
-                ended = Ended(Kind.FATAL, RUNNER_FAILED, str(exc))
-        finally:
-            book.clock(scheduled, watch.started(), workflow.now())
-        if ended.kind is Kind.STOPPED and workflow.cancellation_reason() is not None:
-            raise asyncio.CancelledError()
-        if gave_up is not None and ended.kind is Kind.STOPPED:
-            return Ended(Kind.FATAL, NO_RUNNER, gave_up)
-        return ended
+            return Ended(Kind.SUCCEEDED, result=agent_result_from(out))
+        except ValueError as exc:
+            return Ended(Kind.FATAL, RUNNER_FAILED, str(exc))
 
-    async def _check_runner(self, inp: ExecutionInput, activity_id: str) -> RunnerSeen | None:
-        """Has a runner taken the attempt, and does any poll its queue?
-        (check_runner, on the operator's worker.) None if it could not say."""
-        try:
-            seen = await workflow.execute_activity(
-                CHECK_RUNNER_ACTIVITY,
-                RunnerCheck(inp.runner_task_queue, activity_id),
-                start_to_close_timeout=CHECK_TIMEOUT,
-                retry_policy=CHECK_RETRY,
-            )
-            result = value_to_type(RunnerSeen, seen)
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError) and workflow.cancellation_reason() is not None:
-                raise asyncio.CancelledError() from err
-            workflow.logger.warning("could not check the runner queue: %s", err)
-            return None
-        except (TypeError, ValueError) as exc:
-            workflow.logger.warning("check_runner answered something else: %s", exc)
-            return None
-        return result if isinstance(result, RunnerSeen) else None
+    def _is_suspended(self) -> bool:
+        return self._suspended
 
     async def _stay_suspended(self, inp: ExecutionInput, book: AttemptBook) -> None:
         where = "at its checkpoint" if book.has_checkpoint else "before any checkpoint"
@@ -251,24 +154,16 @@ class AgentExecutionWorkflow:
             if book.count
             else "before its first attempt"
         )
-        await self._report(
-            inp,
-            book.progress(SUSPENDED, f"suspended (spec.suspend): no attempt runs; {said}"),
-            final=False,
-            cancellable=True,
+        goes_on = (
+            f"attempt {book.count + 1} continues "
+            f"{'from the checkpoint' if book.has_checkpoint else 'from the start'}"
         )
-        began = workflow.now()
-        await workflow.wait_condition(lambda: not self._suspended)
-        waited = int((workflow.now() - began).total_seconds())
-        await self._report(
-            inp,
-            book.progress(
-                RUNNING,
-                f"resumed after {waited}s suspended; attempt {book.count + 1} continues "
-                f"{'from the checkpoint' if book.has_checkpoint else 'from the start'}",
-            ),
-            final=False,
-            cancellable=True,
+        await stay_suspended(
+            book,
+            self._is_suspended,
+            lambda result: self._report(inp, result, final=False, cancellable=True),
+            said,
+            goes_on,
         )
 
     # ----- the path of workflows started before the attempt loop -------------
@@ -348,37 +243,7 @@ class AgentExecutionWorkflow:
         final: bool = True,
         cancellable: bool = False,
     ) -> None:
-        info = workflow.info()
-        try:
-            await workflow.execute_activity(
-                REPORT_STATUS_ACTIVITY,
-                StatusReport(
-                    ref=inp.ref,
-                    result=result,
-                    workflow_id=info.workflow_id,
-                    run_id=info.run_id,
-                    namespace=info.namespace,
-                    task_queue=info.task_queue,
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=timedelta(seconds=inp.report_timeout_seconds),
-                retry_policy=REPORT_RETRY,
-            )
-        except ActivityError as err:
-            if (
-                cancellable
-                and isinstance(err.cause, CancelledError)
-                and workflow.cancellation_reason() is not None
-            ):
-                # A progress report cut by the execution's deletion: the
-                # deletion goes on (the path before #19 swallowed it).
-                raise asyncio.CancelledError() from err
-            # The Kubernetes API stayed unreachable longer than the report's
-            # retries: the result stays in this workflow's history and the
-            # operator applies it from there. Never lose it, never wait forever.
-            workflow.logger.warning("could not report %s to the resource", result.phase)
-            if not final:
-                return
+        await send_report(inp, result, final, cancellable)
 
 
 class _NoRunnerYet(Exception):
