@@ -1201,8 +1201,9 @@ def test_payload_keys_and_the_runner_s_own_credential_reach_each_pod(
         command = [str(Path(sys.executable).parent / "agentexec-operator")]
         command += ["runner", "--check-config"] if runner else ["--check-config"]
         checked = subprocess.run(
-            command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
-            check=False,
+            command,
+            env={"PATH": os.environ["PATH"], "KUBECONFIG": str(control_plane.kubeconfig), **env},
+            capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert checked.returncode == 0, checked.stderr
     assert seen == {False: "op-key-1", True: "runner-key-1"}
@@ -1210,7 +1211,8 @@ def test_payload_keys_and_the_runner_s_own_credential_reach_each_pod(
     bad = {**env, "AGENTEXEC_PAYLOAD_KEY_ID": "k9"}
     refused = subprocess.run(
         [str(Path(sys.executable).parent / "agentexec-operator"), "--check-config"],
-        env={"PATH": os.environ["PATH"], **bad}, capture_output=True, text=True, check=False,
+        env={"PATH": os.environ["PATH"], "KUBECONFIG": str(control_plane.kubeconfig), **bad},
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert refused.returncode == 2
     assert "current payload key 'k9' is not in" in refused.stderr
