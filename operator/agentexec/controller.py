@@ -36,6 +36,7 @@ from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
 from agentexec.planner import Body, Call, Connection, Decision, Observed
+from agentexec.policy import token_limit
 from agentexec.runner.api import agent_names
 from agentexec.settings import Settings
 from agentexec.temporal.gateway import TemporalGateway
@@ -99,6 +100,7 @@ def build_input(body: Body, settings: Settings, agent: AgentSpec | None = None) 
         report_timeout_seconds=int(settings.report_timeout),
         agent_spec=agent,
         heartbeat_timeout_seconds=int(settings.runner_heartbeat_timeout),
+        max_tokens=token_limit(spec),
         backoff_limit=lifecycle.backoff_limit_of(spec),
         max_disruptions=settings.max_disruptions,
         deadline_field=deadline_field,
@@ -114,15 +116,10 @@ def build_start_input(
         return inp
     spec = body.get("spec")
     spec = spec if isinstance(spec, Mapping) else {}
-    limits = spec.get("limits")
-    max_tokens = limits.get("maxTokens") if isinstance(limits, Mapping) else None
     return LoopInput(
         execution=inp,
         loop=build_loop_spec(
-            agent.loop,
-            inp.ref.namespace,
-            max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-            inp.parameters.get("toolChoice"),
+            agent.loop, inp.ref.namespace, token_limit(spec), inp.parameters.get("toolChoice")
         ),
         progress_interval_seconds=settings.progress_interval,
     )
