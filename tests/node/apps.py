@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pytest
 from temporalio.client import Client
 
-from agentexec.planner import workflow_id
+from agentexec.status import workflow_id
 from localenv.helm import CHART
 
 TEMPORAL_NAMESPACE = "temporal"

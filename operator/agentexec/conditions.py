@@ -1,0 +1,150 @@
+"""The status vocabulary: phases, condition types and reasons, and the
+conditions list in the Kubernetes convention. Pure, and imports nothing of
+ours, so every layer (the planner, the Temporal gateway and connection state,
+the controller) names a reason from here instead of spelling it again.
+
+Reasons are CamelCase (the API convention) and a contract: alerts, runbooks
+(docs/operations.md) and users' scripts match on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+Body = Mapping[str, Any]
+
+# status.phase
+PENDING = "Pending"
+RUNNING = "Running"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+CANCELLED = "Cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+# Condition types.
+TEMPORAL_CONNECTED = "TemporalConnected"
+WORKFLOW_STARTED = "WorkflowStarted"
+SUCCEEDED_CONDITION = "Succeeded"  # Unknown while running, True/False once finished
+AGENT_RESOLVED = "AgentResolved"
+
+# TemporalConnected reasons (the connection as the manager sees it).
+CONNECTED = "Connected"
+TEMPORAL_UNAVAILABLE = "TemporalUnavailable"
+CIRCUIT_OPEN = "CircuitOpen"
+NAMESPACE_NOT_FOUND = "NamespaceNotFound"
+
+# WorkflowStarted reasons.
+STARTED = "Started"
+QUEUED = "Queued"  # waits its turn at the start rate
+WAITING_FOR_TEMPORAL = "WaitingForTemporal"
+START_FAILED = "StartFailed"  # an attempt failed (refused, or no answer): retried with backoff
+QUEUE_TIMEOUT = "QueueTimeout"
+AGENT_NOT_FOUND = "AgentNotFound"  # also an AgentResolved reason
+TASK_QUEUE_NOT_ALLOWED = "TaskQueueNotAllowed"
+
+# AgentResolved reasons (besides AgentNotFound).
+RESOLVED = "Resolved"
+
+# Succeeded=Unknown reasons while not finished; error reasons once finished.
+WAITING = PENDING  # Succeeded=Unknown/Pending: not started yet
+AGENT_RUNNING = RUNNING  # Succeeded=Unknown/Running
+NO_RUNNER = "NoRunner"
+TIMEOUT = "Timeout"
+HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
+RUNNER_FAILED = "RunnerFailed"
+UNKNOWN_AGENT = "UnknownAgent"
+# How a workflow closed in Temporal without its report (or was closed there
+# by someone else: terminated, cancelled).
+TERMINATED = "Terminated"
+WORKFLOW_FAILED = "WorkflowFailed"
+WORKFLOW_CANCELLED = CANCELLED
+CONTINUED_AS_NEW = "ContinuedAsNew"
+WORKFLOW_LOST = "WorkflowLost"  # the recorded workflow no longer exists in Temporal
+
+# Event reasons (Kubernetes Events on the execution) besides the above.
+DELETION_BLOCKED = "DeletionBlocked"
+FORCE_DELETED = "ForceDeleted"
+DESCRIBE_FAILED = "DescribeFailed"
+
+# A condition message is cut to this many characters.
+MAX_MESSAGE = 4 * 1024
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True", "False" or "Unknown"
+    reason: str
+    message: str = ""
+
+
+def timestamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def status_of(body: Body) -> Mapping[str, Any]:
+    status = body.get("status")
+    return status if isinstance(status, Mapping) else {}
+
+
+def generation_of(body: Body) -> int:
+    meta = body.get("metadata")
+    gen = meta.get("generation") if isinstance(meta, Mapping) else None
+    return gen if isinstance(gen, int) else 1
+
+
+def condition_of(body: Body, ctype: str) -> Mapping[str, Any] | None:
+    conditions = status_of(body).get("conditions")
+    if not isinstance(conditions, list):
+        return None
+    for cond in conditions:
+        if isinstance(cond, Mapping) and cond.get("type") == ctype:
+            return cond
+    return None
+
+
+def build_conditions(
+    body: Body, updates: Iterable[Condition], now: datetime
+) -> list[dict[str, Any]]:
+    """The full conditions list with ``updates`` upserted by type.
+
+    ``lastTransitionTime`` changes only when a condition's status flips;
+    other conditions (someone else's types included) are kept as they are.
+    """
+    generation = generation_of(body)
+    existing = status_of(body).get("conditions")
+    result: list[dict[str, Any]] = (
+        [dict(c) for c in existing if isinstance(c, Mapping) and isinstance(c.get("type"), str)]
+        if isinstance(existing, list)
+        else []
+    )
+    for update in updates:
+        new = {
+            "type": update.type,
+            "status": update.status,
+            "reason": update.reason,
+            "message": update.message[:MAX_MESSAGE],
+            "observedGeneration": generation,
+            "lastTransitionTime": timestamp(now),
+        }
+        for i, old in enumerate(result):
+            if old["type"] == update.type:
+                if old.get("status") == update.status and old.get("lastTransitionTime"):
+                    new["lastTransitionTime"] = old["lastTransitionTime"]
+                result[i] = new
+                break
+        else:
+            result.append(new)
+    return result

@@ -1,0 +1,194 @@
+"""What reconcile and the planner say to each other: the observation a decision
+is made on, the requests a decision may need answered first, and the
+decision itself. Pure data (and the workflow input built from a spec).
+
+The loop is in reconciler.py; the decisions in planner.py; the calls are
+made by executor.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agentexec.agents import AgentPolicy
+from agentexec.conditions import Body
+from agentexec.status import (
+    Connection,
+    StatusPatch,
+    meta_of,
+    recorded_workflow,
+    uid_of,
+    workflow_id,
+)
+from agentexec.temporal.types import (
+    AgentSpec,
+    Answer,
+    ExecutionInput,
+    ExecutionRef,
+    StatusReport,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the settings say that decisions depend on (built once at start)."""
+
+    queue_ttl: float = 3600.0
+    finished_ttl: float | None = None  # default ttlSecondsAfterFinished (None: keep)
+    policy: AgentPolicy = field(default_factory=AgentPolicy)  # built-in names, allowed queues
+    runner_task_queue: str = "agentexec-runner"
+    no_runner_seconds: int = 60
+    report_timeout_seconds: int = 600
+    heartbeat_timeout_seconds: int = 30
+    start_rate: float = 200.0  # only said in the Queued message
+
+
+# ----- requests: the calls a decision may need first ------------------------------
+
+
+@dataclass(frozen=True)
+class ReadExecution:
+    """Read the execution from the API server: our view conflicted with it, or
+    a report names another object of the same name."""
+
+
+@dataclass(frozen=True)
+class ReadAgent:
+    """Read the Agent of this name from the API server (one applied with its
+    execution may not have reached the cache, and would lose to a built-in
+    agent of the same name)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class TakeStartSlot:
+    """A turn at the start rate: now, or how many seconds from now."""
+
+
+@dataclass(frozen=True)
+class TakeDeleteSlot:
+    """A turn at the TTL delete rate: now, or how many seconds from now."""
+
+
+@dataclass(frozen=True)
+class AddFinalizer:
+    """Add our finalizer: from now on a delete waits for its cancel."""
+
+
+@dataclass(frozen=True)
+class Start:
+    workflow_id: str
+    input: ExecutionInput
+
+
+@dataclass(frozen=True)
+class Describe:
+    workflow: Mapping[str, Any]  # id, runId, namespace as recorded
+
+
+@dataclass(frozen=True)
+class Cancel:
+    workflow_id: str
+    namespace: str | None  # as recorded; None: the operator's
+
+
+Request = (
+    ReadExecution
+    | ReadAgent
+    | TakeStartSlot
+    | TakeDeleteSlot
+    | AddFinalizer
+    | Start
+    | Describe
+    | Cancel
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything a decision depends on, read fresh for each reconcile."""
+
+    body: Body  # the execution as the watch (or our last write) has it
+    conn: Connection
+    now: datetime
+    config: Config = field(default_factory=Config)
+    report: StatusReport | None = None  # what the workflow reported, not yet applied
+    check: bool = False  # verify a started execution against Temporal (it closed, or vanished)
+    agent: Body | None = None  # the Agent that spec.agent names, as cached (None: none)
+    retries: int = 0  # reconciles of this key that backed off in a row
+    stale: bool = False  # a write conflicted: read the object before deciding
+    # What the calls asked for in this reconcile came back with:
+    refreshed: bool = False  # the body was just read from the API server
+    agent_read: bool = False  # the Agent was asked of the API server
+    start_slot: float | None = None  # seconds until its turn to start (0: now)
+    delete_slot: float | None = None  # seconds until its turn to be deleted (0: now)
+    answer: Answer | None = None  # Temporal's answer to the Start / Describe / Cancel
+
+
+@dataclass(frozen=True)
+class Decision:
+    request: Request | None = None  # make this call, then decide again with its result
+    status: StatusPatch | None = None
+    remove_finalizer: bool = False  # after the status write
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    delete: bool = False  # delete the execution (its TTL after finishing ran out)
+    report_done: bool = False  # the pending report is applied (or moot)
+    backoff: str | None = None  # not done: retry with per-key backoff (why)
+    check_done: bool = True  # False: a check against Temporal is still owed
+    outcome: str = ""  # what happened, for logs and metrics
+
+
+def build_input(body: Body, config: Config, agent: AgentSpec | None = None) -> ExecutionInput:
+    """The workflow input from the spec; defaults for anything odd or missing.
+
+    With an Agent snapshot, the runner is sent the Agent's type as the agent,
+    the merged parameters, and the Agent's queue and timeout unless the
+    execution names its own.
+    """
+    meta = meta_of(body)
+    spec = body.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    params = spec.get("parameters")
+    timeout = spec.get("timeoutSeconds")
+    queue = spec.get("taskQueue")
+    session = spec.get("sessionId")
+    if not (isinstance(queue, str) and queue):
+        queue = (agent.task_queue if agent else None) or config.runner_task_queue
+    if not (isinstance(timeout, int) and timeout > 0):
+        timeout = (agent.timeout_seconds if agent else None) or 3600
+    return ExecutionInput(
+        ref=ExecutionRef(str(meta["namespace"]), str(meta["name"]), str(meta["uid"])),
+        agent=agent.type if agent else str(spec.get("agent", "")),
+        message=str(spec.get("message", "")),
+        runner_task_queue=queue,
+        timeout_seconds=timeout,
+        session_id=session if isinstance(session, str) else None,
+        parameters=dict(
+            agent.parameters if agent else params if isinstance(params, Mapping) else {}
+        ),
+        no_runner_seconds=config.no_runner_seconds,
+        report_timeout_seconds=config.report_timeout_seconds,
+        agent_spec=agent,
+        heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+    )
+
+
+def own_workflow_id(body: Body) -> str:
+    """The workflow ID recorded in status, else the one derived from the object."""
+    recorded = recorded_workflow(body).get("id")
+    if recorded:
+        return str(recorded)
+    meta = meta_of(body)
+    return workflow_id(str(meta.get("namespace")), str(meta.get("name")), uid_of(body))

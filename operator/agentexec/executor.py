@@ -1,0 +1,209 @@
+"""The executor: makes the one call a decision asks for, and applies decisions.
+
+It is the only part of reconciliation that touches the world: the API server
+(status and finalizer writes checked against resourceVersion, reads, TTL
+deletes, events) and Temporal (through the gateway). It never decides: each
+call's result goes back into the Observed that ``planner.decide`` reads, and
+applying a decision ends in a Verdict for the work queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from agentexec.agents import AgentCache
+from agentexec.cache import ExecutionCache, Key
+from agentexec.conditions import TERMINAL, parse_time, status_of
+from agentexec.decisions import (
+    AddFinalizer,
+    Cancel,
+    Decision,
+    Describe,
+    Observed,
+    ReadAgent,
+    ReadExecution,
+    Request,
+    Start,
+    TakeDeleteSlot,
+    TakeStartSlot,
+)
+from agentexec.events import EventRecorder
+from agentexec.kube import Kube
+from agentexec.metrics import Metrics
+from agentexec.status import FINALIZER, Connection, ttl_after_finished
+from agentexec.temporal.gateway import TemporalGateway
+from agentexec.workqueue import DONE, RateLimiter, Turns, Verdict
+
+log = logging.getLogger("agentexec.executor")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Executor:
+    def __init__(
+        self,
+        kube: Kube,
+        gateway: TemporalGateway,
+        events: EventRecorder,
+        cache: ExecutionCache,
+        agents: AgentCache,
+        metrics: Metrics,
+        connection: Callable[[], Connection],
+        *,
+        start_rate: float,
+        delete_rate: float,
+        finished_ttl: float | None = None,
+    ) -> None:
+        self.kube = kube
+        self.gateway = gateway
+        self.events = events
+        self.cache = cache
+        self.agents = agents
+        self.metrics = metrics
+        self.connection = connection
+        self.finished_ttl = finished_ttl
+        self.starts: Turns[Key] = Turns(RateLimiter(start_rate, burst=max(1, int(start_rate))))
+        # A TTL newly set on an install with many finished executions expires
+        # them all at once: they are deleted at this pace.
+        self.deletes: Turns[Key] = Turns(RateLimiter(delete_rate, burst=max(1, int(delete_rate))))
+
+    # ----- calls ----------------------------------------------------------------------
+
+    async def call(self, key: Key, request: Request, o: Observed) -> Observed | None:
+        """Make ``request``; ``o`` with what came of it (None: the object is gone)."""
+        if isinstance(request, ReadExecution):
+            fresh = await self.read(key)
+            if fresh is None:
+                return None
+            return replace(o, body=fresh, refreshed=True, stale=False, now=_now())
+        if isinstance(request, ReadAgent):
+            fetched = await self.kube.get_agent(key[0], request.name)  # a KubeError backs off
+            if fetched is not None:
+                self.agents.put(fetched)
+            return replace(o, agent=self.agents.get(key[0], request.name), agent_read=True)
+        if isinstance(request, TakeStartSlot):
+            return replace(o, start_slot=self.starts.take(key))
+        if isinstance(request, TakeDeleteSlot):
+            return replace(o, delete_slot=self.deletes.take(key))
+        if isinstance(request, AddFinalizer):
+            body = await self.write_finalizers(key, o.body, add=True)
+            return replace(o, body=body, now=_now())
+        if isinstance(request, Start):
+            answer = await self.gateway.start(request.workflow_id, request.input)
+            self.metrics.workflow_starts.labels(result=answer.outcome.value).inc()
+        elif isinstance(request, Describe):
+            answer = await self.gateway.describe(dict(request.workflow))
+        else:
+            assert isinstance(request, Cancel)
+            answer = await self.gateway.cancel(request.workflow_id, request.namespace)
+        # Decide on the connection as it is after the call, not before.
+        return replace(o, answer=answer, conn=self.connection(), now=_now())
+
+    async def read(self, key: Key) -> dict[str, Any] | None:
+        """The execution as the API server has it now (into the cache), or None."""
+        fresh = await self.kube.get(*key)
+        if fresh is not None:
+            self.cache.replace(key, fresh)
+        return self.cache.get(key) if fresh is not None else None
+
+    # ----- applying a decision -----------------------------------------------------
+
+    async def apply(self, key: Key, o: Observed, decision: Decision) -> Verdict:
+        """Write what was decided, on the version it was decided on (a 409 if
+        the object moved on meanwhile: then reconcile decides again)."""
+        body = o.body
+        if decision.status:
+            current = status_of(body)
+            if any(current.get(k) != v for k, v in decision.status.items()):
+                written = await self.kube.write_status(
+                    *key, body["metadata"]["resourceVersion"], decision.status
+                )
+                self.cache.put(key, written)
+                body = written
+        for event in decision.events:
+            await self.events.record(body, event.type, event.reason, event.message)
+        phase = (decision.status or {}).get("phase")
+        if phase in TERMINAL:
+            self._finished(key, body, phase, decision.status or {})
+        if decision.remove_finalizer:
+            body = await self.write_finalizers(key, body, add=False)
+        if decision.delete:
+            await self._delete_expired(key, body)
+        if decision.backoff is not None:
+            self.metrics.reconcile_errors.labels(handler="reconcile").inc()
+            return Verdict(backoff=decision.backoff)
+        return Verdict(after=decision.requeue_after) if decision.requeue_after is not None else DONE
+
+    def forget(self, key: Key) -> None:
+        self.starts.forget(key)
+        self.deletes.forget(key)
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.deletes.clear()
+
+    def tracked(self) -> int:
+        return len(self.starts) + len(self.deletes)
+
+    def _finished(
+        self, key: Key, body: Mapping[str, Any], phase: str, status: Mapping[str, Any]
+    ) -> None:
+        error = status.get("error") or {}
+        reason = error.get("reason", phase)
+        self.metrics.executions_finished.labels(phase=phase, reason=reason).inc()
+        created = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
+        if created is not None:
+            self.metrics.execution_duration.labels(phase=phase).observe(
+                max(0.0, (_now() - created).total_seconds())
+            )
+        log.info(
+            "execution finished",
+            extra={"execution": "/".join(key), "phase": phase, "reason": reason},
+        )
+        self.events.forget(str(body.get("metadata", {}).get("uid", "")))
+        self.starts.forget(key)
+        self.deletes.forget(key)
+
+    async def _delete_expired(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Delete a finished execution whose TTL ran out. The UID and
+        resourceVersion preconditions mean only the object the decision was
+        made on is deleted: not a re-created one of the same name, nor one
+        changed since (whatever changed is decided on first). The API
+        server answers 409, and reconcile re-reads and decides again; 404:
+        already gone. No event: the object it would be about is gone (Jobs
+        post none either)."""
+        uid = str(body["metadata"]["uid"])
+        version = body["metadata"].get("resourceVersion")
+        if not await self.kube.delete(*key, uid, str(version) if version else None):
+            return
+        self.metrics.executions_deleted_by_ttl.inc()
+        finished = parse_time(status_of(body).get("completionTime"))
+        log.info(
+            "finished execution deleted: its TTL ran out",
+            extra={
+                "execution": "/".join(key),
+                "uid": uid,
+                "finished_seconds_ago": None
+                if finished is None
+                else round((_now() - finished).total_seconds(), 1),
+                "ttl_seconds": ttl_after_finished(body, self.finished_ttl),
+            },
+        )
+
+    async def write_finalizers(
+        self, key: Key, body: Mapping[str, Any], add: bool
+    ) -> dict[str, Any]:
+        meta = body["metadata"]
+        current = [f for f in (meta.get("finalizers") or []) if isinstance(f, str)]
+        wanted = [*current, FINALIZER] if add else [f for f in current if f != FINALIZER]
+        if wanted == current:
+            return dict(body)
+        written = await self.kube.write_finalizers(*key, meta["resourceVersion"], wanted)
+        self.cache.put(key, written)
+        return self.cache.get(key) or written

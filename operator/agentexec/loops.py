@@ -1,0 +1,128 @@
+"""The controller's background loops, and the supervisor that keeps them alive.
+
+Each loop is a trigger: it only enqueues keys. ``Loops.spawn`` runs a step
+forever, logs and backs off when a step raises, and reports a loop that
+stopped (``/healthz`` names it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from agentexec import backoff
+from agentexec.cache import ExecutionCache, Key, needs_attention, running_group
+from agentexec.workqueue import WorkQueue
+
+log = logging.getLogger("agentexec.controller")
+
+
+class Loops:
+    """Long-lived background loops that survive their own errors and say so."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.failures: Counter[str] = Counter()
+
+    def spawn(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
+        """Run ``step`` forever; it returns the seconds until the next run.
+
+        An error is logged and retried with backoff; the loop never ends by itself.
+        """
+
+        async def forever() -> None:
+            failures = 0
+            while True:
+                try:
+                    delay = await step()
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    self.failures[name] += 1
+                    delay = backoff.LOOP.delay(failures, random.random())
+                    log.warning(
+                        "background loop failed; retrying",
+                        extra={
+                            "loop": name,
+                            "error": f"{type(exc).__name__}: {exc}"[:300],
+                            "retry_in_seconds": delay,
+                        },
+                    )
+                await asyncio.sleep(delay)
+
+        self._tasks[name] = asyncio.create_task(forever(), name=name)
+
+    def stopped(self) -> list[str]:
+        """Loops that should run and do not (a bug: /healthz reports them)."""
+        return sorted(name for name, task in self._tasks.items() if task.done())
+
+    async def stop(self) -> None:
+        tasks, self._tasks = list(self._tasks.values()), {}
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class ConnectionTrigger:
+    """A connection change enqueues every execution that needs attention.
+    Disconnections are batched (``settle`` seconds): a flapping connection
+    enqueues once per interval, not once per flap."""
+
+    def __init__(
+        self,
+        cache: ExecutionCache,
+        queue: WorkQueue[Key],
+        connected: Callable[[], bool],
+        settle: float,
+    ) -> None:
+        self.cache = cache
+        self.queue = queue
+        self.connected = connected
+        self.settle = settle
+        self._changed = asyncio.Event()
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    async def step(self) -> float:
+        await self._changed.wait()
+        self._changed.clear()
+        if not self.connected():
+            await asyncio.sleep(self.settle)
+        for key, body in self.cache.items():
+            if needs_attention(body):
+                self.queue.add(key)
+        return 0.0
+
+
+class Sweep:
+    """Every ``interval``, each running execution is checked against its
+    workflow (a describe per execution): one that closed in Temporal without
+    its report is noticed within an interval."""
+
+    def __init__(
+        self,
+        cache: ExecutionCache,
+        connected: Callable[[], bool],
+        check: Callable[[Key], None],
+        interval: float,
+    ) -> None:
+        self.cache = cache
+        self.connected = connected
+        self.check = check
+        self.interval = interval
+
+    async def step(self) -> float:
+        if self.connected():
+            for key, body in self.cache.items():
+                if running_group(body) is not None:
+                    self.check(key)
+        return self.interval

@@ -1,0 +1,129 @@
+"""Issue #18, provoked for real (control plane, Temporal, the operator process):
+what Temporal says reaches the execution, nothing is left behind in
+Temporal, and nothing is dropped, parked or mis-reported on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import time
+from collections.abc import Callable
+from typing import Any
+
+from localenv.kube import ControlPlane
+from localenv.temporal import TemporalDevServer
+from tests.e2e import aex
+from tests.support.operator import OperatorProcess
+from tests.support.report import SUMMARY
+from tests.support.waiting import eventually
+
+MakeOperator = Callable[..., OperatorProcess]
+
+
+def gone(plane: ControlPlane, namespace: str, name: str) -> bool:
+    found = plane.kubectl("get", "-n", namespace, "aex", name, "--ignore-not-found", "-o", "name")
+    return not found.stdout.strip()
+
+
+async def deleted_within(plane: ControlPlane, namespace: str, name: str, seconds: float) -> float:
+    """Delete ``name``; how long until it is gone (at most ``seconds``)."""
+    began = time.monotonic()
+    plane.kubectl("delete", "-n", namespace, "aex", name, "--wait=false")
+    await eventually(lambda: gone(plane, namespace, name), timeout=seconds, what=f"{name} gone")
+    return time.monotonic() - began
+
+
+async def test_a_recreated_execution_is_never_dropped(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """5: delete and re-create under the same name, again and again: the
+    previous object's late events never drop the new one."""
+    make_operator()
+    for round_ in range(8):
+        message = f"round-{round_}"
+        control_plane.kubectl(
+            "replace", "--force", "-n", namespace, "-f", "-", stdin=aex.manifest("again", message)
+        ) if round_ else aex.create(control_plane, namespace, "again", message)
+        done = await aex.reaches(
+            control_plane, namespace, "again",
+            lambda o, m=message: aex.phase(o) == "Succeeded" and o["spec"]["message"] == m,
+            f"{message} Succeeded", timeout=30,
+        )  # fmt: skip
+        assert done["status"]["output"] == message
+
+
+async def test_a_standby_holds_no_queue_entries(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """11: the standby watches (its cache stays warm) and holds nothing else."""
+    leader = make_operator()
+    await eventually(lambda: leader.statusz()["executions"]["leading"], what="first one leads")
+    standby = make_operator()
+    names = [f"s-{n}" for n in range(20)]
+    control_plane.kubectl(
+        "create", "-n", namespace, "-f", "-",
+        stdin="\n---\n".join(aex.manifest(n, n, parameters={"delaySeconds": 30}) for n in names),
+    )  # fmt: skip
+    state = await eventually(
+        lambda: standby.statusz()["executions"],
+        lambda e: e["known"] == len(names),
+        what="the standby's cache warm",
+    )
+    assert not state["leading"]
+    assert state["queued"] == 0
+    assert state["tracked_keys"] == 0
+
+
+def _seconds(stamp: str) -> float:
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+async def test_reports_and_deletes_go_ahead_of_a_backlog_of_starts(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """6: 120 starts at 4 per second (30 s of backlog): the executions that
+    started first finish as soon as their agent does, and a deletion is not
+    queued behind the starts either."""
+    make_operator(AGENTEXEC_START_RATE="4", AGENTEXEC_NO_RUNNER_SECONDS="600")
+    aex.create(control_plane, namespace, "long", "x", parameters={"delaySeconds": 300})
+    await aex.reaches(
+        control_plane, namespace, "long", lambda o: aex.phase(o) == "Running", "Running"
+    )
+    names = [f"b-{n}" for n in range(120)]
+    control_plane.kubectl(
+        "create", "-n", namespace, "-f", "-",
+        stdin="\n---\n".join(aex.manifest(n, n) for n in names),
+    )  # fmt: skip
+    await asyncio.sleep(3)
+    deleted_in = await deleted_within(control_plane, namespace, "long", 30)
+
+    def finished(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [o for o in items if aex.phase(o) == "Succeeded"]
+
+    items = await eventually(
+        lambda: aex.list_all(control_plane, namespace),
+        lambda found: len(finished(found)) >= 10,
+        timeout=60,
+        what="ten finished",
+    )
+    unstarted = sum(1 for o in items if not o.get("status", {}).get("startTime"))
+    took = [
+        _seconds(o["status"]["completionTime"]) - _seconds(o["status"]["startTime"])
+        for o in finished(items)
+    ]
+    SUMMARY.append(
+        f"[#18 6] backlog of starts: delete done in {deleted_in:.1f}s; start -> Succeeded of the "
+        f"first finished {sorted(took)} s while {unstarted} had not started"
+    )
+    assert deleted_in <= 8, deleted_in
+    assert max(took) <= 6, took
+    assert unstarted >= 40  # the backlog was still there

@@ -1,0 +1,178 @@
+"""The controller with plain fakes of the API server and Temporal: triggers,
+leadership, uids wherever a key is resolved, and reconcile end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from agentexec import conditions as c
+from agentexec.controller import Controller
+from agentexec.metrics import Metrics
+from agentexec.settings import Settings
+from agentexec.status import FINALIZER
+from agentexec.temporal.types import ExecutionRef, ExecutionResult, StatusReport
+from agentexec.workqueue import GONE, Verdict
+from tests.unit.fakes import FakeGateway, FakeKube, FakeManager, execution, next_rv
+
+KEY = ("ns", "a")
+
+
+def make(connected: bool = True, **settings: Any) -> tuple[Controller, FakeKube, FakeGateway]:
+    kube, gateway = FakeKube(), FakeGateway()
+    controller = Controller(
+        Settings(**settings),
+        FakeManager(connected),  # type: ignore[arg-type]
+        kube,  # type: ignore[arg-type]
+        Metrics(),
+    )
+    controller.executor.gateway = gateway  # type: ignore[assignment]
+    return controller, kube, gateway
+
+
+def lead(controller: Controller) -> None:
+    """Leading, without queue workers: the test calls reconcile itself."""
+    controller.leading = True
+
+
+def created(controller: Controller, kube: FakeKube, body: dict[str, Any]) -> dict[str, Any]:
+    held = kube.hold(body)
+    controller.on_event("ADDED", held)
+    return held
+
+
+def report(uid: str, phase: str = "Succeeded", output: str = "done") -> StatusReport:
+    return StatusReport(
+        ref=ExecutionRef("ns", "a", uid),
+        result=ExecutionResult(phase=phase, output=output),
+        workflow_id=f"agentexec/ns/a/{uid}",
+        run_id="r",
+        namespace="default",
+        task_queue="q",
+    )
+
+
+async def test_a_standby_holds_no_keys_timers_or_reports() -> None:
+    controller, kube, _ = make()
+    for n in range(50):
+        created(controller, kube, execution(f"e{n}", uid=f"u{n}"))
+    controller.check(("ns", "e1"))
+    assert len(controller.cache) == 50
+    assert controller.status()["tracked_keys"] == 0
+    assert controller.status()["queued"] == 0
+    with pytest.raises(ApplicationError, match="not the leader"):
+        await controller.report_status(report("u1"))
+    await controller.start_leading()
+    assert controller.status()["queued"] == 50
+    await controller.stop_leading()  # leadership lost: nothing stays behind
+    assert controller.status()["tracked_keys"] == 0
+    assert controller.status()["queued"] == 0
+
+
+async def test_a_late_deletion_of_an_older_object_keeps_the_new_one() -> None:
+    controller, kube, _ = make()
+    lead(controller)
+    old = created(controller, kube, execution(uid="old"))
+    new = created(controller, kube, execution(uid="new"))
+    controller.on_event("MODIFIED", old)  # a late event of the old object
+    controller.on_event("DELETED", old)  # and its late deletion
+    held = controller.cache.get(KEY)
+    assert held is not None
+    assert held["metadata"]["uid"] == "new"
+    assert len(controller.queue) == 1  # the new one still waits for its reconcile
+    controller.on_event("DELETED", new)
+    assert controller.cache.get(KEY) is None
+    assert len(controller.queue) == 0
+
+
+async def test_a_report_of_a_deleted_object_is_never_taken_for_the_new_ones() -> None:
+    controller, kube, _ = make()
+    lead(controller)
+    running = {
+        "phase": "Running",
+        "workflow": {"id": "agentexec/ns/a/new", "runId": "r", "namespace": "default"},
+    }
+    body = execution(uid="new")
+    body["metadata"]["finalizers"] = [FINALIZER]
+    created(controller, kube, {**body, "status": running})
+    new_written = controller.reports.submit(report("new", output="the new one's"))
+    old_moot = controller.reports.submit(report("old", output="the old one's"))
+    for _ in range(4):
+        await controller.reconciler.reconcile(KEY)
+    assert await asyncio.wait_for(old_moot, 1)  # acknowledged: its object is gone
+    assert await asyncio.wait_for(new_written, 1)
+    assert kube.objects[KEY]["status"]["phase"] == "Succeeded"
+    assert kube.objects[KEY]["status"]["output"] == "the new one's"
+
+
+async def test_the_finalizer_goes_on_just_before_the_start_is_sent() -> None:
+    controller, kube, gateway = make()
+    lead(controller)
+    created(controller, kube, execution())
+    await controller.reconciler.reconcile(KEY)
+    assert kube.writes() == [("finalizers", "a"), ("status", "a")]
+    assert gateway.calls == [("start", "agentexec/ns/a/u1")]
+    assert kube.objects[KEY]["status"]["phase"] == "Running"
+
+
+async def test_starts_wait_their_turn_in_the_queue_not_in_a_worker() -> None:
+    controller, kube, gateway = make(start_rate=1.0)
+    lead(controller)
+    for name in ("a", "b", "c"):
+        created(controller, kube, execution(name, uid=name))
+    began = time.monotonic()
+    verdicts = [await controller.reconciler.reconcile(("ns", n)) for n in ("a", "b", "c")]
+    assert time.monotonic() - began < 0.5  # nobody slept for a token
+    assert verdicts[0] == Verdict()
+    assert [v.after for v in verdicts[1:]] == [pytest.approx(1, abs=0.1), pytest.approx(2, abs=0.1)]
+    queued = c.condition_of(kube.objects[("ns", "c")], c.WORKFLOW_STARTED)
+    assert queued is not None
+    assert queued["reason"] == c.QUEUED
+    assert gateway.calls == [("start", "agentexec/ns/a/a")]
+
+
+async def test_a_vanished_object_is_gone_and_forgotten() -> None:
+    controller, kube, _ = make()
+    lead(controller)
+    body = created(controller, kube, execution())
+    kube.objects.clear()  # deleted; the watch has not said so yet
+    assert await controller.reconciler.reconcile(KEY) == GONE
+    assert controller.cache.get(KEY) is None
+    assert controller.reconciler.tracked() == 0
+    controller.on_event("DELETED", body)
+
+
+async def test_a_conflict_reads_the_object_before_deciding_again() -> None:
+    controller, kube, _ = make()
+    lead(controller)
+    body = created(controller, kube, execution())
+    kube.hold(replace_rv(body, next_rv()))  # someone else wrote
+    assert await controller.reconciler.reconcile(KEY) == Verdict(after=0.0)
+    await controller.reconciler.reconcile(KEY)
+    assert ("get", "a") in kube.calls
+    assert kube.objects[KEY]["status"]["phase"] == "Running"
+
+
+def replace_rv(body: dict[str, Any], rv: str) -> dict[str, Any]:
+    return {**body, "metadata": {**body["metadata"], "resourceVersion": rv}}
+
+
+async def test_checks_survive_a_reconcile_that_could_not_make_them() -> None:
+    controller, kube, gateway = make()
+    lead(controller)
+    running = {"phase": "Running", "workflow": {"id": "agentexec/ns/a/u1", "namespace": "default"}}
+    body = execution()
+    body["metadata"]["finalizers"] = [FINALIZER]
+    created(controller, kube, {**body, "status": running})
+    controller.check(KEY)
+    controller.manager.connected = False  # type: ignore[misc]
+    await controller.reconciler.reconcile(KEY)
+    assert KEY in controller.reconciler.checks  # still owed
+    controller.manager.connected = True  # type: ignore[misc]
+    await controller.reconciler.reconcile(KEY)
+    assert ("describe", "agentexec/ns/a/u1") in gateway.calls
+    assert KEY not in controller.reconciler.checks
