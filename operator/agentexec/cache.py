@@ -17,6 +17,7 @@ from agentexec.status import (
     FINALIZER,
     FORCE_DELETE,
     expiry_of,
+    has_finalizer,
     is_terminal,
     meta_of,
     phase_of,
@@ -45,7 +46,7 @@ def slim(body: Body) -> dict[str, Any]:
     """What reconcile needs of an object, and no more (memory per execution).
 
     A finished execution keeps its identity, finalizers, phase, completion
-    time and TTL only.
+    time and TTL only (and its workflow while our finalizer is on it).
     """
     meta = meta_of(body)
     annotations = meta.get("annotations") or {}
@@ -69,7 +70,7 @@ def slim(body: Body) -> dict[str, Any]:
     if is_terminal(body):
         spec = body.get("spec")
         ttl = spec.get("ttlSecondsAfterFinished") if isinstance(spec, Mapping) else None
-        kept = ("phase", "completionTime")
+        kept = ("phase", "completionTime", *(("workflow",) if has_finalizer(body) else ()))
         return {
             "metadata": slim_meta,
             "spec": {} if ttl is None else {"ttlSecondsAfterFinished": ttl},

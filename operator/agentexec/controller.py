@@ -67,6 +67,7 @@ def build_config(settings: Settings, policy: AgentPolicy) -> Config:
         report_timeout_seconds=int(settings.report_timeout),
         heartbeat_timeout_seconds=int(settings.runner_heartbeat_timeout),
         start_rate=settings.start_rate,
+        start_in_flight=2 * settings.temporal.rpc_timeout + 10.0,
     )
 
 

@@ -44,6 +44,9 @@ class Config:
     report_timeout_seconds: int = 600
     heartbeat_timeout_seconds: int = 30
     start_rate: float = 200.0  # only said in the Queued message
+    # How long a start that got no answer may still land in Temporal: the
+    # SDK retries a call for about 10 s, each attempt up to the RPC timeout.
+    start_in_flight: float = 20.0
 
 
 # ----- requests: the calls a decision may need first ------------------------------
@@ -76,7 +79,7 @@ class TakeDeleteSlot:
 
 @dataclass(frozen=True)
 class AddFinalizer:
-    """Add our finalizer: from now on a delete waits for its cancel."""
+    """Add our finalizer: a start may be sent from now on."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class Observed:
     check: bool = False  # verify a started execution against Temporal (it closed, or vanished)
     agent: Body | None = None  # the Agent that spec.agent names, as cached (None: none)
     retries: int = 0  # reconciles of this key that backed off in a row
+    # Seconds since this process sent a start of this execution that got no
+    # answer (None: none did): it may land in Temporal until start_in_flight.
+    unanswered_start: float | None = None
     stale: bool = False  # a write conflicted: read the object before deciding
     # What the calls asked for in this reconcile came back with:
     refreshed: bool = False  # the body was just read from the API server

@@ -10,6 +10,7 @@ applying a decision ends in a Verdict for the work queue.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -36,9 +37,13 @@ from agentexec.kube import Kube
 from agentexec.metrics import Metrics
 from agentexec.status import FINALIZER, Connection, ttl_after_finished
 from agentexec.temporal.gateway import TemporalGateway
+from agentexec.temporal.types import Outcome
 from agentexec.workqueue import DONE, RateLimiter, Turns, Verdict
 
 log = logging.getLogger("agentexec.executor")
+# An unanswered start is remembered this long: far longer than any start can
+# stay in flight (planner.Config.start_in_flight).
+UNANSWERED_KEPT = 600.0
 
 
 def _now() -> datetime:
@@ -72,6 +77,8 @@ class Executor:
         # A TTL newly set on an install with many finished executions expires
         # them all at once: they are deleted at this pace.
         self.deletes: Turns[Key] = Turns(RateLimiter(delete_rate, burst=max(1, int(delete_rate))))
+        # When a start of each key last went unanswered (it may still land).
+        self._unanswered: dict[Key, float] = {}
 
     # ----- calls ----------------------------------------------------------------------
 
@@ -95,8 +102,11 @@ class Executor:
             body = await self.write_finalizers(key, o.body, add=True)
             return replace(o, body=body, now=_now())
         if isinstance(request, Start):
+            sent = time.monotonic()
             answer = await self.gateway.start(request.workflow_id, request.input)
             self.metrics.workflow_starts.labels(result=answer.outcome.value).inc()
+            if answer.outcome == Outcome.UNAVAILABLE:
+                self._unanswered[key] = sent
         elif isinstance(request, Describe):
             answer = await self.gateway.describe(dict(request.workflow))
         else:
@@ -140,16 +150,29 @@ class Executor:
             return Verdict(backoff=decision.backoff)
         return Verdict(after=decision.requeue_after) if decision.requeue_after is not None else DONE
 
+    def unanswered_start(self, key: Key) -> float | None:
+        """Seconds since a start of ``key`` went unanswered (None: none did)."""
+        sent = self._unanswered.get(key)
+        if sent is None:
+            return None
+        elapsed = time.monotonic() - sent
+        if elapsed > UNANSWERED_KEPT:
+            del self._unanswered[key]
+            return None
+        return elapsed
+
     def forget(self, key: Key) -> None:
         self.starts.forget(key)
         self.deletes.forget(key)
+        self._unanswered.pop(key, None)
 
     def clear(self) -> None:
         self.starts.clear()
         self.deletes.clear()
+        self._unanswered.clear()
 
     def tracked(self) -> int:
-        return len(self.starts) + len(self.deletes)
+        return len(self.starts) + len(self.deletes) + len(self._unanswered)
 
     def _finished(
         self, key: Key, body: Mapping[str, Any], phase: str, status: Mapping[str, Any]

@@ -124,13 +124,10 @@ def _decide(o: Observed, report: StatusReport | None) -> Decision:
             "taskQueue": report.task_queue or recorded.get("taskQueue", ""),
         }
         return _from_result(o, report.result, workflow)
-    resolved = agents.resolve(o.body, o.agent, o.config.policy)
-    if not recorded_workflow(o.body).get("id") and resolved.refused is not None:
-        return _decide_unstarted(o, ours)  # refused before any workflow: nothing to cancel
-    if not ours:
-        return Decision(request=AddFinalizer())
     recorded = recorded_workflow(o.body)
     if recorded.get("id"):
+        if not ours:
+            return Decision(request=AddFinalizer())  # removed by hand while it runs
         return _decide_started(o, recorded, report)
     return _decide_unstarted(o, ours)
 
@@ -148,10 +145,14 @@ def _end_event(phase: str, patch: Mapping[str, Any]) -> Event:
 def _finish(
     o: Observed, phase: str, patch: StatusPatch | None, outcome: str, *, closed: bool
 ) -> Decision:
-    """The execution ends with ``patch``; the finalizer has no job left."""
+    """The execution ends with ``patch``. ``closed``: its workflow is known to
+    be closed, so the finalizer goes now; otherwise a start may have been sent
+    whose outcome is unknown, and the next pass cancels by ID first."""
+    ours = has_finalizer(o.body)
     return Decision(
         status=patch,
-        remove_finalizer=has_finalizer(o.body),
+        remove_finalizer=ours and closed,
+        requeue_after=0.0 if ours and not closed else None,
         events=(_end_event(phase, patch),) if patch is not None else (),
         report_done=o.report is not None,
         outcome=outcome,
@@ -181,6 +182,10 @@ def _decide_finished(o: Observed, ours: bool) -> Decision:
     then only once Temporal says no workflow of its ID runs. Past its TTL it
     is deleted."""
     done = o.report is not None
+    if ours and not recorded_workflow(o.body).get("id"):
+        released = _release(o)
+        if released.request is not None or not released.remove_finalizer:
+            return replace(released, report_done=done)
     expiry = expiry_of(o.body, o.config.finished_ttl)
     if expiry is None:
         return Decision(remove_finalizer=ours, report_done=done, outcome="terminal")
@@ -211,6 +216,14 @@ def _release(o: Observed) -> Decision:
             request=Cancel(own_workflow_id(o.body), recorded_workflow(o.body).get("namespace"))
         )
     none_there = answer.outcome == Outcome.NOT_FOUND
+    in_flight = o.unanswered_start is not None and o.unanswered_start < o.config.start_in_flight
+    if none_there and in_flight:
+        # A start we sent may still land (the SDK retries it): ask again after.
+        assert o.unanswered_start is not None
+        return Decision(
+            requeue_after=o.config.start_in_flight - o.unanswered_start,
+            outcome="release-waits-for-a-late-start",
+        )
     if none_there or answer.outcome in (Outcome.CANCEL_REQUESTED, Outcome.CLOSED):
         return Decision(remove_finalizer=True, outcome="released")
     if answer.outcome == Outcome.UNAVAILABLE and not o.conn.connected:
@@ -239,16 +252,18 @@ def _decide_delete(o: Observed, ours: bool) -> Decision:
             report_done=done,
             outcome="force-deleted",
         )
-    closed = is_terminal(body)
+    closed = is_terminal(body) and bool(recorded_workflow(body).get("id"))
     reported_end = o.report is not None and o.report.result.phase in TERMINAL
     if closed or reported_end:
         return Decision(remove_finalizer=True, report_done=done, outcome="deleted")
-    # Running, or maybe started: cancel by ID (not found: nothing to cancel).
+    # Running, or a start may have been sent: cancel by ID.
     released = _release(o)
     if released.request is not None:
         return released
     if released.remove_finalizer:
         return replace(released, report_done=done, outcome="cancelled")
+    if released.requeue_after is not None:
+        return replace(released, report_done=done)  # a late start may still land
     assert answer is not None
     return Decision(
         events=(
@@ -343,6 +358,8 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
                 requeue_after=o.start_slot,
                 outcome="queued",
             )
+        if not ours:
+            return Decision(request=AddFinalizer())
         return Decision(
             request=Start(own_workflow_id(body), build_input(body, o.config, resolved.spec))
         )

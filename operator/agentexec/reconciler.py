@@ -79,6 +79,7 @@ class Reconciler:
             check=key in self.checks,
             agent=self.agents.get(key[0], name),
             retries=self.retries(key),
+            unanswered_start=self.executor.unanswered_start(key),
             stale=key in self.stale,
         )
 

@@ -43,7 +43,10 @@ from agentexec.conditions import (
 )
 from agentexec.temporal.types import Usage
 
-# Our finalizer: a deleted execution's workflow is cancelled before it goes.
+# Our finalizer: present from the moment a start may have been sent to
+# Temporal until no workflow of the execution can run any more. An
+# execution that never tried to start carries none, and is deleted without
+# asking Temporal anything.
 FINALIZER = "agentexec.io/cancel-workflow"
 FORCE_DELETE = "agentexec.io/force-delete"
 

@@ -10,10 +10,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+
 from localenv.kube import ControlPlane
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
 from tests.support.operator import OperatorProcess
+from tests.support.relay import TcpRelay
 from tests.support.report import SUMMARY
 from tests.support.waiting import eventually
 
@@ -31,6 +35,49 @@ async def deleted_within(plane: ControlPlane, namespace: str, name: str, seconds
     plane.kubectl("delete", "-n", namespace, "aex", name, "--wait=false")
     await eventually(lambda: gone(plane, namespace, name), timeout=seconds, what=f"{name} gone")
     return time.monotonic() - began
+
+
+async def test_namespace_named_like_team_namespace_deletes_unstarted_at_once(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """1b: an execution that never started is deleted without asking Temporal
+    (the workflow ID carries this namespace's name, "…namespace…")."""
+    assert "namespace" in namespace
+    operator = make_operator()
+    # Never started: it waits for an Agent nobody created.
+    aex.create(control_plane, namespace, "no-agent", "x", agent="nobody-made-this")
+    await aex.reaches(
+        control_plane, namespace, "no-agent",
+        lambda o: aex.condition(o, "AgentResolved").get("reason") == "AgentNotFound",
+        "AgentNotFound",
+    )  # fmt: skip
+    waited_agent = await deleted_within(control_plane, namespace, "no-agent", 10)
+    # Never started either: Temporal was down the whole time.
+    temporal.kill()
+    await eventually(
+        lambda: operator.statusz()["temporal"]["connected"], lambda up: not up, what="seen down"
+    )
+    aex.create(control_plane, namespace, "while-down", "x")
+    await aex.reaches(
+        control_plane, namespace, "while-down",
+        lambda o: aex.condition(o, "WorkflowStarted").get("reason") == "WaitingForTemporal",
+        "WaitingForTemporal",
+    )  # fmt: skip
+    waited_down = await deleted_within(control_plane, namespace, "while-down", 10)
+    blocked = [
+        e
+        for name in ("no-agent", "while-down")
+        for e in aex.events_of(control_plane, namespace, name)
+        if e["reason"] == "DeletionBlocked"
+    ]
+    assert blocked == []
+    SUMMARY.append(
+        f"[#18 1b] never-started executions deleted in {waited_agent:.1f}s (waiting for an "
+        f"Agent) and {waited_down:.1f}s (Temporal down)"
+    )
 
 
 async def test_a_recreated_execution_is_never_dropped(
@@ -78,6 +125,60 @@ async def test_a_standby_holds_no_queue_entries(
     assert not state["leading"]
     assert state["queued"] == 0
     assert state["tracked_keys"] == 0
+
+
+async def _runs(client: Client, wid: str) -> bool:
+    try:
+        desc = await client.get_workflow_handle(wid).describe()
+    except RPCError:
+        return False
+    return desc.status == WorkflowExecutionStatus.RUNNING
+
+
+async def test_a_start_whose_answer_was_lost_leaves_no_workflow_running(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """3: the starts reach Temporal, their answers never come back; one
+    execution then fails QueueTimeout, the other is deleted. Before either
+    finalizer goes, the workflow that did start is cancelled by its ID."""
+    relay = TcpRelay("127.0.0.1", temporal.port)
+    await relay.start()
+    try:
+        operator = make_operator(TEMPORAL_ADDRESS=relay.address, AGENTEXEC_QUEUE_TTL_SECONDS="6")
+        await eventually(lambda: operator.statusz()["temporal"]["connected"], what="connected")
+        relay.mute_answers()
+        for name in ("timed-out", "deleted"):
+            aex.create(control_plane, namespace, name, name, parameters={"delaySeconds": 600})
+        client = await Client.connect(temporal.address)  # past the relay: Temporal's own view
+        wids = {
+            n: aex.workflow_id(aex.get(control_plane, namespace, n))
+            for n in ("timed-out", "deleted")
+        }
+        for name, wid in wids.items():
+            await eventually(lambda w=wid: _runs(client, w), timeout=30, what=f"{name} started")
+        failed = await aex.reaches(
+            control_plane, namespace, "timed-out", lambda o: aex.phase(o) == "Failed",
+            "QueueTimeout while no answer comes", timeout=60,
+        )  # fmt: skip
+        assert failed["status"]["error"]["reason"] == "QueueTimeout", aex.summary(failed)
+        control_plane.kubectl("delete", "-n", namespace, "aex", "deleted", "--wait=false")
+        relay.restore()
+        for name, wid in wids.items():
+            await eventually(
+                lambda w=wid: _runs(client, w), lambda running: not running, timeout=60,
+                what=f"{name}'s workflow no longer running",
+            )  # fmt: skip
+        await eventually(
+            lambda: aex.get(control_plane, namespace, "timed-out")["metadata"].get("finalizers"),
+            lambda f: not f,
+            what="finalizer released",
+        )
+        await eventually(lambda: gone(control_plane, namespace, "deleted"), what="deleted")
+    finally:
+        await relay.stop()
 
 
 def _seconds(stamp: str) -> float:

@@ -109,6 +109,17 @@ async def test_a_report_of_a_deleted_object_is_never_taken_for_the_new_ones() ->
     assert kube.objects[KEY]["status"]["output"] == "the new one's"
 
 
+async def test_an_execution_that_never_tried_to_start_carries_no_finalizer() -> None:
+    controller, kube, gateway = make(connected=False)
+    lead(controller)
+    created(controller, kube, execution())
+    assert await controller.reconciler.reconcile(KEY) == Verdict(after=pytest.approx(3600.5, abs=1))
+    assert kube.writes() == [("status", "a")]  # Pending, WaitingForTemporal: no finalizer
+    assert gateway.calls == []
+    # Deleted while it waits: the API server deletes it (no finalizer), Temporal never asked.
+    assert not kube.objects[KEY]["metadata"].get("finalizers")
+
+
 async def test_the_finalizer_goes_on_just_before_the_start_is_sent() -> None:
     controller, kube, gateway = make()
     lead(controller)

@@ -122,15 +122,15 @@ def kind(d: Decision) -> type | None:
     return None if d.request is None else type(d.request)
 
 
-NEVER_TRIED = {"finalizer": False}  # new: no finalizer yet
+NEVER_TRIED = {"finalizer": False}  # no start was ever attempted: no finalizer
 
 
 @pytest.mark.parametrize(
     ("case", "o", "asks", "finalizer_after", "remove_fin", "phase", "outcome"),
     [
-        ("new, connected: the finalizer, a turn, then the start", observed(obj(**NEVER_TRIED)), Start, True, False, None, ""),
-        ("new, Temporal down: finalizer first, then wait, no attempt", observed(obj(**NEVER_TRIED), conn=DOWN), None, True, False, "Pending", "waiting"),
-        ("new, namespace missing: wait", observed(obj(**NEVER_TRIED), conn=NS_MISSING), None, True, False, "Pending", "waiting"),
+        ("new, connected: a turn, the finalizer, then the start", observed(obj(**NEVER_TRIED)), Start, True, False, None, ""),
+        ("new, Temporal down: wait, no attempt, no finalizer", observed(obj(**NEVER_TRIED), conn=DOWN), None, False, False, "Pending", "waiting"),
+        ("new, namespace missing: wait", observed(obj(**NEVER_TRIED), conn=NS_MISSING), None, False, False, "Pending", "waiting"),
         ("started", observed(obj(), answer=Answer(Outcome.STARTED, workflow=WF)), None, True, False, "Running", "started"),
         ("start found it already closed", observed(obj(), answer=Answer(Outcome.CLOSED, workflow=WF, result=ExecutionResult("Succeeded", output="x"))), None, True, True, "Succeeded", "finished: Succeeded"),
         ("start: Temporal went away", observed(obj(), conn=DOWN, answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable", message="gone")), None, True, False, "Pending", "waiting"),
@@ -146,6 +146,9 @@ NEVER_TRIED = {"finalizer": False}  # new: no finalizer yet
         ("progress report: NoRunner", observed(obj("Running", workflow=True), report=report("Running", "NoRunner")), None, True, False, None, "progress: NoRunner"),
         ("terminal: finalizer goes, Temporal never asked", observed(obj("Succeeded", workflow=True), conn=DOWN), None, True, True, None, "terminal"),
         ("terminal without finalizer: nothing", observed(obj("Failed", finalizer=False)), None, False, False, None, "terminal"),
+        ("terminal, a start may have run: cancel by ID first", observed(obj("Failed")), Cancel, True, False, None, ""),
+        ("terminal, cancelled by ID: released", observed(obj("Failed"), answer=Answer(Outcome.NOT_FOUND)), None, True, True, None, "terminal"),
+        ("terminal, Temporal down: the finalizer waits", observed(obj("Failed"), conn=DOWN, answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable")), None, True, False, None, "release-waits-for-temporal"),
         ("deleting a finished one: no Temporal", observed(obj("Succeeded", deleting=True, workflow=True), conn=DOWN), None, True, True, None, "deleted"),
         ("deleting a running one: cancel", observed(obj("Running", deleting=True, workflow=True)), Cancel, True, False, None, ""),
         ("deleting one that never tried to start: nothing to ask", observed(obj("Pending", deleting=True, **NEVER_TRIED), conn=DOWN), None, False, False, None, "deleting"),
@@ -201,12 +204,13 @@ def test_the_queue_ttl_counts_only_while_temporal_is_unavailable() -> None:
     long_ago = T0 - timedelta(seconds=600)  # queued 10 min ago, TTL 60 s
     # Connected and draining: started, never failed for the TTL.
     assert kind(step(observed(obj(queued=long_ago)))[0]) is Start
-    # Still unavailable past the TTL: QueueTimeout, and the finalizer goes.
-    d = planner.decide(observed(obj(queued=long_ago), conn=DOWN))
+    # Still unavailable past the TTL: QueueTimeout. It never tried to start:
+    # no finalizer, nothing to release.
+    d = planner.decide(observed(obj(queued=long_ago, finalizer=False), conn=DOWN))
     assert d.status is not None
     assert d.status["phase"] == "Failed"
     assert d.status["error"]["reason"] == "QueueTimeout"
-    assert d.remove_finalizer
+    assert not d.remove_finalizer
     # Within the TTL: look again when it runs out.
     d = planner.decide(observed(obj(queued=T0 - timedelta(seconds=20)), conn=DOWN))
     assert d.requeue_after == pytest.approx(40.5)
@@ -324,7 +328,7 @@ def test_ttl_after_finished(
         ("final report, default", observed(obj("Running", workflow=True), report=report("Failed", "RunnerFailed")), 45.0),
         ("final report, TTL 0: at once", observed(obj("Running", workflow=True, ttl=0), report=report("Succeeded")), 0.0),
         ("closed found by the sweep", observed(obj("Running", workflow=True, ttl=5), answer=Answer(Outcome.CLOSED, workflow=WF, result=ExecutionResult("Succeeded", output="x"))), 5.0),
-        ("queue timeout", observed(obj(queued=T0 - timedelta(seconds=600), ttl=7), conn=DOWN), 7.0),
+        ("queue timeout", observed(obj(queued=T0 - timedelta(seconds=600), ttl=7, finalizer=False), conn=DOWN), 7.0),
     ],
 )  # fmt: skip
 def test_finishing_sets_the_ttl_timer(case: str, o: Observed, requeue_after: float) -> None:
@@ -390,3 +394,49 @@ def test_a_start_that_waits_its_turn_is_said_first() -> None:
     assert conds["WorkflowStarted"] == ("False", "Queued")
     assert status.plan_queued({**new, "status": queued}, UP, T0, "again") is None
     assert status.plan_queued(obj("Succeeded", finished=T0), UP, T0, "x") is None
+
+
+def test_a_start_whose_outcome_is_unknown_is_cancelled_by_id_before_the_finalizer_goes() -> None:
+    """#18 failure 3: the start was cut (Temporal died) and the outage outlasts the TTL."""
+    long_ago = T0 - timedelta(seconds=600)
+    cut = Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable", message="connection reset")
+    timed_out = planner.decide(observed(obj(queued=long_ago), conn=DOWN, answer=cut))
+    assert timed_out.status is not None
+    assert timed_out.status["error"]["reason"] == c.QUEUE_TIMEOUT
+    assert not timed_out.remove_finalizer  # the workflow may exist
+    failed = {**obj(queued=long_ago), "status": timed_out.status}
+    # Temporal still down: the finalizer waits (Temporal coming back enqueues it).
+    waiting = planner.decide(
+        observed(
+            failed, conn=DOWN, answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable")
+        )
+    )
+    assert not waiting.remove_finalizer
+    assert waiting.backoff is None
+    # Temporal answers: cancel by the derived ID, then the finalizer goes.
+    asked = planner.decide(observed(failed))
+    assert isinstance(asked.request, Cancel)
+    assert asked.request.workflow_id == "agentexec/ns/a/u1"
+    released = planner.decide(observed(failed, answer=Answer(Outcome.CANCEL_REQUESTED)))
+    assert released.remove_finalizer
+    # Deleted instead: the same, on the delete path.
+    deleting = obj("Pending", deleting=True)
+    assert isinstance(planner.decide(observed(deleting)).request, Cancel)
+
+
+def test_no_such_workflow_is_only_believed_once_an_unanswered_start_can_no_longer_land() -> None:
+    """#18 failure 3: the SDK retries a start this process gave up on; it may
+    land after a cancel found nothing, and run for an object that is gone."""
+    deleting = obj("Pending", deleting=True)
+    nothing = Answer(Outcome.NOT_FOUND)
+    early = planner.decide(observed(deleting, answer=nothing, unanswered_start=3.0))
+    assert not early.remove_finalizer
+    assert early.requeue_after == pytest.approx(17.0)  # start_in_flight (20 s) - 3 s
+    late = planner.decide(observed(deleting, answer=nothing, unanswered_start=21.0))
+    assert late.remove_finalizer
+    # Found and cancelled: released at once, whatever may still be in flight
+    # (a late start finds it running and changes nothing).
+    found = planner.decide(
+        observed(deleting, answer=Answer(Outcome.CANCEL_REQUESTED), unanswered_start=1.0)
+    )
+    assert found.remove_finalizer
