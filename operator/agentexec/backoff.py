@@ -49,3 +49,8 @@ REDIAL_CIRCUIT_CAP = 300.0
 WORKER_RESTART = Backoff(base=1.0, cap=10.0, jitter=0.0)
 # A background loop (sweep, connection trigger, ...) that raised.
 LOOP = Backoff(base=1.0, cap=30.0)
+# A start Temporal refuses (permission denied, invalid argument, rate limited)
+# is retried on the RECONCILE backoff this many times in a row, about three
+# minutes, before the execution fails with StartRejected (the queue TTL ends
+# it sooner when shorter).
+START_REFUSED_BUDGET = 12

@@ -41,6 +41,7 @@ STARTED = "Started"
 QUEUED = "Queued"  # waits its turn at the start rate
 WAITING_FOR_TEMPORAL = "WaitingForTemporal"
 START_FAILED = "StartFailed"  # an attempt failed (refused, or no answer): retried with backoff
+START_REJECTED = "StartRejected"  # refused past the retry budget or the queue TTL: final
 QUEUE_TIMEOUT = "QueueTimeout"
 AGENT_NOT_FOUND = "AgentNotFound"  # also an AgentResolved reason
 TASK_QUEUE_NOT_ALLOWED = "TaskQueueNotAllowed"
@@ -63,6 +64,11 @@ WORKFLOW_FAILED = "WorkflowFailed"
 WORKFLOW_CANCELLED = CANCELLED
 CONTINUED_AS_NEW = "ContinuedAsNew"
 WORKFLOW_LOST = "WorkflowLost"  # the recorded workflow no longer exists in Temporal
+
+# How the gateway names a refusal (Answer.reason with Outcome.REJECTED; the
+# gRPC status, temporal/gateway.py). An ID the server refuses as invalid can
+# name no workflow there.
+INVALID_ARGUMENT = "InvalidArgument"
 
 # Event reasons (Kubernetes Events on the execution) besides the above.
 DELETION_BLOCKED = "DeletionBlocked"

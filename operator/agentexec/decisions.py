@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from agentexec.agents import AgentPolicy
+from agentexec.backoff import START_REFUSED_BUDGET
 from agentexec.conditions import Body
 from agentexec.status import (
     Connection,
@@ -44,6 +45,7 @@ class Config:
     report_timeout_seconds: int = 600
     heartbeat_timeout_seconds: int = 30
     start_rate: float = 200.0  # only said in the Queued message
+    start_refused_budget: int = START_REFUSED_BUDGET
     # How long a start that got no answer may still land in Temporal: the
     # SDK retries a call for about 10 s, each attempt up to the RPC timeout.
     start_in_flight: float = 20.0

@@ -29,9 +29,11 @@ from agentexec.conditions import (
     DESCRIBE_FAILED,
     FAILED,
     FORCE_DELETED,
+    INVALID_ARGUMENT,
     NO_RUNNER,
     RESOLVED,
     START_FAILED,
+    START_REJECTED,
     SUCCEEDED,
     SUCCEEDED_CONDITION,
     TASK_QUEUE_NOT_ALLOWED,
@@ -215,7 +217,9 @@ def _release(o: Observed) -> Decision:
         return Decision(
             request=Cancel(own_workflow_id(o.body), recorded_workflow(o.body).get("namespace"))
         )
-    none_there = answer.outcome == Outcome.NOT_FOUND
+    none_there = answer.outcome in (Outcome.NOT_FOUND,) or (
+        answer.outcome == Outcome.REJECTED and answer.reason == INVALID_ARGUMENT
+    )
     in_flight = o.unanswered_start is not None and o.unanswered_start < o.config.start_in_flight
     if none_there and in_flight:
         # A start we sent may still land (the SDK retries it): ask again after.
@@ -370,11 +374,37 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
         return Decision(status=patch, outcome="started")
     if answer.outcome == Outcome.CLOSED and answer.result is not None:
         return _from_result(o, answer.result, answer.workflow or {})
-    if answer.outcome == Outcome.UNAVAILABLE:
+    past_ttl = ttl_left(body, now, o.config.queue_ttl) < 0
+    if answer.outcome == Outcome.UNAVAILABLE and not o.conn.connected:
         conn = Connection(False, answer.reason or TEMPORAL_UNAVAILABLE, answer.message)
         return _waiting(o, conn, attempted=True)
-    # Refused (or an answer that makes no sense for a start): say why, back off.
+    if answer.outcome == Outcome.UNAVAILABLE:
+        # The start got no answer while the probe says Temporal is there (a
+        # timeout, a restart in between): retry this key with backoff; the
+        # connection condition stays what is true.
+        message = f"the start got no answer from Temporal ({answer.message}); retrying"
+        if past_ttl:
+            return _waiting(o, Connection(False, answer.reason, message), attempted=True)
+        return Decision(
+            status=plan_start_failed(body, now, message, o.conn),
+            events=(Event("Warning", START_FAILED, message),),
+            backoff=answer.reason or START_FAILED,
+            outcome="start-unanswered",
+        )
+    # Refused (or an answer that makes no sense for a start).
     words = f"Temporal refused to start the workflow ({answer.reason}): {answer.message}"
+    if past_ttl or o.retries + 1 >= o.config.start_refused_budget:
+        patch = plan_terminal(
+            body,
+            FAILED,
+            now,
+            reason=START_REJECTED,
+            message=f"{words}; gave up after {o.retries + 1} attempts in a row"
+            + (" and past the queue TTL" if past_ttl else ""),
+            started_reason=START_REJECTED,
+            conn=o.conn,
+        )
+        return _finish(o, FAILED, patch, "start-rejected", closed=False)
     return Decision(
         status=plan_start_failed(body, now, words, o.conn),
         events=(Event("Warning", START_FAILED, words),),
@@ -462,10 +492,9 @@ def _decide_started(
         )
         patch = plan_terminal(body, FAILED, now, reason=WORKFLOW_LOST, message=message, conn=o.conn)
         return _finish(o, FAILED, patch, "workflow-lost", closed=True)
-    if answer.outcome == Outcome.UNAVAILABLE:
-        conn = Connection(False, answer.reason or TEMPORAL_UNAVAILABLE, answer.message)
+    if answer.outcome == Outcome.UNAVAILABLE and not o.conn.connected:
         return Decision(
-            status=plan_connection(body, conn, now), check_done=False, outcome="unknown"
+            status=plan_connection(body, o.conn, now), check_done=False, outcome="unknown"
         )
     return Decision(
         events=(Event("Warning", DESCRIBE_FAILED, answer.message),),

@@ -271,9 +271,11 @@ def plan_agent_missing(
 def plan_start_failed(
     body: Body, now: datetime, message: str, conn: Connection
 ) -> StatusPatch | None:
-    """Temporal answered but refused the start (not an outage)."""
+    """A start attempt failed while Temporal is reachable (refused, or it did
+    not answer in time): Pending, StartFailed with why; it is retried."""
     if is_terminal(body):
         return None
+    status = status_of(body)
     patch: StatusPatch = {
         "phase": PENDING,
         "temporalConnection": conn.reason,
@@ -288,6 +290,8 @@ def plan_start_failed(
             now,
         ),
     }
+    if not status.get("queuedTime"):
+        patch["queuedTime"] = timestamp(now)
     return patch
 
 

@@ -80,6 +80,59 @@ async def test_namespace_named_like_team_namespace_deletes_unstarted_at_once(
     )
 
 
+async def test_a_start_without_an_answer_while_connected_retries_and_says_what_is_true(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """4: every start times out (a 1 ms RPC deadline) while the probe is green."""
+    make_operator(TEMPORAL_RPC_TIMEOUT_SECONDS="0.001")
+    aex.create(control_plane, namespace, "unanswered", "x", parameters={"delaySeconds": 60})
+    said_down: list[dict[str, Any]] = []
+
+    def retrying(obj: dict[str, Any]) -> bool:
+        if aex.condition(obj, "TemporalConnected").get("status") == "False":
+            said_down.append(aex.summary(obj))
+        attempts = obj.get("status", {}).get("startAttempts", 0)
+        return aex.phase(obj) == "Running" or attempts >= 3
+
+    obj = await aex.reaches(
+        control_plane, namespace, "unanswered", retrying, "retried with backoff", timeout=30
+    )
+    assert said_down == []  # never TemporalConnected=False while connected
+    if aex.phase(obj) != "Running":
+        started = aex.condition(obj, "WorkflowStarted")
+        assert (started["status"], started["reason"]) == ("False", "StartFailed"), started
+        assert aex.condition(obj, "TemporalConnected")["status"] == "True"
+
+
+async def test_refused_starts_end_start_rejected_with_temporals_words(
+    control_plane: ControlPlane,
+    namespace: str,
+    make_operator: MakeOperator,
+    refusing_temporal: TemporalDevServer,
+) -> None:
+    """7: bounded by the queue TTL here (8 s), else by the retry budget."""
+    make_operator(TEMPORAL_ADDRESS=refusing_temporal.address, AGENTEXEC_QUEUE_TTL_SECONDS="8")
+    aex.create(control_plane, namespace, "refused", "x")
+    failed = await aex.reaches(
+        control_plane, namespace, "refused", lambda o: aex.phase(o) == "Failed",
+        "Failed after the queue TTL", timeout=60,
+    )  # fmt: skip
+    error = failed["status"]["error"]
+    assert error["reason"] == "StartRejected", error
+    assert "InvalidArgument" in error["message"], error
+    assert aex.condition(failed, "WorkflowStarted")["reason"] == "StartRejected"
+    # Nothing can run under an ID the server refuses: the finalizer goes.
+    await eventually(
+        lambda: aex.get(control_plane, namespace, "refused")["metadata"].get("finalizers"),
+        lambda f: not f,
+        timeout=30,
+        what="finalizer released",
+    )
+
+
 async def test_a_recreated_execution_is_never_dropped(
     control_plane: ControlPlane,
     temporal: TemporalDevServer,

@@ -134,6 +134,7 @@ NEVER_TRIED = {"finalizer": False}  # no start was ever attempted: no finalizer
         ("started", observed(obj(), answer=Answer(Outcome.STARTED, workflow=WF)), None, True, False, "Running", "started"),
         ("start found it already closed", observed(obj(), answer=Answer(Outcome.CLOSED, workflow=WF, result=ExecutionResult("Succeeded", output="x"))), None, True, True, "Succeeded", "finished: Succeeded"),
         ("start: Temporal went away", observed(obj(), conn=DOWN, answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable", message="gone")), None, True, False, "Pending", "waiting"),
+        ("start: no answer while connected: back off", observed(obj(), answer=Answer(Outcome.UNAVAILABLE, reason="TemporalUnavailable", message="Timeout expired")), None, True, False, "Pending", "start-unanswered"),
         ("start refused", observed(obj(), answer=Answer(Outcome.REJECTED, reason="InvalidArgument", message="id too long")), None, True, False, "Pending", "start-refused"),
         ("running, nothing to check", observed(obj("Running", workflow=True)), None, True, False, None, "running"),
         ("running, its workflow closed in Temporal: describe", observed(obj("Running", workflow=True), check=True), Describe, True, False, None, ""),
@@ -394,6 +395,65 @@ def test_a_start_that_waits_its_turn_is_said_first() -> None:
     assert conds["WorkflowStarted"] == ("False", "Queued")
     assert status.plan_queued({**new, "status": queued}, UP, T0, "again") is None
     assert status.plan_queued(obj("Succeeded", finished=T0), UP, T0, "x") is None
+
+
+def test_a_start_that_got_no_answer_while_connected_retries_and_says_what_is_true() -> None:
+    """#18 failure 4: not parked until the queue TTL, not TemporalConnected=False."""
+    d = planner.decide(
+        observed(
+            obj(),
+            answer=Answer(
+                Outcome.UNAVAILABLE, reason="TemporalUnavailable", message="Timeout expired"
+            ),
+        )
+    )
+    assert d.backoff == "TemporalUnavailable"  # per-key backoff, not the TTL's requeue
+    assert d.requeue_after is None
+    assert d.status is not None
+    connected = c.condition_of({"status": d.status}, c.TEMPORAL_CONNECTED)
+    started = c.condition_of({"status": d.status}, c.WORKFLOW_STARTED)
+    assert connected is not None
+    assert started is not None
+    assert (connected["status"], connected["reason"]) == ("True", "Connected")
+    assert (started["status"], started["reason"]) == ("False", "StartFailed")
+    assert "Timeout expired" in started["message"]
+    assert d.status["startAttempts"] == 1
+
+
+REFUSED = Answer(
+    Outcome.REJECTED, reason="PermissionDenied", message="caller may not start workflows"
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "o", "final"),
+    [
+        ("first refusals: retried", observed(obj(), answer=REFUSED), False),
+        ("the budget's last attempt: final", observed(obj(), answer=REFUSED, retries=11), True),
+        ("past the queue TTL: final", observed(obj(queued=T0 - timedelta(seconds=61)), answer=REFUSED), True),
+    ],
+)  # fmt: skip
+def test_refused_starts_are_bounded(case: str, o: Observed, final: bool) -> None:
+    """#18 failure 7: StartRejected with Temporal's words, not forever."""
+    d = planner.decide(o)
+    assert d.status is not None
+    if not final:
+        assert d.backoff == "PermissionDenied", case
+        assert d.status["phase"] == "Pending", case
+        return
+    assert d.backoff is None, case
+    assert d.status["phase"] == "Failed", case
+    assert d.status["error"]["reason"] == c.START_REJECTED, case
+    assert "caller may not start workflows" in d.status["error"]["message"], case
+    started = c.condition_of({"status": d.status}, c.WORKFLOW_STARTED)
+    assert started is not None
+    assert started["reason"] == c.START_REJECTED, case
+    # It held the finalizer (a start was sent): the next pass makes sure no
+    # workflow of its ID runs before the finalizer goes.
+    assert not d.remove_finalizer
+    assert d.requeue_after == 0
+    after = {**o.body, "status": {**o.body["status"], **d.status}}
+    assert kind(planner.decide(observed(after))) is Cancel
 
 
 def test_a_start_whose_outcome_is_unknown_is_cancelled_by_id_before_the_finalizer_goes() -> None:
