@@ -3,7 +3,7 @@
 Every trigger only puts an execution's key on the work queue: watch events
 (the initial listing included), Temporal's connection changing (paced:
 loops.ConditionPacer), workflows that closed or vanished in Temporal
-(the sweep), the workflows' reports (``report_status``), timers.
+(workflow_watch.py), the workflows' reports (``report_status``), timers.
 ``reconcile(key)`` (reconciler.py) then observes, decides (planner.py) and
 applies (executor.py), and the queue acts on its verdict.
 
@@ -38,7 +38,7 @@ from agentexec.decisions import Config
 from agentexec.events import EventRecorder
 from agentexec.executor import Executor
 from agentexec.kube import Kube
-from agentexec.loops import ConnectionTrigger, Loops, Sweep
+from agentexec.loops import ConnectionTrigger, Loops
 from agentexec.metrics import Metrics
 from agentexec.reconciler import Reconciler
 from agentexec.reports import Reports
@@ -48,6 +48,7 @@ from agentexec.status import Connection, is_terminal, recorded_workflow, uid_of
 from agentexec.temporal.gateway import TemporalGateway
 from agentexec.temporal.manager import TemporalManager
 from agentexec.temporal.types import REPORT_STATUS_ACTIVITY, StatusReport
+from agentexec.workflow_watch import WorkflowWatch
 from agentexec.workqueue import Priority, WorkQueue
 
 log = logging.getLogger("agentexec.controller")
@@ -125,8 +126,12 @@ class Controller:
             lambda: self.manager.connected,
             settle=settings.condition_sync_interval,
         )
-        self.sweep = Sweep(
-            self.cache, lambda: self.manager.connected, self.check, settings.sweep_interval
+        self.watch = WorkflowWatch(
+            self.cache,
+            self.gateway,
+            lambda: self.manager.connected,
+            self.check,
+            settings.sweep_interval,
         )
         self.leading = False
         manager.add_listener(lambda _state: self.pacer.changed())
@@ -144,11 +149,10 @@ class Controller:
         ttl = self.settings.ttl_seconds_after_finished
         for key, body in self.cache.items():
             if needs_attention(body) or has_timer(body, ttl):
-                if recorded_workflow(body).get("id"):
-                    self.reconciler.checks.add(key)  # what happened while nobody led?
                 self.queue.add(key)
+        self.watch.reset()  # what closed while nobody led is found by its first look
         self.queue.start(self.reconciler.reconcile, self.settings.reconcile_workers)
-        self.loops.spawn("sweep", self.sweep.step)
+        self.loops.spawn("workflow-watch", self.watch.step)
         self.loops.spawn("connection-trigger", self.pacer.step)
 
     async def stop_leading(self) -> None:
@@ -298,6 +302,7 @@ class Controller:
             + self.reconciler.tracked()
             + len(self.reports)
             + len(self.events),
+            "temporal_watch_calls": self.watch.calls,
             "loops_stopped": self.stopped_loops(),
         }
 

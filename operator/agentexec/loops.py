@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from agentexec import backoff
-from agentexec.cache import ExecutionCache, Key, needs_attention, running_group
+from agentexec.cache import ExecutionCache, Key, needs_attention
 from agentexec.workqueue import WorkQueue
 
 log = logging.getLogger("agentexec.controller")
@@ -101,28 +101,3 @@ class ConnectionTrigger:
             if needs_attention(body):
                 self.queue.add(key)
         return 0.0
-
-
-class Sweep:
-    """Every ``interval``, each running execution is checked against its
-    workflow (a describe per execution): one that closed in Temporal without
-    its report is noticed within an interval."""
-
-    def __init__(
-        self,
-        cache: ExecutionCache,
-        connected: Callable[[], bool],
-        check: Callable[[Key], None],
-        interval: float,
-    ) -> None:
-        self.cache = cache
-        self.connected = connected
-        self.check = check
-        self.interval = interval
-
-    async def step(self) -> float:
-        if self.connected():
-            for key, body in self.cache.items():
-                if running_group(body) is not None:
-                    self.check(key)
-        return self.interval

@@ -25,6 +25,7 @@ from agentexec.conditions import (
     AGENT_NOT_FOUND,
     AGENT_RESOLVED,
     AGENT_RUNNING,
+    CANCELLED,
     DELETION_BLOCKED,
     DESCRIBE_FAILED,
     FAILED,
@@ -163,6 +164,10 @@ def _finish(
 
 def _from_result(o: Observed, result: ExecutionResult, workflow: Mapping[str, str]) -> Decision:
     message = result.message
+    if result.phase == CANCELLED and not meta_of(o.body).get("deletionTimestamp"):
+        # The workflow says "deleted" for any cancellation; this one was
+        # cancelled in Temporal (UI, CLI), the AgentExecution still exists.
+        message = "the workflow was cancelled in Temporal, not by deleting the AgentExecution"
     patch = plan_report(
         o.body,
         o.now,

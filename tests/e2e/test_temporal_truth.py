@@ -80,6 +80,66 @@ async def test_namespace_named_like_team_namespace_deletes_unstarted_at_once(
     )
 
 
+async def test_workflows_closed_or_deleted_in_temporal_are_reflected_within_10s(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """2: terminate, cancel and delete with the temporal CLI; each execution
+    says so with its own reason within 10 s (the operator's defaults)."""
+    make_operator()
+    names = ("terminated", "cancelled", "deleted", "untouched")
+    control_plane.kubectl(
+        "create", "-n", namespace, "-f", "-",
+        stdin="\n---\n".join(aex.manifest(n, n, parameters={"delaySeconds": 120}) for n in names),
+    )  # fmt: skip
+    running = {
+        name: await aex.reaches(
+            control_plane, namespace, name, lambda o: aex.phase(o) == "Running", f"{name} Running"
+        )
+        for name in names
+    }
+    await asyncio.sleep(2)  # the agents are running in their runners
+    wid = {name: aex.workflow_id(obj) for name, obj in running.items()}
+    actions = {
+        "terminated": (
+            "workflow",
+            "terminate",
+            "--reason",
+            "x",
+            "--workflow-id",
+            wid["terminated"],
+        ),
+        "cancelled": ("workflow", "cancel", "--workflow-id", wid["cancelled"]),
+        "deleted": ("workflow", "delete", "--yes", "--workflow-id", wid["deleted"]),
+    }
+    took: dict[str, float] = {}
+    expected = {
+        "terminated": ("Failed", "Terminated"),
+        "cancelled": ("Cancelled", "Cancelled"),
+        "deleted": ("Failed", "WorkflowLost"),
+    }
+    for name, args in actions.items():
+        out = temporal.cli_run(*args)
+        assert out.returncode == 0, out.stderr
+        began = time.monotonic()
+        done = await aex.reaches(
+            control_plane, namespace, name,
+            lambda o: aex.phase(o) in ("Succeeded", "Failed", "Cancelled"),
+            f"{name} reflected", timeout=30,
+        )  # fmt: skip
+        took[name] = time.monotonic() - began
+        error = done["status"].get("error", {})
+        assert (aex.phase(done), error.get("reason")) == expected[name], aex.summary(done)
+        assert "deleted" not in error.get("message", "") or name == "deleted", error
+    assert aex.phase(aex.get(control_plane, namespace, "untouched")) == "Running"
+    SUMMARY.append(
+        f"[#18 2] closed in Temporal -> reflected: { {k: round(v, 1) for k, v in took.items()} }"
+    )
+    assert all(t <= 10 for t in took.values()), took
+
+
 async def test_a_start_without_an_answer_while_connected_retries_and_says_what_is_true(
     control_plane: ControlPlane,
     temporal: TemporalDevServer,

@@ -145,3 +145,24 @@ class FakeManager:
         self.connected = connected
         for listener in self.listeners:
             listener(None)
+
+
+class FakeVisibility(FakeGateway):
+    """FakeGateway plus the visibility calls of the workflow watch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed: list[Any] = []
+        self.running_ids: set[str] = set()
+
+    async def list_closed(self, namespace: str, task_queue: str, since: Any) -> list[Any]:
+        self.calls.append(("list_closed", task_queue))
+        return [c for c in self.closed if c.close_time >= since]
+
+    async def count_running(self, namespace: str, task_queue: str) -> int:
+        self.calls.append(("count_running", task_queue))
+        return len(self.running_ids)
+
+    async def list_running(self, namespace: str, task_queue: str) -> set[str]:
+        self.calls.append(("list_running", task_queue))
+        return set(self.running_ids)

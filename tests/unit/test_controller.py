@@ -17,13 +17,13 @@ from agentexec.settings import Settings
 from agentexec.status import FINALIZER
 from agentexec.temporal.types import ExecutionRef, ExecutionResult, StatusReport
 from agentexec.workqueue import GONE, Verdict
-from tests.unit.fakes import FakeGateway, FakeKube, FakeManager, execution, next_rv
+from tests.unit.fakes import FakeKube, FakeManager, FakeVisibility, execution, next_rv
 
 KEY = ("ns", "a")
 
 
-def make(connected: bool = True, **settings: Any) -> tuple[Controller, FakeKube, FakeGateway]:
-    kube, gateway = FakeKube(), FakeGateway()
+def make(connected: bool = True, **settings: Any) -> tuple[Controller, FakeKube, FakeVisibility]:
+    kube, gateway = FakeKube(), FakeVisibility()
     controller = Controller(
         Settings(**settings),
         FakeManager(connected),  # type: ignore[arg-type]
@@ -31,6 +31,7 @@ def make(connected: bool = True, **settings: Any) -> tuple[Controller, FakeKube,
         Metrics(),
     )
     controller.executor.gateway = gateway  # type: ignore[assignment]
+    controller.watch.gateway = gateway  # type: ignore[assignment]
     return controller, kube, gateway
 
 

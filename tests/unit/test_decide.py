@@ -484,6 +484,23 @@ def test_a_start_whose_outcome_is_unknown_is_cancelled_by_id_before_the_finalize
     assert isinstance(planner.decide(observed(deleting)).request, Cancel)
 
 
+def test_a_workflow_cancelled_in_temporal_says_so() -> None:
+    """#18 failure 2: its own reason and words, not "the AgentExecution was deleted"."""
+    cancelled = StatusReport(
+        ref=ExecutionRef("ns", "a", "u1"),
+        result=ExecutionResult(
+            "Cancelled", reason="Cancelled", message="the AgentExecution was deleted"
+        ),
+        workflow_id=WF["id"],
+        run_id="r1",
+    )
+    d = planner.decide(observed(obj("Running", workflow=True), report=cancelled))
+    assert d.status is not None
+    assert d.status["phase"] == "Cancelled"
+    assert d.status["error"]["reason"] == "Cancelled"
+    assert "cancelled in Temporal" in d.status["error"]["message"]
+
+
 def test_no_such_workflow_is_only_believed_once_an_unanswered_start_can_no_longer_land() -> None:
     """#18 failure 3: the SDK retries a start this process gave up on; it may
     land after a cancel found nothing, and run for an object that is gone."""

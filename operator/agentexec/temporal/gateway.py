@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
-from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+from temporalio.api.workflowservice.v1 import (
+    CountWorkflowExecutionsRequest,
+    DescribeWorkflowExecutionRequest,
+    ListWorkflowExecutionsRequest,
+)
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -31,6 +37,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, describe_error
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
+    WORKFLOW_TYPE,
     Answer,
     ExecutionInput,
     ExecutionResult,
@@ -39,6 +46,9 @@ from agentexec.temporal.types import (
 from agentexec.temporal.workflows import AgentExecutionWorkflow
 
 log = logging.getLogger("agentexec.gateway")
+T = TypeVar("T")
+# Visibility pages: Temporal's default and maximum for SQL stores is 1000.
+PAGE_SIZE = 1000
 
 
 _REJECTED_REASONS = {
@@ -58,6 +68,27 @@ CLOSED_STATUS = {
     WorkflowExecutionStatus.TIMED_OUT: ("Failed", "Timeout"),
     WorkflowExecutionStatus.CONTINUED_AS_NEW: ("Failed", "ContinuedAsNew"),
 }
+
+
+@dataclass(frozen=True)
+class ClosedWorkflow:
+    """A workflow of ours that closed, as visibility lists it."""
+
+    workflow_id: str
+    run_id: str
+    status: WorkflowExecutionStatus
+    close_time: datetime
+
+
+def _literal(value: str) -> str:
+    """A string literal for a visibility query (names here never hold quotes)."""
+    if "'" in value or "\\" in value:
+        raise ValueError(f"{value!r}: a quote or backslash cannot go into a visibility query")
+    return f"'{value}'"
+
+
+def _ours(task_queue: str) -> str:
+    return f"WorkflowType = {_literal(WORKFLOW_TYPE)} AND TaskQueue = {_literal(task_queue)}"
 
 
 class TemporalGateway:
@@ -115,6 +146,79 @@ class TemporalGateway:
             return Answer(Outcome.CANCEL_REQUESTED)
 
         return await self._guarded(call)
+
+    # ----- visibility: the cost of these does not grow with running executions ----
+
+    async def list_closed(
+        self, namespace: str, task_queue: str, since: datetime, limit: int = 10 * PAGE_SIZE
+    ) -> list[ClosedWorkflow]:
+        """Our workflows on ``task_queue`` that closed at or after ``since``
+        (Temporal's clock), at most ``limit``. Raises TemporalUnavailable or
+        RPCError: the caller is a background loop."""
+        moment = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        query = f"{_ours(task_queue)} AND ExecutionStatus != 'Running' AND CloseTime >= '{moment}'"
+        closed: list[ClosedWorkflow] = []
+        async for info in self._list(namespace, query, limit):
+            if info.HasField("close_time"):
+                closed.append(
+                    ClosedWorkflow(
+                        info.execution.workflow_id,
+                        info.execution.run_id,
+                        WorkflowExecutionStatus(info.status),
+                        info.close_time.ToDatetime(tzinfo=UTC),
+                    )
+                )
+        return closed
+
+    async def count_running(self, namespace: str, task_queue: str) -> int:
+        """How many of our workflows on ``task_queue`` run now (one call)."""
+        query = f"{_ours(task_queue)} AND ExecutionStatus = 'Running'"
+
+        async def call(client: Client) -> int:
+            resp = await client.workflow_service.count_workflow_executions(
+                CountWorkflowExecutionsRequest(namespace=namespace, query=query),
+                retry=True,
+                timeout=timedelta(seconds=self.rpc_timeout),
+            )
+            return int(resp.count)
+
+        return await self._visibility(call)
+
+    async def list_running(self, namespace: str, task_queue: str) -> set[str]:
+        """The IDs of our workflows on ``task_queue`` that run now (a page per
+        thousand: called only when the counts disagree)."""
+        query = f"{_ours(task_queue)} AND ExecutionStatus = 'Running'"
+        return {info.execution.workflow_id async for info in self._list(namespace, query, None)}
+
+    async def _list(self, namespace: str, query: str, limit: int | None) -> Any:
+        token = b""
+        seen = 0
+        while True:
+
+            async def page(client: Client, token: bytes = token) -> Any:
+                return await client.workflow_service.list_workflow_executions(
+                    ListWorkflowExecutionsRequest(
+                        namespace=namespace,
+                        query=query,
+                        page_size=PAGE_SIZE,
+                        next_page_token=token,
+                    ),
+                    retry=True,
+                    timeout=timedelta(seconds=self.rpc_timeout),
+                )
+
+            resp = await self._visibility(page)
+            for info in resp.executions:
+                yield info
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            token = resp.next_page_token
+            if not token:
+                return
+
+    async def _visibility(self, fn: Callable[[Client], Awaitable[T]]) -> T:
+        return await self.manager.call(fn, timeout=2 * self.rpc_timeout)
 
     async def _describe(self, client: Client, wid: str, namespace: str) -> Answer:
         resp = await client.workflow_service.describe_workflow_execution(

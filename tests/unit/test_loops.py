@@ -1,0 +1,139 @@
+"""The workflow watch, with plain fakes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from temporalio.client import WorkflowExecutionStatus
+
+from agentexec import conditions as c
+from agentexec.cache import ExecutionCache, Key
+from agentexec.status import FINALIZER, Connection, build_conditions, connection_condition
+from agentexec.temporal.gateway import ClosedWorkflow
+from agentexec.workflow_watch import WorkflowWatch
+from tests.unit.fakes import FakeVisibility, execution
+
+UP = Connection(True, "Connected", "connected")
+DOWN = Connection(False, "TemporalUnavailable", "down")
+NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+
+
+def running(
+    name: str, conn: Connection = UP, started: datetime = NOW - timedelta(minutes=5)
+) -> dict[str, Any]:
+    body = execution(name, uid=f"u-{name}")
+    body["metadata"]["finalizers"] = [FINALIZER]
+    body["status"] = {
+        "phase": "Running",
+        "temporalConnection": conn.reason,
+        "startTime": c.timestamp(started),
+        "workflow": {
+            "id": f"agentexec/ns/{name}/u-{name}",
+            "runId": "r",
+            "namespace": "default",
+            "taskQueue": "q",
+        },
+        "conditions": build_conditions(body, [connection_condition(conn)], NOW),
+    }
+    return body
+
+
+def closed(name: str, status: WorkflowExecutionStatus, at: datetime) -> ClosedWorkflow:
+    return ClosedWorkflow(f"agentexec/ns/{name}/u-{name}", "r", status, at)
+
+
+def watch_of(cache: ExecutionCache, gateway: FakeVisibility) -> tuple[WorkflowWatch, list[Key]]:
+    checked: list[Key] = []
+    watch = WorkflowWatch(
+        cache,
+        gateway,  # type: ignore[arg-type]
+        lambda: True,
+        checked.append,
+        interval=3.0,
+        clock=NOW.timestamp,
+    )
+    return watch, checked
+
+
+async def test_the_watch_checks_executions_whose_workflow_closed_in_temporal() -> None:
+    cache = ExecutionCache()
+    gateway = FakeVisibility()
+    for name in ("a", "b", "c"):
+        cache.put(("ns", name), running(name))
+    gateway.running_ids = {"agentexec/ns/a/u-a", "agentexec/ns/c/u-c"}
+    gateway.closed = [
+        closed("b", WorkflowExecutionStatus.TERMINATED, NOW - timedelta(seconds=1)),
+        closed("zz", WorkflowExecutionStatus.COMPLETED, NOW - timedelta(seconds=1)),  # not ours
+    ]
+    watch, checked = watch_of(cache, gateway)
+    watch._everything = False
+    await watch.step()
+    assert checked == [("ns", "b")]
+    kinds = [k for k, _ in gateway.calls]
+    # One list of closings and one count: the counts agree (3 ours... 2 theirs
+    # plus the closing one) only once b is written; here they disagree, and the
+    # running ones are listed, finding b again (checked once more is harmless).
+    assert kinds[:2] == ["list_closed", "count_running"]
+    await watch.step()
+    assert checked.count(("ns", "b")) >= 1
+    assert ("ns", "a") not in checked
+
+
+async def test_the_watch_costs_two_calls_while_the_counts_agree() -> None:
+    cache = ExecutionCache()
+    gateway = FakeVisibility()
+    for n in range(500):
+        cache.put(("ns", f"e{n}"), running(f"e{n}"))
+    gateway.running_ids = {f"agentexec/ns/e{n}/u-e{n}" for n in range(500)}
+    watch, checked = watch_of(cache, gateway)
+    await watch.step()  # the first look lists everything (what closed while nobody led)
+    gateway.calls.clear()
+    for _ in range(5):
+        await watch.step()
+    assert [k for k, _ in gateway.calls] == ["list_closed", "count_running"] * 5
+    assert checked == []
+
+
+async def test_a_deleted_workflow_is_found_by_the_count_and_one_listing() -> None:
+    cache = ExecutionCache()
+    gateway = FakeVisibility()
+    for n in range(10):
+        cache.put(("ns", f"e{n}"), running(f"e{n}"))
+    gateway.running_ids = {f"agentexec/ns/e{n}/u-e{n}" for n in range(10)}
+    watch, checked = watch_of(cache, gateway)
+    await watch.step()
+    gateway.running_ids.discard("agentexec/ns/e4/u-e4")  # deleted in Temporal: never closed
+    gateway.calls.clear()
+    await watch.step()
+    assert checked == [("ns", "e4")]
+    assert [k for k, _ in gateway.calls] == ["list_closed", "count_running", "list_running"]
+
+
+async def test_a_disagreement_a_listing_explained_is_not_listed_again() -> None:
+    cache = ExecutionCache()
+    gateway = FakeVisibility()
+    cache.put(("ns", "a"), running("a"))
+    # One of ours, and a workflow nobody records any more (force-deleted execution).
+    gateway.running_ids = {"agentexec/ns/a/u-a", "agentexec/ns/orphan/u-o"}
+    watch, checked = watch_of(cache, gateway)
+    await watch.step()
+    gateway.calls.clear()
+    await watch.step()
+    await watch.step()
+    assert [k for k, _ in gateway.calls] == ["list_closed", "count_running"] * 2
+    assert checked == []
+
+
+async def test_a_workflow_just_started_is_not_taken_for_a_vanished_one() -> None:
+    cache = ExecutionCache()
+    gateway = FakeVisibility()
+    cache.put(("ns", "old"), running("old"))
+    cache.put(("ns", "young"), running("young", started=NOW - timedelta(seconds=1)))
+    gateway.running_ids = {"agentexec/ns/old/u-old"}  # "young" not listed yet (visibility lag)
+    watch, checked = watch_of(cache, gateway)
+    watch._everything = False
+    await watch.step()
+    assert checked == []  # a suspect, not yet a check
+    await watch.step()  # still missing a look later: checked
+    assert checked == [("ns", "young")]
