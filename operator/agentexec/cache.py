@@ -157,6 +157,14 @@ def needs_attention(body: Body) -> bool:
     return True
 
 
+def waits_for_temporal(body: Body) -> bool:
+    """Whether Temporal coming back is what this execution waits for: a start,
+    or a cancel before its finalizer can go."""
+    if meta_of(body).get("deletionTimestamp") or is_terminal(body):
+        return has_finalizer(body)
+    return not recorded_workflow(body).get("id")
+
+
 def has_timer(body: Body, finished_ttl: float | None) -> bool:
     """A finished execution that its TTL will delete: reconcile sets its timer."""
     return not meta_of(body).get("deletionTimestamp") and expiry_of(body, finished_ttl) is not None

@@ -38,7 +38,7 @@ from agentexec.decisions import Config
 from agentexec.events import EventRecorder
 from agentexec.executor import Executor
 from agentexec.kube import Kube
-from agentexec.loops import ConnectionTrigger, Loops
+from agentexec.loops import ConditionPacer, Loops
 from agentexec.metrics import Metrics
 from agentexec.reconciler import Reconciler
 from agentexec.reports import Reports
@@ -120,10 +120,11 @@ class Controller:
             self.queue.failures,
         )
         self.loops = Loops()
-        self.pacer = ConnectionTrigger(
+        self.pacer = ConditionPacer(
             self.cache,
             self.queue,
-            lambda: self.manager.connected,
+            self.connection,
+            rate=settings.condition_sync_rate,
             settle=settings.condition_sync_interval,
         )
         self.watch = WorkflowWatch(
@@ -153,7 +154,7 @@ class Controller:
         self.watch.reset()  # what closed while nobody led is found by its first look
         self.queue.start(self.reconciler.reconcile, self.settings.reconcile_workers)
         self.loops.spawn("workflow-watch", self.watch.step)
-        self.loops.spawn("connection-trigger", self.pacer.step)
+        self.loops.spawn("condition-pacer", self.pacer.step)
 
     async def stop_leading(self) -> None:
         self.leading = False
@@ -303,6 +304,7 @@ class Controller:
             + len(self.reports)
             + len(self.events),
             "temporal_watch_calls": self.watch.calls,
+            "condition_walk_enqueued": self.pacer.enqueued,
             "loops_stopped": self.stopped_loops(),
         }
 

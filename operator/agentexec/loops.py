@@ -15,7 +15,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from agentexec import backoff
-from agentexec.cache import ExecutionCache, Key, needs_attention
+from agentexec.cache import ExecutionCache, Key, needs_attention, waits_for_temporal
+from agentexec.status import Connection, connection_differs
 from agentexec.workqueue import WorkQueue
 
 log = logging.getLogger("agentexec.controller")
@@ -71,23 +72,34 @@ class Loops:
                 await task
 
 
-class ConnectionTrigger:
-    """A connection change enqueues every execution that needs attention.
-    Disconnections are batched (``settle`` seconds): a flapping connection
-    enqueues once per interval, not once per flap."""
+class ConditionPacer:
+    """After a connection change, enqueues the executions it concerns: every
+    unfinished one whose ``TemporalConnected`` says otherwise, and every one
+    waiting for Temporal (a start, a cancel before its finalizer goes), at most
+    ``rate`` per second.
+
+    So each flip costs at most one write per execution, paced, and reaches all
+    of them; a flip back before an execution's turn costs it none (the walk
+    starts over for the new state, and a reconcile finds nothing to write).
+    Disconnections are batched (``settle`` seconds): a flapping connection is
+    walked once per interval, not once per flap.
+    """
 
     def __init__(
         self,
         cache: ExecutionCache,
         queue: WorkQueue[Key],
-        connected: Callable[[], bool],
+        connection: Callable[[], Connection],
+        rate: float,
         settle: float,
     ) -> None:
         self.cache = cache
         self.queue = queue
-        self.connected = connected
+        self.connection = connection
+        self.rate = rate
         self.settle = settle
         self._changed = asyncio.Event()
+        self.enqueued = 0  # keys enqueued by walks (for /statusz and the bench)
 
     def changed(self) -> None:
         self._changed.set()
@@ -95,9 +107,21 @@ class ConnectionTrigger:
     async def step(self) -> float:
         await self._changed.wait()
         self._changed.clear()
-        if not self.connected():
+        if not self.connection().connected:
             await asyncio.sleep(self.settle)
-        for key, body in self.cache.items():
-            if needs_attention(body):
+        conn = self.connection()
+        due = [
+            key
+            for key, body in self.cache.items()
+            if needs_attention(body)
+            and (waits_for_temporal(body) or connection_differs(body, conn))
+        ]
+        batch = max(1, int(self.rate / 10))  # ten batches a second
+        for start in range(0, len(due), batch):
+            if self._changed.is_set():
+                return 0.0  # the state moved on: walk again for the new one
+            for key in due[start : start + batch]:
                 self.queue.add(key)
+            self.enqueued += len(due[start : start + batch])
+            await asyncio.sleep(batch / self.rate)
         return 0.0

@@ -218,10 +218,19 @@ def plan_waiting(
 
 
 def plan_queued(body: Body, conn: Connection, now: datetime, message: str) -> StatusPatch | None:
-    """A new execution whose start waits its turn (the start rate, a backlog
-    after an outage): say so before waiting, unless its status already says
-    where it is."""
-    if is_terminal(body) or status_of(body).get("conditions"):
+    """An execution whose start waits its turn (the start rate, a backlog after
+    an outage): say so before waiting, unless its status already says where it
+    is (a new one says nothing yet; one that waited for Temporal says it is
+    not there, which is no longer true)."""
+    if is_terminal(body):
+        return None
+    status = status_of(body)
+    said = (condition_of(body, WORKFLOW_STARTED) or {}).get("reason")
+    if (
+        status.get("conditions")
+        and said != WAITING_FOR_TEMPORAL
+        and not connection_differs(body, conn)
+    ):
         return None
     return _pending(
         body,

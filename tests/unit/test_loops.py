@@ -1,7 +1,9 @@
-"""The workflow watch, with plain fakes."""
+"""The background triggers: the condition pacer and the workflow watch, with plain fakes."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,9 +11,11 @@ from temporalio.client import WorkflowExecutionStatus
 
 from agentexec import conditions as c
 from agentexec.cache import ExecutionCache, Key
+from agentexec.loops import ConditionPacer
 from agentexec.status import FINALIZER, Connection, build_conditions, connection_condition
 from agentexec.temporal.gateway import ClosedWorkflow
 from agentexec.workflow_watch import WorkflowWatch
+from agentexec.workqueue import WorkQueue
 from tests.unit.fakes import FakeVisibility, execution
 
 UP = Connection(True, "Connected", "connected")
@@ -37,6 +41,42 @@ def running(
         "conditions": build_conditions(body, [connection_condition(conn)], NOW),
     }
     return body
+
+
+async def test_the_pacer_reaches_every_execution_at_a_bounded_rate() -> None:
+    cache = ExecutionCache()
+    for n in range(200):
+        cache.put(("ns", f"e{n}"), running(f"e{n}"))
+    cache.put(("ns", "right"), running("right", DOWN))  # already says so: left alone
+    queue: WorkQueue[Key] = WorkQueue()
+    conn = {"now": DOWN}
+    pacer = ConditionPacer(cache, queue, lambda: conn["now"], rate=1000.0, settle=0.0)
+    pacer.changed()
+    began = time.monotonic()
+    await pacer.step()
+    took = time.monotonic() - began
+    assert len(queue) == 200
+    assert ("ns", "right") not in {k for k in queue._dirty}
+    assert took >= 0.15, took  # 200 at 1000/s: paced, not at once
+
+
+async def test_a_flip_back_starts_the_walk_over_for_the_new_state() -> None:
+    cache = ExecutionCache()
+    for n in range(100):
+        cache.put(("ns", f"e{n}"), running(f"e{n}"))
+    queue: WorkQueue[Key] = WorkQueue()
+    conn = {"now": DOWN}
+    pacer = ConditionPacer(cache, queue, lambda: conn["now"], rate=200.0, settle=0.0)
+    pacer.changed()
+    walk = asyncio.create_task(pacer.step())
+    await asyncio.sleep(0.12)
+    conn["now"] = UP  # back before the walk reached them all
+    pacer.changed()
+    await walk
+    reached = len(queue)
+    assert 0 < reached < 100
+    await pacer.step()  # the new state: they all say Connected already
+    assert len(queue) == reached
 
 
 def closed(name: str, status: WorkflowExecutionStatus, at: datetime) -> ClosedWorkflow:
