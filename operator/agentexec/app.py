@@ -160,6 +160,7 @@ async def run(settings: Settings) -> None:
         },
     )
     kopf_stop = asyncio.Event()
+    unhook = handlers.hook_listings(controller.on_listed)
     try:
         async with manager:
             campaign = (
@@ -201,6 +202,7 @@ async def run(settings: Settings) -> None:
         except Exception as exc:
             log.warning("kopf stopped with an error", extra={"error": str(exc)[:300]})
     finally:
+        unhook()
         await http.cleanup()
         await kube.close()
         log.info("operator stopped")

@@ -37,7 +37,7 @@ from agentexec.conditions import (
 from agentexec.decisions import Config
 from agentexec.events import EventRecorder
 from agentexec.executor import Executor
-from agentexec.kube import Kube
+from agentexec.kube import AGENT_PLURAL, Kube
 from agentexec.loops import ConditionPacer, Loops
 from agentexec.metrics import Metrics
 from agentexec.reconciler import Reconciler
@@ -225,6 +225,21 @@ class Controller:
                 and not recorded_workflow(execution).get("id")
             ):
                 self.queue.add(ekey)
+
+    def on_listed(self, plural: str, namespace: str | None, listed: Mapping[Key, str]) -> None:
+        """A (re-)listing of ``plural`` in ``namespace`` (None: the cluster) is
+        complete: it replaces what we held there. Objects deleted while the
+        watch was away (a 410 Gone, an API server outage) were never told
+        with a DELETED event; they are not in ``listed`` (key: uid)."""
+        if plural == AGENT_PLURAL:
+            for gone in self.agents.absent(namespace, listed):
+                self.on_agent_event("DELETED", gone)
+            return
+        for key, body in self.cache.items():
+            if namespace is not None and key[0] != namespace:
+                continue
+            if listed.get(key) != uid_of(body):
+                self._forget(key, uid_of(body))
 
     def check(self, key: Key) -> None:
         """Verify ``key``'s workflow against Temporal (it closed or vanished there)."""

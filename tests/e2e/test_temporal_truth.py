@@ -5,8 +5,11 @@ Temporal, and nothing is dropped, parked or mis-reported on the way."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import calendar
+import json
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +19,7 @@ from temporalio.service import RPCError
 from localenv.kube import ControlPlane
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
+from tests.e2e.test_agents import apply_agent
 from tests.support.operator import OperatorProcess
 from tests.support.relay import TcpRelay
 from tests.support.report import SUMMARY
@@ -213,6 +217,65 @@ async def test_a_recreated_execution_is_never_dropped(
             f"{message} Succeeded", timeout=30,
         )  # fmt: skip
         assert done["status"]["output"] == message
+
+
+def _etcd(plane: ControlPlane, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{plane.etcd_port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        answer: dict[str, Any] = json.load(resp)
+        return answer
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+async def test_objects_deleted_while_the_watch_was_away_leave_the_caches(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """9: deleted behind the API server's back during an outage, then compacted
+    away: the watch comes back with 410 Gone, kopf re-lists, and the re-listing
+    replaces the caches (an Agent gone is no longer snapshotted)."""
+    operator = make_operator()
+    temporal.kill()  # nothing starts: the executions only sit in the cache
+    for name in ("stays", "ghost"):
+        aex.create(control_plane, namespace, name, name)
+    apply_agent(control_plane, namespace, "ghost-agent", type="echo")
+    await eventually(
+        lambda: operator.statusz()["executions"],
+        lambda e: e["known"] == 2,
+        what="both executions cached",
+    )
+    control_plane.stop_apiserver()
+    try:
+        for plural, name in (("agentexecutions", "ghost"), ("agents", "ghost-agent")):
+            key = f"/registry/agentexec.io/{plural}/{namespace}/{name}"
+            assert _etcd(control_plane, "/v3/kv/deleterange", {"key": _b64(key)}).get("deleted")
+        revision = _etcd(control_plane, "/v3/kv/range", {"key": _b64("/")})["header"]["revision"]
+        _etcd(control_plane, "/v3/kv/compaction", {"revision": revision, "physical": True})
+    finally:
+        control_plane.start_apiserver()
+    await eventually(
+        lambda: operator.statusz()["executions"],
+        lambda e: e["known"] == 1,
+        timeout=60,
+        what="the ghost execution forgotten after the re-listing",
+    )
+    temporal.start()
+    aex.create(control_plane, namespace, "names-the-ghost", "x", agent="ghost-agent")
+    obj = await aex.reaches(
+        control_plane, namespace, "names-the-ghost",
+        lambda o: aex.condition(o, "AgentResolved").get("reason") in ("AgentNotFound", "Resolved"),
+        "the Agent resolved or not",
+    )  # fmt: skip
+    assert aex.condition(obj, "AgentResolved")["reason"] == "AgentNotFound", aex.summary(obj)
 
 
 async def test_a_standby_holds_no_queue_entries(

@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from agentexec import conditions as c
 from agentexec.controller import Controller
+from agentexec.kube import AGENT_PLURAL, PLURAL
 from agentexec.metrics import Metrics
 from agentexec.settings import Settings
 from agentexec.status import FINALIZER
@@ -108,6 +109,23 @@ async def test_a_report_of_a_deleted_object_is_never_taken_for_the_new_ones() ->
     assert await asyncio.wait_for(new_written, 1)
     assert kube.objects[KEY]["status"]["phase"] == "Succeeded"
     assert kube.objects[KEY]["status"]["output"] == "the new one's"
+
+
+async def test_a_relisting_replaces_the_caches() -> None:
+    controller, kube, _ = make()
+    for name, uid in (("a", "u1"), ("b", "u2"), ("c", "u3")):
+        created(controller, kube, execution(name, uid=uid))
+    created(controller, kube, execution("x", uid="x1", namespace="elsewhere"))
+    # "b" was deleted during the gap, "c" deleted and re-created (another uid).
+    controller.on_listed(PLURAL, "ns", {("ns", "a"): "u1", ("ns", "c"): "u3-again"})
+    assert {k for k, _ in controller.cache.items()} == {("ns", "a"), ("elsewhere", "x")}
+    for name in ("helper", "gone"):
+        controller.on_agent_event(
+            None, {"metadata": {"name": name, "namespace": "ns", "uid": name}, "spec": {}}
+        )
+    controller.on_listed(AGENT_PLURAL, "ns", {("ns", "helper"): "helper"})
+    assert controller.agents.get("ns", "helper") is not None
+    assert controller.agents.get("ns", "gone") is None
 
 
 async def test_an_execution_that_never_tried_to_start_carries_no_finalizer() -> None:
