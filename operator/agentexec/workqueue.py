@@ -265,7 +265,7 @@ class WorkQueue(Generic[K]):
     def _retry(self, key: K, why: str) -> None:
         delay = self.add_rate_limited(key)
         log.warning(
-            "reconcile not done; retrying with backoff",
+            "reconcile failed; retrying with backoff",
             extra={
                 "key": "/".join(map(str, key)) if isinstance(key, tuple) else str(key),
                 "error": why[:300],

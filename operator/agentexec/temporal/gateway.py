@@ -34,6 +34,15 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from agentexec.conditions import (
+    CANCELLED,
+    CONTINUED_AS_NEW,
+    FAILED,
+    TERMINATED,
+    TIMEOUT,
+    WORKFLOW_CANCELLED,
+    WORKFLOW_FAILED,
+)
 from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, describe_error
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
@@ -62,11 +71,11 @@ _REJECTED_REASONS = {
 
 # How a workflow that closed without a result maps to a phase and reason.
 CLOSED_STATUS = {
-    WorkflowExecutionStatus.FAILED: ("Failed", "WorkflowFailed"),
-    WorkflowExecutionStatus.CANCELED: ("Cancelled", "Cancelled"),
-    WorkflowExecutionStatus.TERMINATED: ("Failed", "Terminated"),
-    WorkflowExecutionStatus.TIMED_OUT: ("Failed", "Timeout"),
-    WorkflowExecutionStatus.CONTINUED_AS_NEW: ("Failed", "ContinuedAsNew"),
+    WorkflowExecutionStatus.FAILED: (FAILED, WORKFLOW_FAILED),
+    WorkflowExecutionStatus.CANCELED: (CANCELLED, WORKFLOW_CANCELLED),
+    WorkflowExecutionStatus.TERMINATED: (FAILED, TERMINATED),
+    WorkflowExecutionStatus.TIMED_OUT: (FAILED, TIMEOUT),
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: (FAILED, CONTINUED_AS_NEW),
 }
 
 
@@ -254,7 +263,7 @@ class TemporalGateway:
                 result = _result_of_failure(err)
                 if result is not None:
                     return Answer(Outcome.CLOSED, workflow=ref, result=result)
-        phase, reason = CLOSED_STATUS.get(status, ("Failed", "WorkflowFailed"))
+        phase, reason = CLOSED_STATUS.get(status, (FAILED, WORKFLOW_FAILED))
         return Answer(
             Outcome.CLOSED,
             workflow=ref,
