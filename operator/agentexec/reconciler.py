@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from agentexec import planner
@@ -106,12 +107,13 @@ class Reconciler:
 
     async def _reconcile(self, key: Key) -> Verdict:
         body = self.cache.get(key)
-        if body is None and self.reports.has(key):
+        read = body is None and self.reports.has(key)
+        if read:
             # A report for an object we do not hold: ask before calling it moot.
             body = await self.executor.read(key)
         if body is None:
             return self._gone(key)
-        o: Observed | None = self.observe(key, body)
+        o: Observed | None = replace(self.observe(key, body), refreshed=read)
         decision = Decision()
         for _ in range(MAX_STEPS):
             assert o is not None

@@ -206,3 +206,17 @@ async def test_checks_survive_a_reconcile_that_could_not_make_them() -> None:
     await controller.reconciler.reconcile(KEY)
     assert ("describe", "agentexec/ns/a/u1") in gateway.calls
     assert KEY not in controller.reconciler.checks
+
+
+async def test_a_report_for_an_object_not_cached_is_read_for_once_then_moot_or_written() -> None:
+    controller, kube, _ = make()
+    lead(controller)
+    # The old object is gone and forgotten; the new one is not cached yet.
+    body = execution(uid="new")
+    body["metadata"]["finalizers"] = [FINALIZER]
+    kube.hold({**body, "status": {"phase": "Running", "workflow": {"id": "agentexec/ns/a/new"}}})
+    old = controller.reports.submit(report("old"))
+    assert await controller.reconciler.reconcile(KEY) == Verdict()
+    assert await asyncio.wait_for(old, 1)  # moot: its object is gone
+    assert [c for c in kube.calls if c[0] == "get"] == [("get", "a")]  # read once
+    assert controller.cache.get(KEY) is not None  # and the new one is held now
