@@ -9,7 +9,8 @@ Figures, from the operator's own view (a watch on the namespace):
   - report latency: WorkflowStarted=True -> Succeeded written, p50 / p99 / max
     (an echo agent ends within a second of its start);
   - report_status activities that failed (each a retry in Temporal and a
-    traceback in the operator's log).
+    traceback in the operator's log);
+  - the visibility calls the workflow watch made meanwhile.
 
 Usage: python bench/backlog.py [--executions 2000] [--calls 4]
 """
@@ -30,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from bench.executions import bench_env, body, pct  # noqa: E402
 
 
-async def main(count: int, calls: int) -> None:
-    async with bench_env("backlog", {"AGENTEXEC_NO_RUNNER_SECONDS": "600"}) as env:
+async def main(count: int, calls: int, extra: dict[str, str]) -> None:
+    async with bench_env("backlog", {"AGENTEXEC_NO_RUNNER_SECONDS": "600", **extra}) as env:
         names = [f"b-{n}" for n in range(count)]
         per_call = -(-count // calls)
         began = time.monotonic()
@@ -58,11 +59,14 @@ async def main(count: int, calls: int) -> None:
             f"max {max(latency):.2f} s"
         )
         print(f"  report_status activities failed: {failed}")
+        watch_calls = env.operator.statusz()["executions"].get("temporal_watch_calls")
+        print(f"  Temporal calls of the workflow watch meanwhile: {watch_calls}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--executions", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=4)
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the operator")
     args = parser.parse_args()
-    asyncio.run(main(args.executions, args.calls))
+    asyncio.run(main(args.executions, args.calls, dict(e.split("=", 1) for e in args.env)))

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from agentexec.conditions import Body, status_of
+from agentexec.conditions import Body, parse_time, status_of
 from agentexec.status import (
     FINALIZER,
     FORCE_DELETE,
@@ -26,6 +26,9 @@ from agentexec.status import (
 )
 
 Key = tuple[str, str]  # (namespace, name)
+# How long the start second of a running execution is kept (enough for the
+# workflow watch's look back, which is seconds).
+FORGET_STARTS_AFTER = 300.0
 Group = tuple[str, str]  # (Temporal namespace, task queue) of recorded workflows
 
 
@@ -95,15 +98,38 @@ class ExecutionCache:
     def __init__(self) -> None:
         self._objects: dict[Key, dict[str, Any]] = {}
         self.phases: Counter[str] = Counter()
-        # Unfinished executions with a recorded workflow, per group: compared
-        # with Temporal's count of running workflows (workflow_watch.py).
+        # Unfinished executions with a recorded workflow, per group, and by the
+        # second they started: compared with Temporal's count of running
+        # workflows that started before a moment (workflow_watch.py).
         self.running: Counter[Group] = Counter()
+        self._started: dict[Group, Counter[int]] = {}
 
     def _count(self, body: Body, sign: int) -> None:
         self.phases[phase_of(body) or "Unknown"] += sign
         group = running_group(body)
-        if group is not None:
-            self.running[group] += sign
+        if group is None:
+            return
+        self.running[group] += sign
+        started = parse_time(status_of(body).get("startTime"))
+        if started is None:
+            return
+        second, seconds = int(started.timestamp()), self._started.setdefault(group, Counter())
+        if sign > 0:
+            seconds[second] += 1
+        elif seconds.get(second):  # (a second long forgotten is not held)
+            seconds[second] -= 1
+            if not seconds[second]:
+                del seconds[second]
+
+    def started_since(self, group: Group, since: float) -> int:
+        """Unfinished executions of ``group`` whose workflow started at or after
+        ``since`` (epoch seconds); seconds long before it are forgotten."""
+        seconds = self._started.get(group)
+        if not seconds:
+            return 0
+        for second in [s for s in seconds if s < since - FORGET_STARTS_AFTER]:
+            del seconds[second]
+        return sum(n for second, n in seconds.items() if second >= since)
 
     def put(self, key: Key, body: Body) -> bool:
         """Keep ``body`` unless we hold it or a newer version already.

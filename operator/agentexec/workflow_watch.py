@@ -10,11 +10,13 @@ executions' workflows run in:
 - one ``ListWorkflowExecutions`` of our workflows closed since the last look
   (visibility: ``CloseTime >= …``); each one that an unfinished execution
   still records is checked;
-- one ``CountWorkflowExecutions`` of our running workflows, compared with how
-  many unfinished executions record one. Only when they disagree (and not
-  for the same disagreement a listing already explained: a workflow of a
-  force-deleted execution, say) are the running ones listed, and the
-  executions whose workflow is not among them are checked.
+- one ``CountWorkflowExecutions`` of our running workflows that started
+  more than a few seconds ago (visibility lags), compared with how many of
+  ours record one that started before that. Only when Temporal's count is
+  short of ours are the running ones listed (a page per thousand), and the
+  executions whose workflow is not among them are checked. A surplus
+  (workflows of force-deleted executions, starts being recorded) could hide
+  one missing: then they are listed at most every half minute.
 
 "Checked" means enqueued with a check: reconcile then describes that one
 workflow and writes what became of it (``Terminated``, ``Cancelled``,
@@ -38,8 +40,16 @@ log = logging.getLogger("agentexec.controller")
 
 # Visibility is eventually consistent: a closing is listed within this long
 # (sub-second on the dev server's SQLite; about a second on Elasticsearch),
-# and a workflow started this recently may not be listed as running yet.
+# and a workflow started this recently may not be counted as running yet.
 VISIBILITY_LAG = timedelta(seconds=5)
+# A workflow starts in Temporal before its execution records it (the start's
+# answer, then the status write): ours are counted up to this much earlier
+# than Temporal's, so that every one of ours counted is in Temporal's count.
+RECORD_MARGIN = timedelta(seconds=2)
+# While Temporal counts more running workflows than we record (a workflow of a
+# force-deleted execution, starts in flight), one of ours going missing can
+# hide behind the surplus: the running ones are listed at most this often then.
+SURPLUS_LISTING = 30.0
 
 
 class WorkflowWatch:
@@ -60,8 +70,7 @@ class WorkflowWatch:
         self._clock = clock
         self._since: dict[Group, datetime] = {}
         self._seen: dict[tuple[str, str], datetime] = {}  # closings already handled
-        self._explained: dict[Group, tuple[int, int]] = {}  # counts a listing found fine
-        self._suspects: dict[Group, set[Key]] = {}  # missing once, maybe not listed yet
+        self._listed: dict[Group, float] = {}  # when the running ones were last listed
         self._everything = True
         self.calls = 0  # Temporal calls made (for /statusz and the bench)
 
@@ -69,8 +78,7 @@ class WorkflowWatch:
         """A new leadership: list everything once (what closed while nobody led)."""
         self._since.clear()
         self._seen.clear()
-        self._explained.clear()
-        self._suspects.clear()
+        self._listed.clear()
         self._everything = True
 
     async def step(self) -> float:
@@ -135,37 +143,43 @@ class WorkflowWatch:
         return (namespace, name) if recorded_workflow(body).get("id") == wid else None
 
     async def _vanished(self, group: Group, checked: set[Key]) -> None:
+        """Ours that Temporal no longer runs (deleted there), found by counting
+        running workflows that started before a moment on both sides; listed
+        only when Temporal's count is short of ours (or a surplus could hide
+        one, at most every SURPLUS_LISTING seconds)."""
         namespace, queue = group
+        now = self._now()
+        before = now - VISIBILITY_LAG
+        recorded_before = before - RECORD_MARGIN
         self.calls += 1
-        theirs = await self.gateway.count_running(namespace, queue)
-        ours = self.cache.running[group]
-        suspects = self._suspects.get(group, set())
-        settled = theirs == ours or self._explained.get(group) == (theirs, ours)
-        if settled and not self._everything and not suspects:
+        theirs = await self.gateway.count_running(namespace, queue, started_before=before)
+        ours = self.cache.running[group] - self.cache.started_since(
+            group, recorded_before.timestamp()
+        )
+        surplus = theirs - ours
+        listed = self._listed.get(group, float("-inf"))
+        due = (
+            self._everything
+            or surplus < 0
+            or (surplus > 0 and self._clock() - listed >= SURPLUS_LISTING)
+        )
+        if not due:
             return
         self.calls += 1 + theirs // 1000
+        self._listed[group] = self._clock()
         running = await self.gateway.list_running(namespace, queue)
-        now = self._now()
-        missing: set[Key] = set()
-        confirmed: set[Key] = set()
+        missing: list[Key] = []
         for key, body in self.cache.items():
-            if running_group(body) != group or recorded_workflow(body).get("id") in running:
+            if running_group(body) != group or key in checked:
                 continue
-            if key in checked:
-                continue  # its closing was just seen
-            missing.add(key)
+            if recorded_workflow(body).get("id") in running:
+                continue
             started = parse_time(status_of(body).get("startTime"))
-            old = started is None or now - started >= VISIBILITY_LAG
-            if self._everything or old or key in suspects:
-                confirmed.add(key)
-        for key in confirmed:
+            if self._everything or started is None or started < recorded_before:
+                missing.append(key)  # surely visible by now, and not running
+        for key in missing:
             log.info(
                 "workflow no longer runs in Temporal; checking its execution",
                 extra={"execution": "/".join(key)},
             )
             self.check(key)
-        self._suspects[group] = missing - confirmed
-        if missing:
-            self._explained.pop(group, None)
-        else:
-            self._explained[group] = (theirs, ours)

@@ -47,6 +47,10 @@ async def test_closings_and_running_workflows_of_our_queue_are_listed_and_counte
         lambda: gateway.count_running("default", task_queue), lambda n: n == 4, what="4 running"
     )
     assert await gateway.list_running("default", task_queue) == set(ids)
+    # Counted by when they started (Temporal's clock): none before the test began.
+    assert await gateway.count_running("default", task_queue, started_before=before) == 0
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    assert await gateway.count_running("default", task_queue, started_before=later) == 4
 
     await client.get_workflow_handle(ids[0]).terminate("by hand")
     await client.workflow_service.delete_workflow_execution(
@@ -67,7 +71,6 @@ async def test_closings_and_running_workflows_of_our_queue_are_listed_and_counte
     )
     assert await gateway.list_running("default", task_queue) == set(ids[2:])
     # Nothing closed after a moment in the future.
-    later = datetime.now(UTC) + timedelta(minutes=1)
     assert await gateway.list_closed("default", task_queue, later) == []
 
 

@@ -159,9 +159,11 @@ class FakeVisibility(FakeGateway):
         self.calls.append(("list_closed", task_queue))
         return [c for c in self.closed if c.close_time >= since]
 
-    async def count_running(self, namespace: str, task_queue: str) -> int:
+    async def count_running(
+        self, namespace: str, task_queue: str, started_before: Any = None
+    ) -> int:
         self.calls.append(("count_running", task_queue))
-        return len(self.running_ids)
+        return len(self.running_ids)  # (all of them started long before)
 
     async def list_running(self, namespace: str, task_queue: str) -> set[str]:
         self.calls.append(("list_running", task_queue))

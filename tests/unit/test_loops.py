@@ -83,15 +83,18 @@ def closed(name: str, status: WorkflowExecutionStatus, at: datetime) -> ClosedWo
     return ClosedWorkflow(f"agentexec/ns/{name}/u-{name}", "r", status, at)
 
 
-def watch_of(cache: ExecutionCache, gateway: FakeVisibility) -> tuple[WorkflowWatch, list[Key]]:
+def watch_of(
+    cache: ExecutionCache, gateway: FakeVisibility, clock: list[float] | None = None
+) -> tuple[WorkflowWatch, list[Key]]:
     checked: list[Key] = []
+    now = clock if clock is not None else [NOW.timestamp()]
     watch = WorkflowWatch(
         cache,
         gateway,  # type: ignore[arg-type]
         lambda: True,
         checked.append,
         interval=3.0,
-        clock=NOW.timestamp,
+        clock=lambda: now[0],
     )
     return watch, checked
 
@@ -150,7 +153,7 @@ async def test_a_deleted_workflow_is_found_by_the_count_and_one_listing() -> Non
     assert [k for k, _ in gateway.calls] == ["list_closed", "count_running", "list_running"]
 
 
-async def test_a_disagreement_a_listing_explained_is_not_listed_again() -> None:
+async def test_a_surplus_is_not_listed_again_at_every_look() -> None:
     cache = ExecutionCache()
     gateway = FakeVisibility()
     cache.put(("ns", "a"), running("a"))
@@ -170,10 +173,32 @@ async def test_a_workflow_just_started_is_not_taken_for_a_vanished_one() -> None
     gateway = FakeVisibility()
     cache.put(("ns", "old"), running("old"))
     cache.put(("ns", "young"), running("young", started=NOW - timedelta(seconds=1)))
-    gateway.running_ids = {"agentexec/ns/old/u-old"}  # "young" not listed yet (visibility lag)
-    watch, checked = watch_of(cache, gateway)
+    gateway.running_ids = {"agentexec/ns/old/u-old"}  # "young" not counted yet (visibility lag)
+    clock = [NOW.timestamp()]
+    watch, checked = watch_of(cache, gateway, clock)
     watch._everything = False
     await watch.step()
-    assert checked == []  # a suspect, not yet a check
-    await watch.step()  # still missing a look later: checked
+    assert checked == []  # too young to be counted on either side: no listing
+    assert [k for k, _ in gateway.calls] == ["list_closed", "count_running"]
+    clock[0] += 10  # old enough now, and still not running in Temporal: checked
+    await watch.step()
     assert checked == [("ns", "young")]
+
+
+async def test_a_surplus_is_listed_at_most_every_half_minute() -> None:
+    cache = ExecutionCache()
+    gateway = FakeVisibility()
+    cache.put(("ns", "a"), running("a"))
+    cache.put(("ns", "b"), running("b"))
+    gateway.running_ids = {"agentexec/ns/a/u-a", "agentexec/ns/b/u-b", "agentexec/ns/x/u-1"}
+    clock = [NOW.timestamp()]
+    watch, checked = watch_of(cache, gateway, clock)
+    await watch.step()  # the first look lists; surplus 1 explained
+    # b deleted in Temporal while another orphan appears: the surplus hides it.
+    gateway.running_ids = {"agentexec/ns/a/u-a", "agentexec/ns/x/u-1", "agentexec/ns/x/u-2"}
+    clock[0] += 3
+    await watch.step()
+    assert checked == []  # listed at most every 30 s while there is a surplus
+    clock[0] += 30
+    await watch.step()
+    assert checked == [("ns", "b")]

@@ -96,6 +96,10 @@ def _literal(value: str) -> str:
     return f"'{value}'"
 
 
+def _moment(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _ours(task_queue: str) -> str:
     return f"WorkflowType = {_literal(WORKFLOW_TYPE)} AND TaskQueue = {_literal(task_queue)}"
 
@@ -164,8 +168,10 @@ class TemporalGateway:
         """Our workflows on ``task_queue`` that closed at or after ``since``
         (Temporal's clock), at most ``limit``. Raises TemporalUnavailable or
         RPCError: the caller is a background loop."""
-        moment = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        query = f"{_ours(task_queue)} AND ExecutionStatus != 'Running' AND CloseTime >= '{moment}'"
+        query = (
+            f"{_ours(task_queue)} AND ExecutionStatus != 'Running' "
+            f"AND CloseTime >= '{_moment(since)}'"
+        )
         closed: list[ClosedWorkflow] = []
         async for info in self._list(namespace, query, limit):
             if info.HasField("close_time"):
@@ -179,9 +185,14 @@ class TemporalGateway:
                 )
         return closed
 
-    async def count_running(self, namespace: str, task_queue: str) -> int:
-        """How many of our workflows on ``task_queue`` run now (one call)."""
+    async def count_running(
+        self, namespace: str, task_queue: str, started_before: datetime | None = None
+    ) -> int:
+        """How many of our workflows on ``task_queue`` run now (one call), of
+        those that started before ``started_before`` (Temporal's clock) if given."""
         query = f"{_ours(task_queue)} AND ExecutionStatus = 'Running'"
+        if started_before is not None:
+            query += f" AND StartTime < '{_moment(started_before)}'"
 
         async def call(client: Client) -> int:
             resp = await client.workflow_service.count_workflow_executions(
