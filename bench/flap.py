@@ -42,11 +42,11 @@ class Connections:
         while True:
             try:
                 async for event in self.kube.watch(Kube.path(self.namespace)):
-                    self._see(event["object"])
+                    self.see(event["object"])
             except Exception:
                 await asyncio.sleep(0.1)
 
-    def _see(self, obj: dict[str, Any]) -> None:
+    def see(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
         for cond in (obj.get("status") or {}).get("conditions", []):
             if cond.get("type") == "TemporalConnected":
@@ -57,6 +57,21 @@ class Connections:
 
     async def stop(self) -> None:
         self._task.cancel()
+
+
+async def seed(kube: Kube, namespace: str, watch: Connections) -> None:
+    """Every execution's condition as it is now (a paginated LIST): the watch
+    only reports changes from here on."""
+    token = ""
+    while True:
+        page = await kube.request(
+            "GET", f"{Kube.path(namespace)}?limit=500" + (f"&continue={token}" if token else "")
+        )
+        for obj in page.get("items", []):
+            watch.see(obj)
+        token = page.get("metadata", {}).get("continue") or ""
+        if not token:
+            return
 
 
 async def main(count: int, rate: float, down: float) -> None:
@@ -78,7 +93,7 @@ async def main(count: int, rate: float, down: float) -> None:
         await asyncio.gather(*(create(n) for n in names))
         await env.observer.until(env.observer.started, names, 3600)
         watch = Connections(env.kube, env.namespace)
-        await asyncio.sleep(3)
+        await seed(env.kube, env.namespace, watch)
         before = env.plane.request_counts("agentexecutions").get("PATCH/status", 0.0)
         samples: list[tuple[float, float]] = []
         sampling = True
@@ -107,6 +122,7 @@ async def main(count: int, rate: float, down: float) -> None:
         peak = max((b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples))
         await watch.stop()
         wrong = sum(1 for n in names if not watch.connected.get(n))
+        print(f"  (seen {len(watch.connected)} of {count}; {wrong} not True at the end)")
         print(f"{count} unfinished executions, Temporal down {down:.0f} s, pace {rate:g}/s")
         still = f" (NOT: {wrong} still wrong)" if wrong else ""
         print(f"  every TemporalConnected right again {right:.1f} s after Temporal answered{still}")
