@@ -134,6 +134,12 @@ class Reconciler:
             self.reports.resolve(o.report)
             if self.reports.has(key):
                 return Verdict(after=0.0)  # another report waits (another object's)
+        now = self.connection()
+        if decision.status and (now.connected, now.reason) != (o.conn.connected, o.conn.reason):
+            # The connection flipped while this was decided: what was just
+            # written may already be stale, and the walk of the new state may
+            # have passed this execution by before the write landed.
+            return Verdict(after=0.0) if verdict.backoff is None else verdict
         return verdict
 
     def _gone(self, key: Key) -> Verdict:

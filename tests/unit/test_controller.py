@@ -220,3 +220,29 @@ async def test_a_report_for_an_object_not_cached_is_read_for_once_then_moot_or_w
     assert await asyncio.wait_for(old, 1)  # moot: its object is gone
     assert [c for c in kube.calls if c[0] == "get"] == [("get", "a")]  # read once
     assert controller.cache.get(KEY) is not None  # and the new one is held now
+
+
+async def test_a_write_decided_just_before_a_flip_is_decided_again() -> None:
+    """The pacer's walk of the new state may pass an execution by while its
+    reconcile, decided on the old state, is still writing."""
+    controller, kube, _ = make()
+    lead(controller)
+    running = {"phase": "Running", "workflow": {"id": "agentexec/ns/a/u1", "namespace": "d"}}
+    body = execution()
+    body["metadata"]["finalizers"] = [FINALIZER]
+    created(controller, kube, {**body, "status": running})
+    manager = controller.manager
+    manager.connected = False  # type: ignore[misc]
+    write = kube.write_status
+
+    async def flip_while_writing(*args: Any) -> dict[str, Any]:
+        manager.connected = True  # type: ignore[misc]
+        return await write(*args)
+
+    kube.write_status = flip_while_writing  # type: ignore[method-assign]
+    assert await controller.reconciler.reconcile(KEY) == Verdict(after=0.0)
+    kube.write_status = write  # type: ignore[method-assign]
+    await controller.reconciler.reconcile(KEY)
+    said = c.condition_of(kube.objects[KEY], c.TEMPORAL_CONNECTED)
+    assert said is not None
+    assert said["status"] == "True"
