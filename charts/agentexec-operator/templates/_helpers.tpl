@@ -27,6 +27,16 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The image of the operator and runner pods: pinned by digest when
+     image.digest is set (the tag then only names it for people). */}}
+{{- define "aex.image" -}}
+{{- $ref := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- if .Values.image.digest -}}
+{{- $ref = printf "%s@%s" $ref .Values.image.digest -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
 {{- define "aex.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "aex.fullname" .) .Values.serviceAccount.name -}}
@@ -47,6 +57,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [agentexec.io]
   resources: [agents]
   verbs: [get, list, watch]
+# AgentApprovals: read, relayed to the waiting workflow, and said Applied.
+- apiGroups: [agentexec.io]
+  resources: [agentapprovals]
+  verbs: [get, list, watch]
+- apiGroups: [agentexec.io]
+  resources: [agentapprovals/status]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
@@ -91,6 +108,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ .Values.temporal.probeIntervalSeconds | quote }}
 - name: TEMPORAL_PROBE_TIMEOUT_SECONDS
   value: {{ .Values.temporal.probeTimeoutSeconds | quote }}
+- name: TEMPORAL_DOWN_AFTER_SECONDS
+  value: {{ .Values.temporal.downAfterSeconds | quote }}
 - name: TEMPORAL_BACKOFF_MAX_SECONDS
   value: {{ .Values.temporal.backoffMaxSeconds | quote }}
 - name: TEMPORAL_CIRCUIT_THRESHOLD
@@ -167,15 +186,50 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- /* The chat agent's providers file (agentexec.runner.providers): URLs,
-       timeouts, headers, and where each key is mounted; never a key. */}}
+       timeouts, headers, the key's header, CA files, and where each key is
+       mounted; never a key. */}}
 {{- define "aex.runnerProvidersFile" -}}
 {{- $providers := dict -}}
 {{- range $name, $p := .Values.runner.providers -}}
 {{- $entry := dict "baseURL" $p.baseURL -}}
 {{- with $p.timeoutSeconds }}{{ $_ := set $entry "timeoutSeconds" . }}{{ end -}}
+{{- with $p.stallTimeoutSeconds }}{{ $_ := set $entry "stallTimeoutSeconds" . }}{{ end -}}
+{{- if hasKey $p "stream" }}{{ $_ := set $entry "stream" $p.stream }}{{ end -}}
 {{- with $p.headers }}{{ $_ := set $entry "headers" . }}{{ end -}}
+{{- with $p.apiKeyHeader }}{{ $_ := set $entry "apiKeyHeader" . }}{{ end -}}
+{{- with $p.caFile }}{{ $_ := set $entry "caFile" . }}{{ end -}}
 {{- if $p.apiKeySecret }}{{ $_ := set $entry "apiKeyFile" (printf "/var/run/agentexec/providers/%s/apiKey" $name) }}{{ end -}}
 {{- $_ := set $providers $name $entry -}}
 {{- end -}}
 {{- dict "providers" $providers | toPrettyJson -}}
+{{- end -}}
+
+
+{{- /* The MCP servers file (agentexec.runner.mcpServers): URLs, headers, and
+       where each header's Secret is mounted; never a secret. A header's file
+       is named by its lower-cased name. */}}
+{{- define "aex.runnerMcpServersFile" -}}
+{{- $servers := dict -}}
+{{- range $name, $m := .Values.runner.mcpServers -}}
+{{- $entry := dict "url" $m.url -}}
+{{- with $m.headers }}{{ $_ := set $entry "headers" . }}{{ end -}}
+{{- $files := dict -}}
+{{- range $header, $_ := $m.headerSecrets }}{{ $_ := set $files $header (printf "/var/run/agentexec/mcp/%s/%s" $name (lower $header)) }}{{ end -}}
+{{- if $files }}{{ $_ := set $entry "headerFiles" $files }}{{ end -}}
+{{- $_ := set $servers $name $entry -}}
+{{- end -}}
+{{- dict "servers" $servers | toPrettyJson -}}
+{{- end -}}
+
+
+{{- /* Whether the operator serves /metrics and /statusz securely (HTTPS, a
+       bearer token checked with TokenReview and SubjectAccessReview):
+       metrics.secure.enabled, or by default where no NetworkPolicy limits
+       who reaches the pod. "true" or "". */}}
+{{- define "aex.metricsSecure" -}}
+{{- $on := .Values.metrics.secure.enabled -}}
+{{- if kindIs "invalid" $on -}}
+{{- $on = not .Values.networkPolicy.enabled -}}
+{{- end -}}
+{{- if $on }}true{{ end -}}
 {{- end -}}
