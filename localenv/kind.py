@@ -10,20 +10,22 @@ over plain HTTP (`trust_registry`).
 It offers what the node tier's scenarios use of a cluster: `kubeconfig`,
 `kubectl`, `kubectl_json`, `audit_log` (the API server's audit log, on the
 host through a mount), `registry_host` (where a registry must listen for
-this cluster to pull from it) and `trust_registry`.
+this cluster to pull from it), `host_ip` (an address of this host that pods
+reach: the same gateway) and `trust_registry`.
 
 What differs from kind's defaults, and why:
 - `disableDefaultCNI`: kind's CNI daemon, kindnetd, cannot be built here
   (localenv.kindimages); a ptp configuration of the CNI plugins kind ships
   is written on the node once it has its pod CIDR (one node needs nothing
-  more). Pods get routes to the cluster and the host only, as on the local
-  node.
+  more). Pods get routes to the cluster and the host only.
 - `failCgroupV1: false`: kubelet 1.36 refuses cgroup v1 otherwise (this
   machine's).
 - `restrict_oom_score_adj`: no CAP_SYS_RESOURCE here (the node's runc could
   not set a negative oom_score_adj), and `config_path` for registry hosts.
-- A route on the host to the Service range through the node, so the tests
-  reach a Service's cluster IP as they do on the local node.
+- Routes on the host to the Service range and the pod range through the
+  node: the tests reach a Service's cluster IP, and a pod's packets to the
+  host (from its own address: nothing masquerades them) find their way
+  back, so a server the tests start on `host_ip` serves pods.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ AUDIT_POLICY: dict[str, Any] = {
 
 SERVICE_CIDR = "10.96.0.0/16"  # kind's default serviceSubnet
 POD_SUBNET = "10.244.0.0/16"  # kind's default podSubnet
+# What the host routes through the node (KindCluster.start).
+ROUTED = (SERVICE_CIDR, POD_SUBNET)
 AUDIT_DIR = "/etc/kubernetes/audit"
 AUDIT_LOG_DIR = "/var/log/kubernetes/audit"
 
@@ -213,14 +217,20 @@ class KindCluster:
         self.node_ip = ""
         self.registry_host = ""
         self.timings: dict[str, float] = {}
-        self._route = False
+        self._routes: list[str] = []
+
+    @property
+    def host_ip(self) -> str:
+        """An address of this host that pods reach (the Docker network's
+        gateway; the pods' CNI configuration routes it through the node)."""
+        return self.registry_host
 
     @staticmethod
     def skip_reason() -> str | None:
         if not sys.platform.startswith("linux"):
             return None  # Docker Desktop: kind runs, the host-view tests skip themselves
         if os.geteuid() != 0:
-            return "kind's nodes and the host route to its Services need root here"
+            return "kind's nodes and the host's routes to its Services and pods need root here"
         return None
 
     def start(self) -> None:
@@ -250,8 +260,9 @@ class KindCluster:
         self._write_on_node("/etc/cni/net.d/10-agentexec.conflist", json.dumps(cni, indent=2))
         wait_for(self._ready, 120, f"{self.node} Ready", 0.5)
         wait_for(self._default_service_account, 60, "the default ServiceAccount", 0.5)
-        subprocess.run(["ip", "route", "replace", SERVICE_CIDR, "via", self.node_ip], check=True)
-        self._route = True
+        for cidr in ROUTED:
+            subprocess.run(["ip", "route", "replace", cidr, "via", self.node_ip], check=True)
+            self._routes.append(cidr)
         self.timings["start"] = time.monotonic() - started
 
     def trust_registry(self, address: str) -> None:
@@ -261,9 +272,9 @@ class KindCluster:
         )
 
     def stop(self) -> None:
-        if self._route:
-            subprocess.run(["ip", "route", "del", SERVICE_CIDR, "via", self.node_ip], check=False)
-            self._route = False
+        while self._routes:
+            cidr = self._routes.pop()
+            subprocess.run(["ip", "route", "del", cidr, "via", self.node_ip], check=False)
         self._kind("delete", "cluster", "--name", self.name, check=False)
 
     def stop_stale(self) -> None:
@@ -279,10 +290,11 @@ class KindCluster:
         found = []
         if self._docker("ps", "-aq", "--filter", f"label=io.x-k8s.kind.cluster={self.name}"):
             found.append(f"kind cluster {self.name}'s containers")
-        routes = subprocess.run(["ip", "route", "show", SERVICE_CIDR], capture_output=True,
-                                text=True, check=False).stdout  # fmt: skip
-        if routes.strip():
-            found.append(f"route {routes.strip()}")
+        for cidr in ROUTED:
+            routes = subprocess.run(["ip", "route", "show", cidr], capture_output=True,
+                                    text=True, check=False).stdout  # fmt: skip
+            if routes.strip():
+                found.append(f"route {routes.strip()}")
         return found
 
     def kubectl(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -19,13 +20,17 @@ from agentexec.http import build_app, build_secure_app, build_server_tls, livene
 from agentexec.kube import Kube, TokenAuthorizer
 from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
+from agentexec.policy import PolicyCache
 from agentexec.runner import configure_agents, load_agents
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY
 from agentexec.runner.steps import StepActivities
 from agentexec.settings import Settings
+from agentexec.temporal.codec import build_codec
+from agentexec.temporal.codec import describe as describe_codec
 from agentexec.temporal.loop import AgentLoopWorkflow
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
+from agentexec.temporal.queues import PollerCheck, worker_identity
 from agentexec.temporal.runner_check import check_runner
 from agentexec.temporal.workflows import AgentExecutionWorkflow
 
@@ -47,6 +52,13 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
             # would cost more memory than the rest of the operator.
             max_cached_workflows=200,
         )
+    ]
+    # Workflows still running on a queue the install used before (an upgrade
+    # that changed task_queue) finish there; nothing new is started on it.
+    specs += [
+        dataclasses.replace(specs[0], task_queue=queue)
+        for queue in settings.drain_task_queues
+        if queue != settings.task_queue
     ]
     if settings.runner_enabled:
         agents = load_agents()
@@ -97,8 +109,17 @@ async def _first(*awaitables: Any) -> None:
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
+    policies = PolicyCache()
+    metrics.budgets = policies.all
+    codec = build_codec(settings.payload_keys_dir, settings.payload_key_id)
     kube = await Kube.connect()
-    manager = TemporalManager(settings.temporal, (), metrics)
+    manager = TemporalManager(
+        settings.temporal,
+        (),
+        metrics,
+        identity=worker_identity(settings, "operator", identity(settings)),
+        payload_codec=codec,
+    )
     controller = Controller(settings, manager, kube, metrics)
     manager.set_workers(build_worker_specs(settings, controller))
     ready = asyncio.Event()
@@ -181,6 +202,8 @@ async def run(settings: Settings) -> None:
             # Whether TLS and an API key are in use; never the key itself.
             "temporal_tls": settings.temporal.uses_tls,
             "temporal_api_key": settings.temporal.api_key_file is not None,
+            "install": settings.install,
+            **describe_codec(codec),
             **manager.log_fields,
         },
     )
@@ -188,6 +211,10 @@ async def run(settings: Settings) -> None:
     unhook = handlers.hook_listings(controller.on_listed)
     try:
         async with manager:
+            # Another install polling our queues would take our tasks: said at start.
+            pollers = asyncio.create_task(
+                PollerCheck(manager, settings, metrics).run(), name="poller-check"
+            )
             if elector is not None:
                 elector.start()
             else:
@@ -198,7 +225,7 @@ async def run(settings: Settings) -> None:
                     clusterwide=not settings.watch_namespaces,
                     namespaces=settings.watch_namespaces,
                     standalone=True,
-                    memo=kopf.Memo(settings=settings, controller=controller),
+                    memo=kopf.Memo(settings=settings, controller=controller, policies=policies),
                     stop_flag=kopf_stop,
                     ready_flag=ready,
                 ),
@@ -217,6 +244,8 @@ async def run(settings: Settings) -> None:
                 await elector.release()
             else:
                 await controller.stop_leading()
+            pollers.cancel()
+            await asyncio.gather(pollers, return_exceptions=True)
         # 2. Leaving the manager drains the workers (in-flight activities get
         #    TEMPORAL_WORKER_GRACE_SECONDS). 3. Then kopf stops watching.
         kopf_stop.set()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agentexec import __version__
 from agentexec.logs import configure_logging
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             "variables no setting reads, missing credentials) and exit: 0 if none, else 2"
         ),
     )
-    commands = parser.add_subparsers(dest="command", metavar="{runner}")
+    commands = parser.add_subparsers(dest="command", metavar="{runner,codec-server}")
     runner = commands.add_parser(
         "runner",
         help="serve runner task queues: run agents (no Kubernetes access needed)",
@@ -49,8 +51,37 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="as the operator's --check-config, and check the agents to serve too",
     )
+    codec = commands.add_parser(
+        "codec-server",
+        help="serve Temporal's remote codec protocol: read encrypted histories "
+        "(temporal --codec-endpoint, the Temporal UI)",
+        description=(
+            "Decode (and encode) payloads with the keys of AGENTEXEC_PAYLOAD_KEYS_DIR, for "
+            "`temporal workflow show --codec-endpoint http://127.0.0.1:PORT` and the Temporal "
+            "UI's codec endpoint. Whoever reaches it can read every history: it listens on "
+            "loopback unless told otherwise, and with --auth-token-file asks for that bearer "
+            "token (temporal --codec-auth 'Bearer TOKEN')."
+        ),
+    )
+    codec.add_argument("--listen", default="127.0.0.1", help="address (default 127.0.0.1)")
+    codec.add_argument("--port", type=int, default=8081, help="port (default 8081)")
+    codec.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a Temporal UI origin allowed to call it from the browser (CORS); repeatable",
+    )
+    codec.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="a file holding the token every request must carry as 'Authorization: Bearer ...'",
+    )
     args = parser.parse_args(argv)
-    config = read_configuration(os.environ)
+    config = _with_codec(read_configuration(os.environ))
+    if args.command == "codec-server":
+        return _codec_server(config, args)
     if args.command == "runner":
         return _runner(config, check_only=args.check_config)
     if args.check_config:
@@ -172,6 +203,45 @@ def _runner(config: Configuration, check_only: bool) -> int:
     _warn_unknown(config)
     asyncio.run(run_runner(settings, agents))
     return exit_without_finalizing(0)
+
+
+def _with_codec(config: Configuration) -> Configuration:
+    """The payload keys, checked here (a problem like any other) rather than
+    at the first payload."""
+    from agentexec.temporal.codec import build_codec
+
+    settings = config.settings
+    try:
+        build_codec(settings.payload_keys_dir, settings.payload_key_id)
+    except ValueError as exc:
+        return dataclasses.replace(config, problems=(*config.problems, str(exc)))
+    return config
+
+
+def _codec_server(config: Configuration, args: argparse.Namespace) -> int:
+    from agentexec.temporal.codec import EncryptionCodec, KeyRing
+    from agentexec.temporal.codec_server import serve_codec
+
+    settings = config.settings
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.payload_keys_dir is None:
+        print(
+            "agentexec-operator codec-server: AGENTEXEC_PAYLOAD_KEYS_DIR names no keys directory",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        keys = KeyRing(settings.payload_keys_dir)
+        # Decoding needs any key; encoding (the UI's, rarely) the current one.
+        current = settings.payload_key_id or (keys.ids[-1] if keys.ids else "")
+        codec = EncryptionCodec(keys, current)
+        token = args.auth_token_file.read_text().strip() if args.auth_token_file else None
+    except (ValueError, OSError) as exc:
+        print(f"agentexec-operator codec-server: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_codec(codec, args.listen, args.port, args.allow_origin, token))
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from agentexec import lifecycle
 from agentexec.agents import AgentPolicy
 from agentexec.backoff import START_REFUSED_BUDGET
 from agentexec.conditions import Body
+from agentexec.policy import token_limit
 from agentexec.status import (
     Connection,
     StatusPatch,
@@ -231,6 +232,7 @@ def build_input(body: Body, config: Config, agent: AgentSpec | None = None) -> E
         report_timeout_seconds=config.report_timeout_seconds,
         agent_spec=agent,
         heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+        max_tokens=token_limit(spec),
         backoff_limit=lifecycle.backoff_limit_of(spec),
         max_disruptions=config.max_disruptions,
         deadline_field=deadline_field,
@@ -246,15 +248,10 @@ def build_start_input(
         return inp
     spec = body.get("spec")
     spec = spec if isinstance(spec, Mapping) else {}
-    limits = spec.get("limits")
-    max_tokens = limits.get("maxTokens") if isinstance(limits, Mapping) else None
     return LoopInput(
         execution=inp,
         loop=build_loop_spec(
-            agent.loop,
-            inp.ref.namespace,
-            max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-            inp.parameters.get("toolChoice"),
+            agent.loop, inp.ref.namespace, token_limit(spec), inp.parameters.get("toolChoice")
         ),
         progress_interval_seconds=config.progress_interval,
     )

@@ -16,7 +16,8 @@ import kopf
 from kopf._cogs.clients import watching as kopf_watching
 
 from agentexec.controller import Controller
-from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, GROUP, PLURAL, VERSION
+from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, GROUP, PLURAL, POLICY_PLURAL, VERSION
+from agentexec.policy import PolicyCache
 
 registry = kopf.OperatorRegistry()
 log = logging.getLogger("agentexec.handlers")
@@ -71,6 +72,18 @@ async def observe_approval(
     controller: Controller = memo.controller
     raw = event.get("object")
     controller.on_approval_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry)
+async def observe_policy(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # ExecutionPolicies are only read here (their status is the ledger's).
+    policies: PolicyCache = memo.policies
+    raw = event.get("object")
+    obj = raw if isinstance(raw, dict) else dict(body)
+    if event.get("type") == "DELETED":
+        policies.remove(obj)
+    else:
+        policies.put(obj)
 
 
 # Whose complete listings replace what the controller holds.

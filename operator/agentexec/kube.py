@@ -27,6 +27,7 @@ import yaml
 
 GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
 AGENT_PLURAL = "agents"
+POLICY_PLURAL = "executionpolicies"
 APPROVAL_PLURAL = "agentapprovals"
 KIND = "AgentExecution"
 MERGE_PATCH = "application/merge-patch+json"

@@ -91,6 +91,16 @@ class TemporalSettings:
         )
 
 
+DEFAULT_INSTALL = "agentexec"
+
+
+def build_task_queues(install: str) -> tuple[str, str]:
+    """The default workflow and runner task queues of an install: derived from
+    its identity, so two installs on one Temporal namespace never share one
+    (the default install's are the names every release before 0.3 used)."""
+    return f"{install}-executions", f"{install}-runner"
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """HTTPS_PROXY, HTTP_PROXY and NO_PROXY (lower case wins, as in Python's
@@ -106,9 +116,16 @@ class ProxySettings:
 class Settings:
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
-    task_queue: str = "agentexec-executions"
+    # The install's identity (the chart: "<release namespace>.<full name>"):
+    # the default task queues derive from it, and the pollers of its queues
+    # whose identity does not start with it are another install's.
+    install: str = DEFAULT_INSTALL
+    task_queue: str = build_task_queues(DEFAULT_INSTALL)[0]
     # The queue executions name by default (spec.taskQueue overrides it).
-    runner_task_queue: str = "agentexec-runner"
+    runner_task_queue: str = build_task_queues(DEFAULT_INSTALL)[1]
+    # Workflow queues served without starting anything on them: an upgrade
+    # from another task_queue drains the workflows still running on it.
+    drain_task_queues: tuple[str, ...] = ()
     # The operator runs agents itself only when asked (make run, tests): an
     # agent on the operator's event loop can stall it, and an operator restart
     # would kill every agent in flight. `agentexec-operator runner` serves them.
@@ -122,6 +139,10 @@ class Settings:
     # The chat agent's providers file (URLs, and where each key is mounted);
     # checked when the runner starts, read again at each call.
     providers_file: Path | None = None
+    # Payload encryption (agentexec.temporal.codec): the directory of keys
+    # (a mounted Secret, file name = key ID) and the key ID that encrypts.
+    payload_keys_dir: Path | None = None
+    payload_key_id: str | None = None
     # The agent loop's MCP servers configured on the runner (URLs, and headers
     # whose values are mounted from Secrets): runner/tools.py.
     mcp_servers_file: Path | None = None
@@ -261,6 +282,13 @@ def _file(value: str) -> Path:
     return path
 
 
+def _directory(value: str) -> Path:
+    path = Path(_text(value))
+    if not path.is_dir():
+        raise ValueError(f"directory {path} does not exist")
+    return path
+
+
 def _path(value: str) -> Path:
     return Path(_text(value))
 
@@ -297,6 +325,17 @@ def _queues(value: str) -> tuple[str, ...]:
 def _names(value: str) -> tuple[str, ...]:
     """A comma-separated list, in the order given, without repeats."""
     return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
+def _install(value: str) -> str:
+    # It prefixes task queue names and worker identities: no separators of
+    # those (":" and "/"), no spaces.
+    name = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}", name):
+        raise ValueError(
+            "must be 1 to 151 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
 
 
 def _whole_seconds(value: str) -> float:
@@ -485,6 +524,8 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
             "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS: must be at least TEMPORAL_BACKOFF_MAX_SECONDS"
         )
     s = Settings()
+    install = env.get("AGENTEXEC_INSTALL", _install, s.install)
+    task_queue, runner_task_queue = build_task_queues(install)
     settings = dataclasses.replace(
         s,
         temporal=temporal,
@@ -493,8 +534,10 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
             https=env.either(("https_proxy", "HTTPS_PROXY"), _proxy_url, None),
             no_proxy=env.either(("no_proxy", "NO_PROXY"), str.strip, ""),
         ),
-        task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, s.task_queue),
-        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, s.runner_task_queue),
+        install=install,
+        task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, task_queue),
+        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, runner_task_queue),
+        drain_task_queues=env.get("AGENTEXEC_DRAIN_TASK_QUEUES", _names, s.drain_task_queues),
         runner_enabled=env.get("AGENTEXEC_RUNNER_ENABLED", _bool, s.runner_enabled),
         execution_task_queues=env.get(
             "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE", _queues, s.execution_task_queues
@@ -507,6 +550,8 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
         # Not _file: the runner checks it (and says what is wrong with it)
         # when it starts; the operator without a runner never reads it.
         providers_file=env.get("AGENTEXEC_PROVIDERS_FILE", _path, s.providers_file),
+        payload_keys_dir=env.get("AGENTEXEC_PAYLOAD_KEYS_DIR", _directory, s.payload_keys_dir),
+        payload_key_id=env.get("AGENTEXEC_PAYLOAD_KEY_ID", _text, s.payload_key_id),
         mcp_servers_file=env.get("AGENTEXEC_MCP_SERVERS_FILE", _path, s.mcp_servers_file),
         runner_heartbeat_timeout=env.get(
             "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS", _whole_seconds, s.runner_heartbeat_timeout
@@ -552,6 +597,13 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
         log_level=env.get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), s.log_level),
         log_format=env.get("LOG_FORMAT", _choice("json", "text"), s.log_format),
     )
+    if bool(environ.get("AGENTEXEC_PAYLOAD_KEYS_DIR")) != bool(
+        environ.get("AGENTEXEC_PAYLOAD_KEY_ID")
+    ):
+        problems.append(
+            "AGENTEXEC_PAYLOAD_KEYS_DIR and AGENTEXEC_PAYLOAD_KEY_ID: set both (payloads "
+            "encrypted with that key) or neither"
+        )
     if (settings.metrics_cert_file is None) != (settings.metrics_key_file is None):
         problems.append(
             "AGENTEXEC_METRICS_CERT_FILE and AGENTEXEC_METRICS_KEY_FILE: set both or neither"

@@ -41,6 +41,18 @@ def call(what: str, fn: Callable[[], T]) -> T:
         raise AssertionError(f"{what} failed: {exc}") from exc
 
 
+def resource(kind: str, name: str, spec: dict[str, Any]) -> str:
+    """One agentexec.io/v1alpha1 object, as `kubectl apply -f -` reads it."""
+    return json.dumps(
+        {
+            "apiVersion": "agentexec.io/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
 def manifest(name: str, message: str = "hello", **spec: Any) -> str:
     return json.dumps(
         {

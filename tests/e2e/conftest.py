@@ -37,18 +37,21 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> st
 
 CRD = ROOT / "crds" / "agentexecutions.agentexec.io.yaml"
 AGENT_CRD = ROOT / "crds" / "agents.agentexec.io.yaml"
+POLICY_CRD = ROOT / "crds" / "executionpolicies.agentexec.io.yaml"
 APPROVAL_CRD = ROOT / "crds" / "agentapprovals.agentexec.io.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd(control_plane: ControlPlane) -> None:
+    """The CRDs: AgentExecution, the Agent it may name, the ExecutionPolicy
+    of its namespace."""
     """The CRDs: AgentExecution, the Agent it may name, the AgentApproval it may wait for."""
-    for path in (CRD, AGENT_CRD, APPROVAL_CRD):
+    for path in (CRD, AGENT_CRD, APPROVAL_CRD, POLICY_CRD):
         control_plane.kubectl("apply", "--server-side", "-f", str(path))
     control_plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s",
         "crd/agentexecutions.agentexec.io", "crd/agents.agentexec.io",
-        "crd/agentapprovals.agentexec.io",
+        "crd/agentapprovals.agentexec.io", "crd/executionpolicies.agentexec.io",
     )  # fmt: skip
 
 

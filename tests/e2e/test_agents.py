@@ -23,14 +23,7 @@ MakeOperator = Callable[..., OperatorProcess]
 
 
 def agent_manifest(name: str, **spec: Any) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "agentexec.io/v1alpha1",
-            "kind": "Agent",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
+    return aex.resource("Agent", name, spec)
 
 
 def apply_agent(plane: ControlPlane, namespace: str, name: str, **spec: Any) -> None:

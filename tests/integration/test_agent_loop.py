@@ -10,7 +10,10 @@ process where it is killed. Each step's attempts follow #19's policy.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -59,6 +62,7 @@ from tests.support.workflows import workflow_worker
 # Deterministic and short: the grammar makes the tool call, maxTokens bounds
 # the final answer of random weights.
 PARAMS = {"temperature": 0, "seed": 7, "maxTokens": 64}
+FIRST_TOOL_CALL = Path(__file__).parents[1] / "support" / "programs" / "first_tool_call.py"
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +234,36 @@ async def test_a_tool_using_agent_calls_its_mcp_server_and_succeeds(
     assert (result.usage.requests, result.usage.resent_requests) == (3, 0)
     assert result.attempts is not None
     assert (result.attempts.count, result.attempts.failed) == (1 + 3 + 2, 0)
+
+
+async def test_a_runners_first_tool_call_does_not_block_its_event_loop(
+    mcp_server: MCPServerProcess,
+) -> None:
+    """The mcp client imports jsonschema inside its first call_tool (to check
+    the result against the tool's output schema): about a second of CPU on
+    the runner's event loop, while the step's heartbeats and completion
+    wait. A runner that had not imported it before it polled had its first
+    tool call, done but silent, timed out by the server (heartbeat timeout
+    2 s) and called again: the killed-runner test below saw step 1's call,
+    or the resumed step's, reach the server once more than it should."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(FIRST_TOOL_CALL), mcp_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout)
+    assert seen["content"] == "5", seen
+    imported = sorted({m.split(".")[0] for m in seen["imported"]})
+    assert not {"jsonschema", "referencing"} & set(imported), (
+        f"the first tool call imported {imported} on the event loop "
+        f"(it could not run for {seen['stall']:.2f}s)"
+    )
+    # A sanity bound (about 0.05 s measured; 1-1.6 s while the call imported
+    # jsonschema): nothing else the first call does holds the loop that long.
+    assert seen["stall"] < 0.5, seen
 
 
 @pytest.mark.parametrize("mcp_server", [1.0], indirect=True)

@@ -1,9 +1,9 @@
 """What the node-tier scenarios put on a cluster, and how they look at it.
 
-Cluster-agnostic: the same code drives the local node (`localenv.node`) and
-a kind cluster (localenv.kind). A cluster here is anything with
-`kubeconfig`, `kubectl(...)`, `kubectl_json(...)`, `audit_log` (None where
-the API server's audit log cannot be read), `registry_host` and
+Cluster-agnostic: a cluster here (a kind cluster, localenv.kind) is
+anything with `kubeconfig`, `kubectl(...)`, `kubectl_json(...)`,
+`audit_log` (None where the API server's audit log cannot be read),
+`registry_host`, `host_ip` (an address of this host that pods reach) and
 `trust_registry(address)`. Every image comes from the registry, by digest,
 with Kubernetes' default pull policy.
 """
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import pytest
 from kubernetes import client as k8s
+from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
 from agentexec.status import workflow_id
@@ -43,6 +44,9 @@ class Cluster(Protocol):
     kubeconfig: Path
     audit_log: Path | None
     registry_host: str
+
+    @property
+    def host_ip(self) -> str: ...
 
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
@@ -154,6 +158,15 @@ def operator_pods(cluster: Cluster) -> list[dict[str, Any]]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
+def runner_pods(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """The release's runner pods by name, terminating ones included."""
+    core = k8s.CoreV1Api(api_client(cluster.kubeconfig))
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=runner"
+    listed = core.list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=selector)
+    pods: list[dict[str, Any]] = core.api_client.sanitize_for_serialization(listed)["items"]
+    return {p["metadata"]["name"]: p for p in pods}
+
+
 def container_id(pod: dict[str, Any]) -> str:
     statuses = pod.get("status", {}).get("containerStatuses") or []
     cid = statuses[0].get("containerID", "") if statuses else ""
@@ -231,11 +244,30 @@ async def workflow_runs(address: str, namespace: str, obj: dict[str, Any]) -> in
     return count
 
 
+async def running_agent(address: str, namespace: str, obj: dict[str, Any]) -> str | None:
+    """The worker identity of the runner running the execution's agent now
+    (`runner:POD:PID`), None when no attempt is running. From the workflow's
+    pending activities: a history records an attempt's start only once it
+    ends."""
+    client = await Client.connect(address)
+    wid = workflow_id(namespace, obj["metadata"]["name"], obj["metadata"]["uid"])
+    described = await client.get_workflow_handle(wid).describe()
+    for pending in described.raw_description.pending_activities:
+        if (
+            pending.activity_type.name == "run_agent"
+            and pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        ):
+            return str(pending.last_worker_identity)
+    return None
+
+
 async def agent_attempts(address: str, namespace: str, obj: dict[str, Any]) -> list[dict[str, Any]]:
     """Each run_agent attempt of the execution's workflow, in order: when a
-    runner started it and when it ended (seconds), the checkpoint it began
-    from (its request's resume_from), and how it ended (the close event's
-    failure type, None when it completed)."""
+    runner started it and when it ended (seconds), which runner (its worker
+    identity, `runner:POD:PID`), the checkpoint it began from (its request's
+    resume_from), and how it ended (the close event's failure type, None
+    when it completed). An attempt still running has no start yet (Temporal
+    writes it when the attempt ends): see running_agent."""
     client = await Client.connect(address)
     wid = workflow_id(namespace, obj["metadata"]["name"], obj["metadata"]["uid"])
     history = json.loads((await client.get_workflow_handle(wid).fetch_history()).to_json())
@@ -265,6 +297,7 @@ def attempts_in(history: dict[str, Any]) -> list[dict[str, Any]]:
             attempt = attempts[attrs["scheduledEventId"]]
             if key == "activityTaskStartedEventAttributes":
                 attempt["started"] = at
+                attempt["runner"] = attrs.get("identity", "")
             else:
                 attempt["ended"] = at
                 failure = attrs.get("failure", {})

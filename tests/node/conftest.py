@@ -112,10 +112,13 @@ def chart_ref(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> s
 @pytest.fixture(scope="session")
 def scenario_images(registry: Registry, registry_images: dict[str, Pushed]) -> dict[str, Pushed]:
     """The images the chart scenarios run, in the registry: the operator's,
-    the same image under a second tag (for `helm upgrade`), Temporal's."""
+    the same image under a second tag (for `helm upgrade` of the operator)
+    and a third (for rollouts of the runners, which run the same image),
+    Temporal's."""
     operator = registry_images["operator"]
     return {
         "operator": operator,
         "operator_upgrade": registry.tag(operator, f"{operator.tag}-upgrade"),
+        "runner_rollout": registry.tag(operator, f"{operator.tag}-rollout"),
         "temporal": registry_images["temporal"],
     }

@@ -13,7 +13,11 @@ here (a production Temporal does), so that executions survive it being down.
    shell commands are run as written), Temporal back while it rolls out:
    every execution finishes once, running workflows replay on the new
    workers, the CRDs are the new ones and the release's own;
-3. `helm rollback` to 0.1.0 with executions of 0.2.0 running: the same.
+3. `helm rollback` to 0.1.0 with executions of 0.2.0 running: those wait
+   (0.1.0's workflow code cannot replay 0.2.0's attempt loop; CHANGELOG.md
+   says so), new ones run on 0.1.0;
+4. back to 0.2.0 (`helm upgrade`, as CHANGELOG.md says): the waiting ones
+   finish, once, on 0.2.0's workers.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ pytestmark = pytest.mark.node
 
 WORK = "upgrade-work"
 CRDS = ("agentexecutions.agentexec.io", "agents.agentexec.io")
+# CRDs of 0.2.0 that 0.1.0 did not have: gone before 0.1.0 is installed.
+NEW_CRDS = ("agentapprovals.agentexec.io",)
 KOPF_CRDS = ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")
 
 
@@ -101,6 +107,19 @@ class Releases:
         assert set(runs.values()) == {1}, runs
         return mine
 
+    async def workflow_task_failures(self, obj: dict[str, Any]) -> list[tuple[str, str]]:
+        """(worker identity, failure message) of each failed workflow task of
+        the execution's workflow (a worker whose code cannot replay it)."""
+        client = await Client.connect(self.temporal)
+        wid = workflow_id(WORK, obj["metadata"]["name"], obj["metadata"]["uid"])
+        history = await client.get_workflow_handle(wid).fetch_history()
+        return [
+            (e.workflow_task_failed_event_attributes.identity,
+             e.workflow_task_failed_event_attributes.failure.message)
+            for e in history.events
+            if e.HasField("workflow_task_failed_event_attributes")
+        ]  # fmt: skip
+
     async def workers_of(self, obj: dict[str, Any]) -> list[str]:
         """The identities of the workers that completed the workflow's tasks,
         in order (a worker's identity is pid@hostname: its pod's name)."""
@@ -154,7 +173,9 @@ def releases(
                 "patch", name, obj["metadata"]["name"], "-n", obj["metadata"]["namespace"],
                 "--type=merge", "-p", '{"metadata": {"finalizers": null}}', check=False,
             )  # fmt: skip
-    cluster.kubectl("delete", "crd", *CRDS, *KOPF_CRDS, "--ignore-not-found", "--wait=true")
+    cluster.kubectl(
+        "delete", "crd", *CRDS, *NEW_CRDS, *KOPF_CRDS, "--ignore-not-found", "--wait=true"
+    )
     db = tmp_path_factory.mktemp("temporal-db")
     manifests = apps.temporal_manifests(registry_images["temporal"].ref, db_dir=str(db))
     cluster.kubectl("apply", "-f", "-", stdin=manifests)
@@ -273,7 +294,10 @@ async def test_upgrade_and_rollback_with_executions_in_flight(
         f"{len(long)} running and {len(queued)} waiting: all finished once"
     )
 
-    # 3. Back to the previous release with executions of this one running.
+    # 3. Back to the previous release with executions of this one running:
+    # their workflows (0.2.0's attempt loop) cannot replay on 0.1.0's code, so
+    # they wait, their agents' results kept, while 0.1.0 runs new ones
+    # (CHANGELOG.md, step 17).
     long2 = [f"long2-{i}" for i in range(4)]
     apps.create_executions(cluster, WORK, long2, delaySeconds=30)
     await rel.wait_phase(long2, "Running", timeout=90)
@@ -283,21 +307,47 @@ async def test_upgrade_and_rollback_with_executions_in_flight(
     )
     rollback_s = time.monotonic() - rollback_started
     [back_pod] = pods_by_image(cluster)[f"{old.repository}:{old.tag}"]
-    objs = await rel.all_succeed_once([*everything, "after-upgrade", *long2], timeout=240)
+    apps.create_executions(cluster, WORK, ["after-rollback"])
+    await rel.all_succeed_once([*everything, "after-upgrade", "after-rollback"], timeout=120)
+    paused = {o["metadata"]["name"]: o for o in rel.executions() if o["metadata"]["name"] in long2}
+    for name, obj in paused.items():
+        refused = await eventually(
+            lambda obj=obj: rel.workflow_task_failures(obj),  # type: ignore[misc]
+            lambda failures: any(back_pod in who for who, _ in failures),
+            timeout=90,
+            what=f"0.1.0's worker refusing to replay {name}",
+        )
+        assert all("attempt-loop" in why for _, why in refused), refused
+    now = {o["metadata"]["name"]: aex.phase(o) for o in rel.executions()}
+    assert {n: now[n] for n in long2} == dict.fromkeys(long2, "Running"), now
+    for name in CRDS:
+        cluster.kubectl("get", "crd", name)  # kept (crds.keep): nothing of 0.2.0 is lost
+    SUMMARY.append(
+        f"upgrade: rollback to {previous['version']} in {rollback_s:.1f} s with "
+        f"{len(long2)} of 0.2.0 running: they wait (0.1.0 cannot replay them), "
+        "new ones run on 0.1.0"
+    )
+
+    # 4. Forward to this release again, with `helm upgrade` as CHANGELOG.md
+    # says (`helm rollback` to the 0.2.0 revision cannot re-adopt the CRDs
+    # that the rollback to 0.1.0 left in place, crds.keep): the paused
+    # executions finish, once.
+    forward_started = time.monotonic()
+    upgrade()
+    forward_s = time.monotonic() - forward_started
+    [forward_pod] = pods_by_image(cluster)[new_ref]
+    objs = await rel.all_succeed_once(
+        [*everything, "after-upgrade", "after-rollback", *long2], timeout=180
+    )
     for name in long2:
         workers = await rel.workers_of(objs[name])
         assert any(new_pod in w for w in workers), (name, workers)
-        assert any(back_pod in w for w in workers), (name, workers)
-    apps.create_executions(cluster, WORK, ["after-rollback"])
-    await rel.all_succeed_once(["after-rollback"], timeout=120)
-    for name in CRDS:
-        cluster.kubectl("get", "crd", name)  # kept (crds.keep): nothing of 0.2.0 is lost
+        assert any(forward_pod in w for w in workers), (name, workers)
     if cluster.audit_log is not None:
-        # One reconciler at a time through both: 0.1.0's, 0.2.0's, 0.1.0's again.
+        # One reconciler at a time throughout: 0.1.0's, 0.2.0's, 0.1.0's, 0.2.0's.
         _, writers = apps.successive_writers(cluster.audit_log, WORK)
-        assert writers == [old_pod, new_pod, back_pod], writers
+        assert writers == [old_pod, new_pod, back_pod, forward_pod], writers
     SUMMARY.append(
-        f"upgrade: rollback to {previous['version']} in {rollback_s:.1f} s with "
-        f"{len(long2)} running: all finished once; "
-        f"the whole path {time.monotonic() - started:.0f} s"
+        f"upgrade: forward to {new.tag} again in {forward_s:.1f} s: the {len(long2)} paused "
+        f"finished once; the whole path {time.monotonic() - started:.0f} s"
     )

@@ -10,7 +10,10 @@ import yaml
 from agentexec.metrics import Metrics
 
 ALERTS = Path(__file__).resolve().parents[2] / "charts/agentexec-operator/files/alerts.yaml"
-PROMQL_WORDS = {"max", "sum", "rate", "by", "and", "or", "unless", "without", "on", "absent"}
+PROMQL_WORDS = {
+    "max", "sum", "rate", "by", "and", "or", "unless", "without", "on", "absent",
+    "histogram_quantile", "increase",
+}  # fmt: skip
 
 
 def exported_names() -> set[str]:
@@ -41,6 +44,9 @@ def test_every_alert_uses_exported_metrics() -> None:
         "AgentExecExecutionsFailing",
         "AgentExecRunnerAbsent",
         "AgentExecRunnerAgentsFailing",
+        "AgentExecNamespaceBudgetNearlySpent",
+        "AgentExecInstallsCrossing",
+        "AgentExecForeignReports",
     }
     exported = exported_names()
     for rule in rules:
@@ -88,6 +94,11 @@ def test_the_contract_metric_names_are_exported() -> None:
         "agentexec_build_info",
         "agentexec_runner_agents_running",
         "agentexec_runner_agent_attempts_total",
+        "agentexec_tokens_total",
+        "agentexec_namespace_token_budget",
+        "agentexec_namespace_tokens_used",
+        "agentexec_foreign_pollers",
+        "agentexec_foreign_reports_total",
     ):
         assert name in exported, name
 

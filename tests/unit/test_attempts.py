@@ -283,6 +283,26 @@ def test_runners_that_poll_but_are_busy_are_waited_for_never_said_missing() -> N
     assert w.started() == T0 + timedelta(seconds=200)
 
 
+def test_an_attempt_that_ended_before_the_look_is_not_counted_as_waiting() -> None:
+    """check_runner found the attempt no longer pending (it ran, and ended
+    just before the look): its start is unknown, and its running time is not
+    counted as waiting for a runner (the node tier's rollout saw 60 s of
+    runnerWaitSeconds for agents a runner took within a second)."""
+    w, b = watch(), book()
+    assert w.observe(RunnerSeen(started=True), T0 + timedelta(seconds=60), b).report is None
+    assert w.next_check(T0 + timedelta(seconds=60)) is None
+    b.clock(T0, w.started(), T0 + timedelta(seconds=61))
+    assert (b.runner_wait, b.ran) == (0, 61)
+    # Seen waiting before: it started no earlier than that look.
+    w, b = watch(), book()
+    w.observe(RunnerSeen(started=False, pollers=2), T0 + timedelta(seconds=60), b)
+    took = w.observe(RunnerSeen(started=True), T0 + timedelta(seconds=180), b)
+    assert took.report is not None
+    assert took.report.message == "a runner took the agent after 60s"
+    b.clock(T0, w.started(), T0 + timedelta(seconds=181))
+    assert (b.runner_wait, b.ran) == (60, 121)
+
+
 def test_no_runner_is_said_when_none_polls_and_ends_it_after_a_whole_deadline() -> None:
     short = watch(deadline=100)
     look = short.observe(RunnerSeen(started=False, pollers=0), T0 + timedelta(seconds=60), book())

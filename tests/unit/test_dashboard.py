@@ -50,3 +50,13 @@ def test_the_dashboard_uses_exported_metrics() -> None:
             used = metric_names(target["expr"]) - {"histogram_quantile"}
             assert used, panel["title"]
             assert used <= exported, f"{panel['title']}: {used - exported}"
+
+
+def test_the_dashboard_shows_token_spend_per_namespace_and_against_budgets() -> None:
+    exprs = {p["title"]: p["targets"][0]["expr"] for p in panels()}
+    spend = exprs["Tokens spent per hour by namespace (runners)"]
+    assert spend.startswith("sum by (execution_namespace) (rate(agentexec_tokens_total")
+    assert (
+        "agentexec_namespace_token_budget"
+        in exprs["Token budget spent this period (ExecutionPolicy)"]
+    )

@@ -22,9 +22,11 @@ from agentexec.decisions import (
     Start,
     TakeStartSlot,
     build_input,
+    build_start_input,
 )
 from agentexec.settings import load_settings
 from agentexec.status import FINALIZER, Connection
+from agentexec.temporal.steps import LoopInput
 from agentexec.temporal.types import (
     AgentSpec,
     Answer,
@@ -292,3 +294,20 @@ def test_the_immutability_rule_names_every_spec_field_but_suspend() -> None:
     for field in spec["properties"]:
         named = f"self.{field} == oldSelf.{field}" in rule
         assert named is (field != "suspend"), field
+
+
+def test_an_assistants_execution_starts_the_loop_with_its_token_limit() -> None:
+    body = {
+        "metadata": {"namespace": "ns", "name": "a", "uid": "u1"},
+        "spec": {"agent": "helper", "message": "hi", "limits": {"maxTokens": 300}},
+    }
+    config = Config(progress_interval=7.0)
+    assistant = AgentSpec(name="helper", type="assistant", loop={"maxSteps": 4})
+    loop = build_start_input(body, config, assistant)
+    assert isinstance(loop, LoopInput)
+    assert (loop.loop.max_steps, loop.loop.max_tokens) == (4, 300)
+    assert loop.execution.max_tokens == 300
+    assert loop.progress_interval_seconds == 7.0
+    plain = build_start_input(body, config, AGENT)
+    assert not isinstance(plain, LoopInput)
+    assert plain.max_tokens == 300

@@ -139,6 +139,7 @@ def test_an_agent_snapshot_travels_as_plain_json_and_older_runners_ignore_it() -
         "agent_spec",
         "attempt",
         "resume_from",
+        "max_tokens",
     }
     assert decode(encode(request), AgentRequest) == request
     assert decode(encode(request), OlderRequest) == OlderRequest("chat", "hi")
@@ -222,3 +223,11 @@ def test_a_result_without_a_usable_output_is_a_clear_error(sent: Any, shown: str
         agent_result_from(decode(encode(sent)))
     assert shown in str(err.value)
     assert json.dumps(sent) in str(err.value)  # what the runner sent, for the operator
+
+
+def test_the_token_limit_travels_as_one_optional_key_older_runners_ignore() -> None:
+    # spec.limits.maxTokens (#22): null without a limit.
+    request = AgentRequest("chat", "hi", max_tokens=500)
+    assert json.loads(encode(request).data)["max_tokens"] == 500
+    assert json.loads(encode(AgentRequest("chat", "hi")).data)["max_tokens"] is None
+    assert decode(encode(request), OlderRequest) == OlderRequest("chat", "hi")

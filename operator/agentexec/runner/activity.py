@@ -13,15 +13,17 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec.metrics import Metrics
-from agentexec.runner.api import Agent, AgentContext, AgentFailed, _current
+from agentexec.runner.api import Agent, AgentContext, AgentFailed, BudgetExceeded, _current
 from agentexec.temporal.types import (
     AGENT_ERROR,
     AGENT_STOPPED,
+    BUDGET_EXCEEDED,
     RUN_AGENT_ACTIVITY,
     RUNNER_SHUTDOWN,
     UNKNOWN_AGENT,
     AgentRequest,
     AgentResult,
+    Usage,
 )
 
 T = TypeVar("T")
@@ -56,12 +58,19 @@ class RunnerActivities:
         ctx = AgentContext(activity.info(), request)
         self._running(+1)
 
+        answered: list[Usage | None] = [None]
+
         async def work() -> AgentResult:
-            return _with_usage(await agent.run(request), ctx)
+            result = _with_usage(await agent.run(request), ctx)
+            answered[0] = result.usage
+            return result
 
         def ended(outcome: str) -> None:
             self._running(-1)
             self._count(request.agent, outcome)
+            # Tokens are counted where they are spent: a failed or stopped
+            # attempt's too (what its context was told).
+            self._tokens(request, answered[0] if outcome == "succeeded" else ctx.usage)
 
         return await run_attempt(ctx, work, ended)
 
@@ -69,6 +78,17 @@ class RunnerActivities:
         self.in_flight += delta
         if self.metrics is not None:
             self.metrics.runner_agents_running.set(self.in_flight)
+
+    def _tokens(self, request: AgentRequest, usage: Usage | None) -> None:
+        if self.metrics is None or usage is None:
+            return
+        labels = build_token_labels(request)
+        for kind, count in (
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ):
+            if count > 0:
+                self.metrics.tokens.labels(**labels, kind=kind).inc(count)
 
     def _count(self, agent: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -95,6 +115,17 @@ async def run_attempt(
         result = await work()
         outcome = "succeeded"
         return result
+    except BudgetExceeded as exc:
+        # Past spec.limits.maxTokens: not retried (the workflow's attempt
+        # policy reads the type), billed through the progress detail.
+        outcome = "budget_exceeded"
+        raise ApplicationError(
+            str(exc),
+            *ctx.details(),
+            type=BUDGET_EXCEEDED,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
+        ) from exc
     except AgentFailed as exc:
         outcome = "failed"
         raise ApplicationError(
@@ -167,6 +198,25 @@ def _with_usage(result: AgentResult, ctx: AgentContext) -> AgentResult:
     if result.usage is None and ctx.usage is not None:
         return dataclasses.replace(result, usage=ctx.usage)
     return result
+
+
+def build_token_labels(request: AgentRequest) -> dict[str, str]:
+    """agentexec_tokens_total's labels for one request: the execution's
+    namespace, the Agent (or built-in agent) it named, and the provider and
+    model as the chat agent picks them (the Agent's, else the parameters')."""
+    spec = request.agent_spec
+    params = request.parameters or {}
+
+    def pick(own: str | None, key: str) -> str:
+        value = own or params.get(key)
+        return value if isinstance(value, str) else ""
+
+    return {
+        "execution_namespace": request.execution.namespace if request.execution else "",
+        "agent": spec.name if spec else request.agent,
+        "provider": pick(spec.provider if spec else None, "provider"),
+        "model": pick(spec.model if spec else None, "model"),
+    }
 
 
 async def _heartbeat(ctx: AgentContext) -> None:

@@ -48,6 +48,62 @@ class AgentFailed(Exception):
     """Raised by an agent that ran and failed; the execution fails without retry."""
 
 
+class BudgetExceeded(AgentFailed):
+    """The agent would go past the execution's spec.limits.maxTokens: it stops,
+    and the execution fails with reason BudgetExceeded and its usage."""
+
+    def __init__(self, message: str, usage: Usage) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class TokenBudget:
+    """The tokens one attempt may still use (what spec.limits.maxTokens leaves
+    after the attempts before it: the workflow says, AgentRequest.max_tokens).
+
+    An agent that calls a model asks :meth:`cap` for the most tokens its call
+    may answer with; :meth:`AgentContext.add_usage` charges each call here.
+    Both raise BudgetExceeded once nothing is left (before a call, or when
+    one went past it).
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.used = Usage()
+
+    @property
+    def left(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used.total_tokens)
+
+    def cap(self, requested: int | None = None) -> int | None:
+        """The max_tokens for the next call: ``requested``, bounded by what is left."""
+        left = self.left
+        if left is None:
+            return requested
+        if left <= 0:
+            raise self.exceeded("before its next model call")
+        return left if requested is None else min(requested, left)
+
+    def charge(self, usage: Usage) -> None:
+        used = self.used
+        total = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+        self.used = Usage(
+            used.prompt_tokens + usage.prompt_tokens,
+            used.completion_tokens + usage.completion_tokens,
+            used.total_tokens + total,
+        )
+        if self.limit is not None and self.used.total_tokens > self.limit:
+            raise self.exceeded("by its last model call")
+
+    def exceeded(self, when: str) -> BudgetExceeded:
+        return BudgetExceeded(
+            f"the agent was stopped {when}: {self.used.total_tokens} tokens used "
+            f"(prompt {self.used.prompt_tokens}, completion {self.used.completion_tokens}), "
+            f"the execution's spec.limits.maxTokens left {self.limit} for this attempt",
+            self.used,
+        )
+
+
 class AgentContext:
     """The running attempt of an agent, from :func:`context` inside ``run``.
 
@@ -81,6 +137,8 @@ class AgentContext:
         #: on a first attempt (or if it never checkpointed).
         self.resume_from: Any = checkpoint
         self._usage: Usage | None = None
+        #: What spec.limits.maxTokens leaves this attempt (see TokenBudget).
+        self.budget = TokenBudget(request.max_tokens if request is not None else None)
         self._output_chars = 0
         self._started = time.monotonic()
 
@@ -132,8 +190,10 @@ class AgentContext:
     def add_usage(self, usage: Usage) -> None:
         """Count what a model request used (tokens, requests) in this attempt:
         heartbeated with the checkpoint, so the execution's ``status.usage``
-        includes attempts that never returned."""
+        includes attempts that never returned. Raises BudgetExceeded once the
+        attempt went past its budget (spec.limits.maxTokens)."""
         self._usage = add_usage(self._usage, usage)
+        self.budget.charge(usage)
 
     @property
     def usage(self) -> Usage | None:

@@ -36,6 +36,7 @@ no chat completion) at once. Messages carry the provider's words, never a key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -427,7 +428,7 @@ class Streamed:
     deltas: int = 0  # content and tool-call chunks: about a token each
     usage: Usage | None = None
     done: bool = False
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # the last one sent ("length": max_tokens ended it)
     # Tool calls by their index, as their pieces arrive: id, name, arguments' parts.
     calls: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -664,7 +665,16 @@ async def complete(call: ProviderCall, ctx: AgentContext | None) -> Completion:
             requests = _requests_before(ctx.resume_from) + sent
             ctx.checkpoint({"requests": requests, "partial": progress.content[-MAX_PARTIAL:]})
 
+    requested = call.body.get("max_tokens")
+    limit: int | None = None
     while True:
+        if ctx is not None:
+            # spec.limits.maxTokens: the answer may use no more than is left
+            # (BudgetExceeded when nothing is); a call past it stops the agent
+            # when it is billed (AgentContext.add_usage).
+            limit = ctx.budget.cap(requested)
+            if limit is not None:
+                call = dataclasses.replace(call, body={**call.body, "max_tokens": limit})
         bill.sent(resent=sent > 0 or resumed)
         sent += 1
         streamed = Streamed(call.provider) if call.provider.stream else None
@@ -705,6 +715,13 @@ async def complete(call: ProviderCall, ctx: AgentContext | None) -> Completion:
             await asyncio.sleep(delay)
             continue
         bill.answered(result.usage, streamed)
+        if ctx is not None and limit is not None and (requested is None or limit < requested):
+            # The budget, not the model, ended this answer (it used all it was
+            # allowed): the agent is stopped, not given a truncated answer.
+            used = result.usage.completion_tokens if result.usage is not None else 0
+            cut = streamed is not None and streamed.finish_reason == "length"
+            if cut or max(used, streamed.deltas if streamed is not None else 0) >= limit:
+                raise ctx.budget.exceeded("by its last model call, cut at what was left")
         return replace(result, usage=bill.total)
 
 

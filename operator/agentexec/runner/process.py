@@ -29,7 +29,10 @@ from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY, Agent
 from agentexec.runner.steps import StepActivities
 from agentexec.settings import Settings
+from agentexec.temporal.codec import build_codec
+from agentexec.temporal.codec import describe as describe_codec
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
+from agentexec.temporal.queues import worker_identity
 
 log = logging.getLogger("agentexec.runner")
 
@@ -70,9 +73,16 @@ async def run_runner(
     """Serve ``agents`` on the settings' runner queues until SIGTERM/SIGINT (or ``stop``)."""
     metrics = Metrics()
     activities = RunnerActivities(agents, metrics)
-    identity = f"runner:{settings.pod_name or socket.gethostname()}:{os.getpid()}"
+    identity = worker_identity(
+        settings, "runner", f"{settings.pod_name or socket.gethostname()}:{os.getpid()}"
+    )
+    codec = build_codec(settings.payload_keys_dir, settings.payload_key_id)
     manager = TemporalManager(
-        settings.temporal, build_runner_specs(settings, activities), metrics, identity=identity
+        settings.temporal,
+        build_runner_specs(settings, activities),
+        metrics,
+        identity=identity,
+        payload_codec=codec,
     )
     stopping = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -152,6 +162,7 @@ async def run_runner(
             "max_concurrent": settings.runner_max_concurrent,
             "temporal_tls": settings.temporal.uses_tls,
             "temporal_api_key": settings.temporal.api_key_file is not None,
+            **describe_codec(codec),
             **manager.log_fields,
         },
     )

@@ -94,6 +94,9 @@ class StepActivities:
     def __init__(self, chat: ChatAgent | None = None, servers: McpServers | None = None) -> None:
         self.chat = chat or ChatAgent()
         self.servers = servers or McpServers()
+        # Paid here, before the runner polls, not on the loop of its first
+        # tool call (tools.preload_client says why).
+        tools.preload_client()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StepActivities:

@@ -29,6 +29,8 @@ host, as providers' do.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -56,6 +58,28 @@ SERVER_FIELDS = frozenset({"url", "headers", "headerFiles"})
 CALL_KEY_META = "agentexec.io/call"
 # What one tool result may add to the conversation (and to the history).
 MAX_RESULT_CHARS = 16 * 1024
+# What the mcp client imports inside call_tool (mcp/client/session.py,
+# validate_tool_result): jsonschema, to check a result against the tool's
+# output schema. See preload_client.
+_IMPORTED_BY_CALL_TOOL = ("jsonschema", "jsonschema.validators", "referencing.exceptions")
+
+
+def preload_client() -> None:
+    """Import now what the mcp client would import in its first call_tool.
+
+    The client imports jsonschema inside call_tool (made lazy for mcp's own
+    import time: modelcontextprotocol/python-sdk#1596). That import is about
+    a second of CPU (more on a busy node) on the runner's event loop, in the
+    middle of a step: the step's heartbeats and its completion wait, and so
+    does every other activity of the runner. A step with a short heartbeat
+    timeout was timed out by the server while it was done, and its tool
+    called a second time. Runners call this when they are built, before
+    they poll.
+    """
+    for name in _IMPORTED_BY_CALL_TOOL:
+        # A later mcp that no longer uses it has nothing to preload.
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(name)
 
 
 class McpConfigError(ValueError):

@@ -45,6 +45,7 @@ from agentexec.temporal.types import (
     AGENT_STOPPED,
     ATTEMPT_DISRUPTED,
     ATTEMPT_FAILED,
+    BUDGET_EXCEEDED,
     CANCELLED,
     DISRUPTED,
     HEARTBEAT_TIMEOUT,
@@ -143,6 +144,9 @@ def build_ended(err: ActivityError) -> Ended:
             return Ended(Kind.DISRUPTED, RUNNER_SHUTDOWN, cause.message, details=details)
         if kind_of == AGENT_ERROR:
             return Ended(Kind.FATAL, AGENT_FAILED, cause.message, details=details)
+        if kind_of == BUDGET_EXCEEDED:
+            # Past spec.limits.maxTokens: retrying would only spend more.
+            return Ended(Kind.FATAL, BUDGET_EXCEEDED, cause.message, details=details)
         if kind_of in AGENT_FAILURE_REASONS or kind_of == UNKNOWN_AGENT:
             kind = Kind.FATAL if cause.non_retryable else Kind.FAILED
             return Ended(kind, kind_of, cause.message, details=details, retry_delay=delay)
@@ -174,7 +178,10 @@ def _messages(err: BaseException) -> str:
 
 
 def build_request(
-    inp: ExecutionInput, attempt: int | None = None, resume_from: Any = None
+    inp: ExecutionInput,
+    attempt: int | None = None,
+    resume_from: Any = None,
+    max_tokens: int | None = None,
 ) -> AgentRequest:
     """What the runner is sent for an attempt of ``inp``."""
     return AgentRequest(
@@ -186,6 +193,7 @@ def build_request(
         agent_spec=inp.agent_spec,
         attempt=attempt,
         resume_from=resume_from,
+        max_tokens=max_tokens if max_tokens is not None else inp.max_tokens,
     )
 
 
@@ -238,11 +246,21 @@ class AttemptBook:
     def time_left(self) -> float:
         return self.deadline - self.ran
 
+    def tokens_left(self) -> int | None:
+        """What spec.limits.maxTokens leaves after the attempts so far (None: no limit)."""
+        if self.inp.max_tokens is None:
+            return None
+        spent = self.usage.total_tokens if self.usage is not None else 0
+        return max(0, self.inp.max_tokens - spent)
+
     def request(self) -> AgentRequest:
-        """The next attempt's request (counting it)."""
+        """The next attempt's request (counting it), with what is left of the
+        execution's token limit."""
         self.begin_attempt()
         resume_from = self.checkpoint if self.has_checkpoint else None
-        return build_request(self.inp, attempt=self.count, resume_from=resume_from)
+        return build_request(
+            self.inp, attempt=self.count, resume_from=resume_from, max_tokens=self.tokens_left()
+        )
 
     def begin_attempt(self) -> int:
         """Count the next attempt; its number."""
@@ -450,8 +468,15 @@ class RunnerWatch:
         queue = self.runner_task_queue
         waited = int((now - self.scheduled).total_seconds())
         if seen.started:
+            # No start time: the attempt was no longer pending when the look
+            # came (it ran and ended just before). When it started is unknown;
+            # it started no earlier than the last look that saw it waiting, and
+            # counting from there never takes its running time for waiting
+            # (the deadline counts running time: the safe side).
             started = (
-                datetime.fromtimestamp(seen.started_at, UTC) if seen.started_at is not None else now
+                datetime.fromtimestamp(seen.started_at, UTC)
+                if seen.started_at is not None
+                else self.waiting_seen or self.scheduled
             )
             self.started_at = max(self.scheduled, min(started, now))
             if self.said in (NO_RUNNER, WAITING_FOR_RUNNER):

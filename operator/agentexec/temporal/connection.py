@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar
 
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 
 from agentexec.backoff import LOOP, Backoff
 from agentexec.logs import RateLimiter
@@ -87,10 +88,12 @@ class Connection:
         on_client: Callable[[Client], None] = lambda _client: None,
         rng: random.Random | None = None,
         identity: str | None = None,
+        data_converter: DataConverter = DataConverter.default,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.identity = identity
+        self.data_converter = data_converter
         self.log_fields = {"address": settings.address, "namespace": settings.namespace}
         self.on_client = on_client
         self.backoff = Backoff(
@@ -309,7 +312,7 @@ class Connection:
     # ----- dialling -------------------------------------------------------------
 
     async def _dial(self) -> Client:
-        return await dial(self.settings, self.identity)
+        return await dial(self.settings, self.identity, self.data_converter)
 
     async def _connection_loop(self) -> None:
         while True:

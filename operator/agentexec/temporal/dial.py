@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, TLSConfig
+from temporalio.converter import DataConverter
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -48,7 +49,11 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-async def dial(settings: TemporalSettings, identity: str | None = None) -> Client:
+async def dial(
+    settings: TemporalSettings,
+    identity: str | None = None,
+    data_converter: DataConverter = DataConverter.default,
+) -> Client:
     """A connected client (eager: a lazy one cannot host workers), or the dial's error."""
     s = settings
     tls: bool | TLSConfig = False
@@ -73,6 +78,7 @@ async def dial(settings: TemporalSettings, identity: str | None = None) -> Clien
             api_key=api_key.decode().strip() if api_key else None,
             connect_timeout=timedelta(seconds=s.connect_timeout),
             runtime=forwarding_runtime(),
+            data_converter=data_converter,
             **kwargs,
         ),
         s.connect_timeout,

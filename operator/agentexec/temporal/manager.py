@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from temporalio.client import Client
+from temporalio.converter import PayloadCodec
 
 from agentexec.metrics import Metrics
 from agentexec.settings import TemporalSettings
+from agentexec.temporal.codec import build_data_converter
 from agentexec.temporal.connection import Connection
 from agentexec.temporal.dial import forwarding_runtime
 from agentexec.temporal.errors import TemporalUnavailable
@@ -53,6 +55,7 @@ class TemporalManager:
         *,
         rng: random.Random | None = None,
         identity: str | None = None,
+        payload_codec: PayloadCodec | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
@@ -63,6 +66,8 @@ class TemporalManager:
             on_client=self._on_client,
             rng=rng,
             identity=identity,
+            # Every client dialled encodes payloads with it (#22).
+            data_converter=build_data_converter(payload_codec),
         )
         self.pool = WorkerPool(self.connection, workers, on_running=self.refresh_workers_gauge)
         self.log_fields = self.connection.log_fields

@@ -86,6 +86,9 @@ class ExecutionInput:
     # A runner that stops heartbeating this long is taken for dead and the agent
     # retried elsewhere. 30 is what every workflow before this field used.
     heartbeat_timeout_seconds: int = 30
+    # spec.limits.maxTokens: the most tokens the agent may use, all attempts
+    # together (None: no limit).
+    max_tokens: int | None = None
     # Added with the workflow's own attempt loop (issue #19). timeout_seconds
     # is then the execution's deadline: the time its agent runs, all attempts
     # together (waiting for a runner and being suspended are not counted);
@@ -108,6 +111,10 @@ class AgentRequest:
     # ``agent`` is its type (the agent the runner dispatches to) and
     # ``parameters`` are the merged ones. Older runners ignore it.
     agent_spec: AgentSpec | None = None
+    # What the execution's spec.limits.maxTokens leaves for this attempt (the
+    # attempts before it spent the rest): the runner stops the agent before a
+    # call would go past it (agentexec.runner.context().budget).
+    max_tokens: int | None = None
     # Which attempt this is (1, 2, ...: failed, disrupted and suspended ones
     # counted), and the checkpoint the previous attempt left (None: none).
     # Each attempt is its own activity, so Temporal's heartbeat details do
@@ -175,6 +182,22 @@ class Attempts:
     last_failure: AttemptEnd | None = None
     last_disruption: AttemptEnd | None = None
     runner_wait_seconds: int = 0  # time attempts were seen waiting for a free runner
+
+
+def usage_from(value: Any) -> Usage | None:
+    """A Usage from what a runner sent (a decoded JSON object), or None."""
+    if isinstance(value, Usage):
+        return value
+    if not isinstance(value, dict):
+        return None
+    counts = {
+        k: v
+        for k, v in value.items()
+        if k in ("prompt_tokens", "completion_tokens", "total_tokens")
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+    }
+    return Usage(**counts)
 
 
 @dataclass(frozen=True)
@@ -292,6 +315,9 @@ RATE_LIMITED = "RateLimited"
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 PROVIDER_REJECTED = "ProviderRejected"
 PROVIDER_INVALID_RESPONSE = "ProviderInvalidResponse"
+# The agent would have gone past spec.limits.maxTokens: not retried; the
+# error's first detail is the Usage spent until then.
+BUDGET_EXCEEDED = "BudgetExceeded"
 CONTEXT_TOO_LONG = "ContextTooLong"
 CONTENT_FILTERED = "ContentFiltered"
 AGENT_FAILURE_REASONS = (
