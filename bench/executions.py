@@ -12,6 +12,9 @@ operator as a process (localenv, tests/support). Figures:
       and the API server's own request counters per execution during (c)
       (status writes, other writes, reads, conflicts);
   (d) operator RSS after (c);
+  (f) rounds of (a) and (c) alternating without and with an ExecutionPolicy
+      in the namespace (allow-lists, a running quota, a token budget), in the
+      same run: what its checks cost (issue #22);
   (e) restart with R executions kept, 90 % of them finished: operator ready ->
       first new execution started, the API requests the start-up made, and
       the operator's RSS per execution kept.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import statistics
@@ -37,6 +41,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +247,43 @@ async def main(
     report(runs, latency_n, outage_n, throughput_n, restart_n)
 
 
+def decision_cost(policy: dict[str, Any] | None, held: int = 1000, n: int = 2000) -> float:
+    """Microseconds per decision of an unstarted execution (tenancy and
+    planner, what reconcile runs before it asks for a start turn) in a
+    namespace holding ``held`` unfinished executions."""
+    from agentexec import planner
+    from agentexec.cache import ExecutionCache
+    from agentexec.decisions import Config, Observed
+    from agentexec.policy import PolicyCache
+    from agentexec.status import Connection
+    from agentexec.tenancy import Tenancy
+
+    cache, policies = ExecutionCache(), PolicyCache()
+    if policy is not None:
+        policies.put({**policy, "metadata": {"name": "limits", "namespace": "ns"}})
+    bodies = []
+    for i in range(held):
+        body = {
+            "metadata": {"name": f"e{i}", "namespace": "ns", "uid": f"u{i}",
+                         "resourceVersion": "1", "creationTimestamp": "2026-12-03T10:00:00Z"},
+            "spec": {"agent": "echo", "message": "hi"},
+            "status": {},
+        }  # fmt: skip
+        cache.put(("ns", f"e{i}"), body)
+        bodies.append(body)
+    tenancy = Tenancy(cache, policies)
+    conn = Connection(True, "Connected", "connected")
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for i in range(n):
+        body = bodies[i % held]
+        key = ("ns", f"e{i % held}")
+        found, quota = tenancy.observe(key, body)
+        planner.decide(Observed(body=body, conn=conn, now=now, config=Config(),
+                                policies=found, quota=quota, agent_read=True))  # fmt: skip
+    return (time.perf_counter() - started) / n * 1e6
+
+
 async def measure(env: Env, latency_n: int, outage_n: int, throughput_n: int) -> dict[str, float]:
     kube, observer, ns = env.kube, env.observer, env.namespace
     temporal, operator = env.temporal, env.operator
@@ -298,6 +340,58 @@ async def measure(env: Env, latency_n: int, outage_n: int, throughput_n: int) ->
     print(
         f"(c) {throughput_n} echo executions: operator {r['c_op']:.1f} s, "
         f"bare SDK {r['c_sdk']:.1f} s, ratio {r['c']:.2f}",
+        flush=True,
+    )
+
+    # (f) with and without an ExecutionPolicy, alternating in this run (the
+    # machine's load drifts by more than the difference between two runs):
+    # the checks every start makes against the policy.
+    policy = json.dumps({
+        "apiVersion": "agentexec.io/v1alpha1", "kind": "ExecutionPolicy",
+        "metadata": {"name": "limits"},
+        "spec": {
+            "allowed": {"agentTypes": ["echo"], "taskQueues": [operator.runner_queue]},
+            "concurrency": {"maxRunning": 100_000},
+            "budget": {"tokens": 10**12, "period": "Day"},
+        },
+    })  # fmt: skip
+    rounds: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    size, lat_size = max(1, throughput_n // 4), max(1, latency_n // 2)
+    # ABBA order: a load that drifts during the rounds weighs on both sides alike.
+    for n, with_policy in enumerate([False, True, True, False, False, True]):
+        verb = "apply" if with_policy else "delete"
+        env.plane.kubectl(verb, "-n", ns, "-f", "-", stdin=policy, check=with_policy)
+        await asyncio.sleep(1)  # the operator's watch delivers it
+        lat = await started_one_by_one(env, [f"f{n}-lat-{i}" for i in range(lat_size)], 30)
+        names = [f"f{n}-tp-{i}" for i in range(size)]
+        t0 = time.monotonic()
+        await create_many(kube, ns, names)
+        await observer.until(observer.done, names, 600)
+        rounds[with_policy].append((pct(lat, 0.99), time.monotonic() - t0))
+        print(
+            f"    round {n}: policy {with_policy}: {rounds[with_policy][-1][1]:.1f} s", flush=True
+        )
+    for key, index in (("a99", 0), ("c_op", 1)):
+        for with_policy, label in ((False, "f_off"), (True, "f_on")):
+            r[f"{label}_{key}"] = statistics.median(x[index] for x in rounds[with_policy])
+    r["f_c"] = r["f_on_c_op"] / r["f_off_c_op"]
+    # What the checks cost in CPU, measured directly (the rounds above are
+    # at the mercy of the machine's load): the decision of one unstarted
+    # execution with and without the policy, as a share of (c)'s time each.
+    costs: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(5):  # alternating; the least of each is the least disturbed
+        costs[False].append(decision_cost(policy=None))
+        costs[True].append(decision_cost(json.loads(policy)))
+    r["f_us_off"], r["f_us_on"] = min(costs[False]), min(costs[True])
+    per_execution = r["f_off_c_op"] / size
+    r["f_cpu_share"] = 3 * (r["f_us_on"] - r["f_us_off"]) / 1e6 / per_execution
+    print(
+        f"(f) {size} echo executions and {lat_size} one by one, three rounds each way, "
+        f"alternating: with an ExecutionPolicy (c) {r['f_on_c_op']:.1f} s vs "
+        f"{r['f_off_c_op']:.1f} s without ({(r['f_c'] - 1) * 100:+.1f} %), (a) p99 "
+        f"{r['f_on_a99'] * 1000:.0f} ms vs {r['f_off_a99'] * 1000:.0f} ms; a decision costs "
+        f"{r['f_us_on']:.0f} us with it, {r['f_us_off']:.0f} us without: "
+        f"{r['f_cpu_share'] * 100:.3f} % of (c)'s time per execution at three decisions each",
         flush=True,
     )
 
@@ -412,6 +506,14 @@ def report(
     print(
         f"| (d) operator RSS after {total} executions | {m['d']:.0f} MB "
         f"| {each(runs, 'd', '.0f')} MB | <= 200 MB: {'met' if m['d'] <= 200 else 'MISSED'} |"
+    )
+    print(
+        f"| (f) with an ExecutionPolicy vs without, alternating rounds "
+        f"| (c) {(m['f_c'] - 1) * 100:+.1f} %; (a) p99 {m['f_on_a99'] * 1000:.0f} ms vs "
+        f"{m['f_off_a99'] * 1000:.0f} ms; a decision {m['f_us_on']:.0f} us vs "
+        f"{m['f_us_off']:.0f} us ({m['f_cpu_share'] * 100:.3f} % of (c)) "
+        f"| {each(runs, 'f_c', '.3f')} "
+        f"| (c) <= +5 %: {'met' if m['f_c'] <= 1.05 else 'MISSED'} |"
     )
     if restart_n:
         print(

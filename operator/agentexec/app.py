@@ -20,7 +20,6 @@ from agentexec.http import build_app, build_secure_app, build_server_tls, livene
 from agentexec.kube import Kube, TokenAuthorizer
 from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
-from agentexec.policy import PolicyCache
 from agentexec.runner import configure_agents, load_agents
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY
@@ -109,8 +108,6 @@ async def _first(*awaitables: Any) -> None:
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
-    policies = PolicyCache()
-    metrics.budgets = policies.all
     codec = build_codec(settings.payload_keys_dir, settings.payload_key_id)
     kube = await Kube.connect()
     manager = TemporalManager(
@@ -225,7 +222,7 @@ async def run(settings: Settings) -> None:
                     clusterwide=not settings.watch_namespaces,
                     namespaces=settings.watch_namespaces,
                     standalone=True,
-                    memo=kopf.Memo(settings=settings, controller=controller, policies=policies),
+                    memo=kopf.Memo(settings=settings, controller=controller),
                     stop_flag=kopf_stop,
                     ready_flag=ready,
                 ),

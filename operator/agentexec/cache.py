@@ -110,6 +110,9 @@ class ExecutionCache:
         # workflows that started before a moment (workflow_watch.py).
         self.running: Counter[Group] = Counter()
         self._started: dict[Group, Counter[int]] = {}
+        # Unfinished executions by namespace: what a namespace's quota is
+        # counted over (tenancy.py) without walking every execution held.
+        self._unfinished: dict[str, set[Key]] = {}
 
     def _count(self, body: Body, sign: int) -> None:
         self.phases[phase_of(body) or "Unknown"] += sign
@@ -155,7 +158,25 @@ class ExecutionCache:
         kept = slim(body)
         self._objects[key] = kept
         self._count(kept, +1)
+        if is_terminal(kept):
+            self._drop_unfinished(key)
+        else:
+            self._unfinished.setdefault(key[0], set()).add(key)
         return True
+
+    def _drop_unfinished(self, key: Key) -> None:
+        keys = self._unfinished.get(key[0])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._unfinished[key[0]]
+
+    def unfinished(self, namespace: str) -> list[tuple[Key, dict[str, Any]]]:
+        """The namespace's executions that have not finished."""
+        return [(k, self._objects[k]) for k in self._unfinished.get(namespace, ())]
+
+    def count_unfinished(self, namespace: str) -> int:
+        return len(self._unfinished.get(namespace, ()))
 
     def replace(self, key: Key, body: Body) -> None:
         """Hold ``body`` whatever we held (a fresh read from the API server)."""
@@ -170,6 +191,7 @@ class ExecutionCache:
             return False
         del self._objects[key]
         self._count(old, -1)
+        self._drop_unfinished(key)
         return True
 
     def get(self, key: Key) -> dict[str, Any] | None:

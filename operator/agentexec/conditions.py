@@ -52,6 +52,11 @@ START_REJECTED = "StartRejected"  # refused past the retry budget or the queue T
 QUEUE_TIMEOUT = "QueueTimeout"
 AGENT_NOT_FOUND = "AgentNotFound"  # also an AgentResolved reason
 TASK_QUEUE_NOT_ALLOWED = "TaskQueueNotAllowed"
+# ExecutionPolicy (#22): held back by the namespace's running quota
+# (concurrency.maxRunning) or its spent token budget; refused by its rules.
+QUOTA_EXCEEDED = "QuotaExceeded"
+BUDGET_EXHAUSTED = "BudgetExhausted"
+POLICY_DENIED = "PolicyDenied"
 
 # AgentResolved reasons (besides AgentNotFound).
 RESOLVED = "Resolved"

@@ -38,9 +38,11 @@ from agentexec.conditions import (
 from agentexec.decisions import Config
 from agentexec.events import EventRecorder
 from agentexec.executor import Executor
-from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, Kube
+from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, POLICY_PLURAL, Kube
+from agentexec.logs import RateLimiter
 from agentexec.loops import ConditionPacer, Loops
 from agentexec.metrics import Metrics
+from agentexec.policy import PolicyCache
 from agentexec.reconciler import Reconciler
 from agentexec.reports import Reports
 from agentexec.runner.api import agent_names
@@ -49,6 +51,7 @@ from agentexec.status import Connection, is_terminal, recorded_workflow, uid_of
 from agentexec.temporal.gateway import TemporalGateway
 from agentexec.temporal.manager import TemporalManager
 from agentexec.temporal.types import REPORT_STATUS_ACTIVITY, StatusReport
+from agentexec.tenancy import Tenancy, holds_a_slot
 from agentexec.workflow_watch import WorkflowWatch
 from agentexec.workqueue import Priority, WorkQueue
 
@@ -101,6 +104,9 @@ class Controller:
         )
         self.queue: WorkQueue[Key] = WorkQueue()
         self.reports = Reports()
+        # ExecutionPolicies by namespace (#22), and what they mean per execution.
+        self.policies = PolicyCache()
+        self.tenancy = Tenancy(self.cache, self.policies)
         self.executor = Executor(
             kube,
             self.gateway,
@@ -113,6 +119,7 @@ class Controller:
             start_rate=settings.start_rate,
             delete_rate=settings.delete_rate,
             finished_ttl=settings.ttl_seconds_after_finished,
+            policies=self.policies,
         )
         self.reconciler = Reconciler(
             self.cache,
@@ -124,6 +131,8 @@ class Controller:
             build_config(settings, self.policy),
             self.connection,
             self.queue.failures,
+            self.tenancy,
+            self.wake,
         )
         self.loops = Loops()
         self.pacer = ConditionPacer(
@@ -141,8 +150,10 @@ class Controller:
             settings.sweep_interval,
         )
         self.leading = False
+        self._foreign_log = RateLimiter(period=30.0)
         manager.add_listener(lambda _state: self.pacer.changed())
         metrics.waiting_for_temporal.set_function(self._count_waiting)
+        metrics.budgets = self.policies.all
         for phase in ("Unknown", *TERMINAL, PENDING, RUNNING):
             metrics.executions.labels(phase=phase).set_function(
                 lambda phase=phase: float(self.cache.phases[phase])  # type: ignore[misc]
@@ -247,6 +258,28 @@ class Controller:
         if execution is not None and self.leading and not applied_of(body):
             self.queue.add(execution)
 
+    def on_policy_event(self, event_type: str | None, body: Body) -> None:
+        """An ExecutionPolicy watch event: cache it, and enqueue the namespace's
+        executions that have not started (a rule, the quota or the budget
+        changed for them)."""
+        if event_type == "DELETED":
+            self.policies.remove(body)
+        else:
+            self.policies.put(body)
+        namespace = (body.get("metadata") or {}).get("namespace")
+        if not self.leading or not isinstance(namespace, str):
+            return
+        for key in self.tenancy.unstarted(namespace):
+            self.queue.add(key)
+
+    def wake(self, namespace: str) -> None:
+        """A slot of the namespace's running quota came free: the oldest
+        executions waiting for one take their turn."""
+        if not self.leading:
+            return
+        for key in self.tenancy.next_in_line(namespace):
+            self.queue.add(key)
+
     def on_listed(self, plural: str, namespace: str | None, listed: Mapping[Key, str]) -> None:
         """A (re-)listing of ``plural`` in ``namespace`` (None: the cluster) is
         complete: it replaces what we held there. Objects deleted while the
@@ -259,6 +292,10 @@ class Controller:
         if plural == APPROVAL_PLURAL:
             for named in self.approvals.absent(namespace, listed):
                 self.approvals.remove(*named)
+            return
+        if plural == POLICY_PLURAL:
+            for gone in self.policies.absent(namespace, listed):
+                self.on_policy_event("DELETED", gone)
             return
         for key, body in self.cache.items():
             if namespace is not None and key[0] != namespace:
@@ -291,6 +328,8 @@ class Controller:
 
     def _forget(self, key: Key, uid: str) -> None:
         """The object with ``uid`` is gone; a newer one of the same name stays."""
+        held = self.cache.get(key)
+        freed = held is not None and holds_a_slot(held)
         if not self.cache.remove(key, uid):
             self.reports.drop(key, uid)
             return
@@ -298,10 +337,15 @@ class Controller:
         self.reconciler.forget(key)
         self.reports.drop(key, uid)
         self.events.forget(uid)
+        if freed:
+            self.wake(key[0])  # a running one deleted: its slot is free
 
     @activity.defn(name=REPORT_STATUS_ACTIVITY)
     async def report_status(self, report: StatusReport) -> None:
         """The workflow says how it ended: enqueue, and return once it is written."""
+        foreign = self._foreign(report)
+        if foreign is not None:
+            raise foreign
         if not self.leading:
             # Temporal retries the activity; it lands on the leader.
             raise _not_leader("this replica is not the leader")
@@ -311,6 +355,38 @@ class Controller:
             raise _not_leader("leadership moved before the report was written")
 
     # ----- what reconcile and /statusz see ---------------------------------------
+
+    def _foreign(self, report: StatusReport) -> ApplicationError | None:
+        """Why ``report`` is not this install's (a log line and a metric, then
+        refused), or None. A workflow's report runs on the workflow's own task
+        queue: one on a queue this install does not start workflows on, or
+        about a namespace it does not watch, comes from another install that
+        shares this queue (they cross: docs/operations.md#installs-crossing)."""
+        ours = (self.settings.task_queue, *self.settings.drain_task_queues)
+        watched = self.settings.watch_namespaces
+        if report.task_queue and report.task_queue not in ours:
+            reason = "other_install"
+            why = f"it comes from task queue {report.task_queue!r}, not this install's {ours[0]!r}"
+        elif watched and report.ref.namespace not in watched:
+            reason = "unknown_execution"
+            why = f"namespace {report.ref.namespace!r} is not watched by this install"
+        else:
+            return None
+        self.metrics.foreign_reports.labels(reason=reason).inc()
+        held = self._foreign_log.allow(reason)
+        if held is not None:
+            log.warning(
+                "refused a report of a workflow that is not this install's",
+                extra={
+                    "install": self.settings.install,
+                    "workflow_id": report.workflow_id,
+                    "execution": f"{report.ref.namespace}/{report.ref.name}",
+                    "reason": reason,
+                    "why": why,
+                    "suppressed_repeats": held,
+                },
+            )
+        return _foreign_report(f"refused by install {self.settings.install!r}: {why}")
 
     def connection(self) -> Connection:
         if self.manager.connected:
@@ -348,6 +424,17 @@ class Controller:
             "condition_walk_enqueued": self.pacer.enqueued,
             "loops_stopped": self.stopped_loops(),
         }
+
+
+def _foreign_report(message: str) -> ApplicationError:
+    """A report of a workflow that is not this install's: refused, and retried
+    (its own install's operator, polling the same queue, takes it in time)."""
+    return ApplicationError(
+        message,
+        type="ForeignReport",
+        next_retry_delay=timedelta(seconds=1),
+        category=ApplicationErrorCategory.BENIGN,
+    )
 
 
 def _not_leader(message: str) -> ApplicationError:

@@ -17,7 +17,7 @@ from agentexec import lifecycle
 from agentexec.agents import AgentPolicy
 from agentexec.backoff import START_REFUSED_BUDGET
 from agentexec.conditions import Body
-from agentexec.policy import token_limit
+from agentexec.policy import NamespacePolicy, token_limit
 from agentexec.status import (
     Connection,
     StatusPatch,
@@ -157,6 +157,15 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """The namespace's running quota as it stands for one unstarted execution."""
+
+    limit: int  # concurrency.maxRunning (the smallest of the namespace's policies)
+    running: int  # executions of the namespace with a workflow, or a start in flight
+    ahead: int  # older executions of the namespace waiting to start
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything a decision depends on, read fresh for each reconcile."""
 
@@ -167,6 +176,9 @@ class Observed:
     report: StatusReport | None = None  # what the workflow reported, not yet applied
     check: bool = False  # verify a started execution against Temporal (it closed, or vanished)
     agent: Body | None = None  # the Agent that spec.agent names, as cached (None: none)
+    # The namespace's ExecutionPolicies (#22), and its quota when one is set.
+    policies: tuple[NamespacePolicy, ...] = ()
+    quota: Quota | None = None
     retries: int = 0  # reconciles of this key that backed off in a row
     # Seconds since this process sent a start of this execution that got no
     # answer (None: none did): it may land in Temporal until start_in_flight.

@@ -38,10 +38,11 @@ from agentexec.decisions import (
 from agentexec.events import EventRecorder
 from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
+from agentexec.policy import PolicyCache, plan_charge
 from agentexec.status import FINALIZER, Connection, ttl_after_finished
 from agentexec.temporal.gateway import TemporalGateway
 from agentexec.temporal.types import Outcome
-from agentexec.workqueue import DONE, RateLimiter, Turns, Verdict
+from agentexec.workqueue import DONE, FairTurns, RateLimiter, Turns, Verdict
 
 log = logging.getLogger("agentexec.executor")
 # An unanswered start is remembered this long: far longer than any start can
@@ -68,6 +69,7 @@ class Executor:
         start_rate: float,
         delete_rate: float,
         finished_ttl: float | None = None,
+        policies: PolicyCache | None = None,
     ) -> None:
         self.kube = kube
         self.gateway = gateway
@@ -78,7 +80,11 @@ class Executor:
         self.metrics = metrics
         self.connection = connection
         self.finished_ttl = finished_ttl
-        self.starts: Turns[Key] = Turns(RateLimiter(start_rate, burst=max(1, int(start_rate))))
+        self.policies = policies if policies is not None else PolicyCache()
+        # Starts share the rate fairly among namespaces (#22).
+        self.starts: FairTurns[Key] = FairTurns(
+            start_rate, burst=max(1, int(start_rate)), group=lambda key: key[0]
+        )
         # A TTL newly set on an install with many finished executions expires
         # them all at once: they are deleted at this pace.
         self.deletes: Turns[Key] = Turns(RateLimiter(delete_rate, burst=max(1, int(delete_rate))))
@@ -159,6 +165,9 @@ class Executor:
         phase = (decision.status or {}).get("phase")
         if phase in TERMINAL:
             self._finished(key, body, phase, decision.status or {})
+            usage = (decision.status or {}).get("usage")
+            if isinstance(usage, Mapping):
+                await self.charge(key[0], usage)
         if decision.remove_finalizer:
             body = await self.write_finalizers(key, body, add=False)
         if decision.delete:
@@ -182,6 +191,39 @@ class Executor:
             self.approvals.remove(namespace, name)  # deleted meanwhile
             return
         self.approvals.put(written)
+
+    async def charge(self, namespace: str, usage: Mapping[str, Any]) -> None:
+        """Add a finished execution's tokens to each budget of its namespace
+        (the policy's status.budget: the leader is its one writer). A conflict
+        re-reads the policy and adds again; other errors are logged and the
+        tokens go uncounted (the budget is a guard, not a bill)."""
+        tokens = usage.get("totalTokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+            return
+        for policy in self.policies.of(namespace):
+            for _ in range(3):
+                patch = plan_charge(policy, tokens, _now())
+                if patch is None or policy.resource_version is None:
+                    break
+                try:
+                    written = await self.kube.write_policy_status(
+                        namespace, policy.name, policy.resource_version, patch
+                    )
+                except KubeError as exc:
+                    if exc.status == 409:
+                        fresh = await self.kube.get_policy(namespace, policy.name)
+                        if fresh is None:
+                            break
+                        policy = self.policies.put(fresh)
+                        continue
+                    log.warning(
+                        "could not count tokens against the namespace's budget",
+                        extra={"namespace": namespace, "policy": policy.name,
+                               "tokens": tokens, "error": str(exc)[:300]},
+                    )  # fmt: skip
+                    break
+                self.policies.put(written)
+                break
 
     def unanswered_start(self, key: Key) -> float | None:
         """Seconds since a start of ``key`` went unanswered (None: none did)."""

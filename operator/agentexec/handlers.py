@@ -17,7 +17,6 @@ from kopf._cogs.clients import watching as kopf_watching
 
 from agentexec.controller import Controller
 from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, GROUP, PLURAL, POLICY_PLURAL, VERSION
-from agentexec.policy import PolicyCache
 
 registry = kopf.OperatorRegistry()
 log = logging.getLogger("agentexec.handlers")
@@ -76,18 +75,16 @@ async def observe_approval(
 
 @kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry)
 async def observe_policy(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    # ExecutionPolicies are only read here (their status is the ledger's).
-    policies: PolicyCache = memo.policies
+    # ExecutionPolicies: cached, and the executions of their namespace that
+    # have not started enqueued. Their status (the budget's spending) is
+    # written by the reconcile that finishes an execution.
+    controller: Controller = memo.controller
     raw = event.get("object")
-    obj = raw if isinstance(raw, dict) else dict(body)
-    if event.get("type") == "DELETED":
-        policies.remove(obj)
-    else:
-        policies.put(obj)
+    controller.on_policy_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
 
 
 # Whose complete listings replace what the controller holds.
-LISTED_PLURALS = (PLURAL, AGENT_PLURAL, APPROVAL_PLURAL)
+LISTED_PLURALS = (PLURAL, AGENT_PLURAL, APPROVAL_PLURAL, POLICY_PLURAL)
 Listed = Callable[[str, "str | None", dict[tuple[str, str], str]], None]
 
 

@@ -29,6 +29,7 @@ from agentexec.conditions import (
     AGENT_NOT_FOUND,
     AGENT_RESOLVED,
     AGENT_RUNNING,
+    BUDGET_EXHAUSTED,
     CANCELLED,
     DELETION_BLOCKED,
     DESCRIBE_FAILED,
@@ -36,6 +37,8 @@ from agentexec.conditions import (
     FORCE_DELETED,
     INVALID_ARGUMENT,
     NO_RUNNER,
+    POLICY_DENIED,
+    QUOTA_EXCEEDED,
     RESOLVED,
     SIGNAL_FAILED,
     START_FAILED,
@@ -69,6 +72,7 @@ from agentexec.decisions import (
     build_start_input,
     own_workflow_id,
 )
+from agentexec.policy import budget_exhausted, build_uses, policy_denial
 from agentexec.status import (
     FORCE_DELETE,
     Connection,
@@ -79,6 +83,7 @@ from agentexec.status import (
     meta_of,
     plan_agent_missing,
     plan_connection,
+    plan_held,
     plan_progress,
     plan_queued,
     plan_report,
@@ -369,6 +374,21 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
         shadowed = _shadows_builtin(o)
         if shadowed is not None:
             return Decision(request=ReadAgent(shadowed))
+        # What it resolved to (the Agent just read included) against its
+        # namespace's ExecutionPolicies, before any workflow: admission may
+        # have been bypassed, or the policy or the Agent came later.
+        denied = policy_denial(
+            o.policies, build_uses(body, resolved.spec), o.config.runner_task_queue
+        )
+        if denied is not None:
+            patch = plan_terminal(
+                body, FAILED, now, reason=POLICY_DENIED, message=denied,
+                started_reason=POLICY_DENIED, conn=o.conn,
+            )  # fmt: skip
+            return _finish(o, FAILED, patch, "policy-denied", closed=False)
+        held = _held(o)
+        if held is not None:
+            return held
         if o.start_slot is None:
             return Decision(request=TakeStartSlot())
         if o.start_slot > 0:
@@ -436,6 +456,41 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
         backoff=answer.reason or START_FAILED,
         outcome="start-refused",
     )
+
+
+# How soon an execution with room in its quota looks again while older ones
+# of its namespace are still starting.
+AFTER_OLDER = 0.1
+
+
+def _held(o: Observed) -> Decision | None:
+    """Held back by the namespace's ExecutionPolicy: its running quota is full
+    (counting older executions that wait first: they start in the order
+    created), or its token budget for the period is spent. A slot freeing and
+    a policy changing enqueue it; a period rolling over is its requeue."""
+    quota = o.quota
+    if quota is not None and quota.running + quota.ahead >= quota.limit:
+        message = (
+            f"the namespace runs at most {quota.limit} executions at once "
+            "(ExecutionPolicy concurrency.maxRunning); this one starts when one finishes, "
+            "in the order they were created"
+        )
+        return Decision(
+            status=plan_held(o.body, o.conn, o.now, QUOTA_EXCEEDED, message),
+            outcome="quota-exceeded",
+        )
+    if quota is not None and quota.ahead > 0:
+        # Room for it too, but older ones are on their way to their start:
+        # it goes right after them (creation order), saying nothing meanwhile.
+        return Decision(requeue_after=AFTER_OLDER, outcome="after-older")
+    exhausted = budget_exhausted(o.policies, o.now)
+    if exhausted is not None:
+        return Decision(
+            status=plan_held(o.body, o.conn, o.now, BUDGET_EXHAUSTED, exhausted.message),
+            requeue_after=exhausted.retry_after,
+            outcome="budget-exhausted",
+        )
+    return None
 
 
 def _agent_missing(o: Observed, message: str) -> Decision:

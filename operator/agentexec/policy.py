@@ -85,6 +85,13 @@ def build_policy(body: Body) -> NamespacePolicy:
     )
 
 
+def _newer(held: str | None, given: str | None) -> bool:
+    try:
+        return int(held or "") > int(given or "")
+    except ValueError:
+        return False
+
+
 class PolicyCache:
     """The ExecutionPolicies the watch has shown, by namespace."""
 
@@ -92,14 +99,32 @@ class PolicyCache:
         self._policies: dict[str, dict[str, NamespacePolicy]] = {}
 
     def put(self, body: Body) -> NamespacePolicy:
+        """Hold ``body`` unless a newer version of it is held (our own status
+        write is newer than the watch's late echo of the version before)."""
         policy = build_policy(body)
-        self._policies.setdefault(policy.namespace, {})[policy.name] = policy
+        held = self._policies.setdefault(policy.namespace, {})
+        old = held.get(policy.name)
+        if old is not None and _newer(old.resource_version, policy.resource_version):
+            return old
+        held[policy.name] = policy
         return policy
 
     def remove(self, body: Body) -> None:
         meta = _mapping(body.get("metadata"))
         held = self._policies.get(str(meta.get("namespace", "")), {})
         held.pop(str(meta.get("name", "")), None)
+
+    def absent(
+        self, namespace: str | None, listed: Mapping[tuple[str, str], str]
+    ) -> list[dict[str, Any]]:
+        """The policies held in ``namespace`` (None: all) that a complete listing
+        (key: uid) no longer has, as bodies for a DELETED event."""
+        return [
+            {"metadata": {"namespace": p.namespace, "name": p.name}}
+            for p in self.all()
+            if (namespace is None or p.namespace == namespace)
+            and (p.namespace, p.name) not in listed
+        ]
 
     def of(self, namespace: str) -> list[NamespacePolicy]:
         """The namespace's policies, by name (none: unrestricted)."""

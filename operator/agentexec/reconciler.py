@@ -18,12 +18,14 @@ from agentexec import planner
 from agentexec.agents import AgentCache
 from agentexec.approvals import ApprovalCache
 from agentexec.cache import ExecutionCache, Key
-from agentexec.decisions import Config, Decision, Observed
+from agentexec.decisions import AddFinalizer, Config, Decision, Observed, Start, TakeStartSlot
 from agentexec.executor import Executor
 from agentexec.kube import KubeError
 from agentexec.metrics import Metrics
+from agentexec.policy import PolicyCache
 from agentexec.reports import Reports
 from agentexec.status import Connection, uid_of
+from agentexec.tenancy import Tenancy, holds_a_slot
 from agentexec.workqueue import GONE, Verdict
 
 # decide ⇄ call rounds in one reconcile: a start needs at most five (read a
@@ -44,6 +46,8 @@ class Reconciler:
         config: Config,
         connection: Callable[[], Connection],
         retries: Callable[[Key], int],
+        tenancy: Tenancy | None = None,
+        wake: Callable[[str], None] = lambda _namespace: None,
     ) -> None:
         self.cache = cache
         self.agents = agents
@@ -54,17 +58,22 @@ class Reconciler:
         self.config = config
         self.connection = connection
         self.retries = retries
+        self.tenancy = tenancy if tenancy is not None else Tenancy(cache, PolicyCache())
+        # A slot of a namespace's running quota came free (its execution ended).
+        self.wake = wake
         # Keys owed a check against Temporal (their workflow closed or vanished
         # there), and keys whose cached view a write found stale.
         self.checks: set[Key] = set()
         self.stale: set[Key] = set()
 
     def forget(self, key: Key) -> None:
+        self.tenancy.starting.discard(key)
         self.checks.discard(key)
         self.stale.discard(key)
         self.executor.forget(key)
 
     def clear(self) -> None:
+        self.tenancy.starting.clear()
         self.checks.clear()
         self.stale.clear()
         self.executor.clear()
@@ -75,6 +84,7 @@ class Reconciler:
     def observe(self, key: Key, body: Mapping[str, object]) -> Observed:
         spec = body.get("spec")
         name = str(spec.get("agent", "")) if isinstance(spec, Mapping) else ""
+        policies, quota = self.tenancy.observe(key, body)
         return Observed(
             body=body,
             conn=self.connection(),
@@ -87,6 +97,8 @@ class Reconciler:
             retries=self.retries(key),
             unanswered_start=self.executor.unanswered_start(key),
             stale=key in self.stale,
+            policies=policies,
+            quota=quota,
         )
 
     async def reconcile(self, key: Key) -> Verdict:
@@ -111,6 +123,17 @@ class Reconciler:
             )
 
     async def _reconcile(self, key: Key) -> Verdict:
+        held = self.cache.get(key)
+        slot = held is not None and holds_a_slot(held)
+        try:
+            return await self._decide_and_apply(key)
+        finally:
+            self.tenancy.starting.discard(key)
+            now = self.cache.get(key)
+            if slot and (now is None or not holds_a_slot(now)):
+                self.wake(key[0])
+
+    async def _decide_and_apply(self, key: Key) -> Verdict:
         body = self.cache.get(key)
         read = body is None and self.reports.has(key)
         if read:
@@ -125,6 +148,9 @@ class Reconciler:
             decision = planner.decide(o)
             if decision.request is None:
                 break
+            if isinstance(decision.request, TakeStartSlot | AddFinalizer | Start):
+                # Past its quota: it holds a slot from now on (this reconcile).
+                self.tenancy.starting.add(key)
             o = await self.executor.call(key, decision.request, o)
             if o is None:
                 return self._gone(key)

@@ -248,6 +248,31 @@ def plan_queued(body: Body, conn: Connection, now: datetime, message: str) -> St
     )
 
 
+def plan_held(
+    body: Body, conn: Connection, now: datetime, reason: str, message: str
+) -> StatusPatch | None:
+    """Held back by its namespace's ExecutionPolicy (QuotaExceeded,
+    BudgetExhausted): Pending, saying why, unless its status already says so."""
+    if is_terminal(body):
+        return None
+    said = condition_of(body, WORKFLOW_STARTED) or {}
+    if (
+        said.get("reason") == reason
+        and said.get("message") == message
+        and not connection_differs(body, conn)
+    ):
+        return None
+    return _pending(
+        body,
+        conn,
+        now,
+        queued=timestamp(_queued(body, now)),
+        attempts=_attempts(body),
+        why=[Condition(WORKFLOW_STARTED, "False", reason, message)],
+        waiting_for="its turn in the namespace's ExecutionPolicy",
+    )
+
+
 def plan_agent_missing(
     body: Body, conn: Connection, now: datetime, ttl: float, message: str
 ) -> StatusPatch | None:

@@ -112,6 +112,94 @@ class Turns(Generic[K]):
         return len(self._turns)
 
 
+class FairTurns(Generic[K]):
+    """Turns at one rate shared fairly among groups (issue #22: namespaces).
+
+    A key asks ``take(key)`` as with Turns and is told "now" or "come back in
+    so many seconds"; while turns are short, the keys waiting are served
+    round-robin by group (each group in the order its keys asked), so one
+    namespace with hundreds of starts queued delays another's first start by
+    about one turn, not by its whole backlog. A key's place is recomputed
+    each time it comes back; with tokens enough for everyone ahead of it, it
+    goes at once.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        group: Callable[[K], str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.group = group
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._stamp = clock()
+        # group -> its waiting keys in the order they asked; groups in turn order.
+        self._waiting: dict[str, dict[K, None]] = {}
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def _position(self, group: str, key: K) -> int:
+        """Keys served before ``key`` when the groups take turns."""
+        queue = list(self._waiting[group])
+        index = queue.index(key)
+        ahead = index  # its own group's, before it
+        for other, keys in self._waiting.items():
+            if other == group:
+                continue
+            ahead += min(len(keys), index)
+        for other, keys in self._waiting.items():
+            if other == group:
+                break
+            if len(keys) > index:
+                ahead += 1  # groups before it in this round
+        return ahead
+
+    def take(self, key: K) -> float:
+        """Seconds until ``key``'s turn (0: it is now, and the turn is used)."""
+        self._refill()
+        group = self.group(key)
+        queue = self._waiting.get(group)
+        if not self._waiting and self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        if queue is None:
+            queue = self._waiting[group] = {}
+        queue.setdefault(key, None)
+        position = self._position(group, key)
+        if self._tokens >= position + 1:
+            self._tokens -= 1
+            self._grant(group, key)
+            return 0.0
+        return max(0.001, (position + 1 - self._tokens) / self.rate)
+
+    def _grant(self, group: str, key: K) -> None:
+        queue = self._waiting.pop(group)
+        del queue[key]
+        if queue:
+            self._waiting[group] = queue  # served: to the end of the round
+
+    def forget(self, key: K) -> None:
+        group = self.group(key)
+        queue = self._waiting.get(group)
+        if queue is not None and key in queue:
+            del queue[key]
+            if not queue:
+                del self._waiting[group]
+
+    def clear(self) -> None:
+        self._waiting.clear()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+
 class WorkQueue(Generic[K]):
     def __init__(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,7 +56,7 @@ def report(uid: str, phase: str = "Succeeded", output: str = "done") -> StatusRe
         workflow_id=f"agentexec/ns/a/{uid}",
         run_id="r",
         namespace="default",
-        task_queue="q",
+        task_queue="agentexec-executions",  # the default install's
     )
 
 
@@ -409,3 +410,27 @@ async def test_spec_suspend_reaches_the_running_workflow_and_is_said_once() -> N
     assert (said["status"], said["reason"]) == ("True", c.SUSPENDED)
     await controller.reconciler.reconcile(KEY)  # told already: nothing more
     assert gateway.calls == [("signal-suspend", f"{WID}=True")]
+
+
+async def test_a_report_of_another_install_s_workflow_is_refused_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue #22: a report on a queue this install does not start workflows
+    on, or about a namespace it does not watch, is another install's: refused
+    (retried, so its own operator takes it), counted and logged, never
+    acknowledged as if written."""
+    controller, _, _ = make(watch_namespaces=("ns",))
+    lead(controller)
+    other = replace(report("u1"), task_queue="other.rel-executions")
+    with pytest.raises(ApplicationError, match="not this install's 'agentexec-executions'") as err:
+        await controller.report_status(other)
+    assert err.value.type == "ForeignReport"
+    assert not err.value.non_retryable
+    unwatched = replace(report("u2"), ref=ExecutionRef("elsewhere", "a", "u2"))
+    with pytest.raises(ApplicationError, match="'elsewhere' is not watched"):
+        await controller.report_status(unwatched)
+    sample = controller.metrics.registry.get_sample_value
+    assert sample("agentexec_foreign_reports_total", {"reason": "other_install"}) == 1
+    assert sample("agentexec_foreign_reports_total", {"reason": "unknown_execution"}) == 1
+    assert len(controller.reports) == 0
+    assert "refused a report of a workflow that is not this install's" in caplog.text

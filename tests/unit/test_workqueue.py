@@ -212,3 +212,39 @@ def test_a_key_keeps_its_turn_when_it_comes_back() -> None:
     assert len(turns) == 1  # "c" still holds its turn
     turns.forget("c")
     assert len(turns) == 0
+
+
+def test_fair_turns_serve_namespaces_in_rounds_not_in_arrival_order() -> None:
+    """Issue #22: a namespace with 200 starts queued delays another's first
+    start by about one turn, not by its backlog."""
+    from agentexec.workqueue import FairTurns
+
+    now = [0.0]
+    turns: FairTurns[tuple[str, str]] = FairTurns(
+        rate=10.0, burst=1, group=lambda key: key[0], clock=lambda: now[0]
+    )
+    busy = [("busy", f"e{n:03d}") for n in range(200)]
+    assert turns.take(busy[0]) == 0.0  # the token there was
+    waits = [turns.take(key) for key in busy[1:]]
+    assert waits == sorted(waits)  # in the order they asked
+    assert waits[-1] > 19  # 199 turns at 10 per second
+    other = ("quiet", "first")
+    assert turns.take(other) <= 0.2 + 1e-9  # second in line: one busy turn first
+    now[0] += 0.1
+    assert turns.take(busy[1]) == 0.0  # the busy head's turn
+    assert turns.take(busy[2]) > 0  # not again: the quiet namespace is next
+    now[0] += 0.1
+    assert turns.take(other) == 0.0
+    assert turns.take(busy[2]) > 0  # nothing left this instant
+    now[0] += 0.1
+    assert turns.take(busy[2]) == 0.0
+    turns.forget(busy[3])
+    assert len(turns) == 196  # busy[4:]
+
+
+def test_fair_turns_with_tokens_to_spare_never_hold_anyone() -> None:
+    from agentexec.workqueue import FairTurns
+
+    turns: FairTurns[tuple[str, str]] = FairTurns(rate=100.0, burst=100, group=lambda k: k[0])
+    assert all(turns.take(("ns", f"e{n}")) == 0.0 for n in range(50))
+    assert len(turns) == 0
