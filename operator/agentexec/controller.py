@@ -75,6 +75,7 @@ def build_config(settings: Settings, policy: AgentPolicy) -> Config:
         progress_interval=settings.progress_interval,
         start_rate=settings.start_rate,
         start_in_flight=2 * settings.temporal.rpc_timeout + 10.0,
+        install=settings.install,
     )
 
 
@@ -358,15 +359,16 @@ class Controller:
 
     def _foreign(self, report: StatusReport) -> ApplicationError | None:
         """Why ``report`` is not this install's (a log line and a metric, then
-        refused), or None. A workflow's report runs on the workflow's own task
-        queue: one on a queue this install does not start workflows on, or
-        about a namespace it does not watch, comes from another install that
-        shares this queue (they cross: docs/operations.md#installs-crossing)."""
-        ours = (self.settings.task_queue, *self.settings.drain_task_queues)
-        watched = self.settings.watch_namespaces
-        if report.task_queue and report.task_queue not in ours:
+        refused), or None. A report runs on its workflow's task queue, so one
+        reaches this operator from another install only when both poll that
+        queue (they cross: docs/operations.md#installs-crossing): the workflow
+        says which install started it (ExecutionInput.install; workflows from
+        before it say nothing and are taken), or it is about a namespace this
+        install does not watch."""
+        install, watched = self.settings.install, self.settings.watch_namespaces
+        if report.install and report.install != install:
             reason = "other_install"
-            why = f"it comes from task queue {report.task_queue!r}, not this install's {ours[0]!r}"
+            why = f"its workflow was started by install {report.install!r}, not {install!r}"
         elif watched and report.ref.namespace not in watched:
             reason = "unknown_execution"
             why = f"namespace {report.ref.namespace!r} is not watched by this install"

@@ -54,6 +54,7 @@ class Config:
     # How long a start that got no answer may still land in Temporal: the
     # SDK retries a call for about 10 s, each attempt up to the RPC timeout.
     start_in_flight: float = 20.0
+    install: str = ""  # AGENTEXEC_INSTALL: recorded in each workflow's input
 
 
 # ----- requests: the calls a decision may need first ------------------------------
@@ -211,6 +212,9 @@ class Decision:
     backoff: str | None = None  # not done: retry with per-key backoff (why)
     check_done: bool = True  # False: a check against Temporal is still owed
     approvals: tuple[ApprovalStatus, ...] = ()  # AgentApprovals' statuses to write
+    # Tokens the execution spent, to count against its namespace's budgets
+    # once the status that ends it is written (ExecutionPolicy status.budget).
+    charge: int = 0
     outcome: str = ""  # what happened, for logs and metrics
 
 
@@ -248,6 +252,7 @@ def build_input(body: Body, config: Config, agent: AgentSpec | None = None) -> E
         backoff_limit=lifecycle.backoff_limit_of(spec),
         max_disruptions=config.max_disruptions,
         deadline_field=deadline_field,
+        install=config.install,
     )
 
 

@@ -150,6 +150,7 @@ class Executor:
         """Write what was decided, on the version it was decided on (a 409 if
         the object moved on meanwhile: then reconcile decides again)."""
         body = o.body
+        wrote = False
         if decision.status:
             current = status_of(body)
             if any(current.get(k) != v for k, v in decision.status.items()):
@@ -157,7 +158,7 @@ class Executor:
                     *key, body["metadata"]["resourceVersion"], decision.status
                 )
                 self.cache.put(key, written)
-                body = written
+                body, wrote = written, True
         for event in decision.events:
             await self.events.record(body, event.type, event.reason, event.message)
         for approval in decision.approvals:
@@ -165,9 +166,8 @@ class Executor:
         phase = (decision.status or {}).get("phase")
         if phase in TERMINAL:
             self._finished(key, body, phase, decision.status or {})
-            usage = (decision.status or {}).get("usage")
-            if isinstance(usage, Mapping):
-                await self.charge(key[0], usage)
+        if decision.charge and wrote:
+            await self.charge(key[0], decision.charge)
         if decision.remove_finalizer:
             body = await self.write_finalizers(key, body, add=False)
         if decision.delete:
@@ -192,14 +192,11 @@ class Executor:
             return
         self.approvals.put(written)
 
-    async def charge(self, namespace: str, usage: Mapping[str, Any]) -> None:
+    async def charge(self, namespace: str, tokens: int) -> None:
         """Add a finished execution's tokens to each budget of its namespace
         (the policy's status.budget: the leader is its one writer). A conflict
         re-reads the policy and adds again; other errors are logged and the
         tokens go uncounted (the budget is a guard, not a bill)."""
-        tokens = usage.get("totalTokens")
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
-            return
         for policy in self.policies.of(namespace):
             for _ in range(3):
                 patch = plan_charge(policy, tokens, _now())

@@ -72,7 +72,7 @@ from agentexec.decisions import (
     build_start_input,
     own_workflow_id,
 )
-from agentexec.policy import budget_exhausted, build_uses, policy_denial
+from agentexec.policy import budget_exhausted, build_uses, policy_denial, tokens_spent
 from agentexec.status import (
     FORCE_DELETE,
     Connection,
@@ -172,6 +172,8 @@ def _finish(
         requeue_after=0.0 if ours and not closed else None,
         events=(_end_event(phase, patch),) if patch is not None else (),
         report_done=o.report is not None,
+        # Counted once: when the status that ends it is written.
+        charge=tokens_spent(patch) if patch is not None and not is_terminal(o.body) else 0,
         outcome=outcome,
     )
 

@@ -310,6 +310,12 @@ def budget_exhausted(policies: Iterable[NamespacePolicy], now: datetime) -> Exha
     )
 
 
+def tokens_spent(status: Mapping[str, Any]) -> int:
+    """The tokens a status says the execution used (status.usage.totalTokens)."""
+    usage = _mapping(status.get("usage"))
+    return _count(usage.get("totalTokens")) or 0
+
+
 def plan_charge(policy: NamespacePolicy, tokens: int, now: datetime) -> dict[str, Any] | None:
     """The policy's status after one more execution of ``tokens`` finished
     (None: no budget to count against). A new period starts from zero."""

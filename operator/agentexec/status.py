@@ -237,15 +237,7 @@ def plan_queued(body: Body, conn: Connection, now: datetime, message: str) -> St
         and not connection_differs(body, conn)
     ):
         return None
-    return _pending(
-        body,
-        conn,
-        now,
-        queued=timestamp(_queued(body, now)),
-        attempts=_attempts(body),
-        why=[Condition(WORKFLOW_STARTED, "False", QUEUED, message)],
-        waiting_for="its start",
-    )
+    return _waiting_turn(body, conn, now, QUEUED, message, "its start")
 
 
 def plan_held(
@@ -262,6 +254,15 @@ def plan_held(
         and not connection_differs(body, conn)
     ):
         return None
+    return _waiting_turn(
+        body, conn, now, reason, message, "its turn in the namespace's ExecutionPolicy"
+    )
+
+
+def _waiting_turn(
+    body: Body, conn: Connection, now: datetime, reason: str, message: str, waiting_for: str
+) -> StatusPatch:
+    """Pending, not started for ``reason``, queued since it first waited."""
     return _pending(
         body,
         conn,
@@ -269,7 +270,7 @@ def plan_held(
         queued=timestamp(_queued(body, now)),
         attempts=_attempts(body),
         why=[Condition(WORKFLOW_STARTED, "False", reason, message)],
-        waiting_for="its turn in the namespace's ExecutionPolicy",
+        waiting_for=waiting_for,
     )
 
 

@@ -1,32 +1,22 @@
 """ExecutionPolicy in the operator (issue #22): real control plane, Temporal
 and operator process, no admission policy installed (as when admission is
 bypassed): denied before any workflow, a running quota kept in creation
-order, namespaces served fairly at the start rate, a namespace budget."""
+order, namespaces served fairly at the start rate, another install's reports
+refused. A namespace's token budget: tests/e2e/test_budgets.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
 
 from localenv.kube import ControlPlane
-from localenv.openai_server import OpenAIServer
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
 from tests.e2e.test_agents import apply_agent
-from tests.e2e.test_chat import (  # noqa: F401 (the module-scoped server fixture)
-    KEY,
-    apply_chat_agent,
-    chat_runner,
-    finished,
-    openai_server,
-    providers_file,
-)
 from tests.support.operator import OperatorProcess
 from tests.support.waiting import eventually
 
@@ -161,51 +151,3 @@ async def test_a_busy_namespace_does_not_delay_another_s_first_start(
     )
     assert backlog > 50, backlog  # the busy namespace was still far from done
     assert waited < 5, f"waited {waited:.1f} s behind a backlog of {backlog}"
-
-
-async def test_a_spent_namespace_budget_holds_new_executions_until_raised(
-    control_plane: ControlPlane,
-    temporal: TemporalDevServer,
-    namespace: str,
-    make_operator: MakeOperator,
-    openai_server: OpenAIServer,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    operator = make_operator(AGENTEXEC_RUNNER_ENABLED="false")
-    providers = providers_file(tmp_path / "providers", openai_server.base_url, KEY)
-    runner = chat_runner(tmp_path, temporal, operator.runner_queue, providers)
-    try:
-        apply_chat_agent(control_plane, namespace)
-        apply_policy(control_plane, namespace, budget={"tokens": 10, "period": "Day"})
-        await asyncio.sleep(1)
-        aex.create(control_plane, namespace, "spends", "hello?", agent="assistant")
-        spent = await finished(control_plane, namespace, "spends")
-        assert aex.phase(spent) == "Succeeded", aex.summary(spent)
-        tokens = spent["status"]["usage"]["totalTokens"]
-        policy: Any = await eventually(
-            lambda: control_plane.kubectl_json("get", "-n", namespace, "executionpolicy", "limits"),
-            lambda p: p.get("status", {}).get("budget", {}).get("used") == tokens,
-            timeout=30,
-            what="the tokens counted in the policy's status",
-        )
-        assert policy["status"]["budget"]["executions"] == 1
-        assert f'agentexec_namespace_tokens_used{{namespace="{namespace}",period="Day",' \
-            f'policy="limits"}} {float(tokens)}' in operator.metrics()  # fmt: skip
-        aex.create(control_plane, namespace, "waits", "hello again?", agent="assistant")
-        held = await eventually(
-            lambda: aex.condition(aex.get(control_plane, namespace, "waits"), "WorkflowStarted"),
-            lambda cond: cond.get("reason") == "BudgetExhausted",
-            timeout=30,
-            what="the next one held by the budget",
-        )
-        assert f"spent {tokens} of its 10 tokens this day" in held["message"]
-        await asyncio.sleep(3)
-        assert aex.phase(aex.get(control_plane, namespace, "waits")) == "Pending"
-        control_plane.kubectl(
-            "patch", "-n", namespace, "executionpolicy", "limits", "--type=merge",
-            "-p", json.dumps({"spec": {"budget": {"tokens": 1_000_000, "period": "Day"}}}),
-        )  # fmt: skip
-        raised = await finished(control_plane, namespace, "waits")
-        assert aex.phase(raised) == "Succeeded", aex.summary(raised)
-    finally:
-        runner.stop()

@@ -44,6 +44,7 @@ class FakeKube:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.agents: dict[tuple[str, str], dict[str, Any]] = {}
         self.approvals: dict[tuple[str, str], dict[str, Any]] = {}
+        self.policies: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
         self.events: list[dict[str, Any]] = []
 
@@ -90,6 +91,24 @@ class FakeKube:
         held["metadata"]["resourceVersion"] = str(next(_rv))
         return copy.deepcopy(held)
 
+    async def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get-policy", name))
+        held = self.policies.get((namespace, name))
+        return copy.deepcopy(held) if held is not None else None
+
+    async def write_policy_status(
+        self, namespace: str, name: str, resource_version: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append(("policy-status", name))
+        held = self.policies.get((namespace, name))
+        if held is None:
+            raise KubeError(404, "not found")
+        if held["metadata"]["resourceVersion"] != resource_version:
+            raise KubeError(409, "the object has been modified")
+        held["status"] = {**held.get("status", {}), **status}
+        held["metadata"]["resourceVersion"] = str(next(_rv))
+        return copy.deepcopy(held)
+
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append(("get", name))
         held = self.objects.get((namespace, name))
@@ -119,7 +138,9 @@ class FakeKube:
 
     def writes(self) -> list[tuple[str, str]]:
         return [
-            c for c in self.calls if c[0] in ("status", "finalizers", "delete", "approval-status")
+            c
+            for c in self.calls
+            if c[0] in ("status", "finalizers", "delete", "approval-status", "policy-status")
         ]
 
 

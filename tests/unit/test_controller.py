@@ -18,7 +18,14 @@ from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, PLURAL
 from agentexec.metrics import Metrics
 from agentexec.settings import Settings
 from agentexec.status import FINALIZER
-from agentexec.temporal.types import Answer, ExecutionRef, ExecutionResult, Outcome, StatusReport
+from agentexec.temporal.types import (
+    Answer,
+    ExecutionRef,
+    ExecutionResult,
+    Outcome,
+    StatusReport,
+    Usage,
+)
 from agentexec.workqueue import GONE, Verdict
 from tests.unit.fakes import FakeKube, FakeManager, FakeVisibility, execution, next_rv
 
@@ -415,14 +422,14 @@ async def test_spec_suspend_reaches_the_running_workflow_and_is_said_once() -> N
 async def test_a_report_of_another_install_s_workflow_is_refused_loudly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Issue #22: a report on a queue this install does not start workflows
-    on, or about a namespace it does not watch, is another install's: refused
-    (retried, so its own operator takes it), counted and logged, never
-    acknowledged as if written."""
-    controller, _, _ = make(watch_namespaces=("ns",))
+    """Issue #22: a report whose workflow another install started, or about a
+    namespace this install does not watch, is another install's (both poll one
+    task queue): refused (retried, so its own operator takes it), counted and
+    logged, never acknowledged as if written."""
+    controller, _, _ = make(watch_namespaces=("ns",), install="team-a.agentexec")
     lead(controller)
-    other = replace(report("u1"), task_queue="other.rel-executions")
-    with pytest.raises(ApplicationError, match="not this install's 'agentexec-executions'") as err:
+    other = replace(report("u1"), install="team-b.agentexec")
+    with pytest.raises(ApplicationError, match=r"started by install 'team-b\.agentexec'") as err:
         await controller.report_status(other)
     assert err.value.type == "ForeignReport"
     assert not err.value.non_retryable
@@ -433,4 +440,86 @@ async def test_a_report_of_another_install_s_workflow_is_refused_loudly(
     assert sample("agentexec_foreign_reports_total", {"reason": "other_install"}) == 1
     assert sample("agentexec_foreign_reports_total", {"reason": "unknown_execution"}) == 1
     assert len(controller.reports) == 0
+    # Its own workflows' reports, and those of workflows started before
+    # workflows said their install, are taken.
+    for taken in (replace(report("u3"), install="team-a.agentexec"), report("u4")):
+        waiting = asyncio.create_task(controller.report_status(taken))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        waiting.cancel()
+    assert len(controller.reports) == 2
     assert "refused a report of a workflow that is not this install's" in caplog.text
+
+
+# ----- #22: ExecutionPolicy budgets and quotas, through reconcile ----------------------
+
+
+def execution_policy(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "limits", "namespace": "ns", "uid": "p", "resourceVersion": next_rv()},
+        "spec": spec,
+    }
+
+
+def running(name: str, uid: str) -> dict[str, Any]:
+    body = execution(name, uid=uid)
+    body["metadata"]["finalizers"] = [FINALIZER]
+    workflow = {"id": f"agentexec/ns/{name}/{uid}", "runId": "r", "namespace": "default"}
+    return {**body, "status": {"phase": "Running", "workflow": workflow}}
+
+
+def spent(name: str, uid: str, tokens: int) -> StatusReport:
+    return StatusReport(
+        ref=ExecutionRef("ns", name, uid),
+        result=ExecutionResult(phase="Succeeded", output="done", usage=Usage(0, tokens, tokens)),
+        workflow_id=f"agentexec/ns/{name}/{uid}",
+        run_id="r",
+        namespace="default",
+        task_queue="agentexec-executions",
+    )
+
+
+async def test_a_finished_execution_s_tokens_are_counted_once_against_the_budget() -> None:
+    """The status that ends an execution is written, then its tokens are added
+    to its namespace's budget (the policy's status, against its
+    resourceVersion: a policy changed meanwhile is read again and counted)."""
+    controller, kube, _ = make()
+    lead(controller)
+    policy = kube.policies[("ns", "limits")] = execution_policy(
+        budget={"tokens": 1000, "period": "Day"}
+    )
+    controller.on_policy_event("ADDED", policy)
+    for name, uid in (("a", "u1"), ("b", "u2")):
+        created(controller, kube, running(name, uid))
+    controller.reports.submit(spent("a", "u1", 30))
+    await controller.reconciler.reconcile(("ns", "a"))
+    budget = kube.policies[("ns", "limits")]["status"]["budget"]
+    assert (budget["used"], budget["executions"]) == (30, 1)
+    await controller.reconciler.reconcile(("ns", "a"))  # ended already: not again
+    # The platform team edits the policy; the cache has not seen it yet.
+    kube.policies[("ns", "limits")]["metadata"]["resourceVersion"] = next_rv()
+    controller.reports.submit(spent("b", "u2", 12))
+    await controller.reconciler.reconcile(("ns", "b"))
+    budget = kube.policies[("ns", "limits")]["status"]["budget"]
+    assert (budget["used"], budget["executions"]) == (42, 2)
+    charged = [w for w in kube.writes() if w[0] == "policy-status"]
+    assert charged == [("policy-status", "limits")] * 3  # the 409 included
+    assert controller.policies.of("ns")[0].used == 42
+
+
+async def test_a_slot_freed_by_an_execution_ending_wakes_the_oldest_waiting_one() -> None:
+    controller, kube, gateway = make()
+    lead(controller)
+    controller.on_policy_event("ADDED", execution_policy(concurrency={"maxRunning": 1}))
+    created(controller, kube, running("a", "u1"))
+    created(controller, kube, execution("b", uid="u2"))
+    await controller.reconciler.reconcile(("ns", "b"))
+    held = c.condition_of(kube.objects[("ns", "b")], c.WORKFLOW_STARTED) or {}
+    assert held.get("reason") == c.QUOTA_EXCEEDED
+    assert not any(call[0] == "start" for call in gateway.calls)
+    controller.queue.clear()
+    controller.reports.submit(spent("a", "u1", 0))
+    await controller.reconciler.reconcile(("ns", "a"))
+    assert len(controller.queue) == 1  # "b", woken without a timer
+    await controller.reconciler.reconcile(("ns", "b"))
+    assert ("start", "agentexec/ns/b/u2") in gateway.calls

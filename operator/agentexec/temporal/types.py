@@ -96,6 +96,10 @@ class ExecutionInput:
     backoff_limit: int = 2  # failures of the agent or its provider retried; then Failed
     max_disruptions: int = 10  # attempts cut short by the platform; then Failed/Disrupted
     deadline_field: str = "timeoutSeconds"
+    # The install that started the workflow (AGENTEXEC_INSTALL; issue #22),
+    # carried into its reports: an operator refuses another install's. Empty
+    # in workflows started before it: their reports are taken as before.
+    install: str = ""
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,7 @@ class StatusReport:
     # The agent loop's status fields (progress, pendingApproval, lastApproval),
     # already in the resource's casing: see temporal/steps.py.
     progress: dict[str, Any] | None = None
+    install: str = ""  # ExecutionInput.install of the workflow ("": unknown)
 
 
 @dataclass(frozen=True)
