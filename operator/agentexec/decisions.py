@@ -164,6 +164,9 @@ class Quota:
     limit: int  # concurrency.maxRunning (the smallest of the namespace's policies)
     running: int  # executions of the namespace with a workflow, or a start in flight
     ahead: int  # older executions of the namespace waiting to start
+    # Older executions whose start is in flight (counted in running): a
+    # younger one's start waits for theirs, so that they start in order.
+    in_flight: int = 0
 
 
 @dataclass(frozen=True)

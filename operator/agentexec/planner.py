@@ -481,7 +481,7 @@ def _held(o: Observed) -> Decision | None:
             status=plan_held(o.body, o.conn, o.now, QUOTA_EXCEEDED, message),
             outcome="quota-exceeded",
         )
-    if quota is not None and quota.ahead > 0:
+    if quota is not None and (quota.ahead > 0 or quota.in_flight > 0):
         # Room for it too, but older ones are on their way to their start:
         # it goes right after them (creation order), saying nothing meanwhile.
         return Decision(requeue_after=AFTER_OLDER, outcome="after-older")

@@ -5,8 +5,9 @@ Read by reconcile before each decision (the decision itself is the planner's,
 pure: policy.py and planner._held); no I/O here. The quota counts executions
 with a workflow that has not finished, plus starts in flight in this process,
 and the older executions of the namespace still waiting: each starts only
-when those before it have their slots, so they start in the order created.
-Nothing is counted for a namespace without a quota.
+when those before it have their workflows (an older start in flight is
+waited for, not raced), so they start in the order created. Nothing is
+counted for a namespace without a quota, or with room for all it holds.
 """
 
 from __future__ import annotations
@@ -60,15 +61,18 @@ class Tenancy:
         if self.cache.count_unfinished(key[0]) <= limit:
             return policies, None  # room for every one of them: nothing to order
         mine = creation_order(body)
-        running = ahead = 0
+        running = ahead = in_flight = 0
         for other_key, other in self.cache.unfinished(key[0]):
             if other_key == key:
                 continue
-            if holds_a_slot(other) or other_key in self.starting:
+            if holds_a_slot(other):
                 running += 1
+            elif other_key in self.starting:
+                running += 1
+                in_flight += creation_order(other) < mine
             elif waits_for_a_slot(other) and creation_order(other) < mine:
                 ahead += 1
-        return policies, Quota(limit=limit, running=running, ahead=ahead)
+        return policies, Quota(limit, running, ahead, in_flight)
 
     def next_in_line(self, namespace: str) -> list[Key]:
         """The namespace's waiting executions that may start now, oldest first

@@ -97,8 +97,14 @@ def test_while_temporal_is_down_it_waits_for_temporal_first() -> None:
 
 
 def test_room_in_the_quota_but_older_ones_first_looks_again_without_writing() -> None:
-    decision, _ = step(observed(unstarted(), quota=Quota(limit=3, running=0, ahead=2)))
-    assert decision.request is None
-    assert decision.status is None
-    assert decision.outcome == "after-older"
-    assert decision.requeue_after == planner.AFTER_OLDER
+    # Older ones waiting, or an older one's start still in flight: its own
+    # start would race theirs (they start in the order created).
+    for quota in (
+        Quota(limit=3, running=0, ahead=2),
+        Quota(limit=3, running=1, ahead=0, in_flight=1),
+    ):
+        decision, _ = step(observed(unstarted(), quota=quota))
+        assert decision.request is None
+        assert decision.status is None
+        assert decision.outcome == "after-older"
+        assert decision.requeue_after == planner.AFTER_OLDER

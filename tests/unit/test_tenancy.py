@@ -51,7 +51,7 @@ def test_the_quota_counts_running_ones_and_older_waiting_ones() -> None:
     assert quota == Quota(limit=2, running=1, ahead=2)
     t.starting.add(("a", "w1"))  # its start is in flight: it holds a slot
     _, quota = t.observe(("a", "w2"), execution("w2"))
-    assert quota == Quota(limit=2, running=2, ahead=0)
+    assert quota == Quota(limit=2, running=2, ahead=0, in_flight=1)
     assert t.next_in_line("a") == []
     t.starting.clear()
     assert t.next_in_line("a") == [("a", "w1")]
