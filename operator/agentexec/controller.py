@@ -262,9 +262,12 @@ class Controller:
     def on_policy_event(self, event_type: str | None, body: Body) -> None:
         """An ExecutionPolicy watch event: cache it, and enqueue the namespace's
         executions that have not started (a rule, the quota or the budget
-        changed for them)."""
+        changed for them). The echo of our own status write (a finished
+        execution's tokens counted) is nothing new: it enqueues nothing."""
         if event_type == "DELETED":
             self.policies.remove(body)
+        elif self.policies.holds(body):
+            return
         else:
             self.policies.put(body)
         namespace = (body.get("metadata") or {}).get("namespace")

@@ -109,6 +109,18 @@ class PolicyCache:
         held[policy.name] = policy
         return policy
 
+    def holds(self, body: Body) -> bool:
+        """Whether this version of the policy, or a newer one, is held already
+        (the watch's echo of our own status write: nothing new to decide on)."""
+        meta = _mapping(body.get("metadata"))
+        old = self._policies.get(str(meta.get("namespace", "")), {}).get(str(meta.get("name", "")))
+        given = meta.get("resourceVersion")
+        return (
+            old is not None
+            and given is not None
+            and (old.resource_version == given or _newer(old.resource_version, given))
+        )
+
     def remove(self, body: Body) -> None:
         meta = _mapping(body.get("metadata"))
         held = self._policies.get(str(meta.get("namespace", "")), {})

@@ -105,13 +105,17 @@ async def test_a_running_quota_holds_the_rest_and_starts_them_in_creation_order(
     assert most <= 3, most
     assert most == 3, most  # the quota was used, not just respected
     assert seen_held
-    # Started in the order created: Temporal's own start times.
+    # Temporal's own start times: the three the quota had room for started
+    # first (at once, in parallel: in any order among themselves), and each
+    # one past it after every older one, in the order created.
     client = await Client.connect(temporal.address)
     started = {}
     for obj in objs:
         desc = await client.get_workflow_handle(obj["status"]["workflow"]["id"]).describe()
         started[obj["metadata"]["name"]] = desc.start_time
-    assert sorted(started, key=lambda n: started[n]) == names
+    in_order = sorted(started, key=lambda n: started[n])
+    assert set(in_order[:3]) == set(names[:3]), in_order
+    assert in_order[3:] == names[3:], in_order
     assert set(await aex.workflow_runs(temporal.address, operator.task_queue)) == {
         o["status"]["workflow"]["id"] for o in objs
     }

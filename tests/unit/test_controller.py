@@ -523,3 +523,28 @@ async def test_a_slot_freed_by_an_execution_ending_wakes_the_oldest_waiting_one(
     assert len(controller.queue) == 1  # "b", woken without a timer
     await controller.reconciler.reconcile(("ns", "b"))
     assert ("start", "agentexec/ns/b/u2") in gateway.calls
+
+
+async def test_a_policy_change_wakes_the_namespace_s_unstarted_ones_but_our_own_echo_does_not() -> (
+    None
+):
+    controller, kube, _ = make()
+    lead(controller)
+    policy = kube.policies[("ns", "limits")] = execution_policy(
+        budget={"tokens": 1000, "period": "Day"}
+    )
+    controller.on_policy_event("ADDED", policy)
+    created(controller, kube, running("a", "u1"))
+    created(controller, kube, execution("b", uid="u2"))  # not started
+    controller.queue.clear()
+    controller.reports.submit(spent("a", "u1", 30))
+    await controller.reconciler.reconcile(("ns", "a"))
+    controller.queue.clear()
+    controller.on_policy_event("MODIFIED", kube.policies[("ns", "limits")])  # our write's echo
+    assert len(controller.queue) == 0
+    raised = kube.policies[("ns", "limits")]
+    raised["spec"]["budget"]["tokens"] = 5000
+    raised["metadata"]["resourceVersion"] = next_rv()
+    controller.on_policy_event("MODIFIED", raised)  # the platform team's edit
+    assert len(controller.queue) == 1  # "b"
+    assert controller.policies.of("ns")[0].budget_tokens == 5000
