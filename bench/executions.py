@@ -15,12 +15,17 @@ operator as a process (localenv, tests/support). Figures:
   (e) restart with R executions kept, 90 % of them finished: operator ready ->
       first new execution started, the API requests the start-up made, and
       the operator's RSS per execution kept.
+  (f) with --policy-rounds P, instead of (a)-(e): P rounds each of (a) and (c)
+      without and with an ExecutionPolicy in the namespace (allow-lists, a
+      running quota and a token budget that never bind), alternating in one
+      environment (ABBA...): what the checks cost (issue #22); and the CPU
+      time of one decision with and without it, measured in this process.
 
 Each figure is the median of --repeat runs, each in a fresh environment
 (control plane, Temporal, operator); every run's own figures are printed too.
 
 Usage: python bench/executions.py [--latency 200] [--outage 500] [--throughput 1000]
-                                  [--restart 10000] [--repeat 3]
+                                  [--restart 10000] [--repeat 3] [--policy-rounds 0]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import statistics
@@ -37,6 +43,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,18 +235,134 @@ ENV_VARS = {"AGENTEXEC_CONDITION_SYNC_SECONDS": "2", "AGENTEXEC_SWEEP_SECONDS": 
 
 
 async def main(
-    latency_n: int, outage_n: int, throughput_n: int, restart_n: int, repeat: int
+    latency_n: int,
+    outage_n: int,
+    throughput_n: int,
+    restart_n: int,
+    repeat: int,
+    policy_rounds: int = 0,
 ) -> None:
     runs: list[dict[str, float]] = []
     for run in range(1, repeat + 1):
         print(f"run {run}/{repeat} (fresh control plane, Temporal and operator)", flush=True)
+        if policy_rounds:
+            async with bench_env("bench", ENV_VARS) as env:
+                runs.append(await measure_policy(env, latency_n, throughput_n, policy_rounds))
+            continue
         async with bench_env("bench", ENV_VARS) as env:
             r = await measure(env, latency_n, outage_n, throughput_n)
         if restart_n:
             async with bench_env("restart", ENV_VARS) as env:
                 r.update(await measure_restart(env, restart_n))
         runs.append(r)
-    report(runs, latency_n, outage_n, throughput_n, restart_n)
+    if policy_rounds:
+        report_policy(runs, latency_n, throughput_n, policy_rounds)
+    else:
+        report(runs, latency_n, outage_n, throughput_n, restart_n)
+
+
+def decision_cost(policy: dict[str, Any] | None, held: int = 1000, n: int = 2000) -> float:
+    """Microseconds per decision of an unstarted execution (tenancy and
+    planner, what reconcile runs before it asks for a start turn) in a
+    namespace holding ``held`` unfinished executions."""
+    from agentexec import planner
+    from agentexec.cache import ExecutionCache
+    from agentexec.decisions import Config, Observed
+    from agentexec.policy import PolicyCache
+    from agentexec.status import Connection
+    from agentexec.tenancy import Tenancy
+
+    cache, policies = ExecutionCache(), PolicyCache()
+    if policy is not None:
+        policies.put({**policy, "metadata": {"name": "limits", "namespace": "ns"}})
+    bodies = []
+    for i in range(held):
+        body = {
+            "metadata": {"name": f"e{i}", "namespace": "ns", "uid": f"u{i}",
+                         "resourceVersion": "1", "creationTimestamp": "2026-12-03T10:00:00Z"},
+            "spec": {"agent": "echo", "message": "hi"},
+            "status": {},
+        }  # fmt: skip
+        cache.put(("ns", f"e{i}"), body)
+        bodies.append(body)
+    tenancy = Tenancy(cache, policies)
+    conn = Connection(True, "Connected", "connected")
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for i in range(n):
+        body = bodies[i % held]
+        key = ("ns", f"e{i % held}")
+        found, quota = tenancy.observe(key, body)
+        planner.decide(Observed(body=body, conn=conn, now=now, config=Config(),
+                                policies=found, quota=quota, agent_read=True))  # fmt: skip
+    return (time.perf_counter() - started) / n * 1e6
+
+
+POLICY = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "ExecutionPolicy",
+    "metadata": {"name": "limits"},
+    "spec": {
+        "allowed": {"agentTypes": ["echo"]},
+        "concurrency": {"maxRunning": 100_000},
+        "budget": {"tokens": 10**12, "period": "Day"},
+    },
+}
+
+
+async def measure_policy(
+    env: Env, latency_n: int, throughput_n: int, rounds: int
+) -> dict[str, float]:
+    """(f) ``rounds`` rounds each way of (a) and (c), without and with an
+    ExecutionPolicy, alternating in this environment (the machine's load
+    drifts by more than the difference between two runs): ABBA order, so a
+    drift during the rounds weighs on both sides alike."""
+    kube, observer, ns = env.kube, env.observer, env.namespace
+    env.plane.kubectl("wait", "--for=condition=Established", "crd/executionpolicies.agentexec.io")
+    policy = json.dumps(POLICY)
+    order = [n % 4 in (1, 2) for n in range(2 * rounds)]  # off, on, on, off, ...
+    measured: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for n, with_policy in enumerate(order):
+        verb = "apply" if with_policy else "delete"
+        env.plane.kubectl(verb, "-n", ns, "-f", "-", stdin=policy, check=with_policy)
+        await asyncio.sleep(1)  # the operator's watch delivers it
+        lat = await started_one_by_one(env, [f"f{n}-lat-{i}" for i in range(latency_n)], 30)
+        names = [f"f{n}-tp-{i}" for i in range(throughput_n)]
+        t0 = time.monotonic()
+        await create_many(kube, ns, names)
+        await observer.until(observer.done, names, 600)
+        measured[with_policy].append((pct(lat, 0.99), time.monotonic() - t0))
+        print(
+            f"    round {n}: policy {'on ' if with_policy else 'off'}: (a) p99 "
+            f"{measured[with_policy][-1][0] * 1000:.0f} ms, (c) "
+            f"{measured[with_policy][-1][1]:.1f} s",
+            flush=True,
+        )
+    r: dict[str, float] = {}
+    for with_policy, label in ((False, "f_off"), (True, "f_on")):
+        r[f"{label}_a99"] = statistics.median(x[0] for x in measured[with_policy])
+        r[f"{label}_c_op"] = statistics.median(x[1] for x in measured[with_policy])
+    r["f_c"] = r["f_on_c_op"] / r["f_off_c_op"]
+    # The CPU the checks take, measured directly (the rounds above are at the
+    # mercy of the machine's load): one decision of an unstarted execution
+    # with and without the policy, as a share of (c)'s time per execution.
+    costs: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(5):  # alternating; the least of each is the least disturbed
+        costs[False].append(decision_cost(policy=None))
+        costs[True].append(decision_cost(POLICY))
+    r["f_us_off"], r["f_us_on"] = min(costs[False]), min(costs[True])
+    per_execution = r["f_off_c_op"] / throughput_n
+    r["f_cpu_share"] = 3 * (r["f_us_on"] - r["f_us_off"]) / 1e6 / per_execution
+    print(
+        f"(f) {throughput_n} echo executions and {latency_n} one by one, {rounds} rounds each "
+        f"way, alternating: with an ExecutionPolicy (c) {r['f_on_c_op']:.1f} s vs "
+        f"{r['f_off_c_op']:.1f} s without ({(r['f_c'] - 1) * 100:+.1f} %), (a) p99 "
+        f"{r['f_on_a99'] * 1000:.0f} ms vs {r['f_off_a99'] * 1000:.0f} ms; a decision costs "
+        f"{r['f_us_on']:.0f} us with it, {r['f_us_off']:.0f} us without: "
+        f"{r['f_cpu_share'] * 100:.3f} % of (c)'s time per execution at three decisions each",
+        flush=True,
+    )
+    return r
 
 
 async def measure(env: Env, latency_n: int, outage_n: int, throughput_n: int) -> dict[str, float]:
@@ -427,6 +550,31 @@ def report(
         )
 
 
+def report_policy(
+    runs: list[dict[str, float]], latency_n: int, throughput_n: int, rounds: int
+) -> None:
+    m = {key: median_of(runs, key) for key in runs[0]}
+    print(f"\n(f) with an ExecutionPolicy vs without (median of {len(runs)} runs, "
+          f"{rounds} alternating rounds each way in each)")  # fmt: skip
+    print("| figure | with | without | runs (with / without) | target |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| (c) {throughput_n} echo executions | {m['f_on_c_op']:.1f} s | {m['f_off_c_op']:.1f} s "
+        f"| {each(runs, 'f_c', '.3f')} | <= +5 %: "
+        f"{'met' if m['f_c'] <= 1.05 else 'MISSED'} ({(m['f_c'] - 1) * 100:+.1f} %) |"
+    )
+    print(
+        f"| (a) p99, {latency_n} one by one | {m['f_on_a99'] * 1000:.0f} ms "
+        f"| {m['f_off_a99'] * 1000:.0f} ms | {each(runs, 'f_on_a99', '.0f', 1000)} / "
+        f"{each(runs, 'f_off_a99', '.0f', 1000)} ms | no change beyond noise |"
+    )
+    print(
+        f"| one decision (CPU, in process) | {m['f_us_on']:.0f} us | {m['f_us_off']:.0f} us "
+        f"| {each(runs, 'f_us_on', '.0f')} / {each(runs, 'f_us_off', '.0f')} us "
+        f"| {m['f_cpu_share'] * 100:.3f} % of (c) per execution |"
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -436,5 +584,17 @@ if __name__ == "__main__":
     parser.add_argument("--throughput", type=int, default=1000)
     parser.add_argument("--restart", type=int, default=10000, help="0 skips (e)")
     parser.add_argument("--repeat", type=int, default=3, help="fresh runs; figures are medians")
+    parser.add_argument(
+        "--policy-rounds", type=int, default=0, help="> 0: only (f), in so many rounds each way"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.latency, args.outage, args.throughput, args.restart, args.repeat))
+    asyncio.run(
+        main(
+            args.latency,
+            args.outage,
+            args.throughput,
+            args.restart,
+            args.repeat,
+            args.policy_rounds,
+        )
+    )

@@ -155,6 +155,17 @@ class AgentCache:
         del self._agents[key]
         return True
 
+    def absent(
+        self, namespace: str | None, listed: Mapping[tuple[str, str], str]
+    ) -> list[dict[str, Any]]:
+        """The Agents held in ``namespace`` (None: all) that a complete listing
+        (key: uid) does not have: deleted while the watch was away."""
+        return [
+            body
+            for key, body in self._agents.items()
+            if (namespace is None or key[0] == namespace) and listed.get(key) != _uid(body)
+        ]
+
 
 def _key(body: Body) -> tuple[str, str] | None:
     meta = _mapping(body.get("metadata"))

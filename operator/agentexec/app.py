@@ -20,7 +20,6 @@ from agentexec.http import build_app, build_secure_app, build_server_tls, livene
 from agentexec.kube import Kube, TokenAuthorizer
 from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
-from agentexec.policy import PolicyCache
 from agentexec.runner import configure_agents, load_agents
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY
@@ -109,8 +108,6 @@ async def _first(*awaitables: Any) -> None:
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
-    policies = PolicyCache()
-    metrics.budgets = policies.all
     codec = build_codec(settings.payload_keys_dir, settings.payload_key_id)
     kube = await Kube.connect()
     manager = TemporalManager(
@@ -208,6 +205,7 @@ async def run(settings: Settings) -> None:
         },
     )
     kopf_stop = asyncio.Event()
+    unhook = handlers.hook_listings(controller.on_listed)
     try:
         async with manager:
             # Another install polling our queues would take our tasks: said at start.
@@ -224,7 +222,7 @@ async def run(settings: Settings) -> None:
                     clusterwide=not settings.watch_namespaces,
                     namespaces=settings.watch_namespaces,
                     standalone=True,
-                    memo=kopf.Memo(settings=settings, controller=controller, policies=policies),
+                    memo=kopf.Memo(settings=settings, controller=controller),
                     stop_flag=kopf_stop,
                     ready_flag=ready,
                 ),
@@ -253,6 +251,7 @@ async def run(settings: Settings) -> None:
         except Exception as exc:
             log.warning("kopf stopped with an error", extra={"error": str(exc)[:300]})
     finally:
+        unhook()
         await http.cleanup()
         if secure_http is not None:
             await secure_http.cleanup()

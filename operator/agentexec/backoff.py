@@ -49,6 +49,11 @@ REDIAL_CIRCUIT_CAP = 300.0
 WORKER_RESTART = Backoff(base=1.0, cap=10.0, jitter=0.0)
 # A background loop (sweep, connection trigger, ...) that raised.
 LOOP = Backoff(base=1.0, cap=30.0)
+# A start Temporal refuses (permission denied, invalid argument, rate limited)
+# is retried on the RECONCILE backoff this many times in a row, about three
+# minutes, before the execution fails with StartRejected (the queue TTL ends
+# it sooner when shorter).
+START_REFUSED_BUDGET = 12
 # Attempts of an agent that failed (each spends one of spec.backoffLimit): a
 # Job re-creates its pods 10 s, 20 s, 40 s ... apart; an agent's failures are
 # mostly quick, so ours start at a second. A runner's next_retry_delay wins.

@@ -9,13 +9,14 @@ progress or last-handled annotations).
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kopf
+from kopf._cogs.clients import watching as kopf_watching
 
 from agentexec.controller import Controller
 from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, GROUP, PLURAL, POLICY_PLURAL, VERSION
-from agentexec.policy import PolicyCache
 
 registry = kopf.OperatorRegistry()
 log = logging.getLogger("agentexec.handlers")
@@ -74,11 +75,53 @@ async def observe_approval(
 
 @kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry)
 async def observe_policy(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    # ExecutionPolicies are only read here (their status is the ledger's).
-    policies: PolicyCache = memo.policies
+    # ExecutionPolicies: cached, and the executions of their namespace that
+    # have not started enqueued. Their status (the budget's spending) is
+    # written by the reconcile that finishes an execution.
+    controller: Controller = memo.controller
     raw = event.get("object")
-    obj = raw if isinstance(raw, dict) else dict(body)
-    if event.get("type") == "DELETED":
-        policies.remove(obj)
-    else:
-        policies.put(obj)
+    controller.on_policy_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
+
+
+# Whose complete listings replace what the controller holds.
+LISTED_PLURALS = (PLURAL, AGENT_PLURAL, APPROVAL_PLURAL, POLICY_PLURAL)
+Listed = Callable[[str, "str | None", dict[tuple[str, str], str]], None]
+
+
+def hook_listings(on_listed: Listed) -> Callable[[], None]:
+    """Tell ``on_listed(plural, namespace, {key: uid})`` when a listing of our
+    resources is complete; returns the function that undoes the hook.
+
+    kopf 1.45 (``_cogs/clients/watching.py``) lists before it watches, and
+    lists again whenever a watch ends with 410 Gone (the resourceVersion was
+    compacted away, e.g. after an API server outage). Each listing's objects
+    reach handlers as type-None events, and the end of the listing is a
+    ``Bookmark.LISTED`` that kopf keeps to itself; objects deleted while no
+    watch ran get no DELETED event at all. Wrapping ``continuous_watch`` (one
+    call per listing) sees both, so a re-listing replaces our caches instead
+    of merging into them. kopf has no public hook for this; a test checks the
+    wrapper still sees the marker (tests/unit/test_listing_hook.py).
+    """
+    original = kopf_watching.continuous_watch
+
+    async def continuous_watch(**kwargs: Any) -> AsyncIterator[Any]:
+        resource, namespace = kwargs["resource"], kwargs["namespace"]
+        ours = resource.group == GROUP and resource.plural in LISTED_PLURALS
+        listed: dict[tuple[str, str], str] | None = {} if ours else None
+        async for item in original(**kwargs):
+            if listed is not None:
+                if item is kopf_watching.Bookmark.LISTED:
+                    on_listed(resource.plural, namespace, listed)
+                    listed = None
+                elif isinstance(item, dict) and item.get("type") is None:
+                    meta = (item.get("object") or {}).get("metadata") or {}
+                    key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+                    listed[key] = str(meta.get("uid", ""))
+            yield item
+
+    kopf_watching.continuous_watch = continuous_watch
+
+    def undo() -> None:
+        kopf_watching.continuous_watch = original
+
+    return undo

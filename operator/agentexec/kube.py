@@ -277,6 +277,32 @@ class Kube:
                 return None
             raise
 
+    @staticmethod
+    def policy_path(namespace: str, name: str = "", subresource: str = "") -> str:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{POLICY_PLURAL}"
+        return "/".join(p for p in (path, name, subresource) if p)
+
+    async def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One ExecutionPolicy, or None where there is none."""
+        try:
+            return await self.request("GET", self.policy_path(namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def write_policy_status(
+        self, namespace: str, name: str, resource_version: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge ``status`` into an ExecutionPolicy's status (its budget's
+        spending), only if it is still at ``resource_version`` (409 otherwise)."""
+        return await self.request(
+            "PATCH",
+            self.policy_path(namespace, name, "status"),
+            {"metadata": {"resourceVersion": resource_version}, "status": dict(status)},
+            MERGE_PATCH,
+        )
+
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await self.request("GET", self.path(namespace, name))

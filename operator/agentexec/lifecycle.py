@@ -11,19 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agentexec.temporal.types import (
-    RUNNING,
-    SUSPENDED,
-    WAITING_FOR_RUNNER,
-    AgentSpec,
-    AttemptEnd,
-    Attempts,
-    ExecutionResult,
-    Usage,
-)
+from agentexec.conditions import RUNNING, SUSPENDED, WAITING_FOR_RUNNER
+from agentexec.temporal.types import AgentSpec, AttemptEnd, Attempts, ExecutionResult, Usage
 
-SUSPENDED_CONDITION = "Suspended"  # True while spec.suspend is applied
-RESUMED = "Resumed"  # its reason once it is not any more
 DEFAULT_DEADLINE = 3600
 DEFAULT_BACKOFF_LIMIT = 2
 # Progress reports that are news, not trouble: Normal events (the others,

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from agentexec.conditions import parse_time, timestamp
+
 Body = Mapping[str, Any]
 PERIODS = ("Hour", "Day", "Week", "Month")
 # Agent types that call a model provider: with allowed.providers set, one of
@@ -76,24 +78,18 @@ def build_policy(body: Body) -> NamespacePolicy:
         max_running=_count(_mapping(spec.get("concurrency")).get("maxRunning")),
         budget_tokens=_count(budget.get("tokens")),
         budget_period=period if period in PERIODS else None,
-        period_start=_parse_time(started),
+        period_start=parse_time(started),
         used=_count(status.get("used")) or 0,
         counted=_count(status.get("executions")) or 0,
         resource_version=meta.get("resourceVersion"),
     )
 
 
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
+def _newer(held: str | None, given: str | None) -> bool:
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return int(held or "") > int(given or "")
     except ValueError:
-        return None
-
-
-def _stamp(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return False
 
 
 class PolicyCache:
@@ -103,14 +99,44 @@ class PolicyCache:
         self._policies: dict[str, dict[str, NamespacePolicy]] = {}
 
     def put(self, body: Body) -> NamespacePolicy:
+        """Hold ``body`` unless a newer version of it is held (our own status
+        write is newer than the watch's late echo of the version before)."""
         policy = build_policy(body)
-        self._policies.setdefault(policy.namespace, {})[policy.name] = policy
+        held = self._policies.setdefault(policy.namespace, {})
+        old = held.get(policy.name)
+        if old is not None and _newer(old.resource_version, policy.resource_version):
+            return old
+        held[policy.name] = policy
         return policy
+
+    def holds(self, body: Body) -> bool:
+        """Whether this version of the policy, or a newer one, is held already
+        (the watch's echo of our own status write: nothing new to decide on)."""
+        meta = _mapping(body.get("metadata"))
+        old = self._policies.get(str(meta.get("namespace", "")), {}).get(str(meta.get("name", "")))
+        given = meta.get("resourceVersion")
+        return (
+            old is not None
+            and given is not None
+            and (old.resource_version == given or _newer(old.resource_version, given))
+        )
 
     def remove(self, body: Body) -> None:
         meta = _mapping(body.get("metadata"))
         held = self._policies.get(str(meta.get("namespace", "")), {})
         held.pop(str(meta.get("name", "")), None)
+
+    def absent(
+        self, namespace: str | None, listed: Mapping[tuple[str, str], str]
+    ) -> list[dict[str, Any]]:
+        """The policies held in ``namespace`` (None: all) that a complete listing
+        (key: uid) no longer has, as bodies for a DELETED event."""
+        return [
+            {"metadata": {"namespace": p.namespace, "name": p.name}}
+            for p in self.all()
+            if (namespace is None or p.namespace == namespace)
+            and (p.namespace, p.name) not in listed
+        ]
 
     def of(self, namespace: str) -> list[NamespacePolicy]:
         """The namespace's policies, by name (none: unrestricted)."""
@@ -291,9 +317,15 @@ def budget_exhausted(policies: Iterable[NamespacePolicy], now: datetime) -> Exha
     return Exhausted(
         message=f"ExecutionPolicy {p.name!r}: the namespace spent {used} of its "
         f"{p.budget_tokens} tokens this {str(p.budget_period).lower()} (budget.tokens); the "
-        f"execution starts when the period rolls over at {_stamp(end)} or the budget is raised",
+        f"execution starts when the period rolls over at {timestamp(end)} or the budget is raised",
         retry_after=max(0.0, (end - now).total_seconds()) + 0.5,
     )
+
+
+def tokens_spent(status: Mapping[str, Any]) -> int:
+    """The tokens a status says the execution used (status.usage.totalTokens)."""
+    usage = _mapping(status.get("usage"))
+    return _count(usage.get("totalTokens")) or 0
 
 
 def plan_charge(policy: NamespacePolicy, tokens: int, now: datetime) -> dict[str, Any] | None:
@@ -305,7 +337,7 @@ def plan_charge(policy: NamespacePolicy, tokens: int, now: datetime) -> dict[str
     same = policy.period_start == start
     return {
         "budget": {
-            "periodStart": _stamp(start),
+            "periodStart": timestamp(start),
             "used": (policy.used if same else 0) + max(0, tokens),
             "executions": (policy.counted if same else 0) + 1,
         }

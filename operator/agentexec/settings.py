@@ -174,7 +174,12 @@ class Settings:
     delete_rate: float = 50.0
     reconcile_workers: int = 16
     condition_sync_interval: float = 2.0
-    sweep_interval: float = 30.0
+    # Executions per second whose TemporalConnected condition is refreshed
+    # after a connection change: every one is reached, at a bounded write rate.
+    condition_sync_rate: float = 500.0
+    # How often Temporal is asked which of our workflows closed or vanished
+    # (two visibility calls per interval, whatever the number running).
+    sweep_interval: float = 3.0
     no_runner_seconds: float = 60.0
     report_timeout: float = 600.0
     # The most often an assistant's loop writes status.progress.
@@ -569,6 +574,7 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
         condition_sync_interval=env.get(
             "AGENTEXEC_CONDITION_SYNC_SECONDS", _seconds, s.condition_sync_interval
         ),
+        condition_sync_rate=env.get("AGENTEXEC_CONDITION_SYNC_RATE", _rate, s.condition_sync_rate),
         sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", _seconds, s.sweep_interval),
         no_runner_seconds=env.get("AGENTEXEC_NO_RUNNER_SECONDS", _seconds, s.no_runner_seconds),
         report_timeout=env.get("AGENTEXEC_REPORT_TIMEOUT_SECONDS", _seconds, s.report_timeout),

@@ -100,6 +100,12 @@ def list_all(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
+def workflow_id(obj: dict[str, Any]) -> str:
+    """The execution's workflow ID (agentexec/<namespace>/<name>/<uid>)."""
+    meta = obj["metadata"]
+    return f"agentexec/{meta['namespace']}/{meta['name']}/{meta['uid']}"
+
+
 def phase(obj: dict[str, Any]) -> str | None:
     return obj.get("status", {}).get("phase")
 
@@ -155,3 +161,23 @@ async def all_succeed_once(
     assert len(runs) == len(names)
     assert set(runs.values()) == {1}
     return items
+
+
+async def reaches(
+    plane: ControlPlane, namespace: str, name: str, check: Callable[[dict[str, Any]], bool],
+    what: str, timeout: float = 60,
+) -> dict[str, Any]:  # fmt: skip
+    """The execution, once ``check`` holds for it (what was last seen otherwise)."""
+    from tests.support.waiting import eventually
+
+    return await eventually(
+        lambda: get(plane, namespace, name), check, timeout=timeout, interval=0.3, what=what
+    )
+
+
+def events_of(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Kubernetes Events about the object called ``name``."""
+    found = plane.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+    )
+    return list(found["items"])  # type: ignore[arg-type]

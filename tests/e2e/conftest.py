@@ -56,6 +56,20 @@ def crd(control_plane: ControlPlane) -> None:
 
 
 @pytest.fixture
+def refusing_temporal(tmp_path: Path) -> Iterator[TemporalDevServer]:
+    """A Temporal that refuses every start of ours (workflow IDs longer than it
+    allows): it answers, so this is not an outage."""
+    strict = TemporalDevServer(
+        tmp_path / "strict", extra_args=("--dynamic-config-value", "limit.maxIDLength=100")
+    )
+    strict.start()
+    try:
+        yield strict
+    finally:
+        strict.stop()
+
+
+@pytest.fixture
 def make_operator(
     control_plane: ControlPlane,
     temporal: TemporalDevServer,

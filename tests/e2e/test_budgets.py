@@ -3,8 +3,11 @@ chat runner, llama.cpp's OpenAI-compatible server (model "tiny")."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from localenv.kube import ControlPlane
 from localenv.openai_server import MODEL, OpenAIServer
@@ -19,7 +22,9 @@ from tests.e2e.test_chat import (  # noqa: F401 (the module-scoped server fixtur
     openai_server,
     providers_file,
 )
+from tests.e2e.test_tenancy import apply_policy
 from tests.support.operator import OperatorProcess
+from tests.support.waiting import eventually
 
 MakeOperator = Callable[..., OperatorProcess]
 
@@ -72,3 +77,61 @@ async def test_an_execution_s_token_limit_stops_its_chat_agent_budget_exceeded(
         assert [m.rsplit(" ", 1)[1] for m in prompts] == [f"{float(prompt)}"], prompts
     else:
         assert prompts == []
+
+
+async def test_a_spent_namespace_budget_holds_new_executions_until_raised(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+    openai_server: OpenAIServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The tokens of each finished execution count against its namespace's
+    ExecutionPolicy budget (status.budget); once spent, the next execution
+    waits (BudgetExhausted, no workflow) and starts when the budget is raised."""
+    operator = make_operator(AGENTEXEC_RUNNER_ENABLED="false")
+    providers = providers_file(tmp_path / "providers", openai_server.base_url, KEY)
+    runner = chat_runner(tmp_path, temporal, operator.runner_queue, providers)
+    try:
+        apply_chat_agent(control_plane, namespace)
+        # One token: whatever the first execution spends, the budget is spent.
+        apply_policy(control_plane, namespace, budget={"tokens": 1, "period": "Day"})
+        await asyncio.sleep(1)  # the operator's watch delivers it
+        aex.create(control_plane, namespace, "spends", "hello?", agent="assistant")
+        spent = await finished(control_plane, namespace, "spends")
+        assert aex.phase(spent) == "Succeeded", aex.summary(spent)
+        tokens = spent["status"]["usage"]["totalTokens"]
+        assert tokens >= 1, spent["status"]["usage"]
+        policy: Any = await eventually(
+            lambda: control_plane.kubectl_json("get", "-n", namespace, "executionpolicy", "limits"),
+            lambda p: p.get("status", {}).get("budget", {}).get("used") == tokens,
+            timeout=30,
+            what="the tokens counted in the policy's status",
+        )
+        assert policy["status"]["budget"]["executions"] == 1
+        used = (
+            f'agentexec_namespace_tokens_used{{execution_namespace="{namespace}",'
+            f'period="Day",policy="limits"}} {float(tokens)}'
+        )
+        assert used in operator.metrics()
+        aex.create(control_plane, namespace, "waits", "hello again?", agent="assistant")
+        held = await eventually(
+            lambda: aex.condition(aex.get(control_plane, namespace, "waits"), "WorkflowStarted"),
+            lambda cond: cond.get("reason") == "BudgetExhausted",
+            timeout=30,
+            what="the next one held by the budget",
+        )
+        assert f"spent {tokens} of its 1 tokens this day" in held["message"]
+        await asyncio.sleep(3)
+        waiting = aex.get(control_plane, namespace, "waits")
+        assert aex.phase(waiting) == "Pending", aex.summary(waiting)
+        assert "workflow" not in waiting["status"]
+        control_plane.kubectl(
+            "patch", "-n", namespace, "executionpolicy", "limits", "--type=merge",
+            "-p", json.dumps({"spec": {"budget": {"tokens": 1_000_000, "period": "Day"}}}),
+        )  # fmt: skip
+        raised = await finished(control_plane, namespace, "waits")
+        assert aex.phase(raised) == "Succeeded", aex.summary(raised)
+    finally:
+        runner.stop()

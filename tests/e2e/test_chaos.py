@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from temporalio.client import Client
 
 from localenv.kube import ControlPlane
 from localenv.temporal import TemporalDevServer
@@ -287,3 +288,57 @@ async def test_apiserver_down_while_the_queue_ttl_expires(
         operator, fault, queue_timeout,
     )  # fmt: skip
     assert counts["failed:QueueTimeout"] > 0
+
+
+async def test_no_workflow_outlives_executions_deleted_while_temporal_is_sigkilled(
+    control_plane: ControlPlane, temporal: TemporalDevServer, namespace: str,
+    make_operator: MakeOperator,
+) -> None:  # fmt: skip
+    """#18 failure 3: executions with a long agent, each created and deleted
+    at once, while Temporal is SIGKILLed again and again: some starts are cut
+    in flight, and whatever they created must not run on for an object that
+    is gone."""
+    operator = make_operator()
+    killing = asyncio.Event()
+
+    async def kill_repeatedly() -> None:
+        while not killing.is_set():
+            await asyncio.sleep(2.5)
+            temporal.kill()
+            await asyncio.sleep(1)
+            await asyncio.to_thread(temporal.start)
+
+    killer = asyncio.create_task(kill_repeatedly())
+    names = [f"gone-{n}" for n in range(40)]
+    try:
+        for name in names:
+            await asyncio.to_thread(
+                aex.create, control_plane, namespace, name, name, parameters={"delaySeconds": 600}
+            )
+            await asyncio.to_thread(
+                control_plane.kubectl, "delete", "-n", namespace, "aex", name, "--wait=false"
+            )
+            await asyncio.sleep(0.3)
+    finally:
+        killing.set()
+        await killer
+    if not temporal.running:
+        temporal.start()
+    await eventually(
+        lambda: aex.list_all(control_plane, namespace),
+        lambda items: not items,
+        timeout=180,
+        interval=1,
+        what="every deleted execution gone",
+    )
+    client = await Client.connect(temporal.address)
+    query = f"TaskQueue = '{operator.task_queue}' AND ExecutionStatus = 'Running'"
+    left = await eventually(
+        lambda: client.count_workflows(query),
+        lambda found: found.count == 0,
+        timeout=60,
+        what="no workflow left running",
+    )
+    SUMMARY.append(
+        f"[chaos] 40 created and deleted while Temporal was SIGKILLed: {left.count} running"
+    )

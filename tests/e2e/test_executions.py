@@ -306,7 +306,7 @@ async def test_crash_between_workflow_start_and_status_write(
     """The window a crash can leave: the workflow exists, the status says nothing."""
     from temporalio.client import Client
 
-    from agentexec.planner import workflow_id
+    from agentexec.status import workflow_id
     from agentexec.temporal.types import ExecutionInput, ExecutionRef
     from agentexec.temporal.workflows import AgentExecutionWorkflow
 

@@ -151,3 +151,54 @@ async def test_two_installs_on_one_temporal_namespace_each_run_on_their_own_runn
     finally:
         for runner in runners:
             runner.stop()
+
+
+async def test_installs_sharing_a_task_queue_refuse_each_other_s_reports_loudly(
+    control_plane: ControlPlane,
+    temporal: TemporalDevServer,
+    namespace: str,
+    make_operator: MakeOperator,
+) -> None:
+    """Two installs misconfigured onto one workflow task queue: a report of
+    install B's workflow that install A's worker takes is refused there (a log
+    line, agentexec_foreign_reports_total{reason="other_install"}) and retried
+    until B takes it, never acknowledged as moot: B's executions all end."""
+    team_b = f"{namespace[:40]}-b"
+    control_plane.kubectl("create", "namespace", team_b)
+    shared = f"aex-shared-{namespace}"
+    operators = {
+        team: make_operator(
+            AGENTEXEC_INSTALL=f"{ns}.aex",
+            AGENTEXEC_TASK_QUEUE=shared,  # the mistake
+            AGENTEXEC_RUNNER_TASK_QUEUE=f"aex-runner-{ns}",
+            AGENTEXEC_WATCH_NAMESPACES=ns,
+            AGENTEXEC_LEADER_ELECTION_NAMESPACE=ns,
+        )
+        for team, ns in (("a", namespace), ("b", team_b))
+    }
+    names = [f"r{n:02d}" for n in range(20)]
+    control_plane.kubectl(
+        "create", "-n", team_b, "-f", "-", stdin="\n---\n".join(aex.manifest(n, n) for n in names)
+    )
+    objs = await eventually(
+        lambda: aex.list_all(control_plane, team_b),
+        lambda objs: len(objs) == len(names) and all(aex.phase(o) == "Succeeded" for o in objs),
+        timeout=120,
+        interval=1,
+        what="team B's executions Succeeded",
+    )
+    assert all(o["status"]["output"] == o["metadata"]["name"] for o in objs)
+    # About half the reports reached A's worker first (both poll the queue).
+    refused = [
+        line
+        for line in operators["a"].metrics().splitlines()
+        if line.startswith('agentexec_foreign_reports_total{reason="other_install"}')
+    ]
+    assert len(refused) == 1, refused
+    assert float(refused[0].rsplit(" ", 1)[1]) >= 1, refused
+    log = operators["a"].log()
+    assert "refused a report of a workflow that is not this install's" in log
+    assert f"started by install '{team_b}.aex'" in log
+    assert aex.list_all(control_plane, namespace) == []
+    b_metrics = operators["b"].metrics()
+    assert 'agentexec_foreign_reports_total{reason="other_install"} 0.0' in b_metrics

@@ -7,12 +7,10 @@ import asyncio
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from agentexec import planner
 from localenv.kube import ControlPlane
 from localenv.temporal import TemporalDevServer
 from tests.e2e import aex
@@ -23,25 +21,7 @@ from tests.support.waiting import eventually
 MakeOperator = Callable[..., OperatorProcess]
 
 
-async def reaches(
-    plane: ControlPlane, namespace: str, name: str, check: Callable[[dict[str, Any]], bool],
-    what: str, timeout: float = 60,
-) -> dict[str, Any]:  # fmt: skip
-    return await eventually(
-        lambda: aex.get(plane, namespace, name), check, timeout=timeout, interval=0.3, what=what
-    )
-
-
-def events_of(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
-    found = plane.kubectl_json(
-        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-    )
-    return list(found["items"])  # type: ignore[arg-type]
-
-
-def workflow_id(obj: dict[str, Any]) -> str:
-    meta = obj["metadata"]
-    return planner.workflow_id(meta["namespace"], meta["name"], meta["uid"])
+workflow_id = aex.workflow_id
 
 
 async def test_a_lost_workflow_is_never_run_again(
@@ -52,7 +32,7 @@ async def test_a_lost_workflow_is_never_run_again(
 ) -> None:
     operator = make_operator()
     aex.create(control_plane, namespace, "lost", "x", parameters={"delaySeconds": 60})
-    running = await reaches(
+    running = await aex.reaches(
         control_plane, namespace, "lost", lambda o: aex.phase(o) == "Running", "Running"
     )
     operator.stop()
@@ -65,7 +45,7 @@ async def test_a_lost_workflow_is_never_run_again(
     )
 
     make_operator()
-    failed = await reaches(
+    failed = await aex.reaches(
         control_plane, namespace, "lost", lambda o: aex.phase(o) == "Failed", "Failed"
     )
     assert failed["status"]["error"]["reason"] == "WorkflowLost", aex.summary(failed)
@@ -90,7 +70,7 @@ async def test_a_report_that_cannot_be_written_is_not_lost(
 ) -> None:
     make_operator(AGENTEXEC_REPORT_TIMEOUT_SECONDS="3")
     aex.create(control_plane, namespace, "unreported", "kept", parameters={"delaySeconds": 2})
-    running = await reaches(
+    running = await aex.reaches(
         control_plane, namespace, "unreported", lambda o: aex.phase(o) == "Running", "Running"
     )
     client = await Client.connect(temporal.address)
@@ -107,7 +87,7 @@ async def test_a_report_that_cannot_be_written_is_not_lost(
         assert desc.status == WorkflowExecutionStatus.COMPLETED
     finally:
         control_plane.start_apiserver()
-    done = await reaches(
+    done = await aex.reaches(
         control_plane, namespace, "unreported", lambda o: aex.phase(o) == "Succeeded",
         "Succeeded from Temporal's record", timeout=90,
     )  # fmt: skip
@@ -123,7 +103,7 @@ async def test_the_queue_ttl_expires_through_an_api_server_outage(
     operator = make_operator(AGENTEXEC_QUEUE_TTL_SECONDS="8")
     temporal.kill()
     aex.create(control_plane, namespace, "expires", "x")
-    await reaches(
+    await aex.reaches(
         control_plane, namespace, "expires", lambda o: aex.phase(o) == "Pending", "Pending"
     )
     control_plane.stop_apiserver()
@@ -131,7 +111,7 @@ async def test_the_queue_ttl_expires_through_an_api_server_outage(
         await asyncio.sleep(12)  # the TTL runs out while every API call fails
     finally:
         control_plane.start_apiserver()
-    failed = await reaches(
+    failed = await aex.reaches(
         control_plane, namespace, "expires", lambda o: aex.phase(o) == "Failed", "QueueTimeout",
         timeout=90,
     )  # fmt: skip
@@ -153,7 +133,7 @@ async def test_deleting_a_finished_execution_never_waits_for_temporal(
 ) -> None:
     operator = make_operator()
     aex.create(control_plane, namespace, "finished", "x")
-    done = await reaches(
+    done = await aex.reaches(
         control_plane, namespace, "finished", lambda o: aex.phase(o) == "Succeeded", "Succeeded"
     )
     # A finished execution keeps no finalizer: nothing is left to cancel.
@@ -186,7 +166,7 @@ async def test_connection_condition_is_right_on_an_execution_that_was_queued(
     make_operator(AGENTEXEC_SWEEP_SECONDS="600")
     temporal.kill()
     aex.create(control_plane, namespace, "queued", "x", parameters={"delaySeconds": 60})
-    await reaches(
+    await aex.reaches(
         control_plane, namespace, "queued", lambda o: aex.phase(o) == "Pending", "Pending"
     )
 
@@ -194,12 +174,14 @@ async def test_connection_condition_is_right_on_an_execution_that_was_queued(
         return lambda o: aex.condition(o, "TemporalConnected").get("status") == status
 
     temporal.start()
-    obj = await reaches(control_plane, namespace, "queued", connected("True"), "True")
+    obj = await aex.reaches(control_plane, namespace, "queued", connected("True"), "True")
     assert aex.phase(obj) == "Running"
     temporal.kill()
-    await reaches(control_plane, namespace, "queued", connected("False"), "False after an outage")
+    await aex.reaches(
+        control_plane, namespace, "queued", connected("False"), "False after an outage"
+    )
     temporal.start()
-    obj = await reaches(control_plane, namespace, "queued", connected("True"), "True again", 20)
+    obj = await aex.reaches(control_plane, namespace, "queued", connected("True"), "True again", 20)
     assert aex.phase(obj) == "Running"
 
 
@@ -230,38 +212,29 @@ async def test_a_refused_start_backs_off_with_one_counted_warning(
     control_plane: ControlPlane,
     namespace: str,
     make_operator: MakeOperator,
-    tmp_path: Path,
+    refusing_temporal: TemporalDevServer,
 ) -> None:
-    # A Temporal that refuses every start of ours (IDs longer than it allows):
-    # answered, so not an outage.
-    strict = TemporalDevServer(
-        tmp_path / "strict", extra_args=("--dynamic-config-value", "limit.maxIDLength=100")
-    )
-    strict.start()
-    try:
-        operator = make_operator(TEMPORAL_ADDRESS=strict.address)
-        aex.create(control_plane, namespace, "refused", "x")
-        obj = await reaches(
-            control_plane, namespace, "refused",
-            lambda o: aex.condition(o, "WorkflowStarted").get("reason") == "StartFailed",
-            "StartFailed",
-        )  # fmt: skip
-        assert aex.condition(obj, "TemporalConnected")["status"] == "True"
-        warnings = await eventually(
-            lambda: [e for e in events_of(control_plane, namespace, "refused")
-                     if e["reason"] == "StartFailed"],
-            lambda found: len(found) == 1 and found[0]["count"] >= 2,
-            timeout=40,
-            what="one StartFailed event with a count",
-        )  # fmt: skip
-        assert "InvalidArgument" in warnings[0]["message"]
-        attempts = aex.get(control_plane, namespace, "refused")["status"]["startAttempts"]
-        await asyncio.sleep(5)
-        later = aex.get(control_plane, namespace, "refused")["status"]["startAttempts"]
-        assert later - attempts <= 3, (attempts, later)  # backing off, not a hot loop
-        assert "Traceback" not in operator.log()
-    finally:
-        strict.stop()
+    operator = make_operator(TEMPORAL_ADDRESS=refusing_temporal.address)
+    aex.create(control_plane, namespace, "refused", "x")
+    obj = await aex.reaches(
+        control_plane, namespace, "refused",
+        lambda o: aex.condition(o, "WorkflowStarted").get("reason") == "StartFailed",
+        "StartFailed",
+    )  # fmt: skip
+    assert aex.condition(obj, "TemporalConnected")["status"] == "True"
+    warnings = await eventually(
+        lambda: [e for e in aex.events_of(control_plane, namespace, "refused")
+                 if e["reason"] == "StartFailed"],
+        lambda found: len(found) == 1 and found[0]["count"] >= 2,
+        timeout=40,
+        what="one StartFailed event with a count",
+    )  # fmt: skip
+    assert "InvalidArgument" in warnings[0]["message"]
+    attempts = aex.get(control_plane, namespace, "refused")["status"]["startAttempts"]
+    await asyncio.sleep(5)
+    later = aex.get(control_plane, namespace, "refused")["status"]["startAttempts"]
+    assert later - attempts <= 3, (attempts, later)  # backing off, not a hot loop
+    assert "Traceback" not in operator.log()
 
 
 async def test_no_runner_is_said_within_the_threshold_and_ends_with_its_own_reason(
@@ -274,15 +247,17 @@ async def test_no_runner_is_said_within_the_threshold_and_ends_with_its_own_reas
     aex.create(
         control_plane, namespace, "unserved", "x", taskQueue="nobody-serves-this", timeoutSeconds=10
     )
-    obj = await reaches(
+    obj = await aex.reaches(
         control_plane, namespace, "unserved",
         lambda o: aex.condition(o, "Succeeded").get("reason") == "NoRunner",
         "NoRunner while it waits", timeout=20,
     )  # fmt: skip
     assert aex.phase(obj) == "Running"
     assert "nobody-serves-this" in aex.condition(obj, "Succeeded")["message"]
-    assert any(e["reason"] == "NoRunner" for e in events_of(control_plane, namespace, "unserved"))
-    failed = await reaches(
+    assert any(
+        e["reason"] == "NoRunner" for e in aex.events_of(control_plane, namespace, "unserved")
+    )
+    failed = await aex.reaches(
         control_plane, namespace, "unserved", lambda o: aex.phase(o) == "Failed", "Failed", 40
     )
     assert failed["status"]["error"]["reason"] == "NoRunner", aex.summary(failed)
@@ -290,7 +265,7 @@ async def test_no_runner_is_said_within_the_threshold_and_ends_with_its_own_reas
     aex.create(
         control_plane, namespace, "too-long", "x", parameters={"delaySeconds": 30}, timeoutSeconds=3
     )
-    failed = await reaches(
+    failed = await aex.reaches(
         control_plane, namespace, "too-long", lambda o: aex.phase(o) == "Failed", "Failed", 40
     )
     assert failed["status"]["error"]["reason"] == "Timeout", aex.summary(failed)
@@ -338,7 +313,7 @@ async def test_restart_with_many_executions_resumes_bounded_and_stays_connected(
             if line.startswith("temporal_connection_status{") and line.endswith(" 0.0")
         )
         await asyncio.sleep(0.2)
-    done = await reaches(
+    done = await aex.reaches(
         control_plane, namespace, "new-after-restart",
         lambda o: aex.phase(o) == "Succeeded", "Succeeded",
     )  # fmt: skip

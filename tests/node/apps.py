@@ -26,7 +26,7 @@ from kubernetes import client as k8s
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
-from agentexec.planner import workflow_id
+from agentexec.status import workflow_id
 from localenv.helm import CHART
 from localenv.kube import api_client
 from localenv.registry import Pushed

@@ -61,7 +61,6 @@ class OperatorProcess:
             # and the runner tests turn it off and start a RunnerProcess.
             "AGENTEXEC_RUNNER_ENABLED": "true",
             "AGENTEXEC_CONDITION_SYNC_SECONDS": "1",
-            "AGENTEXEC_SWEEP_SECONDS": "5",
             # Tests route executions to their own runner queues (the operator's
             # default refuses spec.taskQueue; tests/e2e/test_agents.py turns it off).
             "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE": "true",

@@ -2,6 +2,8 @@
 
 ``blackhole()`` stops forwarding in both directions without closing any
 socket (packets "dropped", no reset); ``restore()`` resumes forwarding.
+``mute_answers()`` forwards requests but none of the answers: a call reaches
+the server and does what it asks, and the caller never hears so.
 ``freeze_existing()`` blackholes only the connections open now, while new
 ones pass: a client whose connection hangs while a fresh dial works.
 
@@ -29,7 +31,10 @@ class TcpRelay:
         self.upstream = (upstream_host, upstream_port)
         self._flowing = asyncio.Event()  # for connections accepted from now on
         self._flowing.set()
+        self._answering = asyncio.Event()  # server -> client, for connections from now on
+        self._answering.set()
         self._connections: list[asyncio.Event] = []
+        self._answers: list[asyncio.Event] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -53,14 +58,20 @@ class TcpRelay:
         for flowing in self._connections:
             flowing.clear()
 
+    def mute_answers(self) -> None:
+        self._answering.clear()
+        for answering in self._answers:
+            answering.clear()
+
     def freeze_existing(self) -> None:
         for flowing in self._connections:
             flowing.clear()
 
     def restore(self) -> None:
         self._flowing.set()
-        for flowing in self._connections:
-            flowing.set()
+        self._answering.set()
+        for event in (*self._connections, *self._answers):
+            event.set()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -84,9 +95,16 @@ class TcpRelay:
         flowing = asyncio.Event()
         flowing.set()
         self._connections.append(flowing)
+        answering = asyncio.Event()
+        if self._answering.is_set():
+            answering.set()
+        self._answers.append(answering)
         self._writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst, flowing))
+        for src, dst, gates in (
+            (reader, up_writer, (flowing,)),
+            (up_reader, writer, (flowing, answering)),
+        ):
+            task = asyncio.create_task(self._pump(src, dst, *gates))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -94,11 +112,12 @@ class TcpRelay:
         return await asyncio.open_connection(*self.upstream)
 
     async def _pump(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *gates: asyncio.Event
     ) -> None:
         try:
             while data := await src.read(65536):
-                await flowing.wait()
+                for gate in gates:
+                    await gate.wait()
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):

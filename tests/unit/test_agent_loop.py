@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agentexec.approvals import plan_approvals
-from agentexec.planner import plan_loop_status
+from agentexec.approvals import plan_approvals, plan_loop_status
 from agentexec.runner import AgentFailed
 from agentexec.runner.steps import build_model_body
 from agentexec.runner.tools import McpConfigError, McpServers, parse_servers

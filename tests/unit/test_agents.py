@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from agentexec import conditions as c
 from agentexec import planner
 from agentexec.agents import AgentCache, AgentPolicy, build_agent_spec, slim_agent
-from agentexec.controller import build_input
-from agentexec.planner import Call, Observed
-from agentexec.settings import Settings, SettingsError, load_settings
+from agentexec.decisions import AddFinalizer, Config, Observed, Start, build_input
+from agentexec.settings import SettingsError, load_settings
 from agentexec.temporal.types import AgentSpec, Answer, Outcome
-from tests.unit.test_decide import DOWN, T0, UP, WF, obj
+from tests.unit.test_decide import DOWN, T0, UP, WF, kind, obj, step
 
 STRICT = AgentPolicy(
     builtin_agents=frozenset({"echo"}), execution_task_queues=frozenset(), runner_task_queue="rq"
@@ -47,10 +47,15 @@ def observed(body: dict[str, Any], **kw: Any) -> Observed:
         body=body,
         conn=kw.pop("conn", UP),
         now=kw.pop("now", T0),
-        queue_ttl=60,
-        policy=kw.pop("policy", STRICT),
+        config=Config(queue_ttl=60, policy=kw.pop("policy", STRICT)),
         **kw,
     )
+
+
+def started_with(o: Observed) -> AgentSpec | None:
+    d, _ = step(o)
+    assert isinstance(d.request, Start), d
+    return d.request.input.agent_spec
 
 
 SNAPSHOT = AgentSpec(
@@ -67,44 +72,48 @@ LONG_AGO = T0 - timedelta(seconds=600)  # TTL 60 s
 
 
 @pytest.mark.parametrize(
-    ("case", "o", "call", "phase", "reason", "outcome"),
+    ("case", "o", "asks", "phase", "reason", "outcome"),
     [
-        ("agent present: START with the snapshot", observed(execution(parameters={"temperature": 0.9}), agent=agent()), Call.START, None, None, ""),
-        ("agent missing: wait, saying which", observed(execution()), Call.NONE, "Pending", "AgentNotFound", "waiting-for-agent"),
-        ("agent missing, Temporal down too: the Agent is said first", observed(execution(), conn=DOWN), Call.NONE, "Pending", "AgentNotFound", "waiting-for-agent"),
-        ("agent missing past the TTL: Failed AgentNotFound", observed(execution(queued=LONG_AGO)), Call.NONE, "Failed", "AgentNotFound", "agent-not-found"),
-        ("agent missing past the TTL, Temporal up: still fails", observed(execution(queued=LONG_AGO), conn=UP), Call.NONE, "Failed", "AgentNotFound", "agent-not-found"),
-        ("built-in name without an Agent: START, no snapshot", observed(execution("echo")), Call.START, None, None, ""),
-        ("built-ins unknown (runner disabled): START as is", observed(execution("anything"), policy=AgentPolicy(builtin_agents=None, execution_task_queues=frozenset())), Call.START, None, None, ""),
-        ("disallowed taskQueue: Failed before any workflow", observed(execution("echo", taskQueue="elsewhere")), Call.NONE, "Failed", "TaskQueueNotAllowed", "task-queue-not-allowed"),
-        ("disallowed taskQueue, no Agent yet: wait for it (it may allow its own queue)", observed(execution(taskQueue="gpu")), Call.NONE, "Pending", "AgentNotFound", "waiting-for-agent"),
-        ("disallowed taskQueue, no Agent past the TTL: Failed AgentNotFound", observed(execution(taskQueue="gpu", queued=LONG_AGO)), Call.NONE, "Failed", "AgentNotFound", "agent-not-found"),
-        ("disallowed taskQueue, agent present: still refused", observed(execution(taskQueue="elsewhere"), agent=agent()), Call.NONE, "Failed", "TaskQueueNotAllowed", "task-queue-not-allowed"),
-        ("the operator's runner queue is always allowed", observed(execution("echo", taskQueue="rq")), Call.START, None, None, ""),
-        ("the Agent's own queue is allowed", observed(execution(taskQueue="gpu"), agent=agent(taskQueue="gpu")), Call.START, None, None, ""),
-        ("a listed queue is allowed, unknown name sent as is", observed(execution("shout", taskQueue="shout"), policy=AgentPolicy(execution_task_queues=frozenset({"shout"}))), Call.START, None, None, ""),
-        ("started before the policy: never refused", observed(execution(taskQueue="elsewhere") | {"status": {"phase": "Running", "workflow": dict(WF)}}), Call.NONE, None, None, "running"),
+        ("agent present: START with the snapshot", observed(execution(parameters={"temperature": 0.9}), agent=agent()), Start, None, None, ""),
+        ("agent missing: wait, saying which", observed(execution()), None, "Pending", "AgentNotFound", "waiting-for-agent"),
+        ("agent missing, Temporal down too: the Agent is said first", observed(execution(), conn=DOWN), None, "Pending", "AgentNotFound", "waiting-for-agent"),
+        ("agent missing past the TTL: Failed AgentNotFound", observed(execution(queued=LONG_AGO)), None, "Failed", "AgentNotFound", "agent-not-found"),
+        ("agent missing past the TTL, Temporal up: still fails", observed(execution(queued=LONG_AGO), conn=UP), None, "Failed", "AgentNotFound", "agent-not-found"),
+        ("built-in name without an Agent: START, no snapshot", observed(execution("echo")), Start, None, None, ""),
+        ("built-ins unknown (runner disabled): START as is", observed(execution("anything"), policy=AgentPolicy(builtin_agents=None, execution_task_queues=frozenset())), Start, None, None, ""),
+        ("disallowed taskQueue: Failed before any workflow", observed(execution("echo", taskQueue="elsewhere")), None, "Failed", "TaskQueueNotAllowed", "task-queue-not-allowed"),
+        ("disallowed taskQueue, no Agent yet: wait for it (it may allow its own queue)", observed(execution(taskQueue="gpu")), None, "Pending", "AgentNotFound", "waiting-for-agent"),
+        ("disallowed taskQueue, no Agent past the TTL: Failed AgentNotFound", observed(execution(taskQueue="gpu", queued=LONG_AGO)), None, "Failed", "AgentNotFound", "agent-not-found"),
+        ("disallowed taskQueue, agent present: still refused", observed(execution(taskQueue="elsewhere"), agent=agent()), None, "Failed", "TaskQueueNotAllowed", "task-queue-not-allowed"),
+        ("the operator's runner queue is always allowed", observed(execution("echo", taskQueue="rq")), Start, None, None, ""),
+        ("the Agent's own queue is allowed", observed(execution(taskQueue="gpu"), agent=agent(taskQueue="gpu")), Start, None, None, ""),
+        ("a listed queue is allowed, unknown name sent as is", observed(execution("shout", taskQueue="shout"), policy=AgentPolicy(execution_task_queues=frozenset({"shout"}))), Start, None, None, ""),
+        ("started before the policy: never refused", observed(execution(taskQueue="elsewhere") | {"status": {"phase": "Running", "workflow": dict(WF)}}), None, None, None, "running"),
     ],
 )  # fmt: skip
 def test_decide_with_agents(
-    case: str, o: Observed, call: Call, phase: str | None, reason: str | None, outcome: str
+    case: str,
+    o: Observed,
+    asks: type | None,
+    phase: str | None,
+    reason: str | None,
+    outcome: str,
 ) -> None:
-    d = planner.decide(o)
-    assert d.call == call, case
+    d, _ = step(o)
+    assert kind(d) == asks, case
     assert (d.status or {}).get("phase") == phase, (case, d.status)
     assert d.outcome == outcome, case
     if reason is not None:
-        said = planner.condition_of({"status": d.status}, planner.WORKFLOW_STARTED)
+        said = c.condition_of({"status": d.status}, c.WORKFLOW_STARTED)
         assert said is not None
         assert said["reason"] == reason, case
 
 
 def test_start_carries_the_snapshot_with_merged_parameters() -> None:
-    d = planner.decide(
+    spec = started_with(
         observed(execution(parameters={"temperature": 0.9}), agent=agent(timeoutSeconds=30))
     )
-    assert d.call == Call.START
-    assert d.agent_spec == AgentSpec(**{**SNAPSHOT.__dict__, "timeout_seconds": 30})
+    assert spec == AgentSpec(**{**SNAPSHOT.__dict__, "timeout_seconds": 30})
 
 
 def test_an_agent_of_an_external_runner_starts_on_its_queue() -> None:
@@ -112,17 +121,16 @@ def test_an_agent_of_an_external_runner_starts_on_its_queue() -> None:
     # runner's type on its queue, though the policy allows no execution queue.
     shout = agent("loud", type="shout", taskQueue="shout", model=None, provider=None)
     shout["spec"] = {k: v for k, v in shout["spec"].items() if v is not None}
-    d = planner.decide(observed(execution("loud"), agent=shout))
-    assert d.call == Call.START
-    assert d.agent_spec is not None
-    assert d.agent_spec.type == "shout"
-    inp = build_input(execution("loud"), Settings(runner_task_queue="rq"), d.agent_spec)
+    spec = started_with(observed(execution("loud"), agent=shout))
+    assert spec is not None
+    assert spec.type == "shout"
+    inp = build_input(execution("loud"), Config(runner_task_queue="rq"), spec)
     assert (inp.agent, inp.runner_task_queue) == ("shout", "shout")
 
 
 def test_a_missing_agent_says_so_on_a_condition_and_once_as_a_warning() -> None:
     d = planner.decide(observed(execution()))
-    cond = planner.condition_of({"status": d.status}, planner.AGENT_RESOLVED)
+    cond = c.condition_of({"status": d.status}, c.AGENT_RESOLVED)
     assert cond is not None
     assert (cond["status"], cond["reason"]) == ("False", "AgentNotFound")
     assert "'helper'" in cond["message"]
@@ -141,7 +149,10 @@ def test_the_ttl_fails_a_missing_agent_with_its_name() -> None:
     assert d.status["error"]["reason"] == "AgentNotFound"
     assert "'helper'" in d.status["error"]["message"]
     assert "queue TTL of 60s" in d.status["error"]["message"]
-    assert d.remove_finalizer
+    # It holds the finalizer (a start may have been sent once): the next pass
+    # cancels by ID before it goes.
+    assert not d.remove_finalizer
+    assert d.requeue_after == 0
     assert d.events[0].reason == "AgentNotFound"
 
 
@@ -158,7 +169,7 @@ def test_a_refused_task_queue_names_the_queue_setting_and_the_way_out() -> None:
     fresh = execution("echo", taskQueue="elsewhere")
     fresh["metadata"].pop("finalizers")
     d = planner.decide(observed(fresh))
-    assert not d.add_finalizer
+    assert not isinstance(d.request, AddFinalizer)
     assert (d.status or {}).get("phase") == "Failed"
 
 
@@ -166,7 +177,7 @@ def test_started_says_which_agent_generation_was_snapshotted() -> None:
     waited = planner.decide(observed(execution()))
     body = execution() | {"status": waited.status}
     d = planner.decide(observed(body, agent=agent(), answer=Answer(Outcome.STARTED, workflow=WF)))
-    cond = planner.condition_of({"status": d.status}, planner.AGENT_RESOLVED)
+    cond = c.condition_of({"status": d.status}, c.AGENT_RESOLVED)
     assert cond is not None
     assert (cond["status"], cond["reason"]) == ("True", "Resolved")
     assert "generation 3" in cond["message"]
@@ -174,7 +185,7 @@ def test_started_says_which_agent_generation_was_snapshotted() -> None:
 
 
 def test_build_input_from_a_snapshot() -> None:
-    settings = Settings(runner_task_queue="rq")
+    settings = Config(runner_task_queue="rq")
     spec = build_agent_spec(agent(taskQueue="gpu", timeoutSeconds=30), {"temperature": 0.9})
     inp = build_input(execution(parameters={"temperature": 0.9}), settings, spec)
     assert inp.agent == "chat"  # the runner dispatches on the type
@@ -213,8 +224,8 @@ def test_an_agent_found_while_temporal_is_down_is_no_longer_said_missing() -> No
     body = execution() | {"status": waited.status}
     d = planner.decide(observed(body, agent=agent(), conn=DOWN))
     assert d.outcome == "waiting"
-    started = planner.condition_of({"status": d.status}, planner.WORKFLOW_STARTED)
-    resolved = planner.condition_of({"status": d.status}, planner.AGENT_RESOLVED)
+    started = c.condition_of({"status": d.status}, c.WORKFLOW_STARTED)
+    resolved = c.condition_of({"status": d.status}, c.AGENT_RESOLVED)
     assert started is not None
     assert resolved is not None
     assert started["reason"] == "WaitingForTemporal"

@@ -11,11 +11,23 @@ import pytest
 import yaml
 
 from agentexec import lifecycle, planner
-from agentexec.controller import build_input
-from agentexec.planner import Call, Connection, Observed
+from agentexec.conditions import WORKFLOW_NOT_RUNNING
+from agentexec.controller import build_config
+from agentexec.decisions import (
+    Config,
+    Decision,
+    Describe,
+    Observed,
+    SignalSuspend,
+    Start,
+    TakeStartSlot,
+    build_input,
+    build_start_input,
+)
 from agentexec.settings import load_settings
+from agentexec.status import FINALIZER, Connection
+from agentexec.temporal.steps import LoopInput
 from agentexec.temporal.types import (
-    WORKFLOW_NOT_RUNNING,
     AgentSpec,
     Answer,
     AttemptEnd,
@@ -61,10 +73,11 @@ def test_the_workflow_input_carries_the_deadline_the_budgets_and_which_field() -
         "metadata": {"namespace": "ns", "name": "a", "uid": "u1"},
         "spec": {"agent": "echo", "message": "hi", "activeDeadlineSeconds": 120, "backoffLimit": 0},
     }
-    inp = build_input(body, settings)
+    config = build_config(settings, Config().policy)
+    inp = build_input(body, config)
     assert (inp.timeout_seconds, inp.deadline_field) == (120, "activeDeadlineSeconds")
     assert (inp.backoff_limit, inp.max_disruptions) == (0, 4)
-    older = build_input({**body, "spec": {"agent": "echo", "message": "hi"}}, settings)
+    older = build_input({**body, "spec": {"agent": "echo", "message": "hi"}}, config)
     assert (older.timeout_seconds, older.backoff_limit) == (3600, 2)  # read without defaults
 
 
@@ -124,13 +137,17 @@ def obj(
         "namespace": "ns",
         "uid": "u1",
         "resourceVersion": "7",
-        "finalizers": [planner.FINALIZER],
+        "finalizers": [FINALIZER],
     }
     return {"metadata": meta, "spec": spec, "status": status}
 
 
 def observed(body: dict[str, Any], **kw: Any) -> Observed:
-    return Observed(body=body, conn=kw.pop("conn", UP), now=T0, queue_ttl=60, **kw)
+    return Observed(body=body, conn=kw.pop("conn", UP), now=T0, config=Config(queue_ttl=60), **kw)
+
+
+def request(d: Decision) -> type | None:
+    return None if d.request is None else type(d.request)
 
 
 def condition(patch: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
@@ -141,18 +158,22 @@ def condition(patch: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
 @pytest.mark.parametrize("conn", [UP, DOWN], ids=["connected", "temporal-down"])
 def test_a_suspended_execution_does_not_start(conn: Connection) -> None:
     decision = planner.decide(observed(obj(suspend=True), conn=conn))
-    assert decision.call is Call.NONE
+    assert decision.request is None
     assert decision.status is not None
     assert decision.status["phase"] == "Pending"
     assert condition(decision.status, "Suspended")["status"] == "True"
     assert condition(decision.status, "WorkflowStarted")["reason"] == "Suspended"
+    assert condition(decision.status, "Succeeded")["reason"] == "Suspended"
     assert decision.requeue_after is None  # spec.suspend changing is a watch event
 
 
 def test_resumed_before_it_started_it_starts_and_says_resumed() -> None:
     body = obj(suspend=False, suspended=True)
-    assert planner.decide(observed(body)).call is Call.START
-    started = planner.decide(observed(body, answer=Answer(Outcome.STARTED, workflow=WF)))
+    assert request(planner.decide(observed(body, agent_read=True))) is TakeStartSlot
+    assert request(planner.decide(observed(body, agent_read=True, start_slot=0.0))) is Start
+    started = planner.decide(
+        observed(body, agent_read=True, start_slot=0.0, answer=Answer(Outcome.STARTED, workflow=WF))
+    )
     assert started.status is not None
     assert started.status["phase"] == "Running"
     assert condition(started.status, "Suspended")["reason"] == "Resumed"
@@ -168,13 +189,27 @@ def test_a_running_execution_is_told_when_spec_suspend_changes(
 ) -> None:
     body = obj(suspend=suspend, workflow=True, suspended=applied)
     decision = planner.decide(observed(body))
-    assert (decision.call, decision.suspend) == (Call.SIGNAL_SUSPEND, told)
-    done = planner.decide(observed(body, answer=Answer(Outcome.SIGNALLED)))
+    assert isinstance(decision.request, SignalSuspend)
+    assert (decision.request.workflow_id, decision.request.suspend) == (WF["id"], told)
+    done = planner.decide(observed(body, suspend_answer=Answer(Outcome.SIGNALLED)))
     said = condition(done.status, "Suspended")
     assert said["status"] == ("True" if told else "False")
     assert [(e.type, e.reason) for e in done.events] == [
         ("Normal", "Suspended" if told else "Resumed")
     ]
+
+
+def test_a_check_that_finds_it_running_tells_it_too() -> None:
+    body = obj(suspend=True, workflow=True)
+    assert request(planner.decide(observed(body, check=True))) is Describe
+    running = Answer(Outcome.RUNNING, workflow=WF)
+    decision = planner.decide(observed(body, check=True, answer=running))
+    assert isinstance(decision.request, SignalSuspend)
+    done = planner.decide(
+        observed(body, check=True, answer=running, suspend_answer=Answer(Outcome.SIGNALLED))
+    )
+    assert condition(done.status, "Suspended")["status"] == "True"
+    assert done.check_done
 
 
 @pytest.mark.parametrize(
@@ -183,16 +218,29 @@ def test_a_running_execution_is_told_when_spec_suspend_changes(
     ids=["never-suspended", "already-suspended"],
 )
 def test_nothing_is_said_to_a_workflow_that_already_knows(body: dict[str, Any]) -> None:
-    assert planner.decide(observed(body)).call is Call.NONE
+    assert planner.decide(observed(body)).request is None
 
 
 def test_a_suspend_waits_for_temporal_and_a_missed_one_is_not_a_lost_workflow() -> None:
     body = obj(suspend=True, workflow=True)
-    assert planner.decide(observed(body, conn=DOWN)).call is Call.NONE
+    assert planner.decide(observed(body, conn=DOWN)).request is None
     gone = Answer(Outcome.REJECTED, reason=WORKFLOW_NOT_RUNNING, message="workflow completed")
-    decision = planner.decide(observed(body, answer=gone))
-    assert decision.backoff == WORKFLOW_NOT_RUNNING
-    assert decision.status is None  # its report, or the sweep, says how it ended
+    # The signal found it ended: how is asked of Temporal at once.
+    decision = planner.decide(observed(body, suspend_answer=gone))
+    assert request(decision) is Describe
+    closed = Answer(Outcome.CLOSED, workflow=WF, result=ExecutionResult("Succeeded", output="done"))
+    ended = planner.decide(observed(body, suspend_answer=gone, answer=closed))
+    assert ended.status is not None
+    assert ended.status["phase"] == "Succeeded"
+
+
+def test_a_suspend_signal_that_fails_backs_off_with_a_warning() -> None:
+    body = obj(suspend=True, workflow=True)
+    refused = Answer(Outcome.REJECTED, reason="PermissionDenied", message="no")
+    decision = planner.decide(observed(body, suspend_answer=refused))
+    assert decision.backoff == "PermissionDenied"
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "SignalFailed")]
+    assert decision.status is None
 
 
 def report(result: ExecutionResult) -> StatusReport:
@@ -246,3 +294,20 @@ def test_the_immutability_rule_names_every_spec_field_but_suspend() -> None:
     for field in spec["properties"]:
         named = f"self.{field} == oldSelf.{field}" in rule
         assert named is (field != "suspend"), field
+
+
+def test_an_assistants_execution_starts_the_loop_with_its_token_limit() -> None:
+    body = {
+        "metadata": {"namespace": "ns", "name": "a", "uid": "u1"},
+        "spec": {"agent": "helper", "message": "hi", "limits": {"maxTokens": 300}},
+    }
+    config = Config(progress_interval=7.0)
+    assistant = AgentSpec(name="helper", type="assistant", loop={"maxSteps": 4})
+    loop = build_start_input(body, config, assistant)
+    assert isinstance(loop, LoopInput)
+    assert (loop.loop.max_steps, loop.loop.max_tokens) == (4, 300)
+    assert loop.execution.max_tokens == 300
+    assert loop.progress_interval_seconds == 7.0
+    plain = build_start_input(body, config, AGENT)
+    assert not isinstance(plain, LoopInput)
+    assert plain.max_tokens == 300

@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
-from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+from temporalio.api.workflowservice.v1 import (
+    CountWorkflowExecutionsRequest,
+    DescribeWorkflowExecutionRequest,
+    ListWorkflowExecutionsRequest,
+)
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -29,6 +35,18 @@ from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from agentexec.conditions import (
+    CANCELLED,
+    CONTINUED_AS_NEW,
+    FAILED,
+    NAMESPACE_NOT_FOUND,
+    START_FAILED,
+    TERMINATED,
+    TIMEOUT,
+    WORKFLOW_CANCELLED,
+    WORKFLOW_FAILED,
+    WORKFLOW_NOT_RUNNING,
+)
 from agentexec.temporal.errors import (
     TemporalUnavailable,
     describe_error,
@@ -36,7 +54,6 @@ from agentexec.temporal.errors import (
     missing_namespace,
 )
 from agentexec.temporal.manager import TemporalManager
-from agentexec.temporal.state import NAMESPACE_NOT_FOUND
 from agentexec.temporal.steps import (
     APPROVAL_SIGNAL,
     LOOP_WORKFLOW_TYPE,
@@ -46,7 +63,6 @@ from agentexec.temporal.steps import (
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
     SUSPEND_SIGNAL,
-    WORKFLOW_NOT_RUNNING,
     WORKFLOW_TYPE,
     Answer,
     ExecutionInput,
@@ -55,6 +71,9 @@ from agentexec.temporal.types import (
 )
 
 log = logging.getLogger("agentexec.gateway")
+T = TypeVar("T")
+# Visibility pages: Temporal's default and maximum for SQL stores is 1000.
+PAGE_SIZE = 1000
 
 
 _REJECTED_REASONS = {
@@ -68,12 +87,40 @@ _REJECTED_REASONS = {
 
 # How a workflow that closed without a result maps to a phase and reason.
 CLOSED_STATUS = {
-    WorkflowExecutionStatus.FAILED: ("Failed", "WorkflowFailed"),
-    WorkflowExecutionStatus.CANCELED: ("Cancelled", "Cancelled"),
-    WorkflowExecutionStatus.TERMINATED: ("Failed", "Terminated"),
-    WorkflowExecutionStatus.TIMED_OUT: ("Failed", "Timeout"),
-    WorkflowExecutionStatus.CONTINUED_AS_NEW: ("Failed", "ContinuedAsNew"),
+    WorkflowExecutionStatus.FAILED: (FAILED, WORKFLOW_FAILED),
+    WorkflowExecutionStatus.CANCELED: (CANCELLED, WORKFLOW_CANCELLED),
+    WorkflowExecutionStatus.TERMINATED: (FAILED, TERMINATED),
+    WorkflowExecutionStatus.TIMED_OUT: (FAILED, TIMEOUT),
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: (FAILED, CONTINUED_AS_NEW),
 }
+
+
+@dataclass(frozen=True)
+class ClosedWorkflow:
+    """A workflow of ours that closed, as visibility lists it."""
+
+    workflow_id: str
+    run_id: str
+    status: WorkflowExecutionStatus
+    close_time: datetime
+
+
+def _literal(value: str) -> str:
+    """A string literal for a visibility query (names here never hold quotes)."""
+    if "'" in value or "\\" in value:
+        raise ValueError(f"{value!r}: a quote or backslash cannot go into a visibility query")
+    return f"'{value}'"
+
+
+def _moment(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ours(task_queue: str) -> str:
+    """Our workflows on ``task_queue``: both types the operator starts (an
+    assistant's executions run the agent loop)."""
+    types = ", ".join(_literal(t) for t in (WORKFLOW_TYPE, LOOP_WORKFLOW_TYPE))
+    return f"WorkflowType IN ({types}) AND TaskQueue = {_literal(task_queue)}"
 
 
 class TemporalGateway:
@@ -163,6 +210,88 @@ class TemporalGateway:
 
         return await self._guarded(call)
 
+    # ----- visibility: the cost of these does not grow with running executions ----
+
+    async def list_closed(
+        self, namespace: str, task_queue: str, since: datetime, limit: int = 10 * PAGE_SIZE
+    ) -> list[ClosedWorkflow]:
+        """Our workflows on ``task_queue`` that closed at or after ``since``
+        (Temporal's clock), at most ``limit``. Raises TemporalUnavailable or
+        RPCError: the caller is a background loop."""
+        # A run that continued as new (an agent loop carrying its state on)
+        # is no closing: the workflow goes on under the same ID.
+        query = (
+            f"{_ours(task_queue)} AND ExecutionStatus != 'Running' "
+            f"AND ExecutionStatus != 'ContinuedAsNew' AND CloseTime >= '{_moment(since)}'"
+        )
+        closed: list[ClosedWorkflow] = []
+        async for info in self._list(namespace, query, limit):
+            if info.HasField("close_time"):
+                closed.append(
+                    ClosedWorkflow(
+                        info.execution.workflow_id,
+                        info.execution.run_id,
+                        WorkflowExecutionStatus(info.status),
+                        info.close_time.ToDatetime(tzinfo=UTC),
+                    )
+                )
+        return closed
+
+    async def count_running(
+        self, namespace: str, task_queue: str, started_before: datetime | None = None
+    ) -> int:
+        """How many of our workflows on ``task_queue`` run now (one call), of
+        those that started before ``started_before`` (Temporal's clock) if given."""
+        query = f"{_ours(task_queue)} AND ExecutionStatus = 'Running'"
+        if started_before is not None:
+            query += f" AND StartTime < '{_moment(started_before)}'"
+
+        async def call(client: Client) -> int:
+            resp = await client.workflow_service.count_workflow_executions(
+                CountWorkflowExecutionsRequest(namespace=namespace, query=query),
+                retry=True,
+                timeout=timedelta(seconds=self.rpc_timeout),
+            )
+            return int(resp.count)
+
+        return await self._visibility(call)
+
+    async def list_running(self, namespace: str, task_queue: str) -> set[str]:
+        """The IDs of our workflows on ``task_queue`` that run now (a page per
+        thousand: called only when the counts disagree)."""
+        query = f"{_ours(task_queue)} AND ExecutionStatus = 'Running'"
+        return {info.execution.workflow_id async for info in self._list(namespace, query, None)}
+
+    async def _list(self, namespace: str, query: str, limit: int | None) -> Any:
+        token = b""
+        seen = 0
+        while True:
+
+            async def page(client: Client, token: bytes = token) -> Any:
+                return await client.workflow_service.list_workflow_executions(
+                    ListWorkflowExecutionsRequest(
+                        namespace=namespace,
+                        query=query,
+                        page_size=PAGE_SIZE,
+                        next_page_token=token,
+                    ),
+                    retry=True,
+                    timeout=timedelta(seconds=self.rpc_timeout),
+                )
+
+            resp = await self._visibility(page)
+            for info in resp.executions:
+                yield info
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            token = resp.next_page_token
+            if not token:
+                return
+
+    async def _visibility(self, fn: Callable[[Client], Awaitable[T]]) -> T:
+        return await self.manager.call(fn, timeout=2 * self.rpc_timeout)
+
     async def _describe(self, client: Client, wid: str, namespace: str) -> Answer:
         resp = await client.workflow_service.describe_workflow_execution(
             DescribeWorkflowExecutionRequest(
@@ -197,7 +326,7 @@ class TemporalGateway:
                 result = _result_of_failure(err)
                 if result is not None:
                     return Answer(Outcome.CLOSED, workflow=ref, result=result)
-        phase, reason = CLOSED_STATUS.get(status, ("Failed", "WorkflowFailed"))
+        phase, reason = CLOSED_STATUS.get(status, (FAILED, WORKFLOW_FAILED))
         return Answer(
             Outcome.CLOSED,
             workflow=ref,
@@ -225,7 +354,7 @@ class TemporalGateway:
                 # an execution's workflow was recorded in is gone.
                 reason = NAMESPACE_NOT_FOUND
             else:
-                reason = _REJECTED_REASONS.get(exc.status, "StartFailed")
+                reason = _REJECTED_REASONS.get(exc.status, START_FAILED)
             return Answer(Outcome.REJECTED, reason=reason, message=describe_error(exc)[:1000])
         return answer
 

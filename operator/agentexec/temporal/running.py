@@ -89,6 +89,7 @@ async def send_report(
                 namespace=info.namespace,
                 task_queue=info.task_queue,
                 progress=progress,
+                install=inp.install,
             ),
             start_to_close_timeout=timedelta(seconds=30),
             schedule_to_close_timeout=timedelta(seconds=inp.report_timeout_seconds),

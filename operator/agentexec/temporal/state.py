@@ -17,11 +17,12 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Condition reasons for TemporalConnected (the values the rest of the operator sees).
-CONNECTED = "Connected"
-TEMPORAL_UNAVAILABLE = "TemporalUnavailable"
-CIRCUIT_OPEN = "CircuitOpen"
-NAMESPACE_NOT_FOUND = "NamespaceNotFound"
+# Condition reasons for TemporalConnected (the values the rest of the operator
+# sees), named once in agentexec.conditions and re-exported here.
+from agentexec.conditions import CIRCUIT_OPEN as CIRCUIT_OPEN
+from agentexec.conditions import CONNECTED as CONNECTED
+from agentexec.conditions import NAMESPACE_NOT_FOUND as NAMESPACE_NOT_FOUND
+from agentexec.conditions import TEMPORAL_UNAVAILABLE as TEMPORAL_UNAVAILABLE
 
 
 class Transition(enum.Enum):

@@ -11,6 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentexec.conditions import APPROVAL_TIMEOUT as APPROVAL_TIMEOUT
+from agentexec.conditions import BUDGET_EXCEEDED as BUDGET_EXCEEDED
+from agentexec.conditions import TOOL_FAILED as TOOL_FAILED
+from agentexec.conditions import TOOLS_UNAVAILABLE as TOOLS_UNAVAILABLE
 from agentexec.temporal.attempts import BookState
 from agentexec.temporal.types import AgentSpec, ExecutionInput, ExecutionRef, Usage
 
@@ -37,11 +41,7 @@ FAIL = "Fail"  # the execution fails with ToolFailed
 APPROVE, REJECT = "Approve", "Reject"
 APPROVAL_OUTCOMES = (APPROVE, REJECT, FAIL)
 
-# Reasons the loop can end with (status.error.reason).
-BUDGET_EXCEEDED = "BudgetExceeded"
-TOOL_FAILED = "ToolFailed"
-APPROVAL_TIMEOUT = "ApprovalTimeout"
-TOOLS_UNAVAILABLE = "ToolsUnavailable"
+# Reasons the loop can end with (status.error.reason): named in agentexec.conditions.
 # An ApplicationError type a tool-call activity raises when the tool server
 # answered with a protocol error or cannot be reached (retried by policy).
 TOOL_SERVER_ERROR = "ToolServerError"

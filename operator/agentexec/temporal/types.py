@@ -12,6 +12,23 @@ from typing import Any
 
 from temporalio.converter import value_to_type
 
+# The reasons the workflow gives (how an execution ended, where a running one
+# is) are named once, with every other condition reason, in agentexec.conditions.
+from agentexec.conditions import AGENT_FAILED as AGENT_FAILED
+from agentexec.conditions import ATTEMPT_DISRUPTED as ATTEMPT_DISRUPTED
+from agentexec.conditions import ATTEMPT_FAILED as ATTEMPT_FAILED
+from agentexec.conditions import CANCELLED as CANCELLED
+from agentexec.conditions import DISRUPTED as DISRUPTED
+from agentexec.conditions import HEARTBEAT_TIMEOUT as HEARTBEAT_TIMEOUT
+from agentexec.conditions import NO_RUNNER as NO_RUNNER
+from agentexec.conditions import RUNNER_FAILED as RUNNER_FAILED
+from agentexec.conditions import RUNNING as RUNNING
+from agentexec.conditions import SUSPENDED as SUSPENDED
+from agentexec.conditions import TIMEOUT as TIMEOUT
+from agentexec.conditions import UNKNOWN_AGENT as UNKNOWN_AGENT
+from agentexec.conditions import WAITING_FOR_RUNNER as WAITING_FOR_RUNNER
+from agentexec.conditions import WORKFLOW_NOT_RUNNING as WORKFLOW_NOT_RUNNING
+
 
 @dataclass(frozen=True)
 class ExecutionRef:
@@ -79,6 +96,10 @@ class ExecutionInput:
     backoff_limit: int = 2  # failures of the agent or its provider retried; then Failed
     max_disruptions: int = 10  # attempts cut short by the platform; then Failed/Disrupted
     deadline_field: str = "timeoutSeconds"
+    # The install that started the workflow (AGENTEXEC_INSTALL; issue #22),
+    # carried into its reports: an operator refuses another install's. Empty
+    # in workflows started before it: their reports are taken as before.
+    install: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,6 +254,7 @@ class StatusReport:
     # The agent loop's status fields (progress, pendingApproval, lastApproval),
     # already in the resource's casing: see temporal/steps.py.
     progress: dict[str, Any] | None = None
+    install: str = ""  # ExecutionInput.install of the workflow ("": unknown)
 
 
 @dataclass(frozen=True)
@@ -288,7 +310,6 @@ CHECK_RUNNER_ACTIVITY = "check_runner"
 SUSPEND_SIGNAL = "suspend"
 # ApplicationError types that retrying cannot fix.
 AGENT_ERROR = "AgentError"
-UNKNOWN_AGENT = "UnknownAgent"
 # ApplicationError types a runner raises about the model provider an agent
 # calls; the execution fails with the type as its reason. RateLimited and
 # ProviderUnavailable are retried inside the attempt (the chat agent re-sends
@@ -323,20 +344,3 @@ AGENT_STOPPED = "AgentStopped"
 # The type of the error a workflow ends with when its agent failed; its first
 # detail is the ExecutionResult (Temporal's UI and metrics see the failure).
 EXECUTION_FAILED = "AgentExecutionFailed"
-# Reasons the workflow gives: how an execution ended (status.error.reason and
-# the Succeeded condition), and, while it runs, where it is (progress reports:
-# the Succeeded=Unknown condition and an event).
-AGENT_FAILED = "AgentFailed"
-RUNNER_FAILED = "RunnerFailed"
-TIMEOUT = "Timeout"
-HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
-DISRUPTED = "Disrupted"
-NO_RUNNER = "NoRunner"
-CANCELLED = "Cancelled"
-RUNNING = "Running"
-WAITING_FOR_RUNNER = "WaitingForRunner"
-ATTEMPT_FAILED = "AttemptFailed"
-ATTEMPT_DISRUPTED = "AttemptDisrupted"
-SUSPENDED = "Suspended"
-# A signal found no running workflow (it ended meanwhile).
-WORKFLOW_NOT_RUNNING = "WorkflowNotRunning"

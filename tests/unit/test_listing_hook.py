@@ -1,0 +1,49 @@
+"""The hook on kopf's listings (handlers.hook_listings): a re-list after 410 Gone
+replaces the caches. kopf has no public hook, so these tests also fail if a
+kopf upgrade moves what the hook relies on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kopf._cogs.clients import watching as kopf_watching
+from kopf._cogs.structs.references import Resource
+
+from agentexec import handlers
+from agentexec.kube import GROUP, PLURAL, VERSION
+
+
+def test_kopf_still_lists_through_the_function_the_hook_wraps() -> None:
+    assert kopf_watching.Bookmark.LISTED
+    # infinite_watch looks continuous_watch up as a module global at each
+    # (re-)listing: replacing the module attribute is what the hook does.
+    assert "continuous_watch" in kopf_watching.infinite_watch.__code__.co_names
+
+
+async def test_each_listing_is_reported_complete_with_its_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def obj(name: str, uid: str) -> dict[str, Any]:
+        return {"metadata": {"namespace": "ns", "name": name, "uid": uid}}
+
+    async def listing_then_events(**_: Any) -> AsyncIterator[Any]:
+        yield {"type": None, "object": obj("a", "u1")}
+        yield {"type": None, "object": obj("b", "u2")}
+        yield kopf_watching.Bookmark.LISTED
+        yield {"type": "ADDED", "object": obj("c", "u3")}  # after the listing: not in it
+
+    monkeypatch.setattr(kopf_watching, "continuous_watch", listing_then_events)
+    seen: list[tuple[str, str | None, dict[tuple[str, str], str]]] = []
+    undo = handlers.hook_listings(lambda *args: seen.append(args))
+    try:
+        ours = Resource(GROUP, VERSION, PLURAL)
+        items = [i async for i in kopf_watching.continuous_watch(resource=ours, namespace="ns")]
+        theirs = Resource("", "v1", "pods")
+        [i async for i in kopf_watching.continuous_watch(resource=theirs, namespace="ns")]
+    finally:
+        undo()
+    assert len(items) == 4  # every item still reaches kopf
+    assert seen == [(PLURAL, "ns", {("ns", "a"): "u1", ("ns", "b"): "u2"})]
+    assert kopf_watching.continuous_watch is listing_then_events
