@@ -16,7 +16,7 @@ import kopf
 from kopf._cogs.clients import watching as kopf_watching
 
 from agentexec.controller import Controller
-from agentexec.kube import AGENT_PLURAL, GROUP, PLURAL, VERSION
+from agentexec.kube import AGENT_PLURAL, GROUP, LIST_CHUNK, PLURAL, VERSION
 
 registry = kopf.OperatorRegistry()
 log = logging.getLogger("agentexec.handlers")
@@ -41,6 +41,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # The first listing and every re-listing after a 410 Gone, in pages
+    # (kopf's default is one unchunked LIST of every object).
+    settings.watching.chunk_size = LIST_CHUNK
     # Leadership is a coordination.k8s.io Lease (agentexec.leader), not kopf
     # peering (priority-based; an old pod can freeze its successor, kopf #734).
     settings.peering.standalone = True
