@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 from kopf._cogs.clients import watching as kopf_watching
+from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from agentexec.controller import Controller
 from agentexec.kube import AGENT_PLURAL, GROUP, LIST_CHUNK, PLURAL, VERSION
@@ -44,6 +45,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The first listing and every re-listing after a 410 Gone, in pages
     # (kopf's default is one unchunked LIST of every object).
     settings.watching.chunk_size = LIST_CHUNK
+    # kopf runs one worker task per object, which holds the object's last
+    # event until it has idled this long: a listing of 100 000 objects held
+    # every one seen in the last 5 s (kopf's default), each with its full
+    # body. Our handler only caches and enqueues; a new worker is cheap.
+    settings.queueing.idle_timeout = 0.5
     # Leadership is a coordination.k8s.io Lease (agentexec.leader), not kopf
     # peering (priority-based; an old pod can freeze its successor, kopf #734).
     settings.peering.standalone = True
@@ -64,6 +70,31 @@ async def observe_agent(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     controller: Controller = memo.controller
     raw = event.get("object")
     controller.on_agent_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
+
+
+class Unremembered(ResourceMemories):
+    """kopf's per-object memories, not kept.
+
+    kopf remembers ~1.5 KB for every object it has seen (a memo, an error
+    throttler, index and daemon state, a patch left to apply) until the
+    object is deleted: 150 MB for 100 000 executions kept. The operator has
+    event handlers only (no daemons, timers, indexes or changing handlers,
+    and kopf writes nothing), for which that state is never read again, so
+    each event gets a fresh one: the path kopf itself takes for admission
+    requests (``ephemeral``).
+    """
+
+    async def recall(
+        self,
+        raw_body: kopf.RawBody,
+        *,
+        memobase: Any = None,
+        noticed_by_listing: bool = False,
+        ephemeral: bool = False,
+    ) -> ResourceMemory:
+        return await super().recall(
+            raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=True
+        )
 
 
 Listed = Callable[[str, "str | None", dict[tuple[str, str], str]], None]
