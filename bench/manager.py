@@ -1,19 +1,25 @@
-"""Detection and recovery latency of the Temporal manager, ours vs the reference's.
+"""Detection and recovery latency of the Temporal manager, ours vs the reference's,
+and what a blip costs with and without hysteresis.
 
-Two managers run side by side in this process against one real Temporal dev
-server: one with the default settings, one with the reference system's
-parameters (15 s probe, 5 s timeout, 1-30 s backoff). Each cycle SIGKILLs the
-server, waits until both managers noticed, restarts it, and waits until both
-reconnected.
+Three managers run side by side in this process against one real Temporal dev
+server: the default settings, the same without hysteresis
+(TEMPORAL_DOWN_AFTER_SECONDS=0: the first failed probe calls Temporal down),
+and the reference system's parameters (15 s probe, 5 s timeout, 1-30 s
+backoff). Each outage cycle SIGKILLs the server, waits until every manager
+noticed, restarts it, and waits until all reconnected. Each blip cycle
+freezes the server (SIGSTOP) for --blip seconds, long enough for a probe in
+flight to miss its 1 s deadline, then thaws it.
 
 - detection: SIGKILL -> manager reports disconnected
 - recovery: the server answers its first health check (an independent fresh
   client, polled every 20 ms) -> manager reports connected
+- blips: how many times each manager told its listeners "disconnected" (each
+  such flip makes the controller rewrite every unfinished execution)
 - probe cost: one call of the server-wide health check (the old probe),
   DescribeNamespace, and the manager's probe (both at once, under one
   deadline), each timed on a warm client, before the cycles
 
-Usage: python bench/manager.py [--cycles N] [--probe-calls N]
+Usage: python bench/manager.py [--cycles N] [--blips N] [--blip SECONDS] [--probe-calls N]
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ REFERENCE = {
     "probe_interval": 15.0,
     "probe_interval_disconnected": 15.0,  # the reference probed at one pace
     "probe_timeout": 5.0,
+    "down_after": 0.0,  # the reference flipped on one failed probe
     "backoff_base": 1.0,
     "backoff_max": 30.0,
 }
@@ -63,7 +70,7 @@ async def probe_costs(address: str, calls: int) -> dict[str, list[float]]:
         "describe_namespace": lambda: client.workflow_service.describe_namespace(
             request, retry=False, timeout=per_call
         ),
-        "manager probe (both)": lambda: manager._ask(client),
+        "manager probe (both)": lambda: manager.connection.probe.ask(client),
     }
     costs: dict[str, list[float]] = {name: [] for name in kinds}
     for name, call in kinds.items():
@@ -85,12 +92,25 @@ async def wait_state(manager: TemporalManager, connected: bool, timeout: float =
     return time.monotonic()
 
 
+def count_flip(flips: dict[str, int], name: str, connected: bool) -> None:
+    if not connected:
+        flips[name] += 1
+
+
+def probe_failures(manager: TemporalManager) -> float:
+    labels = {"host_port": manager.settings.address, "namespace": manager.settings.namespace}
+    value = manager.metrics.registry.get_sample_value(
+        "temporal_health_probe_failures_total", labels
+    )
+    return value or 0.0
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def main(cycles: int, probe_calls: int) -> None:
+async def main(cycles: int, blips: int, blip: float, probe_calls: int) -> None:
     logging.basicConfig(level=logging.ERROR)
     rng = random.Random(7)
     workdir = Path(tempfile.mkdtemp(prefix="bench-manager-"))
@@ -100,15 +120,33 @@ async def main(cycles: int, probe_calls: int) -> None:
     base = TemporalSettings(address=server.address)
     configs = {
         "default": base,
+        "no-hyst": dataclasses.replace(base, down_after=0.0),
         "reference": dataclasses.replace(base, **REFERENCE),  # type: ignore[arg-type]
     }
     managers = {name: TemporalManager(s, (), Metrics()) for name, s in configs.items()}
     detection: dict[str, list[float]] = {name: [] for name in managers}
     recovery: dict[str, list[float]] = {name: [] for name in managers}
+    flips: dict[str, int] = dict.fromkeys(managers, 0)
+    blip_flips = flips
+    failed_probes: dict[str, float] = dict.fromkeys(managers, 0.0)
+    for name, m in managers.items():
+        m.add_listener(lambda state, name=name: count_flip(flips, name, state.connected))
     try:
         for m in managers.values():
             m.start()
         await asyncio.gather(*(wait_state(m, True) for m in managers.values()))
+        before = {name: probe_failures(m) for name, m in managers.items()}
+        for cycle in range(1, blips + 1):
+            await asyncio.sleep(rng.uniform(1.0, 2.0))  # a random phase of the 1 s probe
+            server.freeze()
+            await asyncio.sleep(blip)
+            server.thaw()
+            await asyncio.sleep(3.0)  # every manager settled again
+            await asyncio.gather(*(wait_state(m, True) for m in managers.values()))
+            print(f"blip {cycle}: flips so far {flips}", flush=True)
+        for name, m in managers.items():
+            failed_probes[name] = probe_failures(m) - before[name]
+        blip_flips = dict(flips)  # the outages below flip every manager, as they should
         for cycle in range(1, cycles + 1):
             # Kill at a random phase of both probe intervals, as a real crash would.
             await asyncio.sleep(rng.uniform(1.0, 1.0 + REFERENCE["probe_interval"]))
@@ -157,10 +195,24 @@ async def main(cycles: int, probe_calls: int) -> None:
         statistics.median(recovery["default"]), 1e-6
     )
     print(f"ratio reference/default (median): detection {ratio_d:.1f}x, recovery {ratio_r:.1f}x")
+    ratio_h = statistics.median(detection["default"]) / max(
+        statistics.median(detection["no-hyst"]), 1e-6
+    )
+    print(f"ratio default/no-hyst (median detection): {ratio_h:.2f}x (the window's price)")
+    print()
+    print(f"Blips: {blips} freezes of {blip:.2f} s (SIGSTOP/SIGCONT)")
+    print(f"{'settings':<10} {'failed probes':>14} {'flips down':>11}")
+    for name in managers:
+        print(f"{name:<10} {failed_probes[name]:>14.0f} {blip_flips[name]:>11}")
     d95, r95 = pct(detection["default"], 0.95), pct(recovery["default"], 0.95)
+    # Detection: probe interval (1 s) + TEMPORAL_DOWN_AFTER_SECONDS (1 s) +
+    # the fast re-probe (0.1 s) bound it; the target keeps an execution's
+    # "waiting for Temporal" within ~2-3 s of an outage (issue #18).
     print(
-        f"targets: detection p95 <= 1 s: {'met' if d95 <= 1 else 'MISSED'} ({d95:.3f}); "
-        f"recovery p95 <= 0.2 s: {'met' if r95 <= 0.2 else 'MISSED'} ({r95:.3f})"
+        f"targets: detection p95 <= 2.5 s: {'met' if d95 <= 2.5 else 'MISSED'} ({d95:.3f}); "
+        f"recovery p95 <= 0.2 s: {'met' if r95 <= 0.2 else 'MISSED'} ({r95:.3f}); "
+        f"no flip on a blip: {'met' if blip_flips['default'] == 0 else 'MISSED'} "
+        f"({blip_flips['default']} of {blips})"
     )
 
 
@@ -169,6 +221,8 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--cycles", type=int, default=7)
+    parser.add_argument("--blips", type=int, default=10)
+    parser.add_argument("--blip", type=float, default=1.5)
     parser.add_argument("--probe-calls", type=int, default=500)
     args = parser.parse_args()
-    asyncio.run(main(args.cycles, args.probe_calls))
+    asyncio.run(main(args.cycles, args.blips, args.blip, args.probe_calls))

@@ -3,12 +3,16 @@
 # from Go modules, once, into $CACHE_DIR/bin keyed by version. A binary that is
 # already there is reused, so a warm `make test` builds nothing.
 #
-# `all` is what `make install` builds. The node tier's binaries (kubelet,
-# kube-scheduler, kube-proxy, kube-controller-manager, coredns: about 5.5 min
-# cold on 2 cores) are not in it: they are built on first use by the node tier
-# (localenv.binaries.built_tool) or all at once by `node`.
+# `all` is what `make install` builds. What the node tier's kind cluster is
+# made of (`kind-node`: kubelet, kubeadm, kubectl, kube-scheduler, kube-proxy,
+# kube-controller-manager, coredns, containerd, runc, crictl, the CNI plugins,
+# local-path-provisioner) and kind itself are not in it: they are built on
+# first use (localenv.kindimages) or all at once by `kind-node`.
 #
-#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|coredns|etcd|helm|promtool|kube-score|kind|node|all]
+# The node tier's registry (the CNCF distribution registry) is built with
+# `registry`.
+#
+#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|kubeadm|kubectl|coredns|etcd|helm|promtool|kube-score|kind|registry|kind-node|all]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,7 +52,7 @@ GO=$(find_go)
 
 log() { printf 'build-binaries: %s\n' "$*" >&2; }
 
-KUBE_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
+KUBE_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl)
 
 # A wrapper module pins k8s.io/kubernetes; its staging modules (replaced by
 # ./staging paths upstream) are pinned to the matching v0.x.y releases. Its
@@ -133,14 +137,16 @@ GO
   mv "$out.tmp" "$out"
 }
 
+# build_go_install NAME PKG VERSION [go build flags...]
 build_go_install() {
   local name=$1 pkg=$2 version=$3 out=$BIN_DIR/$1-$3
+  shift 3
   [ -x "$out" ] && return
   local gobin
   gobin=$(mktemp -d)
   log "building $name $version"
-  GOBIN=$gobin "$GO" install -trimpath -ldflags="-s -w" "$pkg@$version"
-  mv "$gobin/$name" "$out"
+  GOBIN=$gobin "$GO" install -trimpath -ldflags="-s -w" "$@" "$pkg@$version"
+  mv "$gobin/$(basename "$pkg")" "$out"
   rm -rf "$gobin"
 }
 
@@ -204,22 +210,49 @@ build_coredns() {
   build_go_install coredns github.com/coredns/coredns "$COREDNS_VERSION"
 }
 
+# What kind's base image (images/base/Dockerfile of KIND_VERSION) builds from
+# source, built here from the same Go modules: containerd with the build tags
+# kind uses, runc with seccomp (cgo, the host's libseccomp: a bookworm node
+# runs it), crictl, and the four CNI plugins kind's node ships. The versions
+# are kind's where the module proxy serves them (hack/versions.env says where
+# not). kubeadm and kubectl come from the Kubernetes wrapper module.
+build_kind_node() {
+  local tags="no_aufs no_zfs no_btrfs no_devmapper"
+  local cmd
+  for cmd in containerd ctr containerd-shim-runc-v2; do
+    build_go_install "$cmd" "github.com/containerd/containerd/v2/cmd/$cmd" "$KIND_CONTAINERD_VERSION" -tags "$tags"
+  done
+  # runc links the host's libseccomp (hack/host-packages.sh installs it).
+  [ -x "$BIN_DIR/runc-$KIND_RUNC_VERSION" ] || bash "$ROOT/hack/host-packages.sh" >&2
+  CGO_ENABLED=1 build_go_install runc github.com/opencontainers/runc "$KIND_RUNC_VERSION" -tags seccomp
+  build_go_install crictl sigs.k8s.io/cri-tools/cmd/crictl "$KIND_CRICTL_VERSION"
+  for cmd in ipam/host-local main/loopback main/ptp meta/portmap; do
+    build_go_install "$(basename "$cmd")" "github.com/containernetworking/plugins/plugins/$cmd" "$KIND_CNI_PLUGINS_VERSION"
+  done
+  build_go_install local-path-provisioner github.com/rancher/local-path-provisioner "$KIND_LOCAL_PATH_VERSION"
+  build_kube kubeadm
+  build_kube kubectl
+  build_kube kubelet
+  for cmd in kube-controller-manager kube-scheduler kube-proxy kube-apiserver; do
+    build_kube "$cmd"
+  done
+  build_etcd
+  build_coredns
+}
+
 what=${1:-all}
 case $what in
-  kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | kubelet) build_kube "$what" ;;
+  kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | kubelet | kubeadm | kubectl) build_kube "$what" ;;
   coredns) build_coredns ;;
-  node)
-    for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy; do
-      build_kube "$cmd"
-    done
-    build_coredns
-    ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   promtool) build_promtool ;;
   kube-score) build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" ;;
-  # kind for `make e2e-kind` only (not in `all`: the node tier runs here instead).
+  # kind for the node tier (not in `all`: built on first use).
   kind) build_go_install kind sigs.k8s.io/kind "$KIND_VERSION" ;;
+  # The node tier's image registry (github.com/distribution/distribution).
+  registry) build_go_install registry github.com/distribution/distribution/v3/cmd/registry "$REGISTRY_VERSION" ;;
+  kind-node) build_kind_node ;;
   all)
     build_etcd
     build_kube kube-apiserver
@@ -228,7 +261,7 @@ case $what in
     build_go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION"
     ;;
   *)
-    echo "usage: $0 [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|coredns|etcd|helm|promtool|kube-score|kind|node|all]" >&2
+    echo "usage: $0 [kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|kubeadm|kubectl|coredns|etcd|helm|promtool|kube-score|kind|registry|kind-node|all]" >&2
     exit 2
     ;;
 esac

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The Debian packages the node tier and `make image` need on the host:
-# a Docker engine for image builds, debootstrap for a local base image, and
-# for the kubelet a containerd with the CRI plugin, runc, the CNI plugins and
-# iptables. Installed once (idempotent); prints SKIPPED and exits 0 where it
-# cannot install (not root, no apt-get), so callers decide what that means.
+# a Docker engine for image builds and kind's nodes, debootstrap for a local
+# base image, iptables (the host route to kind's Services needs none, but
+# dockerd wants the tools), libseccomp-dev and pkg-config (runc for kind's
+# base image links libseccomp), and skopeo (OCI archives: make release, the
+# node tier's registry). Installed once (idempotent); prints SKIPPED and
+# exits 0 where it cannot install (not root, no apt-get), so callers decide
+# what that means.
 set -euo pipefail
 
-PACKAGES=(docker.io containerd runc containernetworking-plugins debootstrap iptables)
+PACKAGES=(docker.io debootstrap iptables libseccomp-dev pkg-config skopeo)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

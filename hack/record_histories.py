@@ -33,7 +33,7 @@ import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -52,15 +52,25 @@ class Scenario:
     # after reporting (so Temporal's UI sees it): either is this path's ending.
     expect_status: tuple[str, ...] = ("COMPLETED",)
     expect_phase: str = "Succeeded"
-    expect_reason: str | None = None
+    # Versions since the attempt loop (#19) call an agent's own failure
+    # AgentFailed where v0.1.0 said RunnerFailed: either is this path's ending.
+    expect_reason: str | tuple[str | None, ...] | None = None
     cancel_when_started: bool = False
     fail_first_report: bool = False
+    suspend_when_started: bool = False  # then resume once Suspended is reported
+    runner_queue: str = "replay-runner"
+    inp: tuple[tuple[str, Any], ...] = ()  # more ExecutionInput fields
+    attempt_loop: bool = False  # only for versions with the attempt loop
+
+    def expects(self, reason: str | None) -> bool:
+        wanted = self.expect_reason
+        return reason in wanted if isinstance(wanted, tuple) else reason == wanted
 
 
 FAILED: dict[str, Any] = {"expect_status": ("COMPLETED", "FAILED"), "expect_phase": "Failed"}
 SCENARIOS = [
     Scenario("succeeded", "echo"),
-    Scenario("agent_failed", "fails", **FAILED, expect_reason="RunnerFailed"),
+    Scenario("agent_failed", "fails", **FAILED, expect_reason=("RunnerFailed", "AgentFailed")),
     Scenario("unknown_agent", "nobody", **FAILED, expect_reason="UnknownAgent"),
     Scenario("runner_retried", "flaky"),
     Scenario(
@@ -79,6 +89,24 @@ SCENARIOS = [
         cancel_when_started=True,
     ),
     Scenario("report_retried", "echo", fail_first_report=True),
+    # The attempt loop's own paths (issue #19).
+    Scenario("disrupted", "handed_over", attempt_loop=True),
+    Scenario(
+        "suspended",
+        "checkpointer",
+        suspend_when_started=True,
+        attempt_loop=True,
+    ),
+    Scenario(
+        "no_runner",
+        "echo",
+        timeout_seconds=3,
+        **FAILED,
+        expect_reason="NoRunner",
+        runner_queue="replay-unserved",
+        inp=(("no_runner_seconds", 1),),
+        attempt_loop=True,
+    ),
 ]
 
 
@@ -130,6 +158,10 @@ def import_version(checkout: Path) -> dict[str, Any]:
         name: importlib.import_module(f"agentexec.{name}")
         for name in ("temporal.types", "temporal.workflows", "runner", "runner.activity")
     }
+    if (package_dir / "agentexec" / "temporal" / "runner_check.py").exists():
+        modules["temporal.runner_check"] = importlib.import_module(
+            "agentexec.temporal.runner_check"
+        )
     where = Path(modules["temporal.workflows"].__file__ or "").resolve()
     if not where.is_relative_to(package_dir.resolve()):
         raise SystemExit(f"imported the workflow from {where}, not from {package_dir}")
@@ -141,6 +173,7 @@ async def record(modules: dict[str, Any]) -> tuple[list[Any], dict[str, list[Any
     the reports the workflows made, by scenario."""
     from temporalio import activity
     from temporalio.client import Client
+    from temporalio.exceptions import ApplicationError
     from temporalio.worker import Worker
 
     from localenv.temporal import TemporalDevServer
@@ -152,7 +185,8 @@ async def record(modules: dict[str, Any]) -> tuple[list[Any], dict[str, list[Any
     # Heartbeat well inside the 3 s timeout scenario, so it ends on the agent's
     # own timeout (start-to-close) rather than on a missed heartbeat.
     runner_activity.HEARTBEAT_EVERY = 0.5
-    started: dict[str, asyncio.Event] = {s.name: asyncio.Event() for s in SCENARIOS}
+    scenarios = scenarios_of(modules)
+    started: dict[str, asyncio.Event] = {s.name: asyncio.Event() for s in scenarios}
     flaky_calls: dict[str, int] = {}
 
     class Echo:
@@ -185,11 +219,38 @@ async def record(modules: dict[str, Any]) -> tuple[list[Any], dict[str, list[Any
             await asyncio.sleep(3600)
             raise AssertionError("unreachable")
 
+    class HandedOver:
+        name = "handed_over"
+
+        async def run(self, request: Any) -> Any:
+            # The first attempt ends as a runner's SIGTERM hand-over does.
+            n = flaky_calls[request.message] = flaky_calls.get(request.message, 0) + 1
+            ctx = runner.context()
+            if n == 1:
+                ctx.checkpoint({"step": 1})
+                raise ApplicationError(
+                    "the runner shut down before the agent finished", type="RunnerShutdown"
+                )
+            return types.AgentResult(output=f"resumed from {ctx.resume_from}")
+
+    class Checkpointer:
+        name = "checkpointer"
+
+        async def run(self, request: Any) -> Any:
+            ctx = runner.context()
+            if ctx.resume_from is None:
+                ctx.checkpoint({"step": 1})
+                started[request.message].set()
+                await asyncio.sleep(3600)
+            return types.AgentResult(output=f"resumed from {ctx.resume_from}")
+
     reports: dict[str, list[Any]] = {}
-    report_fails_first = {s.name for s in SCENARIOS if s.fail_first_report}
+    said: dict[str, asyncio.Event] = {s.name: asyncio.Event() for s in scenarios}
+    report_fails_first = {s.name for s in scenarios if s.fail_first_report}
 
     async def report_status(report: Any) -> None:
         reports.setdefault(report.ref.name, []).append(report.result)
+        said[report.ref.name].set()
         if report.ref.name in report_fails_first and activity.info().attempt == 1:
             raise RuntimeError("the Kubernetes API is unavailable")
 
@@ -198,8 +259,11 @@ async def record(modules: dict[str, Any]) -> tuple[list[Any], dict[str, list[Any
     report_status = activity.defn(name=types.REPORT_STATUS_ACTIVITY)(report_status)
 
     runner_acts = runner_activity.RunnerActivities(
-        {a.name: a for a in (Echo(), Fails(), Flaky(), Sleeper())}
+        {a.name: a for a in (Echo(), Fails(), Flaky(), Sleeper(), HandedOver(), Checkpointer())}
     )
+    workflow_activities = [report_status]
+    if "temporal.runner_check" in modules:
+        workflow_activities.append(modules["temporal.runner_check"].check_runner)
     with tempfile.TemporaryDirectory(prefix="record-histories-") as tmp:
         server = TemporalDevServer(Path(tmp))
         server.start()
@@ -210,24 +274,38 @@ async def record(modules: dict[str, Any]) -> tuple[list[Any], dict[str, list[Any
                     client,
                     task_queue="replay-executions",
                     workflows=[workflows.AgentExecutionWorkflow],
-                    activities=[report_status],
+                    activities=workflow_activities,
                 ),
                 Worker(
                     client,
                     task_queue="replay-runner",
                     activities=[runner_acts.run_agent],
+                    # As the runner's workers: a cancel (suspend) arrives in seconds.
+                    max_heartbeat_throttle_interval=timedelta(seconds=1),
+                    default_heartbeat_throttle_interval=timedelta(seconds=1),
                 ),
             ):
                 results = await asyncio.gather(
-                    *(run_one(client, types, workflows, s, started) for s in SCENARIOS)
+                    *(run_one(client, types, workflows, s, started, said) for s in scenarios)
                 )
         finally:
             server.stop()
     return results, reports
 
 
+def scenarios_of(modules: dict[str, Any]) -> list[Scenario]:
+    """The paths this version can take: the attempt loop's only where it exists."""
+    loop = hasattr(modules["temporal.workflows"], "ATTEMPT_LOOP")
+    return [s for s in SCENARIOS if loop or not s.attempt_loop]
+
+
 def write_fixtures(
-    results: list[Any], reports: dict[str, list[Any]], out_dir: Path, described: str, wf_type: str
+    scenarios: list[Scenario],
+    results: list[Any],
+    reports: dict[str, list[Any]],
+    out_dir: Path,
+    described: str,
+    wf_type: str,
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
@@ -238,12 +316,12 @@ def write_fixtures(
         "workflow_type": wf_type,
         "histories": {},
     }
-    for scenario, (workflow_id, history, status) in zip(SCENARIOS, results, strict=True):
+    for scenario, (workflow_id, history, status) in zip(scenarios, results, strict=True):
         got = reports.get(scenario.name, [])
         if status not in scenario.expect_status or not got:
             raise SystemExit(f"{scenario.name}: workflow {status}, reports {got}")
         last = got[-1]
-        if (last.phase, last.reason) != (scenario.expect_phase, scenario.expect_reason):
+        if last.phase != scenario.expect_phase or not scenario.expects(last.reason):
             raise SystemExit(f"{scenario.name}: reported {last}, expected {scenario}")
         if scenario.fail_first_report and len(got) < 2:
             raise SystemExit(f"{scenario.name}: the report was not retried: {got}")
@@ -258,11 +336,16 @@ def write_fixtures(
         events = len(history.events)
         print(f"{scenario.name}: {status}, {last.phase}/{last.reason}, {events} events")
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"wrote {len(SCENARIOS)} histories to {out_dir}")
+    print(f"wrote {len(scenarios)} histories to {out_dir}")
 
 
 async def run_one(
-    client: Any, types: Any, workflows: Any, scenario: Scenario, started: dict[str, asyncio.Event]
+    client: Any,
+    types: Any,
+    workflows: Any,
+    scenario: Scenario,
+    started: dict[str, asyncio.Event],
+    said: dict[str, asyncio.Event],
 ) -> tuple[str, Any, str]:
     from temporalio.client import WorkflowFailureError
 
@@ -271,9 +354,10 @@ async def run_one(
         ref=types.ExecutionRef("replay", scenario.name, f"uid-{scenario.name}"),
         agent=scenario.agent,
         message=scenario.name,
-        runner_task_queue="replay-runner",
+        runner_task_queue=scenario.runner_queue,
         timeout_seconds=scenario.timeout_seconds,
         parameters={"scenario": scenario.name},
+        **dict(scenario.inp),
     )
     handle = await client.start_workflow(
         workflows.AgentExecutionWorkflow.run,
@@ -284,6 +368,12 @@ async def run_one(
     if scenario.cancel_when_started:
         await asyncio.wait_for(started[scenario.name].wait(), 30)
         await handle.cancel()
+    if scenario.suspend_when_started:
+        await asyncio.wait_for(started[scenario.name].wait(), 30)
+        said[scenario.name].clear()
+        await handle.signal(types.SUSPEND_SIGNAL, True)
+        await asyncio.wait_for(said[scenario.name].wait(), 30)  # Suspended
+        await handle.signal(types.SUSPEND_SIGNAL, False)
     with contextlib.suppress(WorkflowFailureError):
         await asyncio.wait_for(handle.result(), 60)
     status = (await handle.describe()).status
@@ -311,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"recording {modules['temporal.workflows'].__file__} from {described}")
         results, reports = asyncio.run(record(modules))
         wf_type = modules["temporal.types"].WORKFLOW_TYPE
-        write_fixtures(results, reports, out_dir, described, wf_type)
+        write_fixtures(scenarios_of(modules), results, reports, out_dir, described, wf_type)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             started.append(chat)
             chat.start()
             env["AGENTEXEC_PROVIDERS_FILE"] = str(write_providers(workdir, chat))
+            # A loopback server: never through the proxy this shell may name
+            # (the chat agent honours HTTP(S)_PROXY; lower case wins).
+            for name in ("NO_PROXY", "no_proxy"):
+                env[name] = ",".join(filter(None, (env.get(name), "127.0.0.1", "localhost")))
         subprocess.run(
             [str(kubectl), "apply", "--server-side", "-f", str(ROOT / "crds")], env=env, check=True
         )

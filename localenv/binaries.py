@@ -36,7 +36,7 @@ def venv_tool(name: str) -> Path:
 def built_tool(name: str) -> Path:
     """A binary built from Go modules by hack/build-binaries.sh, built on first use."""
     pins = versions()
-    if name.startswith("kube-") or name == "kubelet":
+    if name.startswith("kube-") or name in ("kubelet", "kubeadm", "kubectl"):
         version = f"{pins['KUBE_VERSION']}-r{pins['KUBE_BUILD_REV']}"
     elif name == "helm":
         # Stamped as helm's release build (an unstamped one misreads the

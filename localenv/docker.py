@@ -13,8 +13,9 @@ Our engine runs with `--iptables=false --bridge=none`: builds use the host
 network (`docker build --network host`) and tests run containers with
 `--network none`, so it creates no docker0 bridge and no iptables rules.
 Trap for an engine we did not start: Docker sets the iptables FORWARD policy
-to DROP, which silently drops bridged pod traffic on the same host; whoever
-owns a bridge (localenv.node) must ACCEPT its own traffic in FORWARD.
+to DROP, which silently drops bridged traffic of others on the same host.
+Ours also runs kind's nodes (localenv.kind): they sit on the Docker network
+kind creates, reached from the host through its gateway.
 
 Where this machine cannot run an engine (not root, no dockerd even after
 hack/host-packages.sh, no overlayfs), `ensure()` raises `EngineUnavailable`
@@ -153,6 +154,13 @@ class DockerEngine:
             "--bridge=none",
             "--log-level=warn",
         ]
+        if short_bounding_set():
+            # A privileged container asks for every capability; runc cannot
+            # grant one outside the host's bounding set (hack/runc-bounded).
+            wrapper = self.run_dir / "runc-bounded"
+            shutil.copy(ROOT / "hack" / "runc-bounded", wrapper)
+            wrapper.chmod(0o755)
+            argv += [f"--add-runtime=bounded={wrapper}", "--default-runtime=bounded"]
         with self.log_path.open("ab") as log:
             log.write(f"\n--- start {' '.join(argv)}\n".encode())
             self._proc = subprocess.Popen(
@@ -242,6 +250,19 @@ class DockerEngine:
         if self.socket.exists():
             left.append(f"socket {self.socket}")
         return left
+
+
+def short_bounding_set() -> bool:
+    """Whether this process's capability bounding set lacks a capability the
+    kernel has (these machines: CAP_SYS_RESOURCE), so that a privileged
+    container cannot be given all of them."""
+    try:
+        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+        status = Path("/proc/self/status").read_text().splitlines()
+        bits = next(int(line.split()[1], 16) for line in status if line.startswith("CapBnd:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return bits != (1 << (last + 1)) - 1
 
 
 def _stop_pid(pid: int, grace: float) -> None:

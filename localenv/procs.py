@@ -93,16 +93,24 @@ class ManagedProcess:
         return self.proc.pid if self.proc is not None else None
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
         self._reap(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process holds its sockets and answers nothing (a hung server)."""
+        self.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.send_signal(signal.SIGCONT)
 
     def stop(self, grace: float = 10.0) -> None:
         if not self.running:
             self._reap(timeout=0)
             return
-        self._signal(signal.SIGTERM)
+        self.thaw()  # a frozen process would not act on SIGTERM
+        self.send_signal(signal.SIGTERM)
         if not self._reap(timeout=grace):
-            self._signal(signal.SIGKILL)
+            self.send_signal(signal.SIGKILL)
             self._reap(timeout=10)
 
     def wait_until(
@@ -120,7 +128,8 @@ class ManagedProcess:
         except OSError:
             return ""
 
-    def _signal(self, sig: signal.Signals) -> None:
+    def send_signal(self, sig: signal.Signals) -> None:
+        """``sig`` to the process group (nothing if it is not running)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         # The whole process group: the temporal CLI and kopf may have children.

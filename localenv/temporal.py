@@ -72,6 +72,14 @@ class TemporalDevServer:
     def kill(self) -> None:
         self._proc.kill()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its sockets (the kernel still answers TCP)
+        and answers nothing, like a server stalled by a long pause."""
+        self._proc.freeze()
+
+    def thaw(self) -> None:
+        self._proc.thaw()
+
     def restart(self, down_for: float = 0.0, kill: bool = True) -> None:
         self.kill() if kill else self.stop()
         time.sleep(down_for)

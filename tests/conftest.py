@@ -9,7 +9,7 @@ import pytest
 
 from localenv.temporal import TemporalDevServer
 
-TIERS = ("unit", "integration", "e2e", "node", "kind")
+TIERS = ("unit", "integration", "e2e", "node")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agentexec.temporal.steps import ASSISTANT
 from agentexec.temporal.types import AgentSpec
 
 Body = Mapping[str, Any]
@@ -34,7 +35,12 @@ AGENT_SPEC_FIELDS = (
     "parameters",
     "taskQueue",
     "timeoutSeconds",
+    "tools",
+    "maxSteps",
+    "approval",
 )
+# What an assistant's snapshot carries for its loop (AgentSpec.loop).
+LOOP_FIELDS = ("tools", "maxSteps", "approval")
 AGENT_META_FIELDS = ("name", "namespace", "uid", "generation", "resourceVersion")
 
 
@@ -86,6 +92,9 @@ def build_agent_spec(agent: Body, execution_parameters: Mapping[str, Any]) -> Ag
         timeout_seconds=timeout if isinstance(timeout, int) and timeout > 0 else None,
         uid=_text(meta.get("uid")),
         generation=generation if isinstance(generation, int) else None,
+        loop={k: spec[k] for k in LOOP_FIELDS if k in spec}
+        if spec.get("type") == ASSISTANT
+        else None,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -15,15 +16,22 @@ import kopf
 
 from agentexec import __version__, handlers
 from agentexec.controller import Controller
-from agentexec.http import build_app, liveness_of, start_http
-from agentexec.kube import Kube
+from agentexec.http import build_app, build_secure_app, build_server_tls, liveness_of, start_http
+from agentexec.kube import Kube, TokenAuthorizer
 from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
+from agentexec.policy import PolicyCache
 from agentexec.runner import configure_agents, load_agents
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY
+from agentexec.runner.steps import StepActivities
 from agentexec.settings import Settings
+from agentexec.temporal.codec import build_codec
+from agentexec.temporal.codec import describe as describe_codec
+from agentexec.temporal.loop import AgentLoopWorkflow
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
+from agentexec.temporal.queues import PollerCheck, worker_identity
+from agentexec.temporal.runner_check import check_runner
 from agentexec.temporal.workflows import AgentExecutionWorkflow
 
 log = logging.getLogger("agentexec")
@@ -37,12 +45,20 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
     specs = [
         WorkerSpec(
             task_queue=settings.task_queue,
-            workflows=[AgentExecutionWorkflow],
-            activities=[controller.report_status],
+            workflows=[AgentExecutionWorkflow, AgentLoopWorkflow],
+            # check_runner: the workflow's look at a runner queue (NoRunner).
+            activities=[controller.report_status, check_runner],
             # Each cached run holds a sandbox; the SDK default (1000) alone
             # would cost more memory than the rest of the operator.
             max_cached_workflows=200,
         )
+    ]
+    # Workflows still running on a queue the install used before (an upgrade
+    # that changed task_queue) finish there; nothing new is started on it.
+    specs += [
+        dataclasses.replace(specs[0], task_queue=queue)
+        for queue in settings.drain_task_queues
+        if queue != settings.task_queue
     ]
     if settings.runner_enabled:
         agents = load_agents()
@@ -54,7 +70,10 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
         specs.append(
             WorkerSpec(
                 task_queue=settings.runner_task_queue,
-                activities=[RunnerActivities(agents).run_agent],
+                activities=[
+                    RunnerActivities(agents).run_agent,
+                    *StepActivities.from_settings(settings).all(),
+                ],
                 max_concurrent_activities=settings.runner_max_concurrent,
                 heartbeat_throttle_seconds=HEARTBEAT_EVERY,
             )
@@ -90,8 +109,17 @@ async def _first(*awaitables: Any) -> None:
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
+    policies = PolicyCache()
+    metrics.budgets = policies.all
+    codec = build_codec(settings.payload_keys_dir, settings.payload_key_id)
     kube = await Kube.connect()
-    manager = TemporalManager(settings.temporal, (), metrics)
+    manager = TemporalManager(
+        settings.temporal,
+        (),
+        metrics,
+        identity=worker_identity(settings, "operator", identity(settings)),
+        payload_codec=codec,
+    )
     controller = Controller(settings, manager, kube, metrics)
     manager.set_workers(build_worker_specs(settings, controller))
     ready = asyncio.Event()
@@ -142,20 +170,40 @@ async def run(settings: Settings) -> None:
         # Ready once kopf's watches run; Temporal's state is data, not health.
         return (True, "watching") if ready.is_set() else (False, "starting")
 
+    # Every supervised loop of the process: the controller's, the manager's
+    # (connection, probe, settings, worker supervisors) and the Lease campaign.
+    loops = [controller.stopped_loops, manager.stopped_loops]
+    if elector is not None:
+        loops.append(elector.stopped_loops)
+    secure = settings.metrics_secure
     http = await start_http(
-        build_app(metrics, status, readiness, liveness_of(controller.stopped_loops)),
+        build_app(metrics, status, readiness, liveness_of(*loops), with_data=not secure),
         settings.http_port,
+    )
+    secure_http = (
+        await start_http(
+            build_secure_app(metrics, status, TokenAuthorizer(kube)),
+            settings.metrics_port,
+            ssl_context=build_server_tls(settings.metrics_cert_file, settings.metrics_key_file),
+        )
+        if secure
+        else None
     )
     log.info(
         "operator starting",
         extra={
             "version": __version__,
             "http_port": settings.http_port,
+            # /metrics and /statusz: HTTPS with a reviewed token on this port, or plain.
+            "metrics_port": settings.metrics_port if secure else settings.http_port,
+            "metrics_secure": secure,
             "watch_namespaces": ",".join(settings.watch_namespaces) or "all",
             "leader_election": elector is not None,
             # Whether TLS and an API key are in use; never the key itself.
             "temporal_tls": settings.temporal.uses_tls,
             "temporal_api_key": settings.temporal.api_key_file is not None,
+            "install": settings.install,
+            **describe_codec(codec),
             **manager.log_fields,
         },
     )
@@ -163,10 +211,13 @@ async def run(settings: Settings) -> None:
     unhook = handlers.hook_listings(controller.on_listed)
     try:
         async with manager:
-            campaign = (
-                asyncio.create_task(elector.run(), name="leader-election") if elector else None
+            # Another install polling our queues would take our tasks: said at start.
+            pollers = asyncio.create_task(
+                PollerCheck(manager, settings, metrics).run(), name="poller-check"
             )
-            if elector is None:
+            if elector is not None:
+                elector.start()
+            else:
                 await controller.start_leading()
             watching = asyncio.create_task(
                 kopf.operator(
@@ -174,7 +225,7 @@ async def run(settings: Settings) -> None:
                     clusterwide=not settings.watch_namespaces,
                     namespaces=settings.watch_namespaces,
                     standalone=True,
-                    memo=kopf.Memo(settings=settings, controller=controller),
+                    memo=kopf.Memo(settings=settings, controller=controller, policies=policies),
                     memories=handlers.Unremembered(),
                     stop_flag=kopf_stop,
                     ready_flag=ready,
@@ -189,12 +240,13 @@ async def run(settings: Settings) -> None:
             take_signals()
             await _first(stopping.wait(), watching)
             # 1. Stop reconciling and release the Lease: a successor starts now.
-            if campaign is not None and elector is not None:
-                campaign.cancel()
-                await asyncio.gather(campaign, return_exceptions=True)
+            if elector is not None:
+                await elector.stop()
                 await elector.release()
             else:
                 await controller.stop_leading()
+            pollers.cancel()
+            await asyncio.gather(pollers, return_exceptions=True)
         # 2. Leaving the manager drains the workers (in-flight activities get
         #    TEMPORAL_WORKER_GRACE_SECONDS). 3. Then kopf stops watching.
         kopf_stop.set()
@@ -205,5 +257,7 @@ async def run(settings: Settings) -> None:
     finally:
         unhook()
         await http.cleanup()
+        if secure_http is not None:
+            await secure_http.cleanup()
         await kube.close()
         log.info("operator stopped")

@@ -54,3 +54,14 @@ LOOP = Backoff(base=1.0, cap=30.0)
 # minutes, before the execution fails with StartRejected (the queue TTL ends
 # it sooner when shorter).
 START_REFUSED_BUDGET = 12
+# Attempts of an agent that failed (each spends one of spec.backoffLimit): a
+# Job re-creates its pods 10 s, 20 s, 40 s ... apart; an agent's failures are
+# mostly quick, so ours start at a second. A runner's next_retry_delay wins.
+AGENT_ATTEMPT = Backoff(base=1.0, cap=30.0)
+# A model request re-sent inside an attempt (a stall, a 5xx, a refused
+# connection) when the provider named no Retry-After.
+PROVIDER_RESEND = Backoff(base=1.0, cap=60.0)
+# How often a waiting attempt looks for runners on its queue: first after
+# AGENTEXEC_NO_RUNNER_SECONDS, then twice as long each time up to ten minutes
+# (each look is an activity in the workflow's history).
+RUNNER_CHECK_CAP = 600.0

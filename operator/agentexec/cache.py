@@ -75,7 +75,14 @@ def slim(body: Body) -> dict[str, Any]:
     if is_terminal(body):
         spec = body.get("spec")
         ttl = spec.get("ttlSecondsAfterFinished") if isinstance(spec, Mapping) else None
-        kept = ("phase", "completionTime", *(("workflow",) if has_finalizer(body) else ()))
+        # lastApproval: an AgentApproval not yet said to have applied is
+        # answered from it (approvals.plan_approvals).
+        kept = (
+            "phase",
+            "completionTime",
+            "lastApproval",
+            *(("workflow",) if has_finalizer(body) else ()),
+        )
         return {
             "metadata": slim_meta,
             "spec": {} if ttl is None else {"ttlSecondsAfterFinished": ttl},

@@ -28,7 +28,14 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 TEMPORAL_CONNECTED = "TemporalConnected"
 WORKFLOW_STARTED = "WorkflowStarted"
 SUCCEEDED_CONDITION = "Succeeded"  # Unknown while running, True/False once finished
+# True once the execution finished, whichever way (reason: the phase), so that
+# `kubectl wait --for=condition=Completed` returns for a success and a failure
+# alike. Argo Workflows' name for it; a Job's "Complete" means success only
+# (a failed Job says "Failed"), and Succeeded stays the Tekton-style outcome.
+COMPLETED_CONDITION = "Completed"
 AGENT_RESOLVED = "AgentResolved"
+SUSPENDED_CONDITION = "Suspended"  # True while spec.suspend is applied
+AWAITING_APPROVAL = "AwaitingApproval"  # an agent loop's tool call waits for a person
 
 # TemporalConnected reasons (the connection as the manager sees it).
 CONNECTED = "Connected"
@@ -49,14 +56,45 @@ TASK_QUEUE_NOT_ALLOWED = "TaskQueueNotAllowed"
 # AgentResolved reasons (besides AgentNotFound).
 RESOLVED = "Resolved"
 
+# Suspended reasons (Suspended is also a WorkflowStarted and Succeeded=Unknown
+# reason before the start, and a progress report's reason).
+SUSPENDED = "Suspended"
+RESUMED = "Resumed"
+
+# AwaitingApproval reasons: a call waits, nothing waits (yet), or the last
+# decision (Approved, Rejected: the loop's words).
+APPROVAL_REQUESTED = "ApprovalRequested"
+NOT_WAITING = "NotWaiting"
+
+# An AgentApproval's own condition (the operator says what came of it), and
+# its reasons.
+APPLIED = "Applied"
+RELAYED = "Relayed"  # sent to the waiting loop (or the loop already took it)
+ALREADY_DECIDED = "AlreadyDecided"  # another AgentApproval decided the call first
+NOT_PENDING = "NotPending"  # the execution finished; the call was never waited for
+
 # Succeeded=Unknown reasons while not finished; error reasons once finished.
 WAITING = PENDING  # Succeeded=Unknown/Pending: not started yet
 AGENT_RUNNING = RUNNING  # Succeeded=Unknown/Running
-NO_RUNNER = "NoRunner"
+# Reasons the workflow gives (temporal/types.py re-exports them for the
+# workflow code): how an execution ended (status.error.reason and the
+# Succeeded condition), and, while it runs, where it is (progress reports:
+# the Succeeded=Unknown condition and an event).
+AGENT_FAILED = "AgentFailed"
+RUNNER_FAILED = "RunnerFailed"
 TIMEOUT = "Timeout"
 HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
-RUNNER_FAILED = "RunnerFailed"
-UNKNOWN_AGENT = "UnknownAgent"
+DISRUPTED = "Disrupted"
+NO_RUNNER = "NoRunner"
+UNKNOWN_AGENT = "UnknownAgent"  # also the ApplicationError type a runner raises
+WAITING_FOR_RUNNER = "WaitingForRunner"
+ATTEMPT_FAILED = "AttemptFailed"
+ATTEMPT_DISRUPTED = "AttemptDisrupted"
+# How an agent loop can end besides (temporal/steps.py re-exports them).
+BUDGET_EXCEEDED = "BudgetExceeded"
+TOOL_FAILED = "ToolFailed"
+APPROVAL_TIMEOUT = "ApprovalTimeout"
+TOOLS_UNAVAILABLE = "ToolsUnavailable"
 # How a workflow closed in Temporal without its report (or was closed there
 # by someone else: terminated, cancelled).
 TERMINATED = "Terminated"
@@ -69,11 +107,14 @@ WORKFLOW_LOST = "WorkflowLost"  # the recorded workflow no longer exists in Temp
 # gRPC status, temporal/gateway.py). An ID the server refuses as invalid can
 # name no workflow there.
 INVALID_ARGUMENT = "InvalidArgument"
+# A signal (spec.suspend, an approval) found no running workflow: it ended meanwhile.
+WORKFLOW_NOT_RUNNING = "WorkflowNotRunning"
 
 # Event reasons (Kubernetes Events on the execution) besides the above.
 DELETION_BLOCKED = "DeletionBlocked"
 FORCE_DELETED = "ForceDeleted"
 DESCRIBE_FAILED = "DescribeFailed"
+SIGNAL_FAILED = "SignalFailed"  # spec.suspend could not be told to the workflow
 
 # A condition message is cut to this many characters.
 MAX_MESSAGE = 4 * 1024

@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from agentexec.agents import AgentCache, AgentPolicy
+from agentexec.approvals import ApprovalCache, applied_of
 from agentexec.cache import ExecutionCache, Key, has_timer, key_of, needs_attention
 from agentexec.conditions import (
     CONNECTED,
@@ -37,7 +38,7 @@ from agentexec.conditions import (
 from agentexec.decisions import Config
 from agentexec.events import EventRecorder
 from agentexec.executor import Executor
-from agentexec.kube import AGENT_PLURAL, Kube
+from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, Kube
 from agentexec.loops import ConditionPacer, Loops
 from agentexec.metrics import Metrics
 from agentexec.reconciler import Reconciler
@@ -67,6 +68,8 @@ def build_config(settings: Settings, policy: AgentPolicy) -> Config:
         no_runner_seconds=int(settings.no_runner_seconds),
         report_timeout_seconds=int(settings.report_timeout),
         heartbeat_timeout_seconds=int(settings.runner_heartbeat_timeout),
+        max_disruptions=settings.max_disruptions,
+        progress_interval=settings.progress_interval,
         start_rate=settings.start_rate,
         start_in_flight=2 * settings.temporal.rpc_timeout + 10.0,
     )
@@ -88,6 +91,7 @@ class Controller:
         self.events = EventRecorder(kube)
         self.cache = ExecutionCache()
         self.agents = AgentCache()
+        self.approvals = ApprovalCache()  # AgentApprovals, by the execution they name
         self.policy = AgentPolicy(
             # The agents registered in this image: the runner Deployment (or the
             # in-process runner) serves them on the default runner queue.
@@ -103,6 +107,7 @@ class Controller:
             self.events,
             self.cache,
             self.agents,
+            self.approvals,
             metrics,
             self.connection,
             start_rate=settings.start_rate,
@@ -112,6 +117,7 @@ class Controller:
         self.reconciler = Reconciler(
             self.cache,
             self.agents,
+            self.approvals,
             self.reports,
             self.executor,
             metrics,
@@ -151,6 +157,8 @@ class Controller:
         for key, body in self.cache.items():
             if needs_attention(body) or has_timer(body, ttl):
                 self.queue.add(key)
+        for key in self.approvals.unsettled():  # (a finished execution's too)
+            self.queue.add(key)
         self.watch.reset()  # what closed while nobody led is found by its first look
         self.queue.start(self.reconciler.reconcile, self.settings.reconcile_workers)
         self.loops.spawn("workflow-watch", self.watch.step)
@@ -226,6 +234,19 @@ class Controller:
             ):
                 self.queue.add(ekey)
 
+    def on_approval_event(self, event_type: str | None, body: Body) -> None:
+        """An AgentApproval watch event: cache it, enqueue the execution it
+        names while the operator has not said what came of it."""
+        key = key_of(body)
+        if key is None:
+            return
+        if event_type == "DELETED":
+            self.approvals.remove(*key)
+            return
+        execution = self.approvals.put(body)
+        if execution is not None and self.leading and not applied_of(body):
+            self.queue.add(execution)
+
     def on_listed(self, plural: str, namespace: str | None, listed: Mapping[Key, str]) -> None:
         """A (re-)listing of ``plural`` in ``namespace`` (None: the cluster) is
         complete: it replaces what we held there. Objects deleted while the
@@ -234,6 +255,10 @@ class Controller:
         if plural == AGENT_PLURAL:
             for gone in self.agents.absent(namespace, listed):
                 self.on_agent_event("DELETED", gone)
+            return
+        if plural == APPROVAL_PLURAL:
+            for named in self.approvals.absent(namespace, listed):
+                self.approvals.remove(*named)
             return
         for key, body in self.cache.items():
             if namespace is not None and key[0] != namespace:
@@ -310,6 +335,7 @@ class Controller:
             "leading": self.leading,
             "known": len(self.cache),
             "agents": len(self.agents),
+            "approvals": len(self.approvals),
             "queued": len(self.queue),
             "waiting_for_temporal": int(self._count_waiting()),
             "pending_reports": len(self.reports),

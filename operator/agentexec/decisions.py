@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from agentexec import lifecycle
 from agentexec.agents import AgentPolicy
 from agentexec.backoff import START_REFUSED_BUDGET
 from agentexec.conditions import Body
+from agentexec.policy import token_limit
 from agentexec.status import (
     Connection,
     StatusPatch,
@@ -24,6 +26,7 @@ from agentexec.status import (
     uid_of,
     workflow_id,
 )
+from agentexec.temporal.steps import ASSISTANT, ApprovalDecision, LoopInput, build_loop_spec
 from agentexec.temporal.types import (
     AgentSpec,
     Answer,
@@ -44,6 +47,8 @@ class Config:
     no_runner_seconds: int = 60
     report_timeout_seconds: int = 600
     heartbeat_timeout_seconds: int = 30
+    max_disruptions: int = 10  # attempts cut short by the platform before Failed/Disrupted
+    progress_interval: float = 5.0  # an agent loop's progress reports, at most this often
     start_rate: float = 200.0  # only said in the Queued message
     start_refused_budget: int = START_REFUSED_BUDGET
     # How long a start that got no answer may still land in Temporal: the
@@ -87,7 +92,7 @@ class AddFinalizer:
 @dataclass(frozen=True)
 class Start:
     workflow_id: str
-    input: ExecutionInput
+    input: ExecutionInput | LoopInput  # an assistant's runs the agent loop
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,26 @@ class Cancel:
     namespace: str | None  # as recorded; None: the operator's
 
 
+@dataclass(frozen=True)
+class SignalSuspend:
+    """Tell the running workflow what spec.suspend now says (it sets a value:
+    sending it twice is harmless)."""
+
+    workflow_id: str
+    namespace: str | None
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class SignalApproval:
+    """Relay an AgentApproval's decision to the agent loop waiting for that
+    call; its answer comes back by the AgentApproval's name."""
+
+    workflow_id: str
+    namespace: str | None
+    decision: ApprovalDecision
+
+
 Request = (
     ReadExecution
     | ReadAgent
@@ -110,7 +135,18 @@ Request = (
     | Start
     | Describe
     | Cancel
+    | SignalSuspend
+    | SignalApproval
 )
+
+
+@dataclass(frozen=True)
+class ApprovalStatus:
+    """An AgentApproval's status to write (its Applied condition), after the
+    execution's own status write."""
+
+    name: str  # in the execution's namespace
+    conditions: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -139,9 +175,16 @@ class Observed:
     # What the calls asked for in this reconcile came back with:
     refreshed: bool = False  # the body was just read from the API server
     agent_read: bool = False  # the Agent was asked of the API server
+    # The AgentApprovals naming this execution, as cached, and what Temporal
+    # answered each one's signal in this reconcile (by AgentApproval name).
+    approvals: tuple[Body, ...] = ()
+    signalled: Mapping[str, Answer] = field(default_factory=dict)
     start_slot: float | None = None  # seconds until its turn to start (0: now)
     delete_slot: float | None = None  # seconds until its turn to be deleted (0: now)
     answer: Answer | None = None  # Temporal's answer to the Start / Describe / Cancel
+    # Temporal's answer to the SignalSuspend (it may follow a describe that
+    # found the workflow running).
+    suspend_answer: Answer | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +198,7 @@ class Decision:
     report_done: bool = False  # the pending report is applied (or moot)
     backoff: str | None = None  # not done: retry with per-key backoff (why)
     check_done: bool = True  # False: a check against Temporal is still owed
+    approvals: tuple[ApprovalStatus, ...] = ()  # AgentApprovals' statuses to write
     outcome: str = ""  # what happened, for logs and metrics
 
 
@@ -169,13 +213,11 @@ def build_input(body: Body, config: Config, agent: AgentSpec | None = None) -> E
     spec = body.get("spec")
     spec = spec if isinstance(spec, Mapping) else {}
     params = spec.get("parameters")
-    timeout = spec.get("timeoutSeconds")
     queue = spec.get("taskQueue")
     session = spec.get("sessionId")
     if not (isinstance(queue, str) and queue):
         queue = (agent.task_queue if agent else None) or config.runner_task_queue
-    if not (isinstance(timeout, int) and timeout > 0):
-        timeout = (agent.timeout_seconds if agent else None) or 3600
+    timeout, deadline_field = lifecycle.deadline_of(spec, agent)
     return ExecutionInput(
         ref=ExecutionRef(str(meta["namespace"]), str(meta["name"]), str(meta["uid"])),
         agent=agent.type if agent else str(spec.get("agent", "")),
@@ -190,6 +232,28 @@ def build_input(body: Body, config: Config, agent: AgentSpec | None = None) -> E
         report_timeout_seconds=config.report_timeout_seconds,
         agent_spec=agent,
         heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+        max_tokens=token_limit(spec),
+        backoff_limit=lifecycle.backoff_limit_of(spec),
+        max_disruptions=config.max_disruptions,
+        deadline_field=deadline_field,
+    )
+
+
+def build_start_input(
+    body: Body, config: Config, agent: AgentSpec | None = None
+) -> ExecutionInput | LoopInput:
+    """The workflow input: an assistant's runs the agent loop (LoopInput)."""
+    inp = build_input(body, config, agent)
+    if agent is None or agent.type != ASSISTANT:
+        return inp
+    spec = body.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    return LoopInput(
+        execution=inp,
+        loop=build_loop_spec(
+            agent.loop, inp.ref.namespace, token_limit(spec), inp.parameters.get("toolChoice")
+        ),
+        progress_interval_seconds=config.progress_interval,
     )
 
 

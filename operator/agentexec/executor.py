@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentexec.agents import AgentCache
+from agentexec.approvals import ApprovalCache
 from agentexec.cache import ExecutionCache, Key
 from agentexec.conditions import TERMINAL, parse_time, status_of
 from agentexec.decisions import (
@@ -28,12 +29,14 @@ from agentexec.decisions import (
     ReadAgent,
     ReadExecution,
     Request,
+    SignalApproval,
+    SignalSuspend,
     Start,
     TakeDeleteSlot,
     TakeStartSlot,
 )
 from agentexec.events import EventRecorder
-from agentexec.kube import Kube
+from agentexec.kube import Kube, KubeError
 from agentexec.metrics import Metrics
 from agentexec.status import FINALIZER, Connection, ttl_after_finished
 from agentexec.temporal.gateway import TemporalGateway
@@ -58,6 +61,7 @@ class Executor:
         events: EventRecorder,
         cache: ExecutionCache,
         agents: AgentCache,
+        approvals: ApprovalCache,
         metrics: Metrics,
         connection: Callable[[], Connection],
         *,
@@ -70,6 +74,7 @@ class Executor:
         self.events = events
         self.cache = cache
         self.agents = agents
+        self.approvals = approvals
         self.metrics = metrics
         self.connection = connection
         self.finished_ttl = finished_ttl
@@ -109,6 +114,17 @@ class Executor:
                 self._unanswered[key] = sent
         elif isinstance(request, Describe):
             answer = await self.gateway.describe(dict(request.workflow))
+        elif isinstance(request, SignalSuspend):
+            told = await self.gateway.signal_suspend(
+                request.workflow_id, request.namespace, request.suspend
+            )
+            return replace(o, suspend_answer=told, conn=self.connection(), now=_now())
+        elif isinstance(request, SignalApproval):
+            told = await self.gateway.signal_approval(
+                request.workflow_id, request.namespace, request.decision
+            )
+            signalled = {**o.signalled, request.decision.approval: told}
+            return replace(o, signalled=signalled, conn=self.connection(), now=_now())
         else:
             assert isinstance(request, Cancel)
             answer = await self.gateway.cancel(request.workflow_id, request.namespace)
@@ -138,6 +154,8 @@ class Executor:
                 body = written
         for event in decision.events:
             await self.events.record(body, event.type, event.reason, event.message)
+        for approval in decision.approvals:
+            await self._write_approval(key[0], approval.name, approval.conditions)
         phase = (decision.status or {}).get("phase")
         if phase in TERMINAL:
             self._finished(key, body, phase, decision.status or {})
@@ -149,6 +167,21 @@ class Executor:
             self.metrics.reconcile_errors.labels(handler="reconcile").inc()
             return Verdict(backoff=decision.backoff)
         return Verdict(after=decision.requeue_after) if decision.requeue_after is not None else DONE
+
+    async def _write_approval(
+        self, namespace: str, name: str, conditions: list[dict[str, Any]]
+    ) -> None:
+        """Say on an AgentApproval what came of it (its Applied condition)."""
+        try:
+            written = await self.kube.write_approval_status(
+                namespace, name, {"conditions": conditions}
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            self.approvals.remove(namespace, name)  # deleted meanwhile
+            return
+        self.approvals.put(written)
 
     def unanswered_start(self, key: Key) -> float | None:
         """Seconds since a start of ``key`` went unanswered (None: none did)."""

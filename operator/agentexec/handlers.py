@@ -17,7 +17,16 @@ from kopf._cogs.clients import watching as kopf_watching
 from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from agentexec.controller import Controller
-from agentexec.kube import AGENT_PLURAL, GROUP, LIST_CHUNK, PLURAL, VERSION
+from agentexec.kube import (
+    AGENT_PLURAL,
+    APPROVAL_PLURAL,
+    GROUP,
+    LIST_CHUNK,
+    PLURAL,
+    POLICY_PLURAL,
+    VERSION,
+)
+from agentexec.policy import PolicyCache
 
 registry = kopf.OperatorRegistry()
 log = logging.getLogger("agentexec.handlers")
@@ -97,6 +106,30 @@ class Unremembered(ResourceMemories):
         )
 
 
+@kopf.on.event(GROUP, VERSION, APPROVAL_PLURAL, registry=registry)
+async def observe_approval(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    # AgentApprovals: cached, and the execution they name enqueued.
+    controller: Controller = memo.controller
+    raw = event.get("object")
+    controller.on_approval_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry)
+async def observe_policy(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # ExecutionPolicies are only read here (their status is the ledger's).
+    policies: PolicyCache = memo.policies
+    raw = event.get("object")
+    obj = raw if isinstance(raw, dict) else dict(body)
+    if event.get("type") == "DELETED":
+        policies.remove(obj)
+    else:
+        policies.put(obj)
+
+
+# Whose complete listings replace what the controller holds.
+LISTED_PLURALS = (PLURAL, AGENT_PLURAL, APPROVAL_PLURAL)
 Listed = Callable[[str, "str | None", dict[tuple[str, str], str]], None]
 
 
@@ -118,7 +151,7 @@ def hook_listings(on_listed: Listed) -> Callable[[], None]:
 
     async def continuous_watch(**kwargs: Any) -> AsyncIterator[Any]:
         resource, namespace = kwargs["resource"], kwargs["namespace"]
-        ours = resource.group == GROUP and resource.plural in (PLURAL, AGENT_PLURAL)
+        ours = resource.group == GROUP and resource.plural in LISTED_PLURALS
         listed: dict[tuple[str, str], str] | None = {} if ours else None
         async for item in original(**kwargs):
             if listed is not None:

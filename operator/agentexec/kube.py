@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import ssl
@@ -23,9 +24,12 @@ from urllib.parse import quote
 
 import aiohttp
 import kopf
+import yaml
 
 GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
 AGENT_PLURAL = "agents"
+POLICY_PLURAL = "executionpolicies"
+APPROVAL_PLURAL = "agentapprovals"
 KIND = "AgentExecution"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "agentexec-operator"
@@ -47,13 +51,36 @@ class KubeError(Exception):
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
+class NoCredentials(RuntimeError):
+    """No Kubernetes credentials can be found: said in one line, never a traceback."""
+
+
 def login() -> kopf.ConnectionInfo:
     """The same credentials kopf's login handler uses."""
     kwargs: dict[str, Any] = {"settings": kopf.OperatorSettings(), "logger": log}
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    try:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    except (
+        OSError, ValueError, LookupError, TypeError, AttributeError, yaml.YAMLError,
+        kopf.LoginError,
+    ) as exc:  # fmt: skip
+        # A kubeconfig that is missing, unreadable or names a context it lacks.
+        raise NoCredentials(
+            f"no usable Kubernetes credentials: the kubeconfig cannot be used "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     if info is None:
-        raise RuntimeError("no Kubernetes credentials: not in a pod and no usable kubeconfig")
+        raise NoCredentials(
+            "no Kubernetes credentials: not in a pod (no service account token at "
+            f"{SERVICE_ACCOUNT_TOKEN}) and no kubeconfig (KUBECONFIG unset, no ~/.kube/config)"
+        )
     return info
+
+
+def describe_credentials(info: kopf.ConnectionInfo) -> str:
+    """Where the credentials point, for --check-config (never a token)."""
+    how = "service account" if _token_file(info) is not None else "kubeconfig"
+    return f"{info.server} ({how})"
 
 
 class Credentials:
@@ -283,6 +310,17 @@ class Kube:
             MERGE_PATCH,
         )
 
+    async def write_approval_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge ``status`` into an AgentApproval's status (the operator is its only writer)."""
+        return await self.request(
+            "PATCH",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{APPROVAL_PLURAL}/{name}/status",
+            {"status": dict(status)},
+            MERGE_PATCH,
+        )
+
     async def delete(
         self, namespace: str, name: str, uid: str, resource_version: str | None = None
     ) -> bool:
@@ -327,7 +365,84 @@ class Kube:
             "PATCH", f"/api/v1/namespaces/{namespace}/events/{name}", patch, MERGE_PATCH
         )
 
+    async def create_token_review(self, token: str) -> dict[str, Any]:
+        """Who ``token`` is, as the API server says (TokenReview status)."""
+        review = await self.request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+             "spec": {"token": token}},
+        )  # fmt: skip
+        status = review.get("status")
+        return status if isinstance(status, dict) else {}
+
+    async def create_access_review(
+        self, user: Mapping[str, Any], verb: str, path: str
+    ) -> dict[str, Any]:
+        """May ``user`` (a TokenReview's status.user) ``verb`` the non-resource
+        URL ``path`` (SubjectAccessReview status)."""
+        spec: dict[str, Any] = {
+            "user": user.get("username", ""),
+            "groups": user.get("groups") or [],
+            "nonResourceAttributes": {"path": path, "verb": verb},
+        }
+        if user.get("uid"):
+            spec["uid"] = user["uid"]
+        if user.get("extra"):
+            spec["extra"] = user["extra"]
+        review = await self.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+             "spec": spec},
+        )  # fmt: skip
+        status = review.get("status")
+        return status if isinstance(status, dict) else {}
+
     @staticmethod
     def lease_path(namespace: str, name: str = "") -> str:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         return f"{path}/{name}" if name else path
+
+
+class TokenAuthorizer:
+    """Who may read /metrics and /statusz: a bearer token the API server
+    authenticates (TokenReview) and authorizes for `get` on the path
+    (SubjectAccessReview), as controller-runtime's secure metrics filter does.
+
+    Answers are cached ``ttl`` seconds per token and path (a hash of the
+    token, never the token), as the API server's own webhook authenticator and
+    authorizer cache theirs: a scrape every 30 s costs two reviews a minute or
+    fewer. Failures to reach the API server are not cached.
+    """
+
+    def __init__(self, kube: Kube, ttl: float = 10.0, max_entries: int = 1024) -> None:
+        self.kube, self.ttl, self.max_entries = kube, ttl, max_entries
+        self._cache: dict[tuple[str, str], tuple[float, tuple[int, str]]] = {}
+
+    async def __call__(self, token: str, path: str) -> tuple[int, str]:
+        key = (hashlib.sha256(token.encode()).hexdigest(), path)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            answer = await self._review(token, path)
+        except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot review a metrics token", extra={"error": str(exc)[:200]})
+            return 503, "the API server cannot check the token now"
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[key] = (now + self.ttl, answer)
+        return answer
+
+    async def _review(self, token: str, path: str) -> tuple[int, str]:
+        who = await self.kube.create_token_review(token)
+        user = who.get("user")
+        if not who.get("authenticated") or not isinstance(user, dict):
+            return 401, "the token is not valid"
+        allowed = await self.kube.create_access_review(user, "get", path)
+        if not allowed.get("allowed"):
+            name = user.get("username", "?")
+            return 403, f"{name} may not get {path}"
+        return 200, "allowed"

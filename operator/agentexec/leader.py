@@ -54,6 +54,27 @@ class LeaseElector:
         self._observed_at = 0.0
         self._renewed_at = 0.0
         self._resource_version: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Campaign in the background until :meth:`stop`."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="leader-election")
+
+    async def stop(self) -> None:
+        """Stop campaigning (leading ends, on_stopped runs); the Lease is kept
+        until :meth:`release`."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def stopped_loops(self) -> list[str]:
+        """The campaign, if it ended although nobody stopped it (an error from
+        on_started or on_stopped): a replica that can never lead again, which
+        /healthz reports so the pod is restarted."""
+        task = self._task
+        return [task.get_name()] if task is not None and task.done() else []
 
     async def run(self) -> None:
         """Campaign, lead, and campaign again; never returns until cancelled."""

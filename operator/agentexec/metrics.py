@@ -3,6 +3,9 @@ alerts, dashboards and docs/operations.md use them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+
 from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
@@ -12,8 +15,11 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from agentexec import __version__
+from agentexec.policy import NamespacePolicy, used_now
 
 CONNECTION_LABELS = ("host_port", "namespace")
 # Counters' `_created` series double the series count and no alert uses them.
@@ -144,8 +150,71 @@ class Metrics:
             ("agent", "outcome"),
             registry=r,
         )
+        # Installs never cross (#22): another install's pollers on our
+        # queues, and reports of workflows that are not ours.
+        self.foreign_pollers = Gauge(
+            "agentexec_foreign_pollers",
+            "Pollers of this install's task queues whose identity is not this install's "
+            "(AGENTEXEC_INSTALL), as Temporal listed them when the operator connected.",
+            ("task_queue", "task_queue_type"),
+            registry=r,
+        )
+        self.foreign_reports = Counter(
+            "agentexec_foreign_reports",
+            "Workflow reports refused because they are about no execution of this install "
+            "(another install's workflow on a shared task queue), by reason.",
+            ("reason",),
+            registry=r,
+        )
+        # Tokens and budgets (#22).
+        self.tokens = Counter(
+            "agentexec_tokens",
+            "Tokens the agents reported, counted by the runner that ran them (failed and "
+            "stopped attempts too), by the execution's namespace (execution_namespace: a "
+            "scrape adds its own namespace label), agent (the Agent or built-in name), "
+            "provider, model and kind (prompt or completion).",
+            ("execution_namespace", "agent", "provider", "model", "kind"),
+            registry=r,
+        )
+        # Each ExecutionPolicy budget and its spending in the current period,
+        # read from the policies the operator watches when scraped (a period
+        # that rolled over reads 0 without waiting for a write).
+        self.budgets: Callable[[], Iterable[NamespacePolicy]] = list
+        r.register(_BudgetCollector(self))
         # Every series exists from the start (at 0), so rate() and alerts see
         # the first increment instead of a series appearing from nowhere.
         for result in ("started", "closed", "unavailable", "rejected"):
             self.workflow_starts.labels(result=result)
         self.reconcile_errors.labels(handler="reconcile")
+        for reason in ("unknown_execution", "other_install"):
+            self.foreign_reports.labels(reason=reason)
+
+
+class _BudgetCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        # execution_namespace: the policy's namespace (a scrape adds the pod's
+        # as namespace).
+        labels = ("execution_namespace", "policy", "period")
+        budget = GaugeMetricFamily(
+            "agentexec_namespace_token_budget",
+            "Tokens a namespace may spend per period (its ExecutionPolicy's spec.budget.tokens).",
+            labels=labels,
+        )
+        used = GaugeMetricFamily(
+            "agentexec_namespace_tokens_used",
+            "Tokens a namespace spent in the current period of its ExecutionPolicy's budget "
+            "(status.budget.used, counted as its executions finish).",
+            labels=labels,
+        )
+        now = datetime.now(UTC)
+        for policy in self.metrics.budgets():
+            if policy.budget_tokens is None or policy.budget_period is None:
+                continue
+            values = [policy.namespace, policy.name, policy.budget_period]
+            budget.add_metric(values, policy.budget_tokens)
+            used.add_metric(values, used_now(policy, now))
+        yield budget
+        yield used

@@ -5,12 +5,15 @@ everything it observed (``Observed``); ``decide`` answers with either
 
 - a **request**: one call to the world whose result it needs before it can
   finish deciding (add the finalizer, read an Agent or the execution itself,
-  take a turn at a rate limit, start / describe / cancel the workflow). The
+  take a turn at a rate limit, start / describe / cancel the workflow, signal
+  it that spec.suspend changed or that an AgentApproval decided a call). The
   executor makes it, and ``decide`` runs again on what came of it; or
 - the final **decision**: the one status patch to write, events, the
-  finalizer's removal, a TTL delete, and when to look again (or back off).
+  AgentApprovals' statuses, the finalizer's removal, a TTL delete, and when
+  to look again (or back off).
 
-Status patches are built in status.py; condition reasons live in conditions.py.
+Status patches are built in status.py (an agent loop's in approvals.py);
+condition reasons live in conditions.py.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from agentexec import agents
+from agentexec import agents, lifecycle
+from agentexec.approvals import plan_loop_status, plan_relays
 from agentexec.conditions import (
     AGENT_NOT_FOUND,
     AGENT_RESOLVED,
@@ -33,6 +37,7 @@ from agentexec.conditions import (
     INVALID_ARGUMENT,
     NO_RUNNER,
     RESOLVED,
+    SIGNAL_FAILED,
     START_FAILED,
     START_REJECTED,
     SUCCEEDED,
@@ -42,6 +47,7 @@ from agentexec.conditions import (
     TERMINAL,
     WAITING_FOR_TEMPORAL,
     WORKFLOW_LOST,
+    WORKFLOW_NOT_RUNNING,
     Body,
     Condition,
     build_conditions,
@@ -56,17 +62,17 @@ from agentexec.decisions import (
     Observed,
     ReadAgent,
     ReadExecution,
+    SignalSuspend,
     Start,
     TakeDeleteSlot,
     TakeStartSlot,
-    build_input,
+    build_start_input,
     own_workflow_id,
 )
 from agentexec.status import (
     FORCE_DELETE,
     Connection,
     StatusPatch,
-    build_usage,
     expiry_of,
     has_finalizer,
     is_terminal,
@@ -78,13 +84,16 @@ from agentexec.status import (
     plan_report,
     plan_start_failed,
     plan_started,
+    plan_suspended,
     plan_terminal,
     plan_waiting,
     recorded_workflow,
+    suspend_applied,
+    suspension,
     ttl_left,
     uid_of,
 )
-from agentexec.temporal.types import AgentSpec, ExecutionResult, Outcome, StatusReport
+from agentexec.temporal.types import AgentSpec, Answer, ExecutionResult, Outcome, StatusReport
 
 
 def decide(o: Observed) -> Decision:
@@ -109,7 +118,7 @@ def decide(o: Observed) -> Decision:
         expiry = expiry_of(finished, o.config.finished_ttl)
         if expiry is not None:
             decision = replace(decision, requeue_after=max(0.0, (expiry - o.now).total_seconds()))
-    return decision
+    return plan_relays(o, decision)
 
 
 def _decide(o: Observed, report: StatusReport | None) -> Decision:
@@ -178,9 +187,15 @@ def _from_result(o: Observed, result: ExecutionResult, workflow: Mapping[str, st
         reason=result.reason,
         message=message,
     )
-    if patch is not None and result.usage is not None:
-        patch["usage"] = build_usage(result.usage)
-    return _finish(o, result.phase, patch, f"finished: {result.phase}", closed=True)
+    events: tuple[Event, ...] = ()
+    if patch is not None:
+        patch.update(lifecycle.build_run_status(result))
+        progress = o.report.progress if o.report is not None else None
+        if progress is not None:  # an agent loop's last word on its steps
+            loop, events = plan_loop_status(o.body, progress, o.now, patch["conditions"])
+            patch.update(loop)
+    decision = _finish(o, result.phase, patch, f"finished: {result.phase}", closed=True)
+    return replace(decision, events=(*events, *decision.events))
 
 
 def _decide_finished(o: Observed, ours: bool) -> Decision:
@@ -337,6 +352,9 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
         return _finish(o, FAILED, patch, "task-queue-not-allowed", closed=False)
     if resolved.missing is not None:
         return _agent_missing(o, resolved.missing)
+    if answer is None and lifecycle.suspend_wanted(body):
+        # As a suspended Job: nothing starts until spec.suspend is false.
+        return Decision(status=plan_suspended(body, o.conn, now), outcome="suspended")
     if answer is None:
         if not o.conn.connected:
             waiting = _waiting(o, o.conn, attempted=False)
@@ -370,12 +388,14 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
         if not ours:
             return Decision(request=AddFinalizer())
         return Decision(
-            request=Start(own_workflow_id(body), build_input(body, o.config, resolved.spec))
+            request=Start(own_workflow_id(body), build_start_input(body, o.config, resolved.spec))
         )
     if answer.outcome == Outcome.STARTED and answer.workflow is not None:
         patch = plan_started(body, now, workflow=answer.workflow, conn=o.conn)
         if patch is not None and resolved.spec is not None:
             patch["conditions"] = _upsert(body, patch["conditions"], _resolved(resolved.spec), now)
+        if patch is not None and suspend_applied(body):
+            patch["conditions"] = _upsert(body, patch["conditions"], suspension(False), now)
         return Decision(status=patch, outcome="started")
     if answer.outcome == Outcome.CLOSED and answer.result is not None:
         return _from_result(o, answer.result, answer.workflow or {})
@@ -462,19 +482,25 @@ def _decide_started(
     o: Observed, recorded: Mapping[str, Any], report: StatusReport | None
 ) -> Decision:
     body, now, answer = o.body, o.now, o.answer
-    if report is not None:  # a progress report, e.g. NoRunner
-        reason = report.result.reason or AGENT_RUNNING
-        message = report.result.message or ""
+    if report is not None:  # a progress report, e.g. NoRunner, AttemptFailed, a loop's step
+        return _progress(o, report)
+    if answer is None and o.check and o.conn.connected:
+        return Decision(request=Describe(recorded))
+    suspend = lifecycle.suspend_wanted(body)
+    told = o.suspend_answer
+    running = answer is None or answer.outcome == Outcome.RUNNING
+    if told is None and running and suspend != suspend_applied(body) and o.conn.connected:
+        # Tell the workflow (after a describe that found it running, too).
         return Decision(
-            status=plan_progress(body, now, reason=reason, message=message, conn=o.conn),
-            events=(Event("Warning", reason, message),) if reason != AGENT_RUNNING else (),
-            report_done=True,
-            check_done=not o.check,
-            outcome=f"progress: {reason}",
+            request=SignalSuspend(str(recorded.get("id")), recorded.get("namespace"), suspend)
         )
+    missed = told is not None and told.reason == WORKFLOW_NOT_RUNNING
+    if missed and answer is None:
+        # The signal found no running workflow: it ended meanwhile; ask how.
+        return Decision(request=Describe(recorded))
+    if told is not None and not missed:
+        return _suspend_told(o, told, suspend)
     if answer is None:
-        if o.check and o.conn.connected:
-            return Decision(request=Describe(recorded))
         return Decision(
             status=plan_connection(body, o.conn, now), check_done=not o.check, outcome="running"
         )
@@ -497,13 +523,71 @@ def _decide_started(
         )
         patch = plan_terminal(body, FAILED, now, reason=WORKFLOW_LOST, message=message, conn=o.conn)
         return _finish(o, FAILED, patch, "workflow-lost", closed=True)
+    return _not_answered(o, answer, DESCRIBE_FAILED)
+
+
+def _suspend_told(o: Observed, told: Answer, suspend: bool) -> Decision:
+    """What came of telling the workflow that spec.suspend changed."""
+    body, now = o.body, o.now
+    if told.outcome == Outcome.SIGNALLED:
+        condition = suspension(suspend)
+        patch = plan_connection(body, o.conn, now) or {}
+        patch["conditions"] = _upsert(
+            body, patch.get("conditions") or _conditions(body), condition, now
+        )
+        return Decision(
+            status=patch,
+            events=(Event("Normal", condition.reason, condition.message),),
+            outcome=f"suspend: {suspend}",
+        )
+    return _not_answered(o, told, SIGNAL_FAILED)
+
+
+def _not_answered(o: Observed, answer: Answer, failed: str) -> Decision:
+    """A describe or a suspend signal that got no use: while Temporal is away,
+    say so (coming back enqueues it, and the call is made then); otherwise a
+    Warning with Temporal's words, and backoff. A check stays owed."""
     if answer.outcome == Outcome.UNAVAILABLE and not o.conn.connected:
         return Decision(
-            status=plan_connection(body, o.conn, now), check_done=False, outcome="unknown"
+            status=plan_connection(o.body, o.conn, o.now), check_done=False, outcome="unknown"
         )
     return Decision(
-        events=(Event("Warning", DESCRIBE_FAILED, answer.message),),
-        backoff=answer.reason or DESCRIBE_FAILED,
+        events=(Event("Warning", failed, answer.message),),
+        backoff=answer.reason or failed,
         check_done=False,
-        outcome="describe-failed",
+        outcome=failed,
+    )
+
+
+def _progress(o: Observed, report: StatusReport) -> Decision:
+    """A running workflow's progress report: the Succeeded=Unknown condition
+    with where it is, the attempts and usage so far, an agent loop's steps
+    and approvals, and the events that are news."""
+    body, now = o.body, o.now
+    reason = report.result.reason or AGENT_RUNNING
+    message = report.result.message or ""
+    patch = plan_progress(body, now, reason=reason, message=message, conn=o.conn)
+    kind = "Normal" if reason in lifecycle.NORMAL_PROGRESS else "Warning"
+    events: tuple[Event, ...] = (
+        () if reason in lifecycle.QUIET_PROGRESS else (Event(kind, reason, message),)
+    )
+    if patch is not None:
+        patch.update(lifecycle.build_run_status(report.result))
+        if report.progress is not None:
+            loop, more = plan_loop_status(body, report.progress, now, patch["conditions"])
+            patch.update(loop)
+            events = (*events, *more)
+    return Decision(
+        status=patch,
+        events=events,
+        report_done=True,
+        check_done=not o.check,
+        outcome=f"progress: {reason}",
+    )
+
+
+def _conditions(body: Body) -> list[dict[str, Any]]:
+    existing = (body.get("status") or {}).get("conditions")
+    return (
+        [dict(c) for c in existing if isinstance(c, Mapping)] if isinstance(existing, list) else []
     )

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from agentexec import planner
 from agentexec.agents import AgentCache
+from agentexec.approvals import ApprovalCache
 from agentexec.cache import ExecutionCache, Key
 from agentexec.decisions import Config, Decision, Observed
 from agentexec.executor import Executor
@@ -26,8 +27,9 @@ from agentexec.status import Connection, uid_of
 from agentexec.workqueue import GONE, Verdict
 
 # decide ⇄ call rounds in one reconcile: a start needs at most five (read a
-# shadowing Agent, a start turn, the finalizer, the start); more is a bug.
-MAX_STEPS = 8
+# shadowing Agent, a start turn, the finalizer, the start); a running one a
+# describe, a suspend signal and an approval's signal or two; more is a bug.
+MAX_STEPS = 12
 
 
 class Reconciler:
@@ -35,6 +37,7 @@ class Reconciler:
         self,
         cache: ExecutionCache,
         agents: AgentCache,
+        approvals: ApprovalCache,
         reports: Reports,
         executor: Executor,
         metrics: Metrics,
@@ -44,6 +47,7 @@ class Reconciler:
     ) -> None:
         self.cache = cache
         self.agents = agents
+        self.approvals = approvals
         self.reports = reports
         self.executor = executor
         self.metrics = metrics
@@ -79,6 +83,7 @@ class Reconciler:
             report=self.reports.for_key(key, uid_of(body)),
             check=key in self.checks,
             agent=self.agents.get(key[0], name),
+            approvals=self.approvals.of(key),
             retries=self.retries(key),
             unanswered_start=self.executor.unanswered_start(key),
             stale=key in self.stale,

@@ -1,21 +1,37 @@
 """The one settings object, read once from the environment at start.
 
 Nothing else in the package reads ``os.environ``: ``cli.main`` calls
-:func:`load_settings` and hands the result down. A bad value stops the
-operator with a :class:`SettingsError` that names the variable.
+:func:`read_configuration` (or :func:`load_settings`) and hands the result
+down. A bad value stops the operator with a :class:`SettingsError` that names
+the variable; ``--check-config`` lists every problem at once, the variables
+that look like ours but are not (typos), and the effective configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from agentexec.backoff import REDIAL, REDIAL_CIRCUIT_CAP
 
 T = TypeVar("T")
+
+DEFAULT_TTL_SECONDS_AFTER_FINISHED = 86400
+# Variables with these prefixes that no setting reads are reported (a typo
+# configures nothing, silently).
+PREFIXES = ("AGENTEXEC_", "TEMPORAL_")
+# Variables the kubelet sets for each Service of the namespace (enableServiceLinks),
+# e.g. TEMPORAL_SERVICE_HOST for a Service named temporal: never ours.
+_SERVICE_LINK = re.compile(
+    r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$"
+)
+_SERVICE_LINK_PORT = re.compile(r"^(tcp|udp|sctp)://")
 
 
 class SettingsError(ValueError):
@@ -42,13 +58,20 @@ class TemporalSettings:
     # recovery is then noticed within this interval.
     probe_interval_disconnected: float = 0.1
     probe_timeout: float = 1.0
+    # Seconds probes must keep failing (two at least) before Temporal is
+    # called down; 0: the first failed probe. A blip then flips nothing (each
+    # flip rewrites every unfinished execution), and an outage is still seen
+    # within probe_interval + down_after + probe_interval_disconnected (a
+    # refused port) or probe_interval + 2 x probe_timeout (a blackhole).
+    down_after: float = 1.0
     backoff_base: float = REDIAL.base
     backoff_max: float = REDIAL.cap
     backoff_jitter: float = REDIAL.jitter
     circuit_threshold: int = 10
     circuit_backoff_max: float = REDIAL_CIRCUIT_CAP
-    # Probe failures, while the server answers a plain TCP dial, before the
-    # client is considered broken and re-dialled.
+    # Probe failures on one client, while the server answers a plain TCP
+    # dial, before the client is considered broken and re-dialled (doubled
+    # after each re-dial that brought no good probe).
     redial_after_failures: int = 5
     worker_grace: float = 30.0
     settings_check_interval: float = 10.0
@@ -68,12 +91,41 @@ class TemporalSettings:
         )
 
 
+DEFAULT_INSTALL = "agentexec"
+
+
+def build_task_queues(install: str) -> tuple[str, str]:
+    """The default workflow and runner task queues of an install: derived from
+    its identity, so two installs on one Temporal namespace never share one
+    (the default install's are the names every release before 0.3 used)."""
+    return f"{install}-executions", f"{install}-runner"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """HTTPS_PROXY, HTTP_PROXY and NO_PROXY (lower case wins, as in Python's
+    urllib): the chat agent's calls to model providers go through them.
+    Temporal connections do not (the SDK dials directly)."""
+
+    http: str | None = None
+    https: str | None = None
+    no_proxy: str = ""
+
+
 @dataclass(frozen=True)
 class Settings:
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
-    task_queue: str = "agentexec-executions"
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    # The install's identity (the chart: "<release namespace>.<full name>"):
+    # the default task queues derive from it, and the pollers of its queues
+    # whose identity does not start with it are another install's.
+    install: str = DEFAULT_INSTALL
+    task_queue: str = build_task_queues(DEFAULT_INSTALL)[0]
     # The queue executions name by default (spec.taskQueue overrides it).
-    runner_task_queue: str = "agentexec-runner"
+    runner_task_queue: str = build_task_queues(DEFAULT_INSTALL)[1]
+    # Workflow queues served without starting anything on them: an upgrade
+    # from another task_queue drains the workflows still running on it.
+    drain_task_queues: tuple[str, ...] = ()
     # The operator runs agents itself only when asked (make run, tests): an
     # agent on the operator's event loop can stall it, and an operator restart
     # would kill every agent in flight. `agentexec-operator runner` serves them.
@@ -87,6 +139,13 @@ class Settings:
     # The chat agent's providers file (URLs, and where each key is mounted);
     # checked when the runner starts, read again at each call.
     providers_file: Path | None = None
+    # Payload encryption (agentexec.temporal.codec): the directory of keys
+    # (a mounted Secret, file name = key ID) and the key ID that encrypts.
+    payload_keys_dir: Path | None = None
+    payload_key_id: str | None = None
+    # The agent loop's MCP servers configured on the runner (URLs, and headers
+    # whose values are mounted from Secrets): runner/tools.py.
+    mcp_servers_file: Path | None = None
     # The heartbeat timeout the workflow gives each agent attempt: a runner
     # that died mid-agent is noticed, and the agent retried, after this long.
     runner_heartbeat_timeout: float = 30.0
@@ -94,10 +153,21 @@ class Settings:
     # default (a namespace reaches the runner queues its Agents name), "*" any.
     execution_task_queues: tuple[str, ...] = ()
     http_port: int = 8080
+    # /metrics and /statusz over HTTPS on metrics_port, for callers whose
+    # bearer token the API server accepts (TokenReview) and authorizes
+    # (SubjectAccessReview: get on the path), as controller-runtime's secure
+    # metrics; http_port then serves /healthz and /readyz only. Without
+    # cert and key files, a self-signed certificate is made at start.
+    metrics_secure: bool = False
+    metrics_port: int = 8443
+    metrics_cert_file: Path | None = None
+    metrics_key_file: Path | None = None
     watch_namespaces: tuple[str, ...] = ()
     queue_ttl: float = 3600.0
-    # Default spec.ttlSecondsAfterFinished; None keeps finished executions.
-    ttl_seconds_after_finished: int | None = None
+    # Default spec.ttlSecondsAfterFinished; None ("never") keeps finished
+    # executions. A day: each one kept costs memory in every replica's cache
+    # (its message may be 256 KiB), and its result stays in Temporal (#21).
+    ttl_seconds_after_finished: int | None = DEFAULT_TTL_SECONDS_AFTER_FINISHED
     start_rate: float = 200.0
     # TTL deletes per second: a TTL set on an install with many finished
     # executions would otherwise delete them all at once, workers-wide.
@@ -112,6 +182,11 @@ class Settings:
     sweep_interval: float = 3.0
     no_runner_seconds: float = 60.0
     report_timeout: float = 600.0
+    # The most often an assistant's loop writes status.progress.
+    progress_interval: float = 5.0
+    # Attempts of one execution the platform may cut short (a runner stopped
+    # or gone) before it fails Disrupted; they spend none of backoffLimit.
+    max_disruptions: int = 10
     leader_election: bool = True
     leader_election_namespace: str | None = None  # None: the pod's own namespace, else "default"
     leader_election_name: str = "agentexec-operator"
@@ -158,6 +233,13 @@ def _seconds(value: str) -> float:
     return number
 
 
+def _seconds_or_zero(value: str) -> float:
+    number = _number(value, float, "a number of seconds, 0 or more")
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return number
+
+
 def _rate(value: str) -> float:
     number = _number(value, float, "a positive number per second")
     if not number > 0 or number != number or number == float("inf"):
@@ -200,11 +282,22 @@ def _file(value: str) -> Path:
     return path
 
 
+def _directory(value: str) -> Path:
+    path = Path(_text(value))
+    if not path.is_dir():
+        raise ValueError(f"directory {path} does not exist")
+    return path
+
+
 def _path(value: str) -> Path:
     return Path(_text(value))
 
 
 def _address(value: str) -> str:
+    scheme, sep, _ = value.strip().partition("://")
+    if sep:
+        tls = " (TLS is TEMPORAL_TLS=true)" if scheme.lower() in ("https", "grpcs") else ""
+        raise ValueError(f"must be host:port, without a scheme: drop '{scheme}://'{tls}")
     host, sep, port = _text(value).rpartition(":")
     if not sep or not host:
         raise ValueError("must be host:port")
@@ -234,12 +327,46 @@ def _names(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
 
 
+def _install(value: str) -> str:
+    # It prefixes task queue names and worker identities: no separators of
+    # those (":" and "/"), no spaces.
+    name = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}", name):
+        raise ValueError(
+            "must be 1 to 151 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
 def _whole_seconds(value: str) -> float:
     # Temporal keeps activity timeouts in whole seconds in our workflow input.
     number = _seconds(value)
     if number < 1:
         raise ValueError("must be at least 1 second")
     return float(int(number))
+
+
+def _ttl(value: str) -> int | None:
+    if value.strip().lower() == "never":
+        return None
+    try:
+        return _non_negative_int(value)
+    except ValueError:
+        raise ValueError("must be a whole number of seconds (0: at once) or never") from None
+
+
+def _proxy_url(value: str) -> str:
+    url = _text(value)
+    if "://" not in url:
+        url = f"http://{url}"  # as curl reads "proxy:3128"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (validates it)
+    except ValueError:
+        raise ValueError("must be a proxy URL, http://host:port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be a proxy URL, http://host:port")
+    return url
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -251,23 +378,97 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def shown(value: object) -> str:
+    """A setting's value as --check-config prints it (credentials in a URL masked)."""
+    if value is None or value == "":
+        return "(unset)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    text = str(value)
+    if "://" in text and "@" in text:
+        parts = urlsplit(text)
+        if parts.password is not None:
+            text = text.replace(f":{parts.password}@", ":***@", 1)
+    return text
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One variable as read: its name, the value in effect, and where it came from."""
+
+    name: str
+    value: str
+    source: str  # "environment", "default" or "invalid"
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What the environment configures: the settings (defaults where a value
+    is bad), every problem (each naming its variable), the variables that
+    look like ours but that nothing reads, and each variable's effective value."""
+
+    settings: Settings
+    problems: tuple[str, ...]
+    unknown: tuple[str, ...]
+    variables: tuple[Variable, ...]
+
+
 class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
+        self.problems: list[str] = []
+        self.read: dict[str, Variable] = {}
 
     def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
         raw = self.environ.get(name)
         if raw is None or raw == "":
+            self.read.setdefault(name, Variable(name, shown(default), "default"))
             return default
         try:
-            return parse(raw)
+            value = parse(raw)
         except ValueError as exc:
             # The value itself is not echoed: it may be a secret.
-            raise SettingsError(f"{name}: {exc}") from None
+            self.problems.append(f"{name}: {exc}")
+            self.read[name] = Variable(name, "(invalid)", "invalid")
+            return default
+        self.read[name] = Variable(name, shown(value), "environment")
+        return value
+
+    def either(self, names: tuple[str, str], parse: Callable[[str], T], default: T) -> T:
+        """The first of ``names`` that is set (both count as read)."""
+        first = self.get(names[0], parse, default)
+        second = self.get(names[1], parse, default)
+        return first if self.read[names[0]].source == "environment" else second
+
+
+def unknown_variables(environ: Mapping[str, str], known: set[str]) -> list[str]:
+    """Our prefixes on variables no setting reads, each with the likeliest meant one."""
+    found = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIXES) or name in known:
+            continue
+        if _SERVICE_LINK.match(name) or (
+            name.endswith("_PORT") and _SERVICE_LINK_PORT.match(environ[name])
+        ):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        found.append(f"{name}: not a variable agentexec-operator reads{hint}")
+    return found
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
-    """Build the settings from environment variables; raise on the first bad one."""
+    """Build the settings from environment variables; raise naming every bad one."""
+    config = read_configuration(environ)
+    if config.problems:
+        raise SettingsError("; ".join(config.problems))
+    return config.settings
+
+
+def read_configuration(environ: Mapping[str, str]) -> Configuration:
+    """Everything the environment says, and everything wrong with it; never raises."""
     env = _Reader(environ)
     d = TemporalSettings()
     temporal = TemporalSettings(
@@ -286,6 +487,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "TEMPORAL_PROBE_INTERVAL_DISCONNECTED_SECONDS", _seconds, d.probe_interval_disconnected
         ),
         probe_timeout=env.get("TEMPORAL_PROBE_TIMEOUT_SECONDS", _seconds, d.probe_timeout),
+        down_after=env.get("TEMPORAL_DOWN_AFTER_SECONDS", _seconds_or_zero, d.down_after),
         backoff_base=env.get("TEMPORAL_BACKOFF_BASE_SECONDS", _seconds, d.backoff_base),
         backoff_max=env.get("TEMPORAL_BACKOFF_MAX_SECONDS", _seconds, d.backoff_max),
         backoff_jitter=env.get("TEMPORAL_BACKOFF_JITTER", _fraction, d.backoff_jitter),
@@ -301,6 +503,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "TEMPORAL_SETTINGS_CHECK_INTERVAL_SECONDS", _seconds, d.settings_check_interval
         ),
     )
+    problems = env.problems
     if temporal.tls is False:
         # Never silently drop what was configured: plaintext with TLS files
         # or a server name is a mistake. An API key over plaintext is allowed
@@ -311,21 +514,30 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             ("TEMPORAL_TLS_SERVER_NAME", temporal.tls_server_name),
         ):
             if value is not None:
-                raise SettingsError(f"{name}: set, but TEMPORAL_TLS is false")
+                problems.append(f"{name}: set, but TEMPORAL_TLS is false")
     if (temporal.tls_cert_file is None) != (temporal.tls_key_file is None):
-        raise SettingsError("TEMPORAL_TLS_CERT_FILE and TEMPORAL_TLS_KEY_FILE: set both or neither")
+        problems.append("TEMPORAL_TLS_CERT_FILE and TEMPORAL_TLS_KEY_FILE: set both or neither")
     if temporal.backoff_max < temporal.backoff_base:
-        raise SettingsError("TEMPORAL_BACKOFF_MAX_SECONDS: must be at least the backoff base")
+        problems.append("TEMPORAL_BACKOFF_MAX_SECONDS: must be at least the backoff base")
     if temporal.circuit_backoff_max < temporal.backoff_max:
-        raise SettingsError(
+        problems.append(
             "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS: must be at least TEMPORAL_BACKOFF_MAX_SECONDS"
         )
     s = Settings()
-    return dataclasses.replace(
+    install = env.get("AGENTEXEC_INSTALL", _install, s.install)
+    task_queue, runner_task_queue = build_task_queues(install)
+    settings = dataclasses.replace(
         s,
         temporal=temporal,
-        task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, s.task_queue),
-        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, s.runner_task_queue),
+        proxy=ProxySettings(
+            http=env.either(("http_proxy", "HTTP_PROXY"), _proxy_url, None),
+            https=env.either(("https_proxy", "HTTPS_PROXY"), _proxy_url, None),
+            no_proxy=env.either(("no_proxy", "NO_PROXY"), str.strip, ""),
+        ),
+        install=install,
+        task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, task_queue),
+        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, runner_task_queue),
+        drain_task_queues=env.get("AGENTEXEC_DRAIN_TASK_QUEUES", _names, s.drain_task_queues),
         runner_enabled=env.get("AGENTEXEC_RUNNER_ENABLED", _bool, s.runner_enabled),
         execution_task_queues=env.get(
             "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE", _queues, s.execution_task_queues
@@ -338,14 +550,21 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         # Not _file: the runner checks it (and says what is wrong with it)
         # when it starts; the operator without a runner never reads it.
         providers_file=env.get("AGENTEXEC_PROVIDERS_FILE", _path, s.providers_file),
+        payload_keys_dir=env.get("AGENTEXEC_PAYLOAD_KEYS_DIR", _directory, s.payload_keys_dir),
+        payload_key_id=env.get("AGENTEXEC_PAYLOAD_KEY_ID", _text, s.payload_key_id),
+        mcp_servers_file=env.get("AGENTEXEC_MCP_SERVERS_FILE", _path, s.mcp_servers_file),
         runner_heartbeat_timeout=env.get(
             "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS", _whole_seconds, s.runner_heartbeat_timeout
         ),
         http_port=env.get("AGENTEXEC_HTTP_PORT", _port, s.http_port),
+        metrics_secure=env.get("AGENTEXEC_METRICS_SECURE", _bool, s.metrics_secure),
+        metrics_port=env.get("AGENTEXEC_METRICS_PORT", _port, s.metrics_port),
+        metrics_cert_file=env.get("AGENTEXEC_METRICS_CERT_FILE", _file, s.metrics_cert_file),
+        metrics_key_file=env.get("AGENTEXEC_METRICS_KEY_FILE", _file, s.metrics_key_file),
         watch_namespaces=env.get("AGENTEXEC_WATCH_NAMESPACES", _namespaces, s.watch_namespaces),
         queue_ttl=env.get("AGENTEXEC_QUEUE_TTL_SECONDS", _seconds, s.queue_ttl),
         ttl_seconds_after_finished=env.get(
-            "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED", _non_negative_int, s.ttl_seconds_after_finished
+            "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED", _ttl, s.ttl_seconds_after_finished
         ),
         start_rate=env.get("AGENTEXEC_START_RATE", _rate, s.start_rate),
         delete_rate=env.get("AGENTEXEC_DELETE_RATE", _rate, s.delete_rate),
@@ -359,6 +578,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", _seconds, s.sweep_interval),
         no_runner_seconds=env.get("AGENTEXEC_NO_RUNNER_SECONDS", _seconds, s.no_runner_seconds),
         report_timeout=env.get("AGENTEXEC_REPORT_TIMEOUT_SECONDS", _seconds, s.report_timeout),
+        progress_interval=env.get(
+            "AGENTEXEC_PROGRESS_INTERVAL_SECONDS", _seconds, s.progress_interval
+        ),
+        max_disruptions=env.get("AGENTEXEC_MAX_DISRUPTIONS", _non_negative_int, s.max_disruptions),
         leader_election=env.get("AGENTEXEC_LEADER_ELECTION", _bool, s.leader_election),
         leader_election_namespace=env.get(
             "AGENTEXEC_LEADER_ELECTION_NAMESPACE", _text, s.leader_election_namespace
@@ -373,4 +596,23 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         pod_namespace=env.get("POD_NAMESPACE", _text, s.pod_namespace),
         log_level=env.get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), s.log_level),
         log_format=env.get("LOG_FORMAT", _choice("json", "text"), s.log_format),
+    )
+    if bool(environ.get("AGENTEXEC_PAYLOAD_KEYS_DIR")) != bool(
+        environ.get("AGENTEXEC_PAYLOAD_KEY_ID")
+    ):
+        problems.append(
+            "AGENTEXEC_PAYLOAD_KEYS_DIR and AGENTEXEC_PAYLOAD_KEY_ID: set both (payloads "
+            "encrypted with that key) or neither"
+        )
+    if (settings.metrics_cert_file is None) != (settings.metrics_key_file is None):
+        problems.append(
+            "AGENTEXEC_METRICS_CERT_FILE and AGENTEXEC_METRICS_KEY_FILE: set both or neither"
+        )
+    if settings.metrics_secure and settings.metrics_port == settings.http_port:
+        problems.append("AGENTEXEC_METRICS_PORT: must differ from AGENTEXEC_HTTP_PORT")
+    return Configuration(
+        settings=settings,
+        problems=tuple(problems),
+        unknown=tuple(unknown_variables(environ, set(env.read))),
+        variables=tuple(env.read.values()),
     )

@@ -17,16 +17,20 @@ from agentexec.conditions import (
     AGENT_NOT_FOUND,
     AGENT_RESOLVED,
     AGENT_RUNNING,
+    COMPLETED_CONDITION,
     FAILED,
     MAX_MESSAGE,
     PENDING,
     QUEUE_TIMEOUT,
     QUEUED,
+    RESUMED,
     RUNNING,
     START_FAILED,
     STARTED,
     SUCCEEDED,
     SUCCEEDED_CONDITION,
+    SUSPENDED,
+    SUSPENDED_CONDITION,
     TEMPORAL_CONNECTED,
     TERMINAL,
     WAITING,
@@ -41,7 +45,6 @@ from agentexec.conditions import (
     status_of,
     timestamp,
 )
-from agentexec.temporal.types import Usage
 
 # Our finalizer: present from the moment a start may have been sent to
 # Temporal until no workflow of the execution can run any more. An
@@ -135,9 +138,10 @@ def _pending(
     attempts: int,
     why: list[Condition],
     waiting_for: str,
+    succeeded: Condition | None = None,
 ) -> StatusPatch:
     """Pending, with the connection, why it has not started (``why``), and
-    ``Succeeded=Unknown/Pending``."""
+    ``Succeeded=Unknown/Pending`` (or ``succeeded``)."""
     return {
         "phase": PENDING,
         "temporalConnection": conn.reason,
@@ -149,7 +153,8 @@ def _pending(
             [
                 connection_condition(conn),
                 *why,
-                Condition(SUCCEEDED_CONDITION, "Unknown", WAITING, f"waiting for {waiting_for}"),
+                succeeded
+                or Condition(SUCCEEDED_CONDITION, "Unknown", WAITING, f"waiting for {waiting_for}"),
             ],
             now,
         ),
@@ -360,7 +365,8 @@ def plan_terminal(
             "True" if phase == SUCCEEDED else "False",
             phase if phase == SUCCEEDED else (reason or phase),
             (message or "")[:MAX_MESSAGE] if phase != SUCCEEDED else "the agent finished",
-        )
+        ),
+        Condition(COMPLETED_CONDITION, "True", phase, f"the execution finished: {phase}"),
     ]
     if started_reason is not None:
         updates.append(Condition(WORKFLOW_STARTED, "False", started_reason, message or ""))
@@ -397,15 +403,6 @@ def build_output(output: str, limit: int = MAX_OUTPUT_BYTES) -> StatusPatch:
         "output": encoded[:end].decode("utf-8", "surrogatepass"),
         "outputTruncated": True,
         "outputLength": len(encoded),
-    }
-
-
-def build_usage(usage: Usage) -> dict[str, int]:
-    """``status.usage``: the tokens the agent reported, in the API's casing."""
-    return {
-        "promptTokens": usage.prompt_tokens,
-        "completionTokens": usage.completion_tokens,
-        "totalTokens": usage.total_tokens,
     }
 
 
@@ -474,6 +471,46 @@ def plan_progress(
             now,
         ),
     }
+
+
+def suspension(suspended: bool) -> Condition:
+    """The Suspended condition: what spec.suspend says, as applied."""
+    if suspended:
+        return Condition(
+            SUSPENDED_CONDITION,
+            "True",
+            SUSPENDED,
+            "spec.suspend is true: no attempt runs; a running one stops at its last checkpoint",
+        )
+    return Condition(
+        SUSPENDED_CONDITION,
+        "False",
+        RESUMED,
+        "spec.suspend is false: the agent runs (on from its last checkpoint)",
+    )
+
+
+def suspend_applied(body: Body) -> bool:
+    """Whether the execution says it is suspended (the workflow was told)."""
+    return (condition_of(body, SUSPENDED_CONDITION) or {}).get("status") == "True"
+
+
+def plan_suspended(body: Body, conn: Connection, now: datetime) -> StatusPatch | None:
+    """spec.suspend before the workflow started: Pending, and why (as a
+    suspended Job, nothing starts until it is false)."""
+    if is_terminal(body):
+        return None
+    message = "spec.suspend is true: the workflow starts once it is false"
+    return _pending(
+        body,
+        conn,
+        now,
+        queued=timestamp(_queued(body, now)),
+        attempts=_attempts(body),
+        why=[suspension(True), Condition(WORKFLOW_STARTED, "False", SUSPENDED, message)],
+        waiting_for="spec.suspend to be false",
+        succeeded=Condition(SUCCEEDED_CONDITION, "Unknown", SUSPENDED, message),
+    )
 
 
 def ttl_after_finished(body: Body, default: float | None) -> float | None:

@@ -33,8 +33,8 @@ from datetime import UTC, datetime, timedelta
 from agentexec.cache import ExecutionCache, Group, Key, running_group
 from agentexec.conditions import parse_time, status_of
 from agentexec.status import parse_workflow_id, recorded_workflow, uid_of
+from agentexec.temporal.errors import TemporalUnavailable
 from agentexec.temporal.gateway import TemporalGateway
-from agentexec.temporal.manager import TemporalUnavailable
 
 log = logging.getLogger("agentexec.controller")
 

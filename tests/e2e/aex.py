@@ -1,15 +1,56 @@
-"""Helpers to create and inspect AgentExecutions in e2e tests."""
+"""Helpers to create and inspect AgentExecutions in e2e tests.
+
+They call the API server through the official client (one request on a
+kept-alive connection, 2.1 ms here, where a `kubectl` process took 70 ms:
+bench/kube_calls.py). An API error raises AssertionError, as a failed
+kubectl did, so `eventually` still stops at once on one.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 from temporalio.client import Client
+from urllib3.exceptions import HTTPError
 
-from localenv.kube import ControlPlane
+from localenv.kube import ControlPlane, api_client
+
+GROUP, VERSION, PLURAL = "agentexec.io", "v1alpha1", "agentexecutions"
+# Per request, as the kubectl subprocess had its 60 s timeout.
+TIMEOUT = 60
+T = TypeVar("T")
+
+
+def objects(plane: ControlPlane) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(api_client(plane.kubeconfig))
+
+
+def call(what: str, fn: Callable[[], T]) -> T:
+    """`fn()`, with an API error or an API server that does not answer (down
+    in a chaos scenario) raised as AssertionError, as a failed kubectl was."""
+    try:
+        return fn()
+    except ApiException as exc:
+        raise AssertionError(f"{what} failed ({exc.status} {exc.reason}): {exc.body}") from exc
+    except (HTTPError, OSError) as exc:
+        raise AssertionError(f"{what} failed: {exc}") from exc
+
+
+def resource(kind: str, name: str, spec: dict[str, Any]) -> str:
+    """One agentexec.io/v1alpha1 object, as `kubectl apply -f -` reads it."""
+    return json.dumps(
+        {
+            "apiVersion": "agentexec.io/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
 
 
 def manifest(name: str, message: str = "hello", **spec: Any) -> str:
@@ -26,15 +67,36 @@ def manifest(name: str, message: str = "hello", **spec: Any) -> str:
 def create(
     plane: ControlPlane, namespace: str, name: str, message: str = "hello", **spec: Any
 ) -> None:
-    plane.kubectl("create", "-n", namespace, "-f", "-", stdin=manifest(name, message, **spec))
+    body = json.loads(manifest(name, message, **spec))
+    api = objects(plane)
+    call(
+        f"create aex {namespace}/{name}",
+        lambda: api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, _request_timeout=TIMEOUT
+        ),
+    )
 
 
 def get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
-    return plane.kubectl_json("get", "-n", namespace, "aex", name)
+    api = objects(plane)
+    found: dict[str, Any] = call(
+        f"get aex {namespace}/{name}",
+        lambda: api.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+        ),
+    )
+    return found
 
 
 def list_all(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = plane.kubectl_json("get", "-n", namespace, "aex")["items"]  # type: ignore[assignment]
+    api = objects(plane)
+    listed: dict[str, Any] = call(
+        f"list aex in {namespace}",
+        lambda: api.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, _request_timeout=TIMEOUT
+        ),
+    )
+    items: list[dict[str, Any]] = listed["items"]
     return items
 
 

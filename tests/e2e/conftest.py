@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client as k8s
 
 from localenv.binaries import ROOT
 from localenv.kube import ControlPlane
@@ -29,22 +30,28 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> st
     """A namespace of the test's own, so tests never see each other's objects."""
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
     name = f"t-{name}-{abs(hash(request.node.nodeid)) % 10_000}"
-    control_plane.kubectl("create", "namespace", name)
+    core = k8s.CoreV1Api(control_plane.api)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
     return name
 
 
 CRD = ROOT / "crds" / "agentexecutions.agentexec.io.yaml"
 AGENT_CRD = ROOT / "crds" / "agents.agentexec.io.yaml"
+POLICY_CRD = ROOT / "crds" / "executionpolicies.agentexec.io.yaml"
+APPROVAL_CRD = ROOT / "crds" / "agentapprovals.agentexec.io.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd(control_plane: ControlPlane) -> None:
-    """Both CRDs: AgentExecution, and the Agent it may name."""
-    for path in (CRD, AGENT_CRD):
+    """The CRDs: AgentExecution, the Agent it may name, the ExecutionPolicy
+    of its namespace."""
+    """The CRDs: AgentExecution, the Agent it may name, the AgentApproval it may wait for."""
+    for path in (CRD, AGENT_CRD, APPROVAL_CRD, POLICY_CRD):
         control_plane.kubectl("apply", "--server-side", "-f", str(path))
     control_plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s",
         "crd/agentexecutions.agentexec.io", "crd/agents.agentexec.io",
+        "crd/agentapprovals.agentexec.io", "crd/executionpolicies.agentexec.io",
     )  # fmt: skip
 
 

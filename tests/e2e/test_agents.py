@@ -23,14 +23,7 @@ MakeOperator = Callable[..., OperatorProcess]
 
 
 def agent_manifest(name: str, **spec: Any) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "agentexec.io/v1alpha1",
-            "kind": "Agent",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
+    return aex.resource("Agent", name, spec)
 
 
 def apply_agent(plane: ControlPlane, namespace: str, name: str, **spec: Any) -> None:
@@ -105,6 +98,7 @@ async def test_an_agent_runs_with_its_snapshot_in_the_workflow_input(
         "timeout_seconds": 120,
         "uid": agent["metadata"]["uid"],  # type: ignore[index]
         "generation": 1,
+        "loop": None,  # an assistant's tools, maxSteps and approval
     }
     workflow_input, activity_input = await recorded_inputs(temporal, done)
     assert workflow_input["agent_spec"] == snapshot
@@ -249,7 +243,7 @@ def test_kubectl_explains_the_agent_and_validates_it(
         stdin=agent_manifest("no-model", type="chat", provider="local"),
     )  # fmt: skip
     assert refused.returncode != 0
-    assert "a chat agent needs spec.model and spec.provider" in refused.stderr
+    assert "a chat or assistant agent needs spec.model and spec.provider" in refused.stderr
     # The type is any agent name (an external runner's too), not an enum.
     assert "the name of an agent your runners register" in explain("agent.spec.type")
     apply_agent(control_plane, namespace, "loud", type="shout", taskQueue="shout")

@@ -74,7 +74,8 @@ def test_spec_is_immutable(control_plane: ControlPlane, namespace: str, crd: Non
 def test_printer_columns(control_plane: ControlPlane, namespace: str, crd: None) -> None:
     aex.create(control_plane, namespace, "shown", "x")
     header = control_plane.kubectl("get", "-n", namespace, "aex").stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "TEMPORAL", "WORKFLOW", "AGE"]
+    # The workflow ID is long: -o wide shows it (tests/e2e/test_kubectl.py).
+    assert header == ["NAME", "PHASE", "AGENT", "REASON", "TEMPORAL", "STEP", "AGE"]
     column = ".status.temporalConnection"
     crd = control_plane.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
     columns = {
@@ -88,8 +89,16 @@ def test_explain_describes_the_fields(control_plane: ControlPlane, crd: None) ->
     out = " ".join(control_plane.kubectl("explain", "aex.spec.message").stdout.split())
     assert "1 to 262144 characters" in out
     assert "kubectl apply --server-side" in out  # why a large message fails with apply
+    deadline = " ".join(
+        control_plane.kubectl("explain", "aex.spec.activeDeadlineSeconds").stdout.split()
+    )
+    assert "then 3600 (one hour)" in deadline
+    assert "waiting for a free runner and time suspended are not counted" in deadline
     timeout = " ".join(control_plane.kubectl("explain", "aex.spec.timeoutSeconds").stdout.split())
-    assert "defaults to 3600" in timeout
+    assert "older name of activeDeadlineSeconds" in timeout
     spec = control_plane.kubectl("explain", "aex.spec").stdout
-    for field in ("agent", "message", "sessionId", "parameters", "taskQueue", "timeoutSeconds"):
+    for field in (
+        "agent", "message", "sessionId", "parameters", "taskQueue", "timeoutSeconds",
+        "activeDeadlineSeconds", "backoffLimit", "suspend",
+    ):  # fmt: skip
         assert field in spec

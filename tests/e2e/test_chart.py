@@ -65,11 +65,16 @@ def pod_spec(rendered: str) -> dict[str, Any]:
 
 
 def test_chart_crd_is_the_crds_file() -> None:
-    """crds/ is the source, and holds only our two CRDs (leadership is a Lease,
+    """crds/ is the source, and holds only our three CRDs (leadership is a Lease,
     no kopf peering CRDs); the chart carries them as they are under
     files/crds/ (a template, governed by crds.install) and has no crds/
     folder, which Helm would install unconditionally and never upgrade."""
-    names = ["agentexecutions.agentexec.io.yaml", "agents.agentexec.io.yaml"]
+    names = [
+        "agentapprovals.agentexec.io.yaml",
+        "agentexecutions.agentexec.io.yaml",
+        "agents.agentexec.io.yaml",
+        "executionpolicies.agentexec.io.yaml",
+    ]
     assert sorted(p.name for p in (ROOT / "crds").iterdir()) == names
     assert sorted(p.name for p in (CHART / "files" / "crds").iterdir()) == names
     for name in names:
@@ -105,7 +110,12 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
     if not install:
         assert crds == {}
         return
-    assert set(crds) == {"agentexecutions.agentexec.io", "agents.agentexec.io"}
+    assert set(crds) == {
+        "agentapprovals.agentexec.io",
+        "agentexecutions.agentexec.io",
+        "agents.agentexec.io",
+        "executionpolicies.agentexec.io",
+    }
     for name, ours in crds.items():
         source = yaml.safe_load((ROOT / "crds" / f"{name}.yaml").read_text())
         assert ours["spec"] == source["spec"], name
@@ -123,7 +133,7 @@ def test_crds_install_decides_whether_the_release_carries_the_crd(
 
 
 def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_path: Path) -> None:
-    """A fresh cluster: the AgentExecution and Agent CRDs come with the
+    """A fresh cluster: the AgentExecution, Agent and ExecutionPolicy CRDs come with the
     release, and are the only CRDs it brings (leadership needs the built-in
     Lease, not kopf's peering CRDs); the Lease's Role is in the release namespace."""
     fresh = ControlPlane(tmp_path / "fresh")
@@ -134,8 +144,10 @@ def test_first_install_with_replicas_on_a_cluster_without_crds(helm: Helm, tmp_p
         helm.run("install", "aex", str(CHART), "-n", "aex", "--set", "replicaCount=2")
         crds = fresh.kubectl("get", "crd", "-o", "name").stdout.split()
         assert crds == [
+            "customresourcedefinition.apiextensions.k8s.io/agentapprovals.agentexec.io",
             "customresourcedefinition.apiextensions.k8s.io/agentexecutions.agentexec.io",
             "customresourcedefinition.apiextensions.k8s.io/agents.agentexec.io",
+            "customresourcedefinition.apiextensions.k8s.io/executionpolicies.agentexec.io",
         ]
         crd = fresh.kubectl_json("get", "crd", "agentexecutions.agentexec.io")
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "aex"  # type: ignore[index]
@@ -199,14 +211,15 @@ def test_install_creates_the_objects_and_schema_refuses_bad_values(
     notes = " ".join(installed.stdout.split())
     assert "Agents run in the runner Deployment" in notes
     assert "inside the operator pods" not in notes
-    # An upgrade points at what changed; with the operator's own runner on
+    # An upgrade to the same version has no upgrade notes (tests/e2e/
+    # test_release.py crosses versions); with the operator's own runner on
     # too, the notes say agents run in both places.
     upgrade = helm.run(
         "upgrade", "aex", str(CHART), "-n", namespace, "--reuse-values", "--dry-run=client",
         "--set", "temporal.runnerEnabled=true",
     )  # fmt: skip
     notes = " ".join(upgrade.stdout.split())
-    assert "Upgrading to this version" in notes
+    assert "Upgrading" not in notes
     assert "inside the operator pods too (temporal.runnerEnabled=true)" in notes
     names = control_plane.kubectl(
         "get", "-n", namespace, "deploy,sa,svc,role,rolebinding", "-o", "name"
@@ -268,8 +281,15 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
         "scheme": "HTTP",
     }
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Rollouts (#19): a new runner first, old ones drain on their own build.
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    prestop = container["lifecycle"]["preStop"]["httpGet"]
+    assert (prestop["path"], prestop["port"]) == ("/drain", "http")
     env = env_of(deploy)
     op_env = env_of(operator)
+    grace = int(env["TEMPORAL_WORKER_GRACE_SECONDS"]["value"])
+    assert pod["terminationGracePeriodSeconds"] > grace >= 60, (pod, grace)
+    assert op_env["AGENTEXEC_MAX_DISRUPTIONS"]["value"] == "10"
     for shared in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"):
         assert env[shared] == op_env[shared]
     assert (
@@ -326,6 +346,9 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
         assert done["status"]["output"] == "hello"
         assert runner.statusz()["runner"]["agents"] == ["chat", "echo"]  # the image's entry points
         assert "KUBECONFIG" not in runner.environ
+        # What the kubelet calls before SIGTERM: the runner drains and ends.
+        assert runner.get(prestop["path"], timeout=30)[0] == 200
+        await eventually(lambda: runner.returncode, lambda rc: rc == 0, what="runner exited 0")
     finally:
         operator_process.stop()
         runner.stop()
@@ -480,6 +503,14 @@ async def test_operator_runs_with_only_the_charts_rbac(
         assert allowed(verb, "agents.agentexec.io", "-n", namespace)
     for verb in ("create", "update", "patch", "delete"):
         assert not allowed(verb, "agents.agentexec.io", "-n", namespace)
+    # ExecutionPolicies are read; only their status (the budget's spending)
+    # is written.
+    for verb in ("get", "list", "watch"):
+        assert allowed(verb, "executionpolicies.agentexec.io", "-n", namespace)
+    for verb in ("create", "update", "patch", "delete"):
+        assert not allowed(verb, "executionpolicies.agentexec.io", "-n", namespace)
+    assert allowed("patch", "executionpolicies.agentexec.io", "--subresource=status",
+                   "-n", namespace)  # fmt: skip
 
     # The reference reconnection scenario, as that identity, with the pod's
     # leader-election variables from the installed Deployment: the Lease is
@@ -680,12 +711,13 @@ def test_tls_secret_mounts_only_the_keys_it_has_and_the_operator_starts(
     assert told == expected
     checked = subprocess.run(
         [str(Path(sys.executable).parent / "agentexec-operator"), "--check-config"],
-        env={"PATH": os.environ["PATH"], **env},
+        # In the pod the service account's token; here the control plane's.
+        env={"PATH": os.environ["PATH"], "KUBECONFIG": str(control_plane.kubeconfig), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert checked.stdout.strip() == "configuration ok", checked.stderr
+    assert checked.stdout.splitlines()[-1] == "configuration ok", checked.stderr
 
 
 def test_tls_keys_refuse_half_a_client_pair(helm: Helm) -> None:
@@ -723,7 +755,12 @@ async def test_tenants_with_the_builtin_roles_can_use_agentexecutions(
 ) -> None:
     helm.run("install", "tenants", str(CHART), "-n", namespace, *NO_CRDS,
              "--set", f"watchNamespaces={{{namespace}}}")  # fmt: skip
-    for role, user in (("view", "alice"), ("edit", "bob"), ("admin", "carol")):
+    for role, user in (
+        ("view", "alice"),
+        ("edit", "bob"),
+        ("admin", "carol"),
+        ("tenants-agentexec-operator-agent-author", "dave"),
+    ):
         control_plane.kubectl(
             "create", "rolebinding", f"{user}-{role}", "-n", namespace,
             f"--clusterrole={role}", f"--user={user}",
@@ -741,10 +778,18 @@ async def test_tenants_with_the_builtin_roles_can_use_agentexecutions(
         ("alice", "delete"): False,
         ("bob", "create"): True, ("bob", "delete"): True, ("bob", "patch"): True,
         ("carol", "create"): True, ("carol", "deletecollection"): True,
-        # Agents: view reads them, edit (and admin) writes them.
+        # Agents: view reads them; writing them is the agent-author role's,
+        # not edit's nor admin's (an Agent chooses queues and providers).
         ("alice", "get", "", "agents"): True, ("alice", "create", "", "agents"): False,
-        ("bob", "create", "", "agents"): True, ("bob", "update", "", "agents"): True,
-        ("carol", "delete", "", "agents"): True,
+        ("bob", "get", "", "agents"): True, ("bob", "create", "", "agents"): False,
+        ("carol", "delete", "", "agents"): False,
+        ("dave", "create", "", "agents"): True, ("dave", "update", "", "agents"): True,
+        ("dave", "create"): False,
+        # ExecutionPolicies: a team reads its limits and cannot change them.
+        ("alice", "get", "", "executionpolicies"): True,
+        ("bob", "create", "", "executionpolicies"): False,
+        ("carol", "update", "", "executionpolicies"): False,
+        ("carol", "patch", "status", "executionpolicies"): False,
     }  # fmt: skip
     await eventually(
         lambda: {key: can(*key) for key in expected},
@@ -825,6 +870,21 @@ def test_network_policy_names_destinations_and_closes_ingress_by_default(
             ("--set", "runner.providers.p.baseURL=https://x",
              "--set", "runner.providers.p.headers.Authorization=Bearer k"),
             "invalid propertyName 'Authorization'",
+        ),
+        (
+            "payload keys without the key that encrypts",
+            ("--set", "payloadEncryption.secretName=payload-keys"),
+            "payloadEncryption.currentKeyId: name the key ID that encrypts",
+        ),
+        (
+            "a current key without its Secret",
+            ("--set", "payloadEncryption.currentKeyId=k1"),
+            "payloadEncryption.secretName: name the Secret",
+        ),
+        (
+            "half a client pair for the runner",
+            ("--set", "runner.temporal.tls.secretName=t", "--set", "runner.temporal.tls.keys.key="),
+            "runner.temporal.tls.keys.cert and runner.temporal.tls.keys.key",
         ),
         (
             "providers behind a policy without egress to them",
@@ -1102,3 +1162,71 @@ def key_path(lines: list[str], n: int) -> tuple[str, ...]:
             path.insert(0, stripped.split(":")[0])
             indent = level
     return tuple(path)
+
+
+def test_payload_keys_and_the_runner_s_own_credential_reach_each_pod(
+    control_plane: ControlPlane, helm: Helm, namespace: str, tmp_path: Path
+) -> None:
+    """Issue #22: both Deployments mount the payload keys Secret whole (a key
+    added later reaches running pods) and check it at start; the runner
+    mounts its own Temporal API key, not the operator's."""
+    keys = {k: base64.b64encode(os.urandom(32)).decode() for k in ("k1", "k2")}
+    control_plane.kubectl(
+        "create", "secret", "generic", "payload-keys", "-n", namespace,
+        *(f"--from-literal={k}={v}" for k, v in keys.items()),
+    )  # fmt: skip
+    for name, key in (("operator-key", "op-key-1"), ("runner-key", "runner-key-1")):
+        control_plane.kubectl(
+            "create", "secret", "generic", name, "-n", namespace, f"--from-literal=api-key={key}"
+        )
+    rendered = helm.template(
+        "--namespace", namespace,
+        "--set", "payloadEncryption.secretName=payload-keys",
+        "--set", "payloadEncryption.currentKeyId=k2",
+        "--set", "temporal.apiKey.secretName=operator-key",
+        "--set", "runner.temporal.apiKey.secretName=runner-key",
+    )  # fmt: skip
+    seen = {}
+    for runner in (False, True):
+        spec = the(rendered, "Deployment", runner=runner)["spec"]["template"]["spec"]
+        volume = next(v for v in spec["volumes"] if v["name"] == "payload-keys")
+        assert volume["secret"] == {"secretName": "payload-keys", "defaultMode": 0o440}
+        env = mount_as_kubelet(control_plane, namespace, spec, tmp_path / f"pod-{runner}")
+        assert env["AGENTEXEC_PAYLOAD_KEY_ID"] == "k2"
+        assert sorted(p.name for p in Path(env["AGENTEXEC_PAYLOAD_KEYS_DIR"]).iterdir()) == [
+            "k1",
+            "k2",
+        ]
+        seen[runner] = Path(env["TEMPORAL_API_KEY_FILE"]).read_text()
+        command = [str(Path(sys.executable).parent / "agentexec-operator")]
+        command += ["runner", "--check-config"] if runner else ["--check-config"]
+        checked = subprocess.run(
+            command,
+            env={"PATH": os.environ["PATH"], "KUBECONFIG": str(control_plane.kubeconfig), **env},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+    assert seen == {False: "op-key-1", True: "runner-key-1"}
+    # A current key that is not in the Secret stops the pod at start, naming it.
+    bad = {**env, "AGENTEXEC_PAYLOAD_KEY_ID": "k9"}
+    refused = subprocess.run(
+        [str(Path(sys.executable).parent / "agentexec-operator"), "--check-config"],
+        env={"PATH": os.environ["PATH"], "KUBECONFIG": str(control_plane.kubeconfig), **bad},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "current payload key 'k9' is not in" in refused.stderr
+    assert all(key not in refused.stderr for key in keys.values())
+
+
+def test_agent_authoring_joins_a_builtin_role_only_when_asked(helm: Helm) -> None:
+    def labels(*args: str) -> dict[str, str]:
+        roles = [o for o in objects(helm.template(*args)) if o["kind"] == "ClusterRole"]
+        author = next(r for r in roles if r["metadata"]["name"].endswith("-agent-author"))
+        assert author["rules"][0]["resources"] == ["agents"]
+        return {k: v for k, v in author["metadata"]["labels"].items() if "aggregate-to" in k}
+
+    assert labels() == {}
+    assert labels("--set", "rbac.agentAuthoring.aggregateTo={edit}") == {
+        "rbac.authorization.k8s.io/aggregate-to-edit": "true"
+    }

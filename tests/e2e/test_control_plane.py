@@ -32,8 +32,14 @@ def test_applies_the_crd_and_enforces_its_schema(
 
     control_plane.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "echo.yaml"))
     created = control_plane.kubectl_json("get", "-n", namespace, "aex", "hello-echo")
-    # No schema default for timeoutSeconds: unset, the Agent's applies (else 3600).
-    assert created["spec"] == {"agent": "echo", "message": "Hello from agentexec"}
+    # No schema default for the deadline: unset, the Agent's applies (else
+    # 3600); backoffLimit and suspend default as a Job's do.
+    assert created["spec"] == {
+        "agent": "echo",
+        "message": "Hello from agentexec",
+        "backoffLimit": 2,
+        "suspend": False,
+    }
 
     bad = """
 apiVersion: agentexec.io/v1alpha1

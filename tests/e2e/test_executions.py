@@ -168,9 +168,9 @@ async def test_runner_failure_and_timeout_end_failed_with_reason(
     )
 
     failed = await reaches(control_plane, namespace, "fails", "Failed")
-    assert failed["status"]["error"] == {"reason": "RunnerFailed", "message": "boom on purpose"}
+    assert failed["status"]["error"] == {"reason": "AgentFailed", "message": "boom on purpose"}
     assert aex.condition(failed, "Succeeded")["status"] == "False"
-    assert aex.condition(failed, "Succeeded")["reason"] == "RunnerFailed"
+    assert aex.condition(failed, "Succeeded")["reason"] == "AgentFailed"
 
     timed_out = await reaches(control_plane, namespace, "slow", "Failed")
     assert timed_out["status"]["error"]["reason"] == "Timeout"

@@ -145,8 +145,9 @@ async def test_blackhole_is_detected_and_recovered(
         cut = time.monotonic()
         await disconnected(manager, timeout=10)
         detected = time.monotonic() - cut
-        # Within probe interval + probe timeout (plus scheduling slack).
-        assert detected <= 1.0 + 1.0 + 0.75, detected
+        # Within probe interval + two probe timeouts (one failed probe is not
+        # enough: TEMPORAL_DOWN_AFTER_SECONDS) + the fast re-probe, plus slack.
+        assert detected <= 1.0 + 2 * 1.0 + 0.1 + 0.75, detected
         assert manager.status()["last_error"]
 
         relay.restore()
@@ -216,7 +217,7 @@ async def test_a_worker_that_refuses_the_new_client_is_replaced_after_draining(
         runtime = Runtime(telemetry=TelemetryConfig())
         return await Client.connect(manager.settings.address, runtime=runtime)
 
-    monkeypatch.setattr(manager, "_dial", dial_on_another_runtime)
+    monkeypatch.setattr(manager.connection, "_dial", dial_on_another_runtime)
     await manager.reconnect("test: a client the worker refuses")
 
     assert manager.workers[0] is not old
@@ -373,3 +374,72 @@ async def test_a_probe_that_began_on_a_replaced_client_is_ignored(
     finally:
         await manager.stop()
         await relay.stop()
+
+
+# ----- issue #18, failure 8: one failed probe is a blip, not an outage ----------
+
+
+async def test_a_blip_shorter_than_the_window_flips_nothing_and_an_outage_still_does(
+    temporal: TemporalDevServer, make_manager: MakeManager, task_queue: str
+) -> None:
+    relay = TcpRelay("127.0.0.1", temporal.port)
+    await relay.start()
+    try:
+        manager = make_manager(relay.address, probe_interval=0.5, probe_timeout=0.5, down_after=2.0)
+        await connected(manager)
+        seen: list[tuple[bool, str]] = []
+        manager.add_listener(lambda state: seen.append((state.connected, state.reason)))
+        failures = metric(manager, "temporal_health_probe_failures_total")
+        downtime = manager.status()["downtime_seconds"]  # before the first connect
+
+        # A blip: the server stops answering long enough for one probe to
+        # fail (its 0.5 s deadline), then answers again.
+        relay.blackhole()
+        await eventually(
+            lambda: metric(manager, "temporal_health_probe_failures_total"),
+            lambda n: n > failures,
+            timeout=5,
+            interval=0.02,
+            what="a failed probe",
+        )
+        relay.restore()
+        await eventually(
+            manager.status,
+            lambda s: s["consecutive_failures"] == 0,
+            timeout=5,
+            what="a good probe again",
+        )
+        assert seen == []  # no listener heard of it: nothing rewrites executions
+        assert manager.connected
+        assert metric(manager, "temporal_connection_status") == 1
+        assert manager.status()["downtime_seconds"] == downtime
+        await round_trip(manager, task_queue)
+
+        # An outage: called down once failures span the window.
+        relay.blackhole()
+        cut = time.monotonic()
+        await disconnected(manager, timeout=15)
+        detected = time.monotonic() - cut
+        # Probe interval + window + a probe timeout + the fast re-probe, plus slack.
+        assert 2.0 <= detected <= 0.5 + 2.0 + 0.5 + 0.1 + 1.0, detected
+        assert seen == [(False, "TemporalUnavailable")]
+
+        relay.restore()
+        await connected(manager, timeout=30)  # up again on one good probe
+        assert seen == [(False, "TemporalUnavailable"), (True, "Connected")]
+    finally:
+        await relay.stop()
+
+
+async def test_with_the_default_window_a_killed_server_is_seen_within_about_two_seconds(
+    temporal: TemporalDevServer, make_manager: MakeManager
+) -> None:
+    manager = make_manager()  # probe every 1 s, down after 1 s of failures
+    assert manager.settings.down_after == 1.0
+    await connected(manager)
+    temporal.kill()
+    cut = time.monotonic()
+    await disconnected(manager, timeout=10)
+    detected = time.monotonic() - cut
+    # Probe interval + window + the fast re-probe (0.1 s), plus slack.
+    assert detected <= 1.0 + 1.0 + 0.1 + 0.75, detected

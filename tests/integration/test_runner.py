@@ -15,23 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio import activity
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.worker import Worker
 
 from agentexec.temporal.types import (
-    REPORT_STATUS_ACTIVITY,
     ExecutionInput,
     ExecutionRef,
     ExecutionResult,
-    StatusReport,
 )
 from agentexec.temporal.workflows import AgentExecutionWorkflow
 from localenv.procs import free_port
 from localenv.temporal import TemporalDevServer
 from tests.support.operator import RunnerProcess
 from tests.support.waiting import eventually
+from tests.support.workflows import workflow_worker
 
 AGENTS = Path(__file__).parents[1] / "support" / "programs" / "runner_agents.py"
 
@@ -85,16 +81,7 @@ async def executions(temporal: TemporalDevServer, task_queue: str) -> AsyncItera
     ex = Executions(client, task_queue)
     ex.address = temporal.address
 
-    @activity.defn(name=REPORT_STATUS_ACTIVITY)
-    async def report_status(report: StatusReport) -> None:
-        ex.reports.append(report.result)
-
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[AgentExecutionWorkflow],
-        activities=[report_status],
-    ):
+    async with workflow_worker(client, task_queue, lambda r: ex.reports.append(r.result)):
         yield ex
 
 
@@ -106,15 +93,11 @@ def runners() -> Iterator[list[RunnerProcess]]:
         runner.stop()
 
 
-async def agent_attempt(handle: WorkflowHandle[Any, Any]) -> int:
-    """The attempt that ran the agent last (a retry does not add events:
-    ActivityTaskStarted carries the attempt number)."""
-    attempts = [
-        e.activity_task_started_event_attributes.attempt
-        async for e in handle.fetch_history_events()
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-    ]
-    return attempts[0]  # the first activity is run_agent; report_status follows
+def disrupted(result: ExecutionResult) -> tuple[int, int, int, str | None]:
+    """(attempts, failed, disrupted, the last disruption's reason)."""
+    a = result.attempts
+    assert a is not None, result
+    return a.count, a.failed, a.disrupted, a.last_disruption.reason if a.last_disruption else None
 
 
 async def pending_agent(handle: WorkflowHandle[Any, Any]) -> Any:
@@ -139,7 +122,7 @@ async def test_the_runner_subcommand_serves_an_execution(
     runner.start()
     handle = await executions.start(message="from a runner process")
     result = await asyncio.wait_for(handle.result(), 30)
-    assert result == ExecutionResult(phase="Succeeded", output="from a runner process")
+    assert (result.phase, result.output) == ("Succeeded", "from a runner process")
     assert attempts(runner, "echo", "succeeded") == 1
     assert runner.get("/healthz")[0] == 200
     assert runner.get("/readyz")[0] == 200
@@ -222,13 +205,15 @@ async def test_a_killed_runner_mid_agent_is_retried_once_on_the_other(
     victim = busy[0]
     other = two if victim is one else one
     victim.kill()
-    # Noticed within the heartbeat timeout (3 s), retried after 1 s backoff,
-    # then 4 s of agent: well inside 30 s, which is one default heartbeat timeout.
+    # Noticed within the heartbeat timeout (3 s), retried at once, then 4 s of
+    # agent: well inside 30 s, which is one default heartbeat timeout.
     result = await asyncio.wait_for(handle.result(), 30)
-    assert result == ExecutionResult(phase="Succeeded", output="survivor")
-    assert await agent_attempt(handle) == 2  # one retry, not three
+    assert (result.phase, result.output) == ("Succeeded", "survivor")
+    # A disruption: retried once, backoffLimit untouched.
+    assert disrupted(result) == (2, 0, 1, "HeartbeatTimeout")
     assert attempts(other, "echo", "succeeded") == 1
-    assert executions.reports == [result]  # reported once
+    assert [r.reason for r in executions.reports] == ["AttemptDisrupted", None]
+    assert executions.reports[-1] == result
 
 
 async def test_sigterm_lets_agents_finish_within_the_grace_then_hands_the_rest_over(
@@ -252,16 +237,43 @@ async def test_sigterm_lets_agents_finish_within_the_grace_then_hands_the_rest_o
     second = executions.runner(tmp_path, name="runner-2")
     runners.append(second)
     second.start()
-    assert (await asyncio.wait_for(short.result(), 20)).output == "short"
-    assert await agent_attempt(short) == 1
+    finished = await asyncio.wait_for(short.result(), 20)
+    assert finished.output == "short"
+    assert disrupted(finished) == (1, 0, 0, None)
     loop = asyncio.get_running_loop()
     stopped_at = loop.time()
     await eventually(lambda: first.returncode, lambda rc: rc == 0, timeout=20, what="exit 0")
-    assert (await asyncio.wait_for(long.result(), 40)).output == "long"
-    assert await agent_attempt(long) == 2
+    handed_over = await asyncio.wait_for(long.result(), 40)
+    assert handed_over.output == "long"
+    assert disrupted(handed_over) == (2, 0, 1, "RunnerShutdown")
     # Retried after the grace, not after the heartbeat timeout (30 s) + 8 s.
     assert loop.time() - stopped_at < 30
     assert "stop requested" in first.log()
+
+
+async def test_the_prestop_drain_answers_once_the_agents_in_flight_finished(
+    executions: Executions, runners: list[RunnerProcess], tmp_path: Path
+) -> None:
+    # The chart's preStop hook: GET /drain stops the runner taking agents and
+    # answers when those in flight are done (finished within the grace here),
+    # so the kubelet's SIGTERM finds nothing left to hand over.
+    runner = executions.runner(tmp_path)
+    runners.append(runner)
+    runner.start()
+    handle = await executions.start(message="drained", delaySeconds=3)
+    await eventually(
+        lambda: runner.statusz()["runner"]["in_flight"], lambda n: n == 1, what="the agent running"
+    )
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    status, body = await asyncio.to_thread(runner.get, "/drain", 30)
+    assert (status, body) == (200, '{"drained": true}')
+    result = await asyncio.wait_for(handle.result(), 10)
+    assert result.output == "drained"
+    assert disrupted(result) == (1, 0, 0, None)  # finished where it ran
+    assert loop.time() - asked >= 1.5  # answered after the agent, not at once
+    await eventually(lambda: runner.returncode, lambda rc: rc == 0, what="the runner exited 0")
+    assert "preStop" in runner.log()
 
 
 async def test_a_slow_api_agent_does_not_time_out_its_heartbeats_are_automatic(
@@ -273,8 +285,8 @@ async def test_a_slow_api_agent_does_not_time_out_its_heartbeats_are_automatic(
     # Three heartbeat timeouts long, and the agent never heartbeats itself.
     handle = await executions.start("slow", heartbeat_timeout=2, seconds=6)
     result = await asyncio.wait_for(handle.result(), 40)
-    assert result == ExecutionResult(phase="Succeeded", output="slept 6s")
-    assert await agent_attempt(handle) == 1
+    assert (result.phase, result.output) == ("Succeeded", "slept 6s")
+    assert disrupted(result) == (1, 0, 0, None)
 
 
 async def test_cancellation_reaches_an_api_agent(

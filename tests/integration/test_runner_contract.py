@@ -23,15 +23,15 @@ from temporalio.worker import Worker
 
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
-    REPORT_STATUS_ACTIVITY,
     RUN_AGENT_ACTIVITY,
+    Attempts,
     ExecutionInput,
     ExecutionRef,
     ExecutionResult,
-    StatusReport,
 )
 from agentexec.temporal.workflows import AgentExecutionWorkflow
 from localenv.temporal import TemporalDevServer
+from tests.support.workflows import workflow_worker
 
 
 @dataclass
@@ -92,20 +92,10 @@ async def run_with(
     temporal: TemporalDevServer, task_queue: str, runner: Callable[..., Any]
 ) -> tuple[ExecutionResult, list[ExecutionResult]]:
     reports: list[ExecutionResult] = []
-
-    @activity.defn(name=REPORT_STATUS_ACTIVITY)
-    async def report_status(report: StatusReport) -> None:
-        reports.append(report.result)
-
     client = await Client.connect(temporal.address)
     runner_queue = f"{task_queue}-runner"
     async with (
-        Worker(
-            client,
-            task_queue=task_queue,
-            workflows=[AgentExecutionWorkflow],
-            activities=[report_status],
-        ),
+        workflow_worker(client, task_queue, lambda r: reports.append(r.result)),
         Worker(client, task_queue=runner_queue, activities=[runner]),
     ):
         handle: WorkflowHandle[Any, ExecutionResult] = await client.start_workflow(
@@ -157,7 +147,8 @@ async def test_a_runner_one_version_apart_keeps_working(
     temporal: TemporalDevServer, task_queue: str, runner: Callable[..., Any], output: str
 ) -> None:
     result, reports = await run_with(temporal, task_queue, runner)
-    assert result == ExecutionResult(phase="Succeeded", output=output)
+    assert (result.phase, result.output) == ("Succeeded", output)
+    assert result.attempts == Attempts(count=1)
     assert reports == [result]
 
 
@@ -167,7 +158,12 @@ async def test_a_runner_that_requires_an_unknown_field_fails_naming_it(
     result, reports = await run_with(temporal, task_queue, stricter_runner)
     assert (result.phase, result.reason) == ("Failed", "RunnerFailed")
     assert "tenant" in (result.message or ""), result
-    assert reports == [result]
+    # A runner that cannot decode the request fails every attempt alike:
+    # backoffLimit (2) spent, each failure said as it happened.
+    assert result.attempts is not None
+    assert result.attempts.failed == 3
+    assert [r.reason for r in reports] == ["AttemptFailed", "AttemptFailed", "RunnerFailed"]
+    assert reports[-1] == result
 
 
 @pytest.mark.parametrize(
@@ -183,4 +179,4 @@ async def test_a_result_without_output_fails_the_execution_clearly(
     message = result.message or ""
     assert RUN_AGENT_ACTIVITY in message, result
     assert shown in message, result
-    assert reports == [result]
+    assert reports == [result]  # what the runner sent does not change: not retried

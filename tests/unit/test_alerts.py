@@ -10,7 +10,10 @@ import yaml
 from agentexec.metrics import Metrics
 
 ALERTS = Path(__file__).resolve().parents[2] / "charts/agentexec-operator/files/alerts.yaml"
-PROMQL_WORDS = {"max", "sum", "rate", "by", "and", "or", "unless", "without", "on", "absent"}
+PROMQL_WORDS = {
+    "max", "sum", "rate", "by", "and", "or", "unless", "without", "on", "absent",
+    "histogram_quantile", "increase",
+}  # fmt: skip
 
 
 def exported_names() -> set[str]:
@@ -41,6 +44,9 @@ def test_every_alert_uses_exported_metrics() -> None:
         "AgentExecExecutionsFailing",
         "AgentExecRunnerAbsent",
         "AgentExecRunnerAgentsFailing",
+        "AgentExecNamespaceBudgetNearlySpent",
+        "AgentExecInstallsCrossing",
+        "AgentExecForeignReports",
     }
     exported = exported_names()
     for rule in rules:
@@ -88,5 +94,40 @@ def test_the_contract_metric_names_are_exported() -> None:
         "agentexec_build_info",
         "agentexec_runner_agents_running",
         "agentexec_runner_agent_attempts_total",
+        "agentexec_tokens_total",
+        "agentexec_namespace_token_budget",
+        "agentexec_namespace_tokens_used",
+        "agentexec_foreign_pollers",
+        "agentexec_foreign_reports_total",
     ):
         assert name in exported, name
+
+
+ALERT_TESTS = ALERTS.parents[3] / "tests" / "alerts"
+
+
+def test_each_alert_group_has_promtool_tests_that_see_each_alert_fire_and_stay_silent() -> None:
+    """`make lint` runs `promtool test rules tests/alerts/*.test.yaml`; this
+    keeps one file per group, each proving both sides of each of its alerts."""
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    files = {p.name for p in ALERT_TESTS.glob("*.test.yaml")}
+    assert files == {f"{g['name']}.test.yaml" for g in groups}
+    for group in groups:
+        tests = yaml.safe_load((ALERT_TESTS / f"{group['name']}.test.yaml").read_text())
+        assert tests["rule_files"] == ["../../charts/agentexec-operator/files/alerts.yaml"]
+        cases = [c for t in tests["tests"] for c in t.get("alert_rule_test", [])]
+        for rule in group["rules"]:
+            seen = [c for c in cases if c["alertname"] == rule["alert"]]
+            assert any(c.get("exp_alerts") for c in seen), f"{rule['alert']} never fires"
+            assert any(not c.get("exp_alerts") for c in seen), f"{rule['alert']} never silent"
+        others = {c["alertname"] for c in cases} - {r["alert"] for r in group["rules"]}
+        assert not others, f"{group['name']}: tests alerts of other groups {others}"
+
+
+def test_the_operator_absent_alert_does_not_count_runner_series() -> None:
+    rules = {
+        r["alert"]: r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]
+    }
+    assert rules["AgentExecOperatorAbsent"]["expr"] == (
+        'absent(agentexec_build_info{component!="runner"})'
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,11 +13,11 @@ from temporalio.exceptions import ApplicationError
 
 from agentexec import conditions as c
 from agentexec.controller import Controller
-from agentexec.kube import AGENT_PLURAL, PLURAL
+from agentexec.kube import AGENT_PLURAL, APPROVAL_PLURAL, PLURAL
 from agentexec.metrics import Metrics
 from agentexec.settings import Settings
 from agentexec.status import FINALIZER
-from agentexec.temporal.types import ExecutionRef, ExecutionResult, StatusReport
+from agentexec.temporal.types import Answer, ExecutionRef, ExecutionResult, Outcome, StatusReport
 from agentexec.workqueue import GONE, Verdict
 from tests.unit.fakes import FakeKube, FakeManager, FakeVisibility, execution, next_rv
 
@@ -246,3 +247,165 @@ async def test_a_write_decided_just_before_a_flip_is_decided_again() -> None:
     said = c.condition_of(kube.objects[KEY], c.TEMPORAL_CONNECTED)
     assert said is not None
     assert said["status"] == "True"
+
+
+# ----- #19's suspend and #23's approvals, through reconcile ----------------------------
+
+WID = "agentexec/ns/a/u1"
+
+
+def running_loop(controller: Controller, kube: FakeKube, **status: Any) -> dict[str, Any]:
+    body = execution()
+    body["metadata"]["finalizers"] = [FINALIZER]
+    workflow = {"id": WID, "runId": "r", "namespace": "default", "taskQueue": "q"}
+    said = [{"type": c.TEMPORAL_CONNECTED, "status": "True", "reason": c.CONNECTED}]
+    if status.get("pendingApproval"):
+        said.append({"type": c.AWAITING_APPROVAL, "status": "True", "reason": "ApprovalRequested"})
+    status.setdefault("conditions", said)
+    status.setdefault("temporalConnection", c.CONNECTED)
+    return created(
+        controller, kube, {**body, "status": {"phase": "Running", "workflow": workflow, **status}}
+    )
+
+
+def approval(name: str, call: str, decision: str = "Approve", uid: str = "") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": uid or name,
+            "resourceVersion": next_rv(),
+        },
+        "spec": {"execution": "a", "id": call, "decision": decision, "approver": "alice"},
+    }
+
+
+def applied(kube: FakeKube, name: str) -> dict[str, Any]:
+    said = c.condition_of(kube.approvals[("ns", name)], c.APPLIED)
+    assert said is not None
+    return said
+
+
+PENDING_CALL = {
+    "id": "call-1",
+    "tool": "rm",
+    "step": 2,
+    "timeoutSeconds": 60,
+    "onTimeout": "Reject",
+}
+
+
+async def test_an_approval_for_the_call_the_loop_waits_on_is_signalled_then_said_applied() -> None:
+    controller, kube, gateway = make()
+    lead(controller)
+    running_loop(controller, kube, pendingApproval=PENDING_CALL)
+    ahead = approval("early", "call-9")  # for a call the loop has not reached: left alone
+    for body in (approval("ok", "call-1"), ahead):
+        kube.approvals[("ns", body["metadata"]["name"])] = body
+        controller.on_approval_event("ADDED", body)
+    assert len(controller.queue) == 1  # the execution both name, once
+    assert await controller.reconciler.reconcile(KEY) == Verdict()
+    assert gateway.calls == [("signal-approval", f"{WID}:call-1")]
+    assert kube.writes() == [("approval-status", "ok")]
+    said = applied(kube, "ok")
+    assert (said["status"], said["reason"]) == ("True", c.RELAYED)
+    assert "status" not in kube.approvals[("ns", "early")]
+    # The echo of that write enqueues nothing; the relayed one is not sent again.
+    controller.on_approval_event("MODIFIED", kube.approvals[("ns", "ok")])
+    assert len(controller.queue) == 1
+    await controller.reconciler.reconcile(KEY)
+    assert gateway.calls == [("signal-approval", f"{WID}:call-1")]
+
+
+async def test_an_approval_whose_loop_ended_says_so_and_one_temporal_missed_is_retried() -> None:
+    controller, kube, gateway = make()
+    lead(controller)
+    running_loop(controller, kube, pendingApproval=PENDING_CALL)
+    body = approval("ok", "call-1")
+    kube.approvals[("ns", "ok")] = body
+    controller.on_approval_event("ADDED", body)
+    gateway.answers["signal"] = Answer(Outcome.UNAVAILABLE, reason="DeadlineExceeded", message="x")
+    assert await controller.reconciler.reconcile(KEY) == Verdict(after=2.0)
+    assert kube.writes() == []  # nothing said yet: it is tried again
+    gateway.answers["signal"] = Answer(
+        Outcome.REJECTED, reason=c.WORKFLOW_NOT_RUNNING, message="workflow completed"
+    )
+    await controller.reconciler.reconcile(KEY)
+    said = applied(kube, "ok")
+    assert (said["status"], said["reason"]) == ("False", c.WORKFLOW_NOT_RUNNING)
+
+
+async def test_a_loop_report_writes_progress_and_who_decided_with_one_status_write() -> None:
+    controller, kube, _ = make()
+    lead(controller)
+    running_loop(controller, kube, pendingApproval=PENDING_CALL)
+    last = {"id": "call-1", "decision": "Approved", "approver": "alice", "approval": "ok"}
+    progress = {"progress": {"step": 3}, "pendingApproval": None, "lastApproval": last}
+    waiter = controller.reports.submit(
+        StatusReport(
+            ref=ExecutionRef("ns", "a", "u1"),
+            result=ExecutionResult(phase="Running", reason="Running"),
+            workflow_id=WID,
+            run_id="r",
+            namespace="default",
+            task_queue="q",
+            progress=progress,
+        )
+    )
+    await controller.reconciler.reconcile(KEY)
+    assert await asyncio.wait_for(waiter, 1)
+    assert kube.writes() == [("status", "a")]
+    status = kube.objects[KEY]["status"]
+    assert status["progress"] == {"step": 3}
+    assert "pendingApproval" not in status  # (null removes it)
+    assert status["lastApproval"] == last
+    waiting = c.condition_of(kube.objects[KEY], c.AWAITING_APPROVAL)
+    assert waiting is not None
+    assert (waiting["status"], waiting["reason"]) == ("False", "Approved")
+    assert [e["reason"] for e in kube.events] == ["Approved"]
+
+
+async def test_an_approval_for_a_finished_execution_is_said_not_pending() -> None:
+    controller, kube, gateway = make()
+    lead(controller)
+    body = execution()
+    created(
+        controller,
+        kube,
+        {**body, "status": {"phase": "Failed", "completionTime": c.timestamp(datetime.now(UTC))}},
+    )
+    late = approval("late", "call-3", decision="Reject")
+    kube.approvals[("ns", "late")] = late
+    controller.on_approval_event("ADDED", late)
+    assert controller.approvals.unsettled() == [KEY]  # what a new leader enqueues
+    await controller.reconciler.reconcile(KEY)
+    assert controller.approvals.unsettled() == []
+    assert gateway.calls == []
+    said = applied(kube, "late")
+    assert (said["status"], said["reason"]) == ("False", c.NOT_PENDING)
+
+
+async def test_approvals_deleted_while_the_watch_was_away_leave_the_cache() -> None:
+    controller, _, _ = make()
+    for name in ("kept", "gone"):
+        controller.on_approval_event(None, approval(name, "call-1"))
+    controller.on_listed(APPROVAL_PLURAL, "ns", {("ns", "kept"): "kept"})
+    assert [a["metadata"]["name"] for a in controller.approvals.of(KEY)] == ["kept"]
+    controller.on_approval_event("DELETED", approval("kept", "call-1"))
+    assert controller.approvals.of(KEY) == ()
+
+
+async def test_spec_suspend_reaches_the_running_workflow_and_is_said_once() -> None:
+    controller, kube, gateway = make()
+    lead(controller)
+    body = running_loop(controller, kube)
+    body["spec"]["suspend"] = True
+    kube.hold(body)
+    controller.on_event("MODIFIED", body)
+    await controller.reconciler.reconcile(KEY)
+    assert gateway.calls == [("signal-suspend", f"{WID}=True")]
+    said = c.condition_of(kube.objects[KEY], c.SUSPENDED_CONDITION)
+    assert said is not None
+    assert (said["status"], said["reason"]) == ("True", c.SUSPENDED)
+    await controller.reconciler.reconcile(KEY)  # told already: nothing more
+    assert gateway.calls == [("signal-suspend", f"{WID}=True")]

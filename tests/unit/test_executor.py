@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from agentexec.agents import AgentCache
+from agentexec.approvals import ApprovalCache
 from agentexec.cache import ExecutionCache
 from agentexec.decisions import (
     AddFinalizer,
@@ -44,6 +45,7 @@ def make(start_rate: float = 100.0) -> tuple[Executor, FakeKube, FakeGateway, di
         EventRecorder(kube),  # type: ignore[arg-type]
         ExecutionCache(),
         AgentCache(),
+        ApprovalCache(),
         Metrics(),
         lambda: conn["now"],
         start_rate=start_rate,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -17,9 +19,11 @@ from agentexec.runner import (
     context,
     load_agents,
 )
+from agentexec.runner.activity import _heartbeat
 from agentexec.runner.echo import EchoAgent
 from agentexec.runner.process import select_agents
 from agentexec.settings import load_settings
+from tests.support.waiting import eventually
 
 
 async def shout(request: AgentRequest) -> str:
@@ -104,12 +108,19 @@ def test_runner_check_config_checks_the_providers_file(
     providers = tmp_path / "providers.yaml"
     monkeypatch.setenv("AGENTEXEC_PROVIDERS_FILE", str(providers))
     monkeypatch.setenv("AGENTEXEC_RUNNER_AGENTS", "chat")
-    # Missing key files are a warning: Secrets may be mounted after start.
+    # A missing key file: a runner starting with it only warns (keys are read
+    # at each call), but --check-config names it and fails (issue #21).
     providers.write_text(
         "providers:\n  p:\n    baseURL: http://x/v1\n    apiKeyFile: /nonexistent/key\n"
     )
+    assert main(["runner", "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "agent 'chat': provider 'p': apiKeyFile '/nonexistent/key' cannot be read" in err
+    key = tmp_path / "key"
+    key.write_text("sk-1")
+    providers.write_text(f"providers:\n  p:\n    baseURL: http://x/v1\n    apiKeyFile: {key}\n")
     assert main(["runner", "--check-config"]) == 0
-    capsys.readouterr()
+    assert capsys.readouterr().out.endswith("configuration ok: agents chat\n")
     providers.write_text(
         "providers:\n  p:\n    baseURL: http://x/v1\n    headers: {X-Key: sk-secret\n"
     )
@@ -123,3 +134,23 @@ def test_runner_check_config_checks_the_providers_file(
     providers.unlink()
     assert main(["runner", "--check-config"]) == 2
     assert f"cannot read the providers file {str(providers)!r}" in capsys.readouterr().err
+
+
+async def test_an_attempts_first_heartbeat_waits_an_interval() -> None:
+    """A short attempt (an agent loop's step) sends Temporal no heartbeat at
+    all; a long one beats every interval (runner/activity.py)."""
+    beats: list[float] = []
+
+    class Ctx:
+        heartbeat_every = 0.2
+
+        def heartbeat(self) -> None:
+            beats.append(time.monotonic())
+
+    started = time.monotonic()
+    beating = asyncio.create_task(_heartbeat(Ctx()))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert beats == []
+    await eventually(lambda: beats, lambda b: len(b) >= 2, timeout=5, interval=0.05, what="beats")
+    beating.cancel()
+    assert beats[0] - started >= 0.2

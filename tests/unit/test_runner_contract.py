@@ -18,11 +18,13 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 
+from agentexec.temporal.attempts import progress_from
 from agentexec.temporal.types import (
     RUN_AGENT_ACTIVITY,
     AgentRequest,
     AgentResult,
     AgentSpec,
+    AttemptProgress,
     ExecutionRef,
     Usage,
     agent_result_from,
@@ -98,8 +100,9 @@ def test_an_older_runner_ignores_fields_it_does_not_know() -> None:
 
 
 def test_an_agent_snapshot_travels_as_plain_json_and_older_runners_ignore_it() -> None:
-    # The pinned shape grows one optional key, "agent_spec" (null for built-in
-    # agent names); every key it had keeps its name and meaning.
+    # The pinned shape grows optional keys: "agent_spec" (null for built-in
+    # agent names), "attempt" and "resume_from" (the workflow's own attempts,
+    # #19); every key it had keeps its name and meaning.
     spec = AgentSpec(
         name="helper",
         type="chat",
@@ -125,8 +128,19 @@ def test_an_agent_snapshot_travels_as_plain_json_and_older_runners_ignore_it() -
         "timeout_seconds": 60,
         "uid": "u",
         "generation": 2,
+        "loop": None,  # an assistant's tools, maxSteps and approval (added with the loop)
     }
-    assert set(sent) == {"agent", "message", "session_id", "parameters", "execution", "agent_spec"}
+    assert set(sent) == {
+        "agent",
+        "message",
+        "session_id",
+        "parameters",
+        "execution",
+        "agent_spec",
+        "attempt",
+        "resume_from",
+        "max_tokens",
+    }
     assert decode(encode(request), AgentRequest) == request
     assert decode(encode(request), OlderRequest) == OlderRequest("chat", "hi")
     assert json.loads(encode(AgentRequest("echo", "hi")).data)["agent_spec"] is None
@@ -159,9 +173,33 @@ def test_usage_is_pinned_on_the_wire() -> None:
     result = AgentResult("hi", usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5))
     assert json.loads(encode(result).data) == {
         "output": "hi",
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "total_tokens": 5,
+            "requests": 0,
+            "resent_requests": 0,
+        },
     }
     assert agent_result_from(decode(encode(result))) == result
+
+
+def test_attempt_details_are_pinned_on_the_wire() -> None:
+    # Heartbeats and failures of agentexec.runner carry [checkpoint, progress];
+    # an external runner may send the same to have its attempts billed.
+    progress = AttemptProgress(Usage(3, 2, 5, requests=1), output_chars=12)
+    assert json.loads(encode(progress).data) == {
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "total_tokens": 5,
+            "requests": 1,
+            "resent_requests": 0,
+        },
+        "output_chars": 12,
+    }
+    assert progress_from(decode(encode(progress))) == progress
+    assert progress_from({"something": "else"}) is None
 
 
 def test_a_partial_usage_decodes_with_zeros() -> None:
@@ -185,3 +223,11 @@ def test_a_result_without_a_usable_output_is_a_clear_error(sent: Any, shown: str
         agent_result_from(decode(encode(sent)))
     assert shown in str(err.value)
     assert json.dumps(sent) in str(err.value)  # what the runner sent, for the operator
+
+
+def test_the_token_limit_travels_as_one_optional_key_older_runners_ignore() -> None:
+    # spec.limits.maxTokens (#22): null without a limit.
+    request = AgentRequest("chat", "hi", max_tokens=500)
+    assert json.loads(encode(request).data)["max_tokens"] == 500
+    assert json.loads(encode(AgentRequest("chat", "hi")).data)["max_tokens"] is None
+    assert decode(encode(request), OlderRequest) == OlderRequest("chat", "hi")

@@ -98,6 +98,10 @@ def test_terminal_phases(phase: str, reason: str | None, succeeded: str) -> None
     )
     assert done["status"]["phase"] == phase
     assert cond(done, "Succeeded")["status"] == succeeded
+    # Whichever way it ended: what `kubectl wait --for=condition=Completed` waits on.
+    assert cond(done, "Completed")["status"] == "True"
+    assert cond(done, "Completed")["reason"] == phase
+    assert conditions.condition_of(running, "Completed") is None
     assert done["status"]["completionTime"]
     if phase == "Succeeded":
         assert done["status"]["output"] == "out"

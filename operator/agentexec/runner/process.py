@@ -2,9 +2,11 @@
 
 No kopf, no Kubernetes client and no Kubernetes credentials: only a Temporal
 connection (the operator's resilient manager), the agents, and a small HTTP
-server for probes and metrics. On SIGTERM it stops polling, lets agents in
-flight finish within TEMPORAL_WORKER_GRACE_SECONDS, then cancels them, which
-fails their attempt so that another runner retries it at once.
+server for probes and metrics. On SIGTERM (or ``GET /drain``, the chart's
+preStop hook) it stops polling, lets agents in flight finish within
+TEMPORAL_WORKER_GRACE_SECONDS, then cancels them: each is handed over, with
+its checkpoint, as a disruption (RunnerShutdown) that another runner resumes
+at once without spending the execution's backoffLimit.
 """
 
 from __future__ import annotations
@@ -18,13 +20,19 @@ import sys
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from aiohttp import web
+
 from agentexec import __version__
 from agentexec.http import build_app, liveness_of, start_http
 from agentexec.metrics import Metrics
 from agentexec.runner.activity import RunnerActivities
 from agentexec.runner.api import HEARTBEAT_EVERY, Agent
+from agentexec.runner.steps import StepActivities
 from agentexec.settings import Settings
+from agentexec.temporal.codec import build_codec
+from agentexec.temporal.codec import describe as describe_codec
 from agentexec.temporal.manager import TemporalManager, WorkerSpec
+from agentexec.temporal.queues import worker_identity
 
 log = logging.getLogger("agentexec.runner")
 
@@ -34,7 +42,8 @@ def build_runner_specs(settings: Settings, activities: RunnerActivities) -> list
     return [
         WorkerSpec(
             task_queue=queue,
-            activities=[activities.run_agent],
+            # The single-call agent, and the agent loop's steps.
+            activities=[activities.run_agent, *StepActivities.from_settings(settings).all()],
             max_concurrent_activities=settings.runner_max_concurrent,
             # A deleted execution stops its agent within seconds, not within
             # 0.8 x the heartbeat timeout (the SDK's throttle).
@@ -64,19 +73,28 @@ async def run_runner(
     """Serve ``agents`` on the settings' runner queues until SIGTERM/SIGINT (or ``stop``)."""
     metrics = Metrics()
     activities = RunnerActivities(agents, metrics)
-    identity = f"runner:{settings.pod_name or socket.gethostname()}:{os.getpid()}"
+    identity = worker_identity(
+        settings, "runner", f"{settings.pod_name or socket.gethostname()}:{os.getpid()}"
+    )
+    codec = build_codec(settings.payload_keys_dir, settings.payload_key_id)
     manager = TemporalManager(
-        settings.temporal, build_runner_specs(settings, activities), metrics, identity=identity
+        settings.temporal,
+        build_runner_specs(settings, activities),
+        metrics,
+        identity=identity,
+        payload_codec=codec,
     )
     stopping = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def request_stop(sig: signal.Signals) -> None:
+    drained = asyncio.Event()
+
+    def request_stop(why: str) -> None:
         if not stopping.is_set():
             log.info(
                 "stop requested: no new agents; agents in flight get the grace period",
                 extra={
-                    "signal": sig.name,
+                    "signal": why,
                     "in_flight": activities.in_flight,
                     "grace_seconds": settings.temporal.worker_grace,
                 },
@@ -84,7 +102,15 @@ async def run_runner(
         stopping.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_stop, sig)
+        loop.add_signal_handler(sig, request_stop, sig.name)
+
+    async def drain(_: web.Request) -> web.Response:
+        # The pod's preStop hook: the kubelet waits for the answer (within
+        # terminationGracePeriodSeconds) before it sends SIGTERM, so the pod
+        # ends once every agent finished or was handed over.
+        request_stop("preStop")
+        await drained.wait()
+        return web.json_response({"drained": True})
 
     def status() -> dict[str, Any]:
         return {
@@ -122,10 +148,9 @@ async def run_runner(
             served_once = True
         return True, "serving"
 
-    http = await start_http(
-        build_app(metrics, status, readiness, liveness_of(manager.stopped_loops)),
-        settings.http_port,
-    )
+    app = build_app(metrics, status, readiness, liveness_of(manager.stopped_loops))
+    app.router.add_get("/drain", drain)
+    http = await start_http(app, settings.http_port)
     log.info(
         "runner starting",
         extra={
@@ -137,6 +162,7 @@ async def run_runner(
             "max_concurrent": settings.runner_max_concurrent,
             "temporal_tls": settings.temporal.uses_tls,
             "temporal_api_key": settings.temporal.api_key_file is not None,
+            **describe_codec(codec),
             **manager.log_fields,
         },
     )
@@ -148,6 +174,8 @@ async def run_runner(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        drained.set()
+        await asyncio.sleep(0)  # let a waiting /drain answer before the server closes
         await http.cleanup()
         log.info("runner stopped", extra={"in_flight": activities.in_flight})
 

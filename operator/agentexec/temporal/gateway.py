@@ -31,6 +31,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -38,21 +39,36 @@ from agentexec.conditions import (
     CANCELLED,
     CONTINUED_AS_NEW,
     FAILED,
+    NAMESPACE_NOT_FOUND,
+    START_FAILED,
     TERMINATED,
     TIMEOUT,
     WORKFLOW_CANCELLED,
     WORKFLOW_FAILED,
+    WORKFLOW_NOT_RUNNING,
 )
-from agentexec.temporal.manager import TemporalManager, TemporalUnavailable, describe_error
+from agentexec.temporal.errors import (
+    TemporalUnavailable,
+    describe_error,
+    is_workflow_not_found,
+    missing_namespace,
+)
+from agentexec.temporal.manager import TemporalManager
+from agentexec.temporal.steps import (
+    APPROVAL_SIGNAL,
+    LOOP_WORKFLOW_TYPE,
+    ApprovalDecision,
+    LoopInput,
+)
 from agentexec.temporal.types import (
     EXECUTION_FAILED,
+    SUSPEND_SIGNAL,
     WORKFLOW_TYPE,
     Answer,
     ExecutionInput,
     ExecutionResult,
     Outcome,
 )
-from agentexec.temporal.workflows import AgentExecutionWorkflow
 
 log = logging.getLogger("agentexec.gateway")
 T = TypeVar("T")
@@ -101,7 +117,10 @@ def _moment(when: datetime) -> str:
 
 
 def _ours(task_queue: str) -> str:
-    return f"WorkflowType = {_literal(WORKFLOW_TYPE)} AND TaskQueue = {_literal(task_queue)}"
+    """Our workflows on ``task_queue``: both types the operator starts (an
+    assistant's executions run the agent loop)."""
+    types = ", ".join(_literal(t) for t in (WORKFLOW_TYPE, LOOP_WORKFLOW_TYPE))
+    return f"WorkflowType IN ({types}) AND TaskQueue = {_literal(task_queue)}"
 
 
 class TemporalGateway:
@@ -118,13 +137,15 @@ class TemporalGateway:
             "taskQueue": self.task_queue,
         }
 
-    async def start(self, workflow_id: str, inp: ExecutionInput) -> Answer:
-        """Start the execution's one workflow, or find the one already there."""
+    async def start(self, workflow_id: str, inp: ExecutionInput | LoopInput) -> Answer:
+        """Start the execution's one workflow, or find the one already there
+        (an assistant's agent loop for a LoopInput)."""
+        workflow_type = LOOP_WORKFLOW_TYPE if isinstance(inp, LoopInput) else WORKFLOW_TYPE
 
         async def call(client: Client) -> Answer:
             try:
                 handle: WorkflowHandle[Any, Any] = await client.start_workflow(
-                    AgentExecutionWorkflow.run,
+                    workflow_type,
                     inp,
                     id=workflow_id,
                     task_queue=self.task_queue,
@@ -150,6 +171,12 @@ class TemporalGateway:
 
         return await self._guarded(call)
 
+    async def signal_approval(
+        self, workflow_id: str, namespace: str | None, decision: ApprovalDecision
+    ) -> Answer:
+        """Relay an AgentApproval's decision to the waiting agent loop."""
+        return await self._signal(workflow_id, namespace, APPROVAL_SIGNAL, decision)
+
     async def cancel(self, workflow_id: str, namespace: str | None) -> Answer:
         async def call(client: Client) -> Answer:
             scoped = _in_namespace(client, namespace)
@@ -157,6 +184,29 @@ class TemporalGateway:
                 rpc_timeout=timedelta(seconds=self.rpc_timeout)
             )
             return Answer(Outcome.CANCEL_REQUESTED)
+
+        return await self._guarded(call)
+
+    async def signal_suspend(
+        self, workflow_id: str, namespace: str | None, suspended: bool
+    ) -> Answer:
+        """Tell the running workflow that spec.suspend changed (idempotent:
+        it sets a value)."""
+        return await self._signal(workflow_id, namespace, SUSPEND_SIGNAL, suspended)
+
+    async def _signal(self, workflow_id: str, namespace: str | None, name: str, arg: Any) -> Answer:
+        """SIGNALLED, or REJECTED/WorkflowNotRunning when the workflow has
+        ended (nothing is waiting for the signal any more)."""
+
+        async def call(client: Client) -> Answer:
+            handle = _in_namespace(client, namespace).get_workflow_handle(workflow_id)
+            try:
+                await handle.signal(name, arg, rpc_timeout=timedelta(seconds=self.rpc_timeout))
+            except RPCError as exc:
+                if not is_workflow_not_found(exc):
+                    raise
+                return Answer(Outcome.REJECTED, reason=WORKFLOW_NOT_RUNNING, message=str(exc)[:500])
+            return Answer(Outcome.SIGNALLED)
 
         return await self._guarded(call)
 
@@ -168,9 +218,11 @@ class TemporalGateway:
         """Our workflows on ``task_queue`` that closed at or after ``since``
         (Temporal's clock), at most ``limit``. Raises TemporalUnavailable or
         RPCError: the caller is a background loop."""
+        # A run that continued as new (an agent loop carrying its state on)
+        # is no closing: the workflow goes on under the same ID.
         query = (
             f"{_ours(task_queue)} AND ExecutionStatus != 'Running' "
-            f"AND CloseTime >= '{_moment(since)}'"
+            f"AND ExecutionStatus != 'ContinuedAsNew' AND CloseTime >= '{_moment(since)}'"
         )
         closed: list[ClosedWorkflow] = []
         async for info in self._list(namespace, query, limit):
@@ -293,9 +345,16 @@ class TemporalGateway:
         except TemporalUnavailable as exc:
             return Answer(Outcome.UNAVAILABLE, reason=exc.reason, message=exc.message)
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND and "namespace" not in str(exc).lower():
+            # By the status and the detail type, never the text: the workflow
+            # ID carries the Kubernetes namespace (errors.py).
+            if is_workflow_not_found(exc):
                 return Answer(Outcome.NOT_FOUND, message=str(exc)[:500])
-            reason = _REJECTED_REASONS.get(exc.status, "StartFailed")
+            if missing_namespace(exc) is not None:
+                # Not ours (the manager answers for that one): the namespace
+                # an execution's workflow was recorded in is gone.
+                reason = NAMESPACE_NOT_FOUND
+            else:
+                reason = _REJECTED_REASONS.get(exc.status, START_FAILED)
             return Answer(Outcome.REJECTED, reason=reason, message=describe_error(exc)[:1000])
         return answer
 
@@ -312,10 +371,13 @@ class TemporalGateway:
             await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            if not task.done():
+                # Given up, or the caller was cancelled (a reconcile stopped
+                # when leadership ends): the Temporal call goes with it.
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
             raise self.manager.unavailable()
         result: Answer = task.result()
         return result
@@ -336,8 +398,11 @@ def _result_of_failure(err: WorkflowFailureError) -> ExecutionResult | None:
         if isinstance(detail, ExecutionResult):
             return detail
         if isinstance(detail, dict):
+            # Decoded by type, nested fields too (usage, attempts): the
+            # details came without a type hint, as plain JSON.
             try:
-                return ExecutionResult(**detail)
-            except TypeError:
+                result = value_to_type(ExecutionResult, detail)
+            except (TypeError, ValueError):
                 return None
+            return result if isinstance(result, ExecutionResult) else None
     return None

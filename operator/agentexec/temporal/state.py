@@ -3,6 +3,12 @@
 The manager feeds it what it observed (a probe or a dial that succeeded or
 failed, whether the server still answers a TCP dial) and acts on what it
 returns: a transition to announce, a re-dial to request.
+
+Hysteresis (issue #18): one failed probe is a blip, not an outage, and every
+"down" makes the controller rewrite every unfinished execution. Temporal is
+called down only once probes have kept failing for ``down_after`` seconds,
+from the start of the first failed probe to the end of a later one (so never
+on one probe alone). Coming back up takes one good probe.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class ConnectionState:
 class ConnectionTracker:
     circuit_threshold: int = 10
     redial_after_failures: int = 5
+    # Seconds of failing probes before "down"; 0: the first failed probe.
+    down_after: float = 0.0
 
     connected: bool = False
     since: float | None = None
@@ -67,6 +75,12 @@ class ConnectionTracker:
     # The server answers, but our namespace does not exist (yet): not
     # connected, and nothing a re-dial could fix.
     namespace_missing: bool = False
+    # When the first probe of the current run of failures was sent.
+    failing_since: float | None = None
+    # Failed probes on the current client, and re-dials that brought no good
+    # probe: each such re-dial doubles the failures the next one waits for.
+    failures_since_dial: int = 0
+    fruitless_redials: int = 0
     _uptime: float = 0.0
     _downtime: float = 0.0
     _started: float | None = None
@@ -77,6 +91,11 @@ class ConnectionTracker:
     @property
     def circuit_open(self) -> bool:
         return self.consecutive_dial_failures >= self.circuit_threshold
+
+    @property
+    def failing(self) -> bool:
+        """Probes fail, and the state has not (yet) followed."""
+        return self.connected and self.consecutive_failures > 0
 
     @property
     def reason(self) -> str:
@@ -93,6 +112,9 @@ class ConnectionTracker:
     def dial_succeeded(self, now: float) -> Flip | None:
         """A new client. Not "connected" yet: only a probe of our namespace says so."""
         self.consecutive_dial_failures = 0
+        if self.failures_since_dial:
+            self.fruitless_redials += 1  # until a probe succeeds on this client
+        self.failures_since_dial = 0
         return None
 
     def dial_failed(self, now: float, error: str, replacing: bool = False) -> Flip | None:
@@ -114,24 +136,48 @@ class ConnectionTracker:
         The connection works, so this counts toward no re-dial; the probe
         keeps asking and :meth:`probe_succeeded` connects once it exists.
         """
-        self.consecutive_failures = 0
+        self.consecutive_failures = self.failures_since_dial = 0
+        self.failing_since = None
         self.namespace_missing = True
         self.last_error = error
         return self._down(now)
 
-    def probe_failed(self, now: float, error: str, reachable: bool) -> tuple[Flip | None, bool]:
-        """Record a failed probe; return (transition, whether to re-dial).
+    def probe_failed(self, now: float, error: str, started: float | None = None) -> Flip | None:
+        """Record a failed probe, sent at ``started``; return the transition, if any.
 
-        A server that refuses TCP is down: the SDK's client reconnects by
-        itself once it is back, so only a server that answers TCP while our
-        client keeps failing means the client itself is broken.
+        Down only once failures span ``down_after`` (see the module docstring).
         """
         self.consecutive_failures += 1
+        self.failures_since_dial += 1
+        if self.failing_since is None:
+            self.failing_since = now if started is None else min(started, now)
         self.namespace_missing = False
         self.last_error = error
-        transition = self._down(now)
-        redial = reachable and self.consecutive_failures >= self.redial_after_failures
-        return transition, redial
+        return self._down(now) if self.outage_confirmed(now) else None
+
+    @property
+    def redial_due(self) -> bool:
+        """Enough failed probes in a row on this client that, if the server
+        still answers a TCP dial, the client itself is broken and is re-dialled.
+
+        A server that refuses TCP is down: the SDK's client reconnects by
+        itself once it is back. The TCP dial is the caller's to make, and only
+        when this says it matters (against dropped packets it takes a probe
+        timeout, which would slow every failed probe). A re-dial whose new
+        client fails the same way says the server, not the client, is at
+        fault (a draining frontend answers NOT_SERVING for seconds): each one
+        doubles the failures the next waits for, so they never storm.
+        """
+        needed = self.redial_after_failures << min(self.fruitless_redials, 6)
+        return self.failures_since_dial >= needed
+
+    def outage_confirmed(self, now: float) -> bool:
+        """Whether the current run of failed probes is long enough to call Temporal down."""
+        if self.failing_since is None:
+            return False
+        if self.down_after <= 0:
+            return True
+        return self.consecutive_failures >= 2 and now - self.failing_since >= self.down_after
 
     def snapshot(self, now: float) -> ConnectionState:
         up, down = self._uptime, self._downtime
@@ -155,7 +201,8 @@ class ConnectionTracker:
         )
 
     def _up(self, now: float) -> Flip | None:
-        self.consecutive_failures = 0
+        self.consecutive_failures = self.failures_since_dial = self.fruitless_redials = 0
+        self.failing_since = None
         if self.connected:
             return None
         spell = self._close_spell(now)

@@ -1,6 +1,12 @@
 """AgentExecutionWorkflow: run the agent as an activity, report status back.
 
-Imports temporalio and our types only: the sandbox re-imports this module.
+Imports temporalio, our types, the pure attempt decisions and the workflow
+code it shares with the agent loop (temporal/running.py) only: the sandbox
+re-imports this module.
+
+Workflows started since issue #19 run their own attempt loop (patch
+``attempt-loop``, temporal/attempts.py says why); those started before keep
+the path they began on (``_run_agent``), as replay requires.
 """
 
 from __future__ import annotations
@@ -14,24 +20,35 @@ from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     CancelledError,
-    FailureError,
     TimeoutType,
 )
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from agentexec.temporal.attempts import (
+        AttemptBook,
+        Ended,
+        Kind,
+        build_request,
+    )
+    from agentexec.temporal.attempts import _messages as _messages
+    from agentexec.temporal.running import (
+        execution_failure,
+        pause,
+        run_attempt,
+        send_report,
+        stay_suspended,
+    )
     from agentexec.temporal.types import (
         AGENT_ERROR,
         AGENT_FAILURE_REASONS,
-        EXECUTION_FAILED,
-        REPORT_STATUS_ACTIVITY,
         RUN_AGENT_ACTIVITY,
+        RUNNER_FAILED,
+        SUSPEND_SIGNAL,
         UNKNOWN_AGENT,
         WORKFLOW_TYPE,
-        AgentRequest,
         ExecutionInput,
         ExecutionResult,
-        StatusReport,
         agent_result_from,
     )
 
@@ -45,42 +62,111 @@ AGENT_RETRY = RetryPolicy(
     maximum_attempts=3,
     non_retryable_error_types=[AGENT_ERROR],
 )
-# Status reports go to the Kubernetes API: keep trying through an outage.
-REPORT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
 # Added in 0.2: a failed agent fails the workflow (after reporting), so
 # Temporal's own UI, metrics and alerts see it. Histories recorded before
 # this marker replay the old ending (completed with a Failed result).
 FAIL_ON_AGENT_FAILURE = "fail-workflow-on-agent-failure"
+# Added with issue #19: the workflow's own attempt loop (one activity per
+# attempt, never retried by Temporal), the runner checks and suspend.
+ATTEMPT_LOOP = "attempt-loop"
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
 class AgentExecutionWorkflow:
+    def __init__(self) -> None:
+        self._suspended = False
+        self._book: AttemptBook | None = None
+
+    @workflow.signal(name=SUSPEND_SIGNAL)
+    def suspend(self, suspended: bool) -> None:
+        """spec.suspend changed: stop the running attempt at its checkpoint
+        (True), or carry on from there (False)."""
+        self._suspended = bool(suspended)
+
     @workflow.run
     async def run(self, inp: ExecutionInput) -> ExecutionResult:
         # Running is written by the operator when this workflow is started (and
         # by resume after a crash); the workflow reports how it ended.
         try:
-            result = await self._run_agent(inp)
+            if workflow.patched(ATTEMPT_LOOP):
+                result = await self._run_attempts(inp)
+            else:
+                result = await self._run_agent(inp)
         except asyncio.CancelledError:
             # Deleting the resource cancels the workflow; say so, then end.
+            message = "the AgentExecution was deleted"
             await self._report(
                 inp,
-                ExecutionResult(
-                    phase="Cancelled", reason="Cancelled", message="the AgentExecution was deleted"
-                ),
+                self._book.result("Cancelled", "Cancelled", message)
+                if self._book is not None
+                else ExecutionResult(phase="Cancelled", reason="Cancelled", message=message),
             )
             raise
         await self._report(inp, result)
         if result.phase == "Failed" and workflow.patched(FAIL_ON_AGENT_FAILURE):
-            raise ApplicationError(
-                result.message or result.reason or "the agent failed",
-                result,
-                type=EXECUTION_FAILED,
-                non_retryable=True,
-            )
+            raise execution_failure(result)
         return result
+
+    # ----- the attempt loop (issue #19) ---------------------------------------
+
+    async def _run_attempts(self, inp: ExecutionInput) -> ExecutionResult:
+        book = self._book = AttemptBook(inp)
+        while True:
+            if self._suspended:
+                await self._stay_suspended(inp, book)
+            if book.time_left() < 1:
+                return book.deadline_result()
+            ended = await self._attempt(inp, book)
+            step = book.record(ended, workflow.now(), workflow.random().random())
+            if step.finish is not None:
+                return step.finish
+            if step.report is not None:
+                await self._report(inp, step.report, final=False, cancellable=True)
+            if step.delay > 0:
+                await pause(book, step.delay, self._is_suspended)
+
+    async def _attempt(self, inp: ExecutionInput, book: AttemptBook) -> Ended:
+        """Run one attempt to its end (temporal/running.py)."""
+        request = book.request()
+        ended, out = await run_attempt(
+            inp,
+            book,
+            RUN_AGENT_ACTIVITY,
+            request,
+            f"{RUN_AGENT_ACTIVITY}-{book.count}",
+            self._is_suspended,
+            lambda result: self._report(inp, result, final=False, cancellable=True),
+        )
+        if ended.kind is not Kind.SUCCEEDED:
+            return ended
+        try:
+            return Ended(Kind.SUCCEEDED, result=agent_result_from(out))
+        except ValueError as exc:
+            return Ended(Kind.FATAL, RUNNER_FAILED, str(exc))
+
+    def _is_suspended(self) -> bool:
+        return self._suspended
+
+    async def _stay_suspended(self, inp: ExecutionInput, book: AttemptBook) -> None:
+        where = "at its checkpoint" if book.has_checkpoint else "before any checkpoint"
+        said = (
+            f"after {book.count} attempt{'s' if book.count != 1 else ''} it stopped {where}"
+            if book.count
+            else "before its first attempt"
+        )
+        goes_on = (
+            f"attempt {book.count + 1} continues "
+            f"{'from the checkpoint' if book.has_checkpoint else 'from the start'}"
+        )
+        await stay_suspended(
+            book,
+            self._is_suspended,
+            lambda result: self._report(inp, result, final=False, cancellable=True),
+            said,
+            goes_on,
+        )
+
+    # ----- the path of workflows started before the attempt loop -------------
 
     async def _run_agent(self, inp: ExecutionInput) -> ExecutionResult:
         timeout = timedelta(seconds=inp.timeout_seconds)
@@ -119,14 +205,7 @@ class AgentExecutionWorkflow:
         try:
             out = await workflow.execute_activity(
                 RUN_AGENT_ACTIVITY,
-                AgentRequest(
-                    agent=inp.agent,
-                    message=inp.message,
-                    session_id=inp.session_id,
-                    parameters=inp.parameters,
-                    execution=inp.ref,
-                    agent_spec=inp.agent_spec,
-                ),
+                build_request(inp),
                 task_queue=inp.runner_task_queue,
                 start_to_close_timeout=timeout,
                 # A little over the run's own bound, so that "nobody took it"
@@ -158,31 +237,13 @@ class AgentExecutionWorkflow:
         return ExecutionResult(phase="Succeeded", output=result.output, usage=result.usage)
 
     async def _report(
-        self, inp: ExecutionInput, result: ExecutionResult, final: bool = True
+        self,
+        inp: ExecutionInput,
+        result: ExecutionResult,
+        final: bool = True,
+        cancellable: bool = False,
     ) -> None:
-        info = workflow.info()
-        try:
-            await workflow.execute_activity(
-                REPORT_STATUS_ACTIVITY,
-                StatusReport(
-                    ref=inp.ref,
-                    result=result,
-                    workflow_id=info.workflow_id,
-                    run_id=info.run_id,
-                    namespace=info.namespace,
-                    task_queue=info.task_queue,
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=timedelta(seconds=inp.report_timeout_seconds),
-                retry_policy=REPORT_RETRY,
-            )
-        except ActivityError:
-            # The Kubernetes API stayed unreachable longer than the report's
-            # retries: the result stays in this workflow's history and the
-            # operator applies it from there. Never lose it, never wait forever.
-            workflow.logger.warning("could not report %s to the resource", result.phase)
-            if not final:
-                return
+        await send_report(inp, result, final, cancellable)
 
 
 class _NoRunnerYet(Exception):
@@ -211,16 +272,3 @@ def _failure(err: ActivityError, timeout_seconds: int) -> ExecutionResult:
         # Only the report's content changes, not the commands: replay-safe.
         return ExecutionResult(phase="Failed", reason=cause.type, message=cause.message)
     return ExecutionResult(phase="Failed", reason="RunnerFailed", message=_messages(cause or err))
-
-
-def _messages(err: BaseException) -> str:
-    """The failure and its causes: the SDK's "Failed decoding arguments" says
-    which field a runner of another version could not decode only in its cause."""
-    parts: list[str] = []
-    cur: BaseException | None = err
-    while cur is not None and len(parts) < 4:
-        text = cur.message if isinstance(cur, FailureError) else str(cur)
-        if text and text not in parts:  # `raise ... from exc` often repeats the text
-            parts.append(text)
-        cur = cur.cause if isinstance(cur, FailureError) else None
-    return ": ".join(parts)
