@@ -9,7 +9,7 @@ progress or last-handled annotations).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import kopf
@@ -59,6 +59,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # every one seen in the last 5 s (kopf's default), each with its full
     # body. Our handler only caches and enqueues; a new worker is cheap.
     settings.queueing.idle_timeout = 0.5
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Leadership is a coordination.k8s.io Lease (agentexec.leader), not kopf
     # peering (priority-based; an old pod can freeze its successor, kopf #734).
     settings.peering.standalone = True
@@ -79,6 +80,25 @@ async def observe_agent(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     controller: Controller = memo.controller
     raw = event.get("object")
     controller.on_agent_event(event.get("type"), raw if isinstance(raw, dict) else dict(body))
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No last-handled state: kopf computes it for changing handlers only
+    (the operator has none), yet builds it for every event it processes, a
+    deep copy of the whole object (a 4 KB output and managedFields
+    included): about a sixth of the operator's CPU in a listing of 20 000
+    executions."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 class Unremembered(ResourceMemories):
