@@ -42,6 +42,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,10 @@ from bench.baseline import BaselineEcho  # noqa: E402
 from localenv.kube import ControlPlane  # noqa: E402
 from localenv.temporal import TemporalDevServer, first_answer  # noqa: E402
 from tests.support.operator import OperatorProcess  # noqa: E402
+
+# The SDK's own deadline per start (10 s by default) is too short for 1000
+# starts at once on a loaded 2-core machine: the baseline would fail, not time.
+RPC = timedelta(seconds=120)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -169,7 +174,7 @@ async def baseline(address: str, count: int) -> float:
         handles = await asyncio.gather(
             *(
                 client.start_workflow(
-                    BaselineEcho.run, f"m{n}", id=f"{queue}-{n}", task_queue=queue
+                    BaselineEcho.run, f"m{n}", id=f"{queue}-{n}", task_queue=queue, rpc_timeout=RPC
                 )
                 for n in range(count)
             )
@@ -200,7 +205,7 @@ async def sdk_start_latency(address: str, count: int) -> list[float]:
         for n in range(count):
             t0 = time.monotonic()
             await client.start_workflow(
-                BaselineEcho.run, f"m{n}", id=f"{queue}-{n}", task_queue=queue
+                BaselineEcho.run, f"m{n}", id=f"{queue}-{n}", task_queue=queue, rpc_timeout=RPC
             )
             latencies.append(time.monotonic() - t0)
     return latencies
@@ -219,7 +224,7 @@ async def sdk_after_outage(temporal: TemporalDevServer, count: int, down: float)
         await asyncio.gather(
             *(
                 client.start_workflow(
-                    BaselineEcho.run, f"m{n}", id=f"{queue}-{n}", task_queue=queue
+                    BaselineEcho.run, f"m{n}", id=f"{queue}-{n}", task_queue=queue, rpc_timeout=RPC
                 )
                 for n in range(count)
             )
