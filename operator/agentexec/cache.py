@@ -222,6 +222,13 @@ class ExecutionCache:
         held = list(self._objects.items())
         return ((k, _unpack(k, v) if isinstance(v, tuple) else v) for k, v in held)
 
+    def active_items(self) -> Iterator[tuple[Key, dict[str, Any]]]:
+        """Like ``items`` without the finished executions held packed (no
+        finalizer, no deletion): every one a walk for unfinished executions,
+        or for those that ``needs_attention``, must see. With 100 000
+        finished executions kept, such a walk no longer unpacks them all."""
+        return iter([(k, v) for k, v in self._objects.items() if not isinstance(v, tuple)])
+
     def __len__(self) -> int:
         return len(self._objects)
 

@@ -103,3 +103,15 @@ def test_one_namespace_string_serves_every_key() -> None:
     key = key_of(json.loads(json.dumps(body)))
     assert key is not None
     assert key[0] is sys.intern("team-a")
+
+
+def test_walks_for_unfinished_executions_skip_the_packed_finished_ones() -> None:
+    cache = ExecutionCache()
+    done, running = finished("done"), execution("running", uid="u2")
+    running["status"] = {"phase": "Running"}
+    for body in (done, running):
+        key = key_of(body)
+        assert key is not None
+        cache.put(key, body)
+    assert [k for k, _ in cache.active_items()] == [("ns", "running")]
+    assert sorted(k for k, _ in cache.items()) == [("ns", "done"), ("ns", "running")]
