@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agentexec.kube import Kube  # noqa: E402
-from bench.executions import bench_env, body  # noqa: E402
+from bench.executions import bench_env, create_running  # noqa: E402
 from localenv.temporal import first_answer  # noqa: E402
 
 
@@ -82,16 +82,7 @@ async def main(count: int, rate: float, down: float) -> None:
     }
     async with bench_env("flap", env_vars) as env:
         names = [f"f-{n}" for n in range(count)]
-        sem = asyncio.Semaphore(20)
-
-        async def create(name: str) -> None:
-            unserved = body(name)
-            unserved["spec"]["taskQueue"] = "nobody-serves-this"
-            async with sem:
-                await env.kube.request("POST", Kube.path(env.namespace), unserved)
-
-        await asyncio.gather(*(create(n) for n in names))
-        await env.observer.until(env.observer.started, names, 3600)
+        await create_running(env, names, 3600)
         watch = Connections(env.kube, env.namespace)
         await seed(env.kube, env.namespace, watch)
         before = env.plane.request_counts("agentexecutions").get("PATCH/status", 0.0)

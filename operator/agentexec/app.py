@@ -223,6 +223,7 @@ async def run(settings: Settings) -> None:
                     namespaces=settings.watch_namespaces,
                     standalone=True,
                     memo=kopf.Memo(settings=settings, controller=controller),
+                    memories=handlers.Unremembered(),
                     stop_flag=kopf_stop,
                     ready_flag=ready,
                 ),

@@ -8,6 +8,7 @@ the old object may arrive late.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -35,7 +36,8 @@ Group = tuple[str, str]  # (Temporal namespace, task queue) of recorded workflow
 def key_of(body: Body) -> Key | None:
     meta = meta_of(body)
     ns, name = meta.get("namespace"), meta.get("name")
-    return (ns, name) if isinstance(ns, str) and isinstance(name, str) else None
+    # One namespace string for all its objects, not one per parsed object.
+    return (sys.intern(ns), name) if isinstance(ns, str) and isinstance(name, str) else None
 
 
 def _rv(body: Body) -> int | None:
@@ -89,6 +91,45 @@ def slim(body: Body) -> dict[str, Any]:
     return {"metadata": slim_meta, "spec": body.get("spec"), "status": dict(status)}
 
 
+# A finished execution without our finalizer, deletion or annotation (most
+# of a large population kept in the cluster), held as one tuple instead of
+# three dicts: uid, resourceVersion, generation, creationTimestamp, phase,
+# completionTime, ttlSecondsAfterFinished. ``_unpack`` gives back exactly
+# what ``slim`` kept (name and namespace are the key's).
+Packed = tuple[Any, Any, Any, Any, Any, Any, Any]
+_PACKED_META = frozenset(
+    {"name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp"}
+)
+
+
+def _pack(kept: dict[str, Any]) -> Packed | None:
+    meta, spec, status = kept["metadata"], kept["spec"], kept["status"]
+    if not is_terminal(kept) or not meta.keys() <= _PACKED_META or "workflow" in status:
+        return None
+    phase = status.get("phase")
+    return (
+        meta.get("uid"),
+        meta.get("resourceVersion"),
+        meta.get("generation"),
+        meta.get("creationTimestamp"),
+        sys.intern(phase) if isinstance(phase, str) else phase,
+        status.get("completionTime"),
+        spec.get("ttlSecondsAfterFinished"),
+    )
+
+
+def _unpack(key: Key, packed: Packed) -> dict[str, Any]:
+    uid, rv, generation, created, phase, completed, ttl = packed
+    meta = {"name": key[1], "namespace": key[0], "uid": uid, "resourceVersion": rv}
+    meta.update(generation=generation, creationTimestamp=created)
+    status = {"phase": phase, "completionTime": completed}
+    return {
+        "metadata": {k: v for k, v in meta.items() if v is not None},
+        "spec": {} if ttl is None else {"ttlSecondsAfterFinished": ttl},
+        "status": {k: v for k, v in status.items() if v is not None},
+    }
+
+
 def running_group(body: Body) -> Group | None:
     """Where the execution's workflow runs, for an unfinished execution with one."""
     if is_terminal(body):
@@ -103,7 +144,7 @@ class ExecutionCache:
     """The latest view of every execution: the watch's, or our own write if newer."""
 
     def __init__(self) -> None:
-        self._objects: dict[Key, dict[str, Any]] = {}
+        self._objects: dict[Key, dict[str, Any] | Packed] = {}
         self.phases: Counter[str] = Counter()
         # Unfinished executions with a recorded workflow, per group, and by the
         # second they started: compared with Temporal's count of running
@@ -149,14 +190,14 @@ class ExecutionCache:
         object of the same name (resourceVersions are etcd revisions: a
         re-created object's are higher) is not, and enqueues nothing.
         """
-        old = self._objects.get(key)
+        old = self.get(key)
         if old is not None:
             old_rv, new_rv = _rv(old), _rv(body)
             if old_rv is not None and new_rv is not None and new_rv <= old_rv:
                 return False
             self._count(old, -1)
         kept = slim(body)
-        self._objects[key] = kept
+        self._objects[key] = _pack(kept) or kept
         self._count(kept, +1)
         if is_terminal(kept):
             self._drop_unfinished(key)
@@ -173,7 +214,12 @@ class ExecutionCache:
 
     def unfinished(self, namespace: str) -> list[tuple[Key, dict[str, Any]]]:
         """The namespace's executions that have not finished."""
-        return [(k, self._objects[k]) for k in self._unfinished.get(namespace, ())]
+        # (never packed: only finished executions are)
+        return [
+            (k, obj)
+            for k in self._unfinished.get(namespace, ())
+            if isinstance(obj := self._objects[k], dict)
+        ]
 
     def count_unfinished(self, namespace: str) -> int:
         return len(self._unfinished.get(namespace, ()))
@@ -186,7 +232,7 @@ class ExecutionCache:
     def remove(self, key: Key, uid: str | None = None) -> bool:
         """Forget the object under ``key``: only the one with ``uid`` when given
         (a late DELETED event of an older object must not drop a newer one)."""
-        old = self._objects.get(key)
+        old = self.get(key)
         if old is None or (uid is not None and uid_of(old) != uid):
             return False
         del self._objects[key]
@@ -195,10 +241,20 @@ class ExecutionCache:
         return True
 
     def get(self, key: Key) -> dict[str, Any] | None:
-        return self._objects.get(key)
+        held = self._objects.get(key)
+        return _unpack(key, held) if isinstance(held, tuple) else held
 
     def items(self) -> Iterator[tuple[Key, dict[str, Any]]]:
-        return iter(list(self._objects.items()))
+        """A snapshot as of the call (the cache may change while it is walked)."""
+        held = list(self._objects.items())
+        return ((k, _unpack(k, v) if isinstance(v, tuple) else v) for k, v in held)
+
+    def active_items(self) -> Iterator[tuple[Key, dict[str, Any]]]:
+        """Like ``items`` without the finished executions held packed (no
+        finalizer, no deletion): every one a walk for unfinished executions,
+        or for those that ``needs_attention``, must see. With 100 000
+        finished executions kept, such a walk no longer unpacks them all."""
+        return iter([(k, v) for k, v in self._objects.items() if not isinstance(v, tuple)])
 
     def __len__(self) -> int:
         return len(self._objects)

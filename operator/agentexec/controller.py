@@ -235,7 +235,7 @@ class Controller:
         if not changed or not self.leading:
             return
         namespace, name = key
-        for ekey, execution in self.cache.items():
+        for ekey, execution in self.cache.active_items():
             spec = execution.get("spec")
             if (
                 ekey[0] == namespace
@@ -403,7 +403,7 @@ class Controller:
         return float(
             sum(
                 1
-                for _, body in self.cache.items()
+                for _, body in self.cache.active_items()
                 if not is_terminal(body)
                 and not recorded_workflow(body).get("id")
                 and (condition_of(body, WORKFLOW_STARTED) or {}).get("reason")

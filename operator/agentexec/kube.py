@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import kopf
@@ -32,6 +33,9 @@ APPROVAL_PLURAL = "agentapprovals"
 KIND = "AgentExecution"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "agentexec-operator"
+# Objects per LIST page (ours and kopf's): with 100 000 executions one
+# unchunked LIST is a response of hundreds of MB, parsed all at once.
+LIST_CHUNK = 500
 
 log = logging.getLogger("agentexec.kube")
 
@@ -262,9 +266,17 @@ class Kube:
     async def list_agents(self, namespace: str | None = None) -> list[dict[str, Any]]:
         """The Agents of one namespace, or of the cluster."""
         scope = f"/namespaces/{namespace}" if namespace else ""
-        listed = await self.request("GET", f"/apis/{GROUP}/{VERSION}{scope}/{AGENT_PLURAL}")
-        items = listed.get("items")
-        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        path = f"/apis/{GROUP}/{VERSION}{scope}/{AGENT_PLURAL}?limit={LIST_CHUNK}"
+        agents: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await self.request("GET", path + (f"&continue={quote(token)}" if token else ""))
+            items = page.get("items")
+            if isinstance(items, list):
+                agents += [i for i in items if isinstance(i, dict)]
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return agents
 
     async def get_agent(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One Agent, or None where there is none."""

@@ -112,7 +112,7 @@ class ConditionPacer:
         conn = self.connection()
         due = [
             key
-            for key, body in self.cache.items()
+            for key, body in self.cache.active_items()
             if needs_attention(body)
             and (waits_for_temporal(body) or connection_differs(body, conn))
         ]

@@ -169,7 +169,7 @@ class WorkflowWatch:
         self._listed[group] = self._clock()
         running = await self.gateway.list_running(namespace, queue)
         missing: list[Key] = []
-        for key, body in self.cache.items():
+        for key, body in self.cache.active_items():
             if running_group(body) != group or key in checked:
                 continue
             if recorded_workflow(body).get("id") in running:

@@ -4,15 +4,17 @@ kopf upgrade moves what the hook relies on."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
+import kopf
 import pytest
 from kopf._cogs.clients import watching as kopf_watching
 from kopf._cogs.structs.references import Resource
 
 from agentexec import handlers
-from agentexec.kube import GROUP, PLURAL, VERSION
+from agentexec.kube import GROUP, LIST_CHUNK, PLURAL, VERSION
 
 
 def test_kopf_still_lists_through_the_function_the_hook_wraps() -> None:
@@ -47,3 +49,44 @@ async def test_each_listing_is_reported_complete_with_its_objects(
     assert len(items) == 4  # every item still reaches kopf
     assert seen == [(PLURAL, "ns", {("ns", "a"): "u1", ("ns", "b"): "u2"})]
     assert kopf_watching.continuous_watch is listing_then_events
+
+
+async def test_listings_are_paginated_the_first_and_every_re_listing() -> None:
+    # kopf lists in pages of settings.watching.chunk_size (None: one unchunked
+    # LIST of every object), at start-up and after each 410 Gone alike:
+    # both go through fetch_objs from continuous_watch.
+    from kopf._cogs.clients import fetching
+
+    settings = kopf.OperatorSettings()
+    await handlers.configure(settings=settings)
+    assert settings.watching.chunk_size == LIST_CHUNK
+    assert "fetch_objs" in kopf_watching.continuous_watch.__code__.co_names
+    assert "chunk_size" in inspect.getsource(fetching.fetch_objs)
+
+
+async def test_kopf_builds_no_diff_base_for_each_event() -> None:
+    # kopf deep-copies every object for a diff base on each event, used by
+    # changing handlers only (there are none): the storage builds nothing.
+    from kopf._core.reactor import processing
+
+    settings = kopf.OperatorSettings()
+    await handlers.configure(settings=settings)
+    storage = settings.persistence.diffbase_storage
+    assert isinstance(storage, handlers.NoDiffBase)
+    assert "diffbase_storage" in inspect.getsource(processing._detect_causes)
+    body = kopf.Body({"metadata": {"name": "a"}, "spec": {"x": 1}, "status": {"o": "x" * 4096}})
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None
+    assert registry_has_no_changing_handlers()
+
+
+def registry_has_no_changing_handlers() -> bool:
+    """What makes the no-op storage and the unremembered memories safe."""
+    registry = handlers.registry
+    return not any(
+        registry._changing.has_handlers(resource=r) or registry._spawning.has_handlers(resource=r)
+        for r in (
+            Resource(GROUP, VERSION, plural)
+            for plural in (PLURAL, *handlers.LISTED_PLURALS, "executionpolicies")
+        )
+    )
