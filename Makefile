@@ -142,13 +142,14 @@ chart-score: binaries ## kube-score on the default and everything-on renders (ex
 	done
 
 .PHONY: bench
-bench: install ## Run bench/manager.py, executions.py, scaling.py, runners.py, operator_client.py, kube_calls.py (figures and ratios)
+bench: install ## Run bench/manager.py, executions.py, scaling.py, runners.py, operator_client.py, kube_calls.py, calls.py (figures and ratios; bench/kept.py by hand: 30+ min)
 	$(PY) bench/manager.py
 	$(PY) bench/executions.py
 	$(PY) bench/scaling.py
 	$(PY) bench/runners.py
 	$(PY) bench/operator_client.py
 	$(PY) bench/kube_calls.py
+	$(PY) bench/calls.py
 
 .PHONY: clean
 clean: ## Remove the venv and build outputs (keeps the .cache/ binaries)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import kopf
+from kopf._cogs.clients import errors as kopf_errors
 from kopf._cogs.clients import watching as kopf_watching
 from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
@@ -170,16 +171,32 @@ def hook_listings(on_listed: Listed) -> Callable[[], None]:
         resource, namespace = kwargs["resource"], kwargs["namespace"]
         ours = resource.group == GROUP and resource.plural in LISTED_PLURALS
         listed: dict[tuple[str, str], str] | None = {} if ours else None
-        async for item in original(**kwargs):
-            if listed is not None:
+        listing = True
+        try:
+            async for item in original(**kwargs):
                 if item is kopf_watching.Bookmark.LISTED:
-                    on_listed(resource.plural, namespace, listed)
-                    listed = None
-                elif isinstance(item, dict) and item.get("type") is None:
-                    meta = (item.get("object") or {}).get("metadata") or {}
-                    key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-                    listed[key] = str(meta.get("uid", ""))
-            yield item
+                    listing = False
+                if listed is not None:
+                    if item is kopf_watching.Bookmark.LISTED:
+                        on_listed(resource.plural, namespace, listed)
+                        listed = None
+                    elif isinstance(item, dict) and item.get("type") is None:
+                        meta = (item.get("object") or {}).get("metadata") or {}
+                        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+                        listed[key] = str(meta.get("uid", ""))
+                yield item
+        except kopf_errors.APIClientError as exc:
+            # A paged listing that outlived its continue token (the API
+            # server compacts every 5 minutes): 410 Gone, which kopf takes
+            # for a fatal error and stops the operator. List again instead,
+            # as kopf does after a 410 on a watch; this listing was never
+            # reported complete, so nothing is replaced by half of it.
+            if not listing or exc.status != 410:
+                raise
+            log.warning(
+                "a paged listing outlived its continue token; listing again",
+                extra={"resource": resource.plural, "namespace": namespace or "(cluster)"},
+            )
 
     kopf_watching.continuous_watch = continuous_watch
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 import pytest
+from kopf._cogs.clients import errors as kopf_errors
 from kopf._cogs.clients import watching as kopf_watching
 from kopf._cogs.structs.references import Resource
 
@@ -62,6 +63,39 @@ async def test_listings_are_paginated_the_first_and_every_re_listing() -> None:
     assert settings.watching.chunk_size == LIST_CHUNK
     assert "fetch_objs" in kopf_watching.continuous_watch.__code__.co_names
     assert "chunk_size" in inspect.getsource(fetching.fetch_objs)
+
+
+async def test_a_paged_listing_that_outlived_its_continue_token_lists_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # kopf raises a 410 Gone on a stale continue token from its listing, and
+    # that stops the whole operator; a 410 on the watch after it is kopf's.
+    def gone() -> kopf_errors.APIClientError:
+        return kopf_errors.APIClientError("too old", status=410, headers={})
+
+    async def listing_cut_short(**_: Any) -> AsyncIterator[Any]:
+        yield {"type": None, "object": {"metadata": {"namespace": "ns", "name": "a", "uid": "u"}}}
+        raise gone()
+
+    async def watch_then_gone(**_: Any) -> AsyncIterator[Any]:
+        yield kopf_watching.Bookmark.LISTED
+        raise gone()
+
+    seen: list[Any] = []
+    ours = Resource(GROUP, VERSION, PLURAL)
+    for original, raises in ((listing_cut_short, False), (watch_then_gone, True)):
+        monkeypatch.setattr(kopf_watching, "continuous_watch", original)
+        undo = handlers.hook_listings(lambda *args: seen.append(args))
+        try:
+            stream = kopf_watching.continuous_watch(resource=ours, namespace="ns")
+            if raises:
+                with pytest.raises(kopf_errors.APIClientError):
+                    [i async for i in stream]
+            else:
+                assert len([i async for i in stream]) == 1  # ends: infinite_watch lists again
+        finally:
+            undo()
+    assert seen == [(PLURAL, "ns", {})]  # the half listing replaced nothing
 
 
 async def test_kopf_builds_no_diff_base_for_each_event() -> None:
