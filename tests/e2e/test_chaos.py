@@ -191,6 +191,30 @@ async def test_network_blackhole_30s(
         await relay.stop()
 
 
+async def test_temporal_flaps_every_5s_for_a_minute(
+    control_plane: ControlPlane, temporal: TemporalDevServer, namespace: str,
+    make_operator: MakeOperator,
+) -> None:  # fmt: skip
+    """Connectivity to Temporal cut for 5 s and back for 5 s, six times: the
+    hysteresis, the paced condition writes and the start retries all meet
+    each flip while executions keep arriving and reporting."""
+    relay = TcpRelay("127.0.0.1", temporal.port)
+    await relay.start()
+    try:
+        operator = make_operator(TEMPORAL_ADDRESS=relay.address)
+
+        async def fault() -> None:
+            for _ in range(6):
+                relay.blackhole()
+                await asyncio.sleep(5)
+                relay.restore()
+                await asyncio.sleep(5)
+
+        await run_scenario("flap 5s x6", control_plane, temporal, namespace, operator, fault)
+    finally:
+        await relay.stop()
+
+
 async def test_operator_sigkilled_twice(
     control_plane: ControlPlane, temporal: TemporalDevServer, namespace: str,
     make_operator: MakeOperator,
