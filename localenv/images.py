@@ -404,8 +404,24 @@ def pause_image(engine: DockerEngine) -> str:
     return _once(engine, tag, build)
 
 
+def kind_node_image(engine: DockerEngine) -> str:
+    """kind's node image, built here from kind's own recipe (localenv.kindimages)."""
+    from localenv import kindimages  # imports this module
+
+    return kindimages.node_image(engine)
+
+
+def previous_release_image(engine: DockerEngine) -> str:
+    """The previous release's operator image, built from its git commit."""
+    from localenv import release  # imports this module when it builds
+
+    return release.previous_image(engine)
+
+
 _BUILDERS = {
     "operator": operator_image,
+    "kind-node": kind_node_image,
+    "previous": previous_release_image,
     "temporal": temporal_image,
     "pause": pause_image,
     "python-base": python_base_image,
