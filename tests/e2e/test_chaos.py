@@ -6,7 +6,8 @@ so activities are in flight), injects one kind of fault while the stream
 runs, then checks from the API server and from Temporal's own workflow list:
 every execution is terminal, none has more than one workflow run, none is
 lost, every Succeeded has its output, and every non-terminal execution older
-than a few seconds carried a condition explaining where it was.
+than a few seconds (since an operator was ready to write it) carried a
+condition explaining where it was.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ GRACE = 5.0  # seconds a new execution may go without any status
 class Stream:
     plane: ControlPlane
     namespace: str
+    operator: OperatorProcess
     created: list[str] = field(default_factory=list)
     unexplained: set[str] = field(default_factory=set)
     samples: int = 0
@@ -74,7 +76,10 @@ class Stream:
                     continue
                 conds = {c.get("type") for c in obj.get("status", {}).get("conditions", [])}
                 created = obj["metadata"]["creationTimestamp"]
-                age = now - calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+                # Counted from when an operator was up to write it: a killed
+                # one writes nothing until its successor is ready again.
+                since = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+                age = now - max(since, self.operator.ready_at)
                 if not conds & EXPLAINING and age > GRACE:
                     self.unexplained.add(obj["metadata"]["name"])
             self.samples += 1
@@ -93,7 +98,7 @@ async def run_scenario(
     fault: Callable[[], Awaitable[None]],
     expect_failed: Callable[[dict[str, Any]], bool] = lambda _: False,
 ) -> Counter[str]:
-    stream = Stream(plane, namespace)
+    stream = Stream(plane, namespace, operator)
     tasks = [asyncio.create_task(stream.feed()), asyncio.create_task(stream.sample())]
     await asyncio.sleep(3)
     await fault()

@@ -19,6 +19,7 @@ from temporalio.client import Client
 
 from localenv.binaries import ROOT
 from localenv.helm import Helm
+from localenv.registry import Pushed
 from tests.e2e import aex
 from tests.node import apps
 from tests.support.waiting import eventually
@@ -44,15 +45,19 @@ def install_name(release: str) -> str:
 
 @pytest.fixture(scope="module")
 def releases(
-    cluster: apps.Cluster, scenario_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    cluster: apps.Cluster,
+    scenario_images: dict[str, Pushed],
+    chart_ref: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """Both releases installed; yields Temporal's address as the host reaches it."""
-    cluster.kubectl("apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"]))
+    cluster.kubectl(
+        "apply", "-f", "-", stdin=apps.temporal_manifests(scenario_images["temporal"].ref)
+    )
     cluster.kubectl(
         "rollout", "status", "-n", apps.TEMPORAL_NAMESPACE, "deployment/temporal", "--timeout=180s"
     )
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    repository, _, tag = scenario_images["operator"].rpartition(":")
     helm = Helm(cluster, tmp_path_factory.mktemp("helm"))  # type: ignore[arg-type]
     try:
         for release in RELEASES:
@@ -65,8 +70,8 @@ def releases(
             )  # fmt: skip
             cluster.kubectl("create", "namespace", work_namespace(release))
             done = helm.run(
-                "install", release, str(apps.CHART_PATH), "--namespace", ns,
-                *apps.helm_values(repository, tag),
+                "install", release, chart_ref, "--plain-http", "--namespace", ns,
+                *apps.helm_values(scenario_images["operator"]),
                 "--set", "crds.install=false",
                 "--set", f"watchNamespaces={{{work_namespace(release)}}}",
                 "--wait", "--timeout", "180s",

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,10 @@ class OperatorProcess:
             "LOG_LEVEL": "INFO",
             **(env or {}),
         }
+        # When the operator last answered /readyz after start(): a process
+        # that is down writes no status, so "without status for too long"
+        # counts from here (tests/e2e/test_chaos.py).
+        self.ready_at = 0.0
         self._proc = ManagedProcess(
             "operator",
             [str(Path(sys.executable).parent / "agentexec-operator")],
@@ -86,6 +91,7 @@ class OperatorProcess:
                 wait_for(self._ready, 60, "operator /readyz", 0.2)
             except TimeoutError as exc:
                 raise TimeoutError(f"{exc}\n{self._proc.log_tail()}") from None
+            self.ready_at = time.time()
 
     def _ready(self) -> bool:
         if not self._proc.running:
