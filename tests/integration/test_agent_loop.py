@@ -127,7 +127,7 @@ class Loops:
                     heartbeat_timeout_seconds=heartbeat_timeout,
                     **(execution or {}),
                 ),
-                loop=LoopSpec(tools=tools, tool_choice="add", **loop),
+                loop=LoopSpec(tools=tools, tool_choice=loop.pop("tool_choice", "add"), **loop),
                 progress_interval_seconds=0.5,
                 max_history_events=max_history_events,
             ),
@@ -459,6 +459,64 @@ async def test_a_refused_model_call_ends_the_loop_with_its_class(
     assert result.attempts is not None
     assert (result.attempts.count, result.attempts.failed) == (2, 0)
     assert mcp_server.calls() == []
+
+
+async def test_a_step_past_the_token_budget_ends_the_loop_budget_exceeded(
+    loops: Loops, mcp_server: MCPServerProcess, openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    """spec.limits.maxTokens applies per step (issue #23, 5): each model call
+    is capped at what the budget leaves, and the loop ends BudgetExceeded,
+    with its usage, once it is spent, though steps were left (max_steps 5)."""
+    chat = ChatAgent(providers_file(tmp_path, openai_server.base_url))
+    async with runner(loops, chat):
+        handle = await loops.start(mcp_server, max_steps=5, max_tokens=50)
+        result = await failure_of(handle)
+    assert (result.phase, result.reason) == ("Failed", "BudgetExceeded"), result
+    assert "spec.limits.maxTokens is 50" in (result.message or ""), result.message
+    assert result.usage is not None
+    # The local server streams no prompt count: completions alone, capped.
+    assert result.usage.total_tokens == 50, result.usage
+    steps = await completed(handle, MODEL_CALL_ACTIVITY)
+    assert 1 <= steps < 5
+    assert result.usage.requests == steps
+    assert f"in {steps} steps" in (result.message or ""), result.message
+
+
+@pytest.mark.parametrize(("on_error", "phase"), [("Report", "Succeeded"), ("Fail", "Failed")])
+async def test_a_failing_tool_is_told_to_the_model_or_fails_the_loop_by_policy(
+    loops: Loops,
+    mcp_server: MCPServerProcess,
+    openai_server: OpenAIServer,
+    tmp_path: Path,
+    on_error: str,
+    phase: str,
+) -> None:
+    """The fixture's tool `fail` raises: with onError Report (the default) the
+    error goes back to the model as the tool's result and the loop goes on;
+    with onError Fail the loop ends ToolFailed. The server saw one call."""
+    tools = [ToolServer(name="fixture", url=mcp_server.url, allow=["fail"], on_error=on_error)]
+    chat = ChatAgent(providers_file(tmp_path, openai_server.base_url))
+    async with runner(loops, chat):
+        handle = await loops.start(mcp_server, max_steps=2, tools=tools, tool_choice="fail")
+        if phase == "Failed":
+            result = await failure_of(handle)
+        else:
+            result = await asyncio.wait_for(handle.result(), 120)
+        view: StepsView = await handle.query(STEPS_QUERY, result_type=StepsView)
+    assert [c["tool"] for c in mcp_server.calls()] == ["fail"]
+    assert result.phase == phase, result
+    if phase == "Failed":
+        assert result.reason == "ToolFailed", result
+        assert "tool 'fail' failed (onError: Fail)" in (result.message or ""), result.message
+        assert "Error executing tool fail" in (result.message or ""), result.message
+    else:
+        # Step 1 called the tool, its error went back; step 2 (the last) answered.
+        assert [(r.step, r.kind, r.name) for r in view.records] == [
+            (1, "model", ""),
+            (1, "tool", "fail"),
+            (2, "model", ""),
+        ]
+        assert [r.error for r in view.records if r.kind == "tool"] == [True]
 
 
 async def test_a_configured_tool_server_gets_its_headers_from_mounted_files(
