@@ -122,14 +122,21 @@ async def test_an_approver_with_the_permission_approves_and_the_loop_goes_on(
         )
         assert refused.returncode != 0
         assert 'cannot create resource "agentapprovals"' in refused.stderr, refused.stderr
-        # The approver is who the API server says, whatever the body says.
+        # The approver is who the API server says, whatever the body says
+        # (an approval of a call the loop never makes: it decides nothing).
         control_plane.kubectl(
-            "create", "-n", namespace, "--as=alice", "-f", "-", stdin=approval("mallory")
-        )
+            "create", "-n", namespace, "--as=alice", "-f", "-",
+            stdin=approval("mallory", call="9-9"),
+        )  # fmt: skip
         stored = control_plane.kubectl_json(
-            "get", "-n", namespace, "agentapproval", "by-mallory-1-0"
+            "get", "-n", namespace, "agentapproval", "by-mallory-9-9"
         )
         assert stored["spec"]["approver"] == "alice"
+        # The permitted user approves the pending call with the plugin.
+        approved = plugin(control_plane, namespace, "--as=alice", "approve", "ask", "--reason=ok")
+        assert approved.returncode == 0, approved.stderr
+        assert "call 1-0 (tool 'add') of ask approved" in approved.stdout, approved.stdout
+        created = approved.stdout.strip().rsplit("agentapproval/", 1)[1]
 
         done = await eventually(
             lambda: aex.get(control_plane, namespace, "ask"),
@@ -151,9 +158,7 @@ async def test_an_approver_with_the_permission_approves_and_the_loop_goes_on(
         steps = plugin(control_plane, namespace, "steps", "ask", TEMPORAL_ADDRESS=temporal.address)
         assert steps.returncode == 0, steps.stderr
         assert "approval add" in steps.stdout, steps.stdout
-        applied = control_plane.kubectl_json(
-            "get", "-n", namespace, "agentapproval", "by-mallory-1-0"
-        )
+        applied = control_plane.kubectl_json("get", "-n", namespace, "agentapproval", created)
         assert applied["status"]["conditions"][0]["status"] == "True"
     finally:
         mcp.stop()
