@@ -70,7 +70,9 @@ class OpenAIServer:
             str(self.port),
         ]
         if api_key is not None:
-            argv += ["--api_key", api_key]
+            # One word: a key may start with "-" (token_urlsafe), which
+            # argparse would take for an option and the server would exit.
+            argv.append(f"--api_key={api_key}")
         self._proc = ManagedProcess("openai-server", argv, workdir / "openai-server.log")
 
     @property
