@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from agentexec.planner import workflow_id
+from agentexec.status import workflow_id
 from localenv import release
 from localenv.binaries import ROOT
 from localenv.docker import DockerEngine
