@@ -22,6 +22,7 @@ from temporalio.exceptions import (
 )
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
+from agentexec.temporal import running
 from agentexec.temporal.attempts import (
     AttemptBook,
     Ended,
@@ -342,3 +343,40 @@ def test_a_failed_workflows_result_decodes_with_its_usage_and_attempts() -> None
     assert decoded == result
     assert decoded is not None
     assert isinstance(decoded.usage, Usage)
+
+
+class _Pending:
+    """What a workflow await looks like to the coroutine: suspended."""
+
+    def __await__(self) -> Any:
+        yield None
+
+
+class _Activity:
+    def done(self) -> bool:
+        return False
+
+
+def test_an_attempt_dropped_by_its_worker_closes_without_the_workflow_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker that drops a workflow from its cache leaves its coroutine to be
+    # closed by Python (GeneratorExit) outside the workflow's event loop, where
+    # every workflow call raises; CI once failed on the time read there.
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    monkeypatch.setattr(running.workflow, "now", lambda: now)
+    monkeypatch.setattr(running.workflow, "start_activity", lambda *a, **kw: _Activity())
+    monkeypatch.setattr(running.workflow, "wait_condition", lambda *a, **kw: _Pending())
+
+    async def report(result: Any) -> None:
+        raise AssertionError("no report expected")
+
+    b = book()
+    attempt = running.run_attempt(b.inp, b, "run_agent", None, "run_agent-1", lambda: False, report)
+    attempt.send(None)
+
+    def outside_the_loop() -> datetime:
+        raise RuntimeError("Not in workflow event loop")
+
+    monkeypatch.setattr(running.workflow, "now", outside_the_loop)
+    attempt.close()

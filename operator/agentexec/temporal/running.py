@@ -176,13 +176,16 @@ async def run_attempt(
         handle.cancel()
         with contextlib.suppress(ActivityError, asyncio.CancelledError):
             await handle
+        book.clock(scheduled, watch.started(), workflow.now())
         raise
     except ActivityError as err:
         ended = build_ended(err)
     else:
         ended = Ended(Kind.SUCCEEDED)
-    finally:
-        book.clock(scheduled, watch.started(), workflow.now())
+    # Not in a `finally`: a worker that drops the workflow from its cache has
+    # Python close this coroutine (GeneratorExit) outside the workflow's event
+    # loop, where the workflow API raises and nothing reads the book.
+    book.clock(scheduled, watch.started(), workflow.now())
     if ended.kind is Kind.STOPPED and workflow.cancellation_reason() is not None:
         raise asyncio.CancelledError()
     if gave_up is not None and ended.kind is Kind.STOPPED:
