@@ -12,8 +12,9 @@ everything it observed (``Observed``); ``decide`` answers with either
   AgentApprovals' statuses, the finalizer's removal, a TTL delete, and when
   to look again (or back off).
 
-Status patches are built in status.py (an agent loop's in approvals.py);
-condition reasons live in conditions.py.
+How an execution ends (its end written, its finalizer, its TTL, its
+deletion) is ending.py. Status patches are built in status.py (an agent
+loop's in approvals.py); condition reasons live in conditions.py.
 """
 
 from __future__ import annotations
@@ -30,12 +31,8 @@ from agentexec.conditions import (
     AGENT_RESOLVED,
     AGENT_RUNNING,
     BUDGET_EXHAUSTED,
-    CANCELLED,
-    DELETION_BLOCKED,
     DESCRIBE_FAILED,
     FAILED,
-    FORCE_DELETED,
-    INVALID_ARGUMENT,
     NO_RUNNER,
     POLICY_DENIED,
     QUOTA_EXCEEDED,
@@ -43,7 +40,6 @@ from agentexec.conditions import (
     SIGNAL_FAILED,
     START_FAILED,
     START_REJECTED,
-    SUCCEEDED,
     SUCCEEDED_CONDITION,
     TASK_QUEUE_NOT_ALLOWED,
     TEMPORAL_UNAVAILABLE,
@@ -58,7 +54,6 @@ from agentexec.conditions import (
 )
 from agentexec.decisions import (
     AddFinalizer,
-    Cancel,
     Decision,
     Describe,
     Event,
@@ -67,16 +62,14 @@ from agentexec.decisions import (
     ReadExecution,
     SignalSuspend,
     Start,
-    TakeDeleteSlot,
     TakeStartSlot,
     build_start_input,
     own_workflow_id,
 )
-from agentexec.policy import budget_exhausted, build_uses, policy_denial, tokens_spent
+from agentexec.ending import decide_delete, decide_finished, finish, from_result
+from agentexec.policy import budget_exhausted, build_uses, policy_denial
 from agentexec.status import (
-    FORCE_DELETE,
     Connection,
-    StatusPatch,
     expiry_of,
     has_finalizer,
     is_terminal,
@@ -86,7 +79,6 @@ from agentexec.status import (
     plan_held,
     plan_progress,
     plan_queued,
-    plan_report,
     plan_start_failed,
     plan_started,
     plan_suspended,
@@ -98,7 +90,7 @@ from agentexec.status import (
     ttl_left,
     uid_of,
 )
-from agentexec.temporal.types import AgentSpec, Answer, ExecutionResult, Outcome, StatusReport
+from agentexec.temporal.types import AgentSpec, Answer, Outcome, StatusReport
 
 
 def decide(o: Observed) -> Decision:
@@ -129,9 +121,9 @@ def decide(o: Observed) -> Decision:
 def _decide(o: Observed, report: StatusReport | None) -> Decision:
     ours = has_finalizer(o.body)
     if meta_of(o.body).get("deletionTimestamp"):
-        return _decide_delete(o, ours)
+        return decide_delete(o, ours)
     if is_terminal(o.body):
-        return _decide_finished(o, ours)
+        return decide_finished(o, ours)
     if report is not None and report.result.phase in TERMINAL:
         recorded = recorded_workflow(o.body)
         workflow = {
@@ -140,175 +132,13 @@ def _decide(o: Observed, report: StatusReport | None) -> Decision:
             "namespace": report.namespace or recorded.get("namespace", ""),
             "taskQueue": report.task_queue or recorded.get("taskQueue", ""),
         }
-        return _from_result(o, report.result, workflow)
+        return from_result(o, report.result, workflow)
     recorded = recorded_workflow(o.body)
     if recorded.get("id"):
         if not ours:
             return Decision(request=AddFinalizer())  # removed by hand while it runs
         return _decide_started(o, recorded, report)
     return _decide_unstarted(o, ours)
-
-
-# ----- finishing ------------------------------------------------------------------
-
-
-def _end_event(phase: str, patch: Mapping[str, Any]) -> Event:
-    if phase == SUCCEEDED:
-        return Event("Normal", SUCCEEDED, "the agent finished")
-    error = patch.get("error") or {}
-    return Event("Warning", str(error.get("reason", phase)), str(error.get("message", "")))
-
-
-def _finish(
-    o: Observed, phase: str, patch: StatusPatch | None, outcome: str, *, closed: bool
-) -> Decision:
-    """The execution ends with ``patch``. ``closed``: its workflow is known to
-    be closed, so the finalizer goes now; otherwise a start may have been sent
-    whose outcome is unknown, and the next pass cancels by ID first."""
-    ours = has_finalizer(o.body)
-    return Decision(
-        status=patch,
-        remove_finalizer=ours and closed,
-        requeue_after=0.0 if ours and not closed else None,
-        events=(_end_event(phase, patch),) if patch is not None else (),
-        report_done=o.report is not None,
-        # Counted once: when the status that ends it is written.
-        charge=tokens_spent(patch) if patch is not None and not is_terminal(o.body) else 0,
-        outcome=outcome,
-    )
-
-
-def _from_result(o: Observed, result: ExecutionResult, workflow: Mapping[str, str]) -> Decision:
-    message = result.message
-    if result.phase == CANCELLED and not meta_of(o.body).get("deletionTimestamp"):
-        # The workflow says "deleted" for any cancellation; this one was
-        # cancelled in Temporal (UI, CLI), the AgentExecution still exists.
-        message = "the workflow was cancelled in Temporal, not by deleting the AgentExecution"
-    patch = plan_report(
-        o.body,
-        o.now,
-        phase=result.phase,
-        workflow=workflow,
-        conn=o.conn,
-        output=result.output,
-        reason=result.reason,
-        message=message,
-    )
-    events: tuple[Event, ...] = ()
-    if patch is not None:
-        patch.update(lifecycle.build_run_status(result))
-        progress = o.report.progress if o.report is not None else None
-        if progress is not None:  # an agent loop's last word on its steps
-            loop, events = plan_loop_status(o.body, progress, o.now, patch["conditions"])
-            patch.update(loop)
-    decision = _finish(o, result.phase, patch, f"finished: {result.phase}", closed=True)
-    return replace(decision, events=(*events, *decision.events))
-
-
-def _decide_finished(o: Observed, ours: bool) -> Decision:
-    """Finished: nothing writes status again. The finalizer goes, unless a
-    start may have been sent that nobody saw answered (no workflow recorded):
-    then only once Temporal says no workflow of its ID runs. Past its TTL it
-    is deleted."""
-    done = o.report is not None
-    if ours and not recorded_workflow(o.body).get("id"):
-        released = _release(o)
-        if released.request is not None or not released.remove_finalizer:
-            return replace(released, report_done=done)
-    expiry = expiry_of(o.body, o.config.finished_ttl)
-    if expiry is None:
-        return Decision(remove_finalizer=ours, report_done=done, outcome="terminal")
-    left = (expiry - o.now).total_seconds()
-    if left > 0:
-        return Decision(
-            remove_finalizer=ours, requeue_after=left, report_done=done, outcome="terminal"
-        )
-    if o.delete_slot is None:
-        return Decision(request=TakeDeleteSlot())
-    if o.delete_slot > 0:
-        return Decision(
-            remove_finalizer=ours,
-            requeue_after=o.delete_slot,
-            report_done=done,
-            outcome="ttl-expired-waits-its-turn",
-        )
-    return Decision(remove_finalizer=ours, delete=True, report_done=done, outcome="ttl-expired")
-
-
-def _release(o: Observed) -> Decision:
-    """Make sure no workflow of the execution's ID runs, by cancelling it by ID;
-    Temporal answering "cancel requested", "not found" or "closed" releases
-    the finalizer."""
-    answer = o.answer
-    if answer is None:
-        return Decision(
-            request=Cancel(own_workflow_id(o.body), recorded_workflow(o.body).get("namespace"))
-        )
-    none_there = answer.outcome in (Outcome.NOT_FOUND,) or (
-        answer.outcome == Outcome.REJECTED and answer.reason == INVALID_ARGUMENT
-    )
-    in_flight = o.unanswered_start is not None and o.unanswered_start < o.config.start_in_flight
-    if none_there and in_flight:
-        # A start we sent may still land (the SDK retries it): ask again after.
-        assert o.unanswered_start is not None
-        return Decision(
-            requeue_after=o.config.start_in_flight - o.unanswered_start,
-            outcome="release-waits-for-a-late-start",
-        )
-    if none_there or answer.outcome in (Outcome.CANCEL_REQUESTED, Outcome.CLOSED):
-        return Decision(remove_finalizer=True, outcome="released")
-    if answer.outcome == Outcome.UNAVAILABLE and not o.conn.connected:
-        # Temporal coming back enqueues it (it waits for Temporal).
-        return Decision(outcome="release-waits-for-temporal")
-    return Decision(backoff=answer.reason or TEMPORAL_UNAVAILABLE, outcome="release-failed")
-
-
-def _decide_delete(o: Observed, ours: bool) -> Decision:
-    body, answer = o.body, o.answer
-    done = o.report is not None
-    if not ours:
-        return Decision(report_done=done, outcome="deleting")
-    annotations = meta_of(body).get("annotations")
-    if isinstance(annotations, Mapping) and annotations.get(FORCE_DELETE) == "true":
-        return Decision(
-            remove_finalizer=True,
-            events=(
-                Event(
-                    "Warning",
-                    FORCE_DELETED,
-                    f"{FORCE_DELETE}=true: finalizer removed without cancelling the workflow; "
-                    "it may still run in Temporal",
-                ),
-            ),
-            report_done=done,
-            outcome="force-deleted",
-        )
-    closed = is_terminal(body) and bool(recorded_workflow(body).get("id"))
-    reported_end = o.report is not None and o.report.result.phase in TERMINAL
-    if closed or reported_end:
-        return Decision(remove_finalizer=True, report_done=done, outcome="deleted")
-    # Running, or a start may have been sent: cancel by ID.
-    released = _release(o)
-    if released.request is not None:
-        return released
-    if released.remove_finalizer:
-        return replace(released, report_done=done, outcome="cancelled")
-    if released.requeue_after is not None:
-        return replace(released, report_done=done)  # a late start may still land
-    assert answer is not None
-    return Decision(
-        events=(
-            Event(
-                "Warning",
-                DELETION_BLOCKED,
-                f"cannot cancel the workflow yet ({answer.message}); the finalizer stays until "
-                f"Temporal answers. Annotate {FORCE_DELETE}=true to remove it anyway.",
-            ),
-        ),
-        backoff=answer.reason or TEMPORAL_UNAVAILABLE,
-        report_done=done,
-        outcome="delete-waiting",
-    )
 
 
 # ----- not started yet ------------------------------------------------------------
@@ -356,7 +186,7 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
             started_reason=TASK_QUEUE_NOT_ALLOWED,
             conn=o.conn,
         )
-        return _finish(o, FAILED, patch, "task-queue-not-allowed", closed=False)
+        return finish(o, FAILED, patch, "task-queue-not-allowed", closed=False)
     if resolved.missing is not None:
         return _agent_missing(o, resolved.missing)
     if answer is None and lifecycle.suspend_wanted(body):
@@ -387,7 +217,7 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
                 body, FAILED, now, reason=POLICY_DENIED, message=denied,
                 started_reason=POLICY_DENIED, conn=o.conn,
             )  # fmt: skip
-            return _finish(o, FAILED, patch, "policy-denied", closed=False)
+            return finish(o, FAILED, patch, "policy-denied", closed=False)
         held = _held(o)
         if held is not None:
             return held
@@ -420,7 +250,7 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
             patch["conditions"] = _upsert(body, patch["conditions"], suspension(False), now)
         return Decision(status=patch, outcome="started")
     if answer.outcome == Outcome.CLOSED and answer.result is not None:
-        return _from_result(o, answer.result, answer.workflow or {})
+        return from_result(o, answer.result, answer.workflow or {})
     past_ttl = ttl_left(body, now, o.config.queue_ttl) < 0
     if answer.outcome == Outcome.UNAVAILABLE and not o.conn.connected:
         conn = Connection(False, answer.reason or TEMPORAL_UNAVAILABLE, answer.message)
@@ -451,7 +281,7 @@ def _decide_unstarted(o: Observed, ours: bool) -> Decision:
             started_reason=START_REJECTED,
             conn=o.conn,
         )
-        return _finish(o, FAILED, patch, "start-rejected", closed=False)
+        return finish(o, FAILED, patch, "start-rejected", closed=False)
     return Decision(
         status=plan_start_failed(body, now, words, o.conn),
         events=(Event("Warning", START_FAILED, words),),
@@ -498,7 +328,7 @@ def _held(o: Observed) -> Decision | None:
 def _agent_missing(o: Observed, message: str) -> Decision:
     patch = plan_agent_missing(o.body, o.conn, o.now, o.config.queue_ttl, message)
     if patch is not None and patch.get("phase") == FAILED:
-        return _finish(o, FAILED, patch, "agent-not-found", closed=False)
+        return finish(o, FAILED, patch, "agent-not-found", closed=False)
     said = condition_of(o.body, AGENT_RESOLVED) or {}
     first = said.get("reason") != AGENT_NOT_FOUND
     return Decision(
@@ -513,7 +343,7 @@ def _agent_missing(o: Observed, message: str) -> Decision:
 def _waiting(o: Observed, conn: Connection, *, attempted: bool) -> Decision:
     patch = plan_waiting(o.body, conn, o.now, o.config.queue_ttl, attempted=attempted)
     if patch is not None and patch.get("phase") == FAILED:
-        return _finish(o, FAILED, patch, "queue-timeout", closed=False)
+        return finish(o, FAILED, patch, "queue-timeout", closed=False)
     events: tuple[Event, ...] = ()
     if patch is not None and attempted:
         events = (
@@ -571,7 +401,7 @@ def _decide_started(
             patch = plan_connection(body, o.conn, now)
         return Decision(status=patch, outcome="running")
     if answer.outcome == Outcome.CLOSED and answer.result is not None:
-        return _from_result(o, answer.result, answer.workflow or dict(recorded))
+        return from_result(o, answer.result, answer.workflow or dict(recorded))
     if answer.outcome == Outcome.NOT_FOUND:
         message = (
             f"workflow {recorded.get('id')} no longer exists in Temporal namespace "
@@ -579,7 +409,7 @@ def _decide_started(
             "changed); it is not run again"
         )
         patch = plan_terminal(body, FAILED, now, reason=WORKFLOW_LOST, message=message, conn=o.conn)
-        return _finish(o, FAILED, patch, "workflow-lost", closed=True)
+        return finish(o, FAILED, patch, "workflow-lost", closed=True)
     return _not_answered(o, answer, DESCRIBE_FAILED)
 
 
