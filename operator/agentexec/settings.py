@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from agentexec import env_values as parse
 from agentexec.backoff import REDIAL, REDIAL_CIRCUIT_CAP
 
 T = TypeVar("T")
@@ -204,180 +205,6 @@ class Settings:
         return self.runner_task_queues or (self.runner_task_queue,)
 
 
-def _text(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value.strip()
-
-
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _number(value: str, kind: type[T], what: str) -> T:
-    try:
-        return kind(value.strip())  # type: ignore[call-arg]
-    except ValueError:
-        raise ValueError(f"must be {what}") from None
-
-
-def _seconds(value: str) -> float:
-    number = _number(value, float, "a positive number of seconds")
-    if not number > 0 or number != number or number == float("inf"):
-        raise ValueError("must be a positive number of seconds")
-    return number
-
-
-def _seconds_or_zero(value: str) -> float:
-    number = _number(value, float, "a number of seconds, 0 or more")
-    if not number >= 0 or number == float("inf"):
-        raise ValueError("must be a number of seconds, 0 or more")
-    return number
-
-
-def _rate(value: str) -> float:
-    number = _number(value, float, "a positive number per second")
-    if not number > 0 or number != number or number == float("inf"):
-        raise ValueError("must be a positive number per second")
-    return number
-
-
-def _positive_int(value: str) -> int:
-    number = _number(value, int, "a whole number of at least 1")
-    if number < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    number = _number(value, int, "a whole number of at least 0")
-    if number < 0:
-        raise ValueError("must be a whole number of at least 0")
-    return number
-
-
-def _port(value: str) -> int:
-    number = _number(value, int, "a port number from 1 to 65535")
-    if not 1 <= number <= 65535:
-        raise ValueError("must be a port number from 1 to 65535")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = _number(value, float, "a fraction from 0 up to (not including) 1")
-    if not 0 <= number < 1:
-        raise ValueError("must be a fraction from 0 up to (not including) 1")
-    return number
-
-
-def _file(value: str) -> Path:
-    path = Path(_text(value))
-    if not path.is_file():
-        raise ValueError(f"file {path} does not exist")
-    return path
-
-
-def _directory(value: str) -> Path:
-    path = Path(_text(value))
-    if not path.is_dir():
-        raise ValueError(f"directory {path} does not exist")
-    return path
-
-
-def _path(value: str) -> Path:
-    return Path(_text(value))
-
-
-def _address(value: str) -> str:
-    scheme, sep, _ = value.strip().partition("://")
-    if sep:
-        tls = " (TLS is TEMPORAL_TLS=true)" if scheme.lower() in ("https", "grpcs") else ""
-        raise ValueError(f"must be host:port, without a scheme: drop '{scheme}://'{tls}")
-    host, sep, port = _text(value).rpartition(":")
-    if not sep or not host:
-        raise ValueError("must be host:port")
-    _port(port)
-    return value.strip()
-
-
-def _namespaces(value: str) -> tuple[str, ...]:
-    return tuple(sorted({part.strip() for part in value.split(",") if part.strip()}))
-
-
-def _queues(value: str) -> tuple[str, ...]:
-    """false (none), true (any: "*"), or a comma-separated list of queue names."""
-    lowered = value.strip().lower()
-    if lowered in ("0", "false", "no", "off"):
-        return ()
-    if lowered in ("1", "true", "yes", "on", "*"):
-        return ("*",)
-    queues = _namespaces(value)
-    if not queues:
-        raise ValueError("must be true, false, or a comma-separated list of task queues")
-    return queues
-
-
-def _names(value: str) -> tuple[str, ...]:
-    """A comma-separated list, in the order given, without repeats."""
-    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
-
-
-def _install(value: str) -> str:
-    # It prefixes task queue names and worker identities: no separators of
-    # those (":" and "/"), no spaces.
-    name = _text(value)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}", name):
-        raise ValueError(
-            "must be 1 to 151 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return name
-
-
-def _whole_seconds(value: str) -> float:
-    # Temporal keeps activity timeouts in whole seconds in our workflow input.
-    number = _seconds(value)
-    if number < 1:
-        raise ValueError("must be at least 1 second")
-    return float(int(number))
-
-
-def _ttl(value: str) -> int | None:
-    if value.strip().lower() == "never":
-        return None
-    try:
-        return _non_negative_int(value)
-    except ValueError:
-        raise ValueError("must be a whole number of seconds (0: at once) or never") from None
-
-
-def _proxy_url(value: str) -> str:
-    url = _text(value)
-    if "://" not in url:
-        url = f"http://{url}"  # as curl reads "proxy:3128"
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 (validates it)
-    except ValueError:
-        raise ValueError("must be a proxy URL, http://host:port") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be a proxy URL, http://host:port")
-    return url
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value.strip() not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value.strip()
-
-    return parse
-
-
 def shown(value: object) -> str:
     """A setting's value as --check-config prints it (credentials in a URL masked)."""
     if value is None or value == "":
@@ -472,35 +299,41 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
     env = _Reader(environ)
     d = TemporalSettings()
     temporal = TemporalSettings(
-        address=env.get("TEMPORAL_ADDRESS", _address, d.address),
-        namespace=env.get("TEMPORAL_NAMESPACE", _text, d.namespace),
-        tls=env.get("TEMPORAL_TLS", _bool, None),
-        tls_ca_file=env.get("TEMPORAL_TLS_CA_FILE", _file, None),
-        tls_cert_file=env.get("TEMPORAL_TLS_CERT_FILE", _file, None),
-        tls_key_file=env.get("TEMPORAL_TLS_KEY_FILE", _file, None),
-        tls_server_name=env.get("TEMPORAL_TLS_SERVER_NAME", _text, None),
-        api_key_file=env.get("TEMPORAL_API_KEY_FILE", _file, None),
-        connect_timeout=env.get("TEMPORAL_CONNECT_TIMEOUT_SECONDS", _seconds, d.connect_timeout),
-        rpc_timeout=env.get("TEMPORAL_RPC_TIMEOUT_SECONDS", _seconds, d.rpc_timeout),
-        probe_interval=env.get("TEMPORAL_PROBE_INTERVAL_SECONDS", _seconds, d.probe_interval),
-        probe_interval_disconnected=env.get(
-            "TEMPORAL_PROBE_INTERVAL_DISCONNECTED_SECONDS", _seconds, d.probe_interval_disconnected
+        address=env.get("TEMPORAL_ADDRESS", parse.address, d.address),
+        namespace=env.get("TEMPORAL_NAMESPACE", parse.text, d.namespace),
+        tls=env.get("TEMPORAL_TLS", parse.flag, None),
+        tls_ca_file=env.get("TEMPORAL_TLS_CA_FILE", parse.existing_file, None),
+        tls_cert_file=env.get("TEMPORAL_TLS_CERT_FILE", parse.existing_file, None),
+        tls_key_file=env.get("TEMPORAL_TLS_KEY_FILE", parse.existing_file, None),
+        tls_server_name=env.get("TEMPORAL_TLS_SERVER_NAME", parse.text, None),
+        api_key_file=env.get("TEMPORAL_API_KEY_FILE", parse.existing_file, None),
+        connect_timeout=env.get(
+            "TEMPORAL_CONNECT_TIMEOUT_SECONDS", parse.seconds, d.connect_timeout
         ),
-        probe_timeout=env.get("TEMPORAL_PROBE_TIMEOUT_SECONDS", _seconds, d.probe_timeout),
-        down_after=env.get("TEMPORAL_DOWN_AFTER_SECONDS", _seconds_or_zero, d.down_after),
-        backoff_base=env.get("TEMPORAL_BACKOFF_BASE_SECONDS", _seconds, d.backoff_base),
-        backoff_max=env.get("TEMPORAL_BACKOFF_MAX_SECONDS", _seconds, d.backoff_max),
-        backoff_jitter=env.get("TEMPORAL_BACKOFF_JITTER", _fraction, d.backoff_jitter),
-        circuit_threshold=env.get("TEMPORAL_CIRCUIT_THRESHOLD", _positive_int, d.circuit_threshold),
+        rpc_timeout=env.get("TEMPORAL_RPC_TIMEOUT_SECONDS", parse.seconds, d.rpc_timeout),
+        probe_interval=env.get("TEMPORAL_PROBE_INTERVAL_SECONDS", parse.seconds, d.probe_interval),
+        probe_interval_disconnected=env.get(
+            "TEMPORAL_PROBE_INTERVAL_DISCONNECTED_SECONDS",
+            parse.seconds,
+            d.probe_interval_disconnected,
+        ),
+        probe_timeout=env.get("TEMPORAL_PROBE_TIMEOUT_SECONDS", parse.seconds, d.probe_timeout),
+        down_after=env.get("TEMPORAL_DOWN_AFTER_SECONDS", parse.seconds_or_zero, d.down_after),
+        backoff_base=env.get("TEMPORAL_BACKOFF_BASE_SECONDS", parse.seconds, d.backoff_base),
+        backoff_max=env.get("TEMPORAL_BACKOFF_MAX_SECONDS", parse.seconds, d.backoff_max),
+        backoff_jitter=env.get("TEMPORAL_BACKOFF_JITTER", parse.fraction, d.backoff_jitter),
+        circuit_threshold=env.get(
+            "TEMPORAL_CIRCUIT_THRESHOLD", parse.positive_int, d.circuit_threshold
+        ),
         circuit_backoff_max=env.get(
-            "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS", _seconds, d.circuit_backoff_max
+            "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS", parse.seconds, d.circuit_backoff_max
         ),
         redial_after_failures=env.get(
-            "TEMPORAL_REDIAL_AFTER_FAILURES", _positive_int, d.redial_after_failures
+            "TEMPORAL_REDIAL_AFTER_FAILURES", parse.positive_int, d.redial_after_failures
         ),
-        worker_grace=env.get("TEMPORAL_WORKER_GRACE_SECONDS", _seconds, d.worker_grace),
+        worker_grace=env.get("TEMPORAL_WORKER_GRACE_SECONDS", parse.seconds, d.worker_grace),
         settings_check_interval=env.get(
-            "TEMPORAL_SETTINGS_CHECK_INTERVAL_SECONDS", _seconds, d.settings_check_interval
+            "TEMPORAL_SETTINGS_CHECK_INTERVAL_SECONDS", parse.seconds, d.settings_check_interval
         ),
     )
     problems = env.problems
@@ -524,78 +357,98 @@ def read_configuration(environ: Mapping[str, str]) -> Configuration:
             "TEMPORAL_CIRCUIT_BACKOFF_MAX_SECONDS: must be at least TEMPORAL_BACKOFF_MAX_SECONDS"
         )
     s = Settings()
-    install = env.get("AGENTEXEC_INSTALL", _install, s.install)
+    install = env.get("AGENTEXEC_INSTALL", parse.install, s.install)
     task_queue, runner_task_queue = build_task_queues(install)
     settings = dataclasses.replace(
         s,
         temporal=temporal,
         proxy=ProxySettings(
-            http=env.either(("http_proxy", "HTTP_PROXY"), _proxy_url, None),
-            https=env.either(("https_proxy", "HTTPS_PROXY"), _proxy_url, None),
+            http=env.either(("http_proxy", "HTTP_PROXY"), parse.proxy_url, None),
+            https=env.either(("https_proxy", "HTTPS_PROXY"), parse.proxy_url, None),
             no_proxy=env.either(("no_proxy", "NO_PROXY"), str.strip, ""),
         ),
         install=install,
-        task_queue=env.get("AGENTEXEC_TASK_QUEUE", _text, task_queue),
-        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", _text, runner_task_queue),
-        drain_task_queues=env.get("AGENTEXEC_DRAIN_TASK_QUEUES", _names, s.drain_task_queues),
-        runner_enabled=env.get("AGENTEXEC_RUNNER_ENABLED", _bool, s.runner_enabled),
+        task_queue=env.get("AGENTEXEC_TASK_QUEUE", parse.text, task_queue),
+        runner_task_queue=env.get("AGENTEXEC_RUNNER_TASK_QUEUE", parse.text, runner_task_queue),
+        drain_task_queues=env.get("AGENTEXEC_DRAIN_TASK_QUEUES", parse.names, s.drain_task_queues),
+        runner_enabled=env.get("AGENTEXEC_RUNNER_ENABLED", parse.flag, s.runner_enabled),
         execution_task_queues=env.get(
-            "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE", _queues, s.execution_task_queues
+            "AGENTEXEC_ALLOW_EXECUTION_TASK_QUEUE", parse.queues, s.execution_task_queues
         ),
-        runner_task_queues=env.get("AGENTEXEC_RUNNER_TASK_QUEUES", _names, s.runner_task_queues),
-        runner_agents=env.get("AGENTEXEC_RUNNER_AGENTS", _names, s.runner_agents),
+        runner_task_queues=env.get(
+            "AGENTEXEC_RUNNER_TASK_QUEUES", parse.names, s.runner_task_queues
+        ),
+        runner_agents=env.get("AGENTEXEC_RUNNER_AGENTS", parse.names, s.runner_agents),
         runner_max_concurrent=env.get(
-            "AGENTEXEC_RUNNER_MAX_CONCURRENT", _positive_int, s.runner_max_concurrent
+            "AGENTEXEC_RUNNER_MAX_CONCURRENT", parse.positive_int, s.runner_max_concurrent
         ),
-        # Not _file: the runner checks it (and says what is wrong with it)
+        # Not parse.existing_file: the runner checks it (and says what is wrong with it)
         # when it starts; the operator without a runner never reads it.
-        providers_file=env.get("AGENTEXEC_PROVIDERS_FILE", _path, s.providers_file),
-        payload_keys_dir=env.get("AGENTEXEC_PAYLOAD_KEYS_DIR", _directory, s.payload_keys_dir),
-        payload_key_id=env.get("AGENTEXEC_PAYLOAD_KEY_ID", _text, s.payload_key_id),
-        mcp_servers_file=env.get("AGENTEXEC_MCP_SERVERS_FILE", _path, s.mcp_servers_file),
+        providers_file=env.get("AGENTEXEC_PROVIDERS_FILE", parse.path, s.providers_file),
+        payload_keys_dir=env.get("AGENTEXEC_PAYLOAD_KEYS_DIR", parse.directory, s.payload_keys_dir),
+        payload_key_id=env.get("AGENTEXEC_PAYLOAD_KEY_ID", parse.text, s.payload_key_id),
+        mcp_servers_file=env.get("AGENTEXEC_MCP_SERVERS_FILE", parse.path, s.mcp_servers_file),
         runner_heartbeat_timeout=env.get(
-            "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS", _whole_seconds, s.runner_heartbeat_timeout
+            "AGENTEXEC_RUNNER_HEARTBEAT_TIMEOUT_SECONDS",
+            parse.whole_seconds,
+            s.runner_heartbeat_timeout,
         ),
-        http_port=env.get("AGENTEXEC_HTTP_PORT", _port, s.http_port),
-        metrics_secure=env.get("AGENTEXEC_METRICS_SECURE", _bool, s.metrics_secure),
-        metrics_port=env.get("AGENTEXEC_METRICS_PORT", _port, s.metrics_port),
-        metrics_cert_file=env.get("AGENTEXEC_METRICS_CERT_FILE", _file, s.metrics_cert_file),
-        metrics_key_file=env.get("AGENTEXEC_METRICS_KEY_FILE", _file, s.metrics_key_file),
-        watch_namespaces=env.get("AGENTEXEC_WATCH_NAMESPACES", _namespaces, s.watch_namespaces),
-        queue_ttl=env.get("AGENTEXEC_QUEUE_TTL_SECONDS", _seconds, s.queue_ttl),
+        http_port=env.get("AGENTEXEC_HTTP_PORT", parse.port, s.http_port),
+        metrics_secure=env.get("AGENTEXEC_METRICS_SECURE", parse.flag, s.metrics_secure),
+        metrics_port=env.get("AGENTEXEC_METRICS_PORT", parse.port, s.metrics_port),
+        metrics_cert_file=env.get(
+            "AGENTEXEC_METRICS_CERT_FILE", parse.existing_file, s.metrics_cert_file
+        ),
+        metrics_key_file=env.get(
+            "AGENTEXEC_METRICS_KEY_FILE", parse.existing_file, s.metrics_key_file
+        ),
+        watch_namespaces=env.get(
+            "AGENTEXEC_WATCH_NAMESPACES", parse.namespaces, s.watch_namespaces
+        ),
+        queue_ttl=env.get("AGENTEXEC_QUEUE_TTL_SECONDS", parse.seconds, s.queue_ttl),
         ttl_seconds_after_finished=env.get(
-            "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED", _ttl, s.ttl_seconds_after_finished
+            "AGENTEXEC_TTL_SECONDS_AFTER_FINISHED", parse.ttl, s.ttl_seconds_after_finished
         ),
-        start_rate=env.get("AGENTEXEC_START_RATE", _rate, s.start_rate),
-        delete_rate=env.get("AGENTEXEC_DELETE_RATE", _rate, s.delete_rate),
+        start_rate=env.get("AGENTEXEC_START_RATE", parse.rate, s.start_rate),
+        delete_rate=env.get("AGENTEXEC_DELETE_RATE", parse.rate, s.delete_rate),
         reconcile_workers=env.get(
-            "AGENTEXEC_RECONCILE_WORKERS", _positive_int, s.reconcile_workers
+            "AGENTEXEC_RECONCILE_WORKERS", parse.positive_int, s.reconcile_workers
         ),
         condition_sync_interval=env.get(
-            "AGENTEXEC_CONDITION_SYNC_SECONDS", _seconds, s.condition_sync_interval
+            "AGENTEXEC_CONDITION_SYNC_SECONDS", parse.seconds, s.condition_sync_interval
         ),
-        condition_sync_rate=env.get("AGENTEXEC_CONDITION_SYNC_RATE", _rate, s.condition_sync_rate),
-        sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", _seconds, s.sweep_interval),
-        no_runner_seconds=env.get("AGENTEXEC_NO_RUNNER_SECONDS", _seconds, s.no_runner_seconds),
-        report_timeout=env.get("AGENTEXEC_REPORT_TIMEOUT_SECONDS", _seconds, s.report_timeout),
+        condition_sync_rate=env.get(
+            "AGENTEXEC_CONDITION_SYNC_RATE", parse.rate, s.condition_sync_rate
+        ),
+        sweep_interval=env.get("AGENTEXEC_SWEEP_SECONDS", parse.seconds, s.sweep_interval),
+        no_runner_seconds=env.get(
+            "AGENTEXEC_NO_RUNNER_SECONDS", parse.seconds, s.no_runner_seconds
+        ),
+        report_timeout=env.get("AGENTEXEC_REPORT_TIMEOUT_SECONDS", parse.seconds, s.report_timeout),
         progress_interval=env.get(
-            "AGENTEXEC_PROGRESS_INTERVAL_SECONDS", _seconds, s.progress_interval
+            "AGENTEXEC_PROGRESS_INTERVAL_SECONDS", parse.seconds, s.progress_interval
         ),
-        max_disruptions=env.get("AGENTEXEC_MAX_DISRUPTIONS", _non_negative_int, s.max_disruptions),
-        leader_election=env.get("AGENTEXEC_LEADER_ELECTION", _bool, s.leader_election),
+        max_disruptions=env.get(
+            "AGENTEXEC_MAX_DISRUPTIONS", parse.non_negative_int, s.max_disruptions
+        ),
+        leader_election=env.get("AGENTEXEC_LEADER_ELECTION", parse.flag, s.leader_election),
         leader_election_namespace=env.get(
-            "AGENTEXEC_LEADER_ELECTION_NAMESPACE", _text, s.leader_election_namespace
+            "AGENTEXEC_LEADER_ELECTION_NAMESPACE", parse.text, s.leader_election_namespace
         ),
         leader_election_name=env.get(
-            "AGENTEXEC_LEADER_ELECTION_NAME", _text, s.leader_election_name
+            "AGENTEXEC_LEADER_ELECTION_NAME", parse.text, s.leader_election_name
         ),
         leader_election_lease_seconds=env.get(
-            "AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS", _seconds, s.leader_election_lease_seconds
+            "AGENTEXEC_LEADER_ELECTION_LEASE_SECONDS",
+            parse.seconds,
+            s.leader_election_lease_seconds,
         ),
-        pod_name=env.get("POD_NAME", _text, s.pod_name),
-        pod_namespace=env.get("POD_NAMESPACE", _text, s.pod_namespace),
-        log_level=env.get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), s.log_level),
-        log_format=env.get("LOG_FORMAT", _choice("json", "text"), s.log_format),
+        pod_name=env.get("POD_NAME", parse.text, s.pod_name),
+        pod_namespace=env.get("POD_NAMESPACE", parse.text, s.pod_namespace),
+        log_level=env.get(
+            "LOG_LEVEL", parse.choice("DEBUG", "INFO", "WARNING", "ERROR"), s.log_level
+        ),
+        log_format=env.get("LOG_FORMAT", parse.choice("json", "text"), s.log_format),
     )
     if bool(environ.get("AGENTEXEC_PAYLOAD_KEYS_DIR")) != bool(
         environ.get("AGENTEXEC_PAYLOAD_KEY_ID")
