@@ -28,6 +28,10 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+class ProcessExited(RuntimeError):
+    """What a process was waited for cannot come: the process exited."""
+
+
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll `predicate` until it returns something truthy; fail naming `what`."""
     deadline = time.monotonic() + timeout
@@ -35,6 +39,8 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
     while True:
         try:
             result = predicate()
+        except ProcessExited:
+            raise
         except Exception as exc:  # the last error is what the failure message shows
             result, last = None, exc  # type: ignore[assignment]
         else:
@@ -116,11 +122,21 @@ class ManagedProcess:
     def wait_until(
         self, predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1
     ) -> T:
-        """wait_for(...), failing with the end of this process's log."""
+        """wait_for(...) while the process runs, failing with the end of its
+        log: at once if it exits (a server that died never gets ready)."""
+
+        def running() -> T:
+            code = self.proc.poll() if self.proc is not None else None
+            if code is not None:
+                raise ProcessExited(f"{self.name} exited with code {code}")
+            return predicate()
+
         try:
-            return wait_for(predicate, timeout, what, interval)
+            return wait_for(running, timeout, what, interval)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n{self.log_tail()}") from None
+        except ProcessExited as exc:
+            raise ProcessExited(f"{what} never came: {exc}\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 40) -> str:
         try:

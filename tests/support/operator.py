@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from localenv.procs import ManagedProcess, free_port, wait_for
+from localenv.procs import ManagedProcess, free_port
 
 # The machine's own proxy settings (a CI host may have some) would route the
 # chat agent's calls to the test's loopback providers: tests give their own.
@@ -87,15 +87,10 @@ class OperatorProcess:
     def start(self, wait: bool = True) -> None:
         self._proc.start()
         if wait:
-            try:
-                wait_for(self._ready, 60, "operator /readyz", 0.2)
-            except TimeoutError as exc:
-                raise TimeoutError(f"{exc}\n{self._proc.log_tail()}") from None
+            self._proc.wait_until(self._ready, 60, "operator /readyz", 0.2)
             self.ready_at = time.time()
 
     def _ready(self) -> bool:
-        if not self._proc.running:
-            raise RuntimeError(f"operator exited:\n{self._proc.log_tail()}")
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.http_port}/readyz", timeout=1
@@ -170,14 +165,9 @@ class RunnerProcess:
     def start(self, wait: bool = True) -> None:
         self._proc.start()
         if wait:
-            try:
-                wait_for(self._polling, 60, f"{self.name} polling its queue", 0.2)
-            except TimeoutError as exc:
-                raise TimeoutError(f"{exc}\n{self._proc.log_tail()}") from None
+            self._proc.wait_until(self._polling, 60, f"{self.name} polling its queue", 0.2)
 
     def _polling(self) -> bool:
-        if not self._proc.running:
-            raise RuntimeError(f"{self.name} exited:\n{self._proc.log_tail()}")
         try:
             return bool(self.statusz()["temporal"]["workers_running"] >= 1)
         except OSError:
