@@ -160,8 +160,6 @@ class Controller:
                 lambda phase=phase: float(self.cache.phases[phase])  # type: ignore[misc]
             )
 
-    # ----- leadership -------------------------------------------------------------
-
     async def start_leading(self) -> None:
         await self._prime_agents()
         self.leading = True
@@ -193,8 +191,6 @@ class Controller:
         if not self.queue.running:
             stopped.append("reconcile-workers")
         return stopped
-
-    # ----- triggers ------------------------------------------------------------
 
     def on_event(self, event_type: str | None, body: Body) -> None:
         """A watch event (the initial listing included): cache it, enqueue its key."""
@@ -357,8 +353,6 @@ class Controller:
         self.queue.add((report.ref.namespace, report.ref.name), Priority.FINISH)
         if not await asyncio.wait_for(asyncio.shield(waiter), REPORT_WAIT_SECONDS):
             raise _not_leader("leadership moved before the report was written")
-
-    # ----- what reconcile and /statusz see ---------------------------------------
 
     def _foreign(self, report: StatusReport) -> ApplicationError | None:
         """Why ``report`` is not this install's (a log line and a metric, then

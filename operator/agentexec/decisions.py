@@ -57,9 +57,6 @@ class Config:
     install: str = ""  # AGENTEXEC_INSTALL: recorded in each workflow's input
 
 
-# ----- requests: the calls a decision may need first ------------------------------
-
-
 @dataclass(frozen=True)
 class ReadExecution:
     """Read the execution from the API server: our view conflicted with it, or

@@ -91,8 +91,6 @@ class Executor:
         # When a start of each key last went unanswered (it may still land).
         self._unanswered: dict[Key, float] = {}
 
-    # ----- calls ----------------------------------------------------------------------
-
     async def call(self, key: Key, request: Request, o: Observed) -> Observed | None:
         """Make ``request``; ``o`` with what came of it (None: the object is gone)."""
         if isinstance(request, ReadExecution):
@@ -143,8 +141,6 @@ class Executor:
         if fresh is not None:
             self.cache.replace(key, fresh)
         return self.cache.get(key) if fresh is not None else None
-
-    # ----- applying a decision -----------------------------------------------------
 
     async def apply(self, key: Key, o: Observed, decision: Decision) -> Verdict:
         """Write what was decided, on the version it was decided on (a 409 if

@@ -141,9 +141,6 @@ def _decide(o: Observed, report: StatusReport | None) -> Decision:
     return _decide_unstarted(o, ours)
 
 
-# ----- not started yet ------------------------------------------------------------
-
-
 def _resolved(spec: AgentSpec) -> Condition:
     return Condition(
         AGENT_RESOLVED,
@@ -360,9 +357,6 @@ def _waiting(o: Observed, conn: Connection, *, attempted: bool) -> Decision:
         requeue_after=max(0.5, ttl_left(o.body, o.now, o.config.queue_ttl) + 0.5),
         outcome="waiting",
     )
-
-
-# ----- started ----------------------------------------------------------------------
 
 
 def _decide_started(

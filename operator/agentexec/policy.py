@@ -150,9 +150,6 @@ class PolicyCache:
         return sum(len(held) for held in self._policies.values())
 
 
-# ----- what an execution uses, and whether it may -------------------------------
-
-
 class AgentLike(Protocol):
     """What an Agent snapshot (temporal.types.AgentSpec) says, as read here:
     a Protocol, so the metrics layer may read policies without the Temporal
@@ -255,16 +252,10 @@ def token_limit(spec: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-# ----- concurrency ----------------------------------------------------------------
-
-
 def max_running(policies: Iterable[NamespacePolicy]) -> int | None:
     """The namespace's quota of running executions (the smallest), or None."""
     quotas = [p.max_running for p in policies if p.max_running is not None]
     return min(quotas) if quotas else None
-
-
-# ----- budgets per period -------------------------------------------------------------
 
 
 def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:

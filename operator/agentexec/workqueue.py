@@ -217,8 +217,6 @@ class WorkQueue(Generic[K]):
         self._ready = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
 
-    # ----- triggers ---------------------------------------------------------------
-
     def add(self, key: K, priority: Priority = Priority.NORMAL) -> None:
         """Queue ``key`` once, at the highest priority it was added with."""
         held = self._dirty.get(key)
@@ -284,8 +282,6 @@ class WorkQueue(Generic[K]):
         self._dirty.clear()
         for queue in self._queues:
             queue.clear()
-
-    # ----- workers ---------------------------------------------------------------
 
     async def get(self) -> K:
         while True:
@@ -361,8 +357,6 @@ class WorkQueue(Generic[K]):
                 "failures": self.failures(key),
             },
         )
-
-    # ----- introspection -----------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self._dirty)

@@ -261,9 +261,6 @@ async def test_rotated_api_key_is_applied_in_place(
     assert manager.status()["redial_pending"] is None
 
 
-# ----- issue #11, section 1: the probe asks about our namespace ------------------
-
-
 async def test_a_missing_namespace_is_its_own_state_until_it_is_created(
     temporal: TemporalDevServer, make_manager: MakeManager, task_queue: str
 ) -> None:
@@ -374,9 +371,6 @@ async def test_a_probe_that_began_on_a_replaced_client_is_ignored(
     finally:
         await manager.stop()
         await relay.stop()
-
-
-# ----- issue #18, failure 8: one failed probe is a blip, not an outage ----------
 
 
 async def test_a_blip_shorter_than_the_window_flips_nothing_and_an_outage_still_does(

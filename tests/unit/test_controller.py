@@ -257,8 +257,6 @@ async def test_a_write_decided_just_before_a_flip_is_decided_again() -> None:
     assert said["status"] == "True"
 
 
-# ----- #19's suspend and #23's approvals, through reconcile ----------------------------
-
 WID = "agentexec/ns/a/u1"
 
 
@@ -449,9 +447,6 @@ async def test_a_report_of_another_install_s_workflow_is_refused_loudly(
         waiting.cancel()
     assert len(controller.reports) == 2
     assert "refused a report of a workflow that is not this install's" in caplog.text
-
-
-# ----- #22: ExecutionPolicy budgets and quotas, through reconcile ----------------------
 
 
 def execution_policy(**spec: Any) -> dict[str, Any]:

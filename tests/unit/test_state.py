@@ -131,8 +131,6 @@ def test_the_circuit_reason_wins_over_unavailable() -> None:
     assert t.snapshot(4.0).reason == "CircuitOpen"
 
 
-# ----- issue #18, failure 8: hysteresis before calling Temporal down ------------
-
 # One probe: ("ok", at) or ("fail", sent at, failed at).
 Probe = tuple[str, float] | tuple[str, float, float]
 

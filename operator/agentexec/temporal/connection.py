@@ -133,8 +133,6 @@ class Connection:
         ):
             family.labels(**self.labels)
 
-    # ----- lifecycle -----------------------------------------------------------
-
     def start(self) -> None:
         """Start dialling, probing and watching the settings. Never blocks on Temporal."""
         if self._tasks:
@@ -194,8 +192,6 @@ class Connection:
     def stopped_loops(self) -> list[str]:
         """Loops that ended although the connection runs (what liveness should see)."""
         return [t.get_name() for t in self._tasks if t.done()]
-
-    # ----- what the rest of the operator uses ----------------------------------
 
     @property
     def connected(self) -> bool:
@@ -309,8 +305,6 @@ class Connection:
         )
         return data
 
-    # ----- dialling -------------------------------------------------------------
-
     async def _dial(self) -> Client:
         return await dial(self.settings, self.identity, self.data_converter)
 
@@ -391,8 +385,6 @@ class Connection:
         # Wake reconnect() waiters, then re-arm for the next install.
         self._installed.set()
         self._installed = asyncio.Event()
-
-    # ----- probing --------------------------------------------------------------
 
     async def _probe_loop(self) -> None:
         while True:
@@ -476,8 +468,6 @@ class Connection:
         if reachable:
             self.request_redial("health probe failing while the server answers TCP")
 
-    # ----- settings that can change at runtime ----------------------------------
-
     async def _settings_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.settings_check_interval)
@@ -494,8 +484,6 @@ class Connection:
                 log.info("API key rotated in place", extra=self.log_fields)
         if tls != old_tls:
             self.request_redial("TLS files changed")
-
-    # ----- transitions ----------------------------------------------------------
 
     def _set_circuit(self) -> None:
         self.metrics.circuit_open.labels(**self.labels).set(int(self._tracker.circuit_open))

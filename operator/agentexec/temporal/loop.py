@@ -157,8 +157,6 @@ class AgentLoopWorkflow:
             raise execution_failure(result)
         return result
 
-    # ----- the loop -----------------------------------------------------------------
-
     async def _loop(self, inp: LoopInput, book: AttemptBook) -> ExecutionResult:
         exe, spec = inp.execution, inp.loop
         state = inp.state or LoopState(
@@ -429,8 +427,6 @@ class AgentLoopWorkflow:
         self._state = state
         self._progress.decided(inp, book, decision)
         return build_refusal(decision), state
-
-    # ----- suspension ------------------------------------------------------------------
 
     def _is_suspended(self) -> bool:
         return self._suspended

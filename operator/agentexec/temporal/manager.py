@@ -73,8 +73,6 @@ class TemporalManager:
         self.log_fields = self.connection.log_fields
         self.refresh_workers_gauge()
 
-    # ----- lifecycle -----------------------------------------------------------
-
     @property
     def worker_specs(self) -> tuple[WorkerSpec, ...]:
         return self.pool.specs
@@ -106,8 +104,6 @@ class TemporalManager:
 
     def _on_client(self, client: Client) -> None:
         self.pool.install(client)
-
-    # ----- the connection ------------------------------------------------------
 
     @property
     def connected(self) -> bool:
@@ -158,8 +154,6 @@ class TemporalManager:
         """Pick up rotated TLS files (re-dial) or API key (set in place)."""
         self.connection.check_settings()
 
-    # ----- the workers ----------------------------------------------------------
-
     @property
     def workers(self) -> tuple[SupervisedWorker, ...]:
         return self.pool.workers
@@ -174,8 +168,6 @@ class TemporalManager:
 
     def refresh_workers_gauge(self) -> None:
         self.metrics.workers_running.labels(**self.connection.labels).set(self.pool.running)
-
-    # ----- what the process shows ------------------------------------------------
 
     def stopped_loops(self) -> list[str]:
         """Background tasks that ended although the manager runs: the connection's

@@ -107,8 +107,6 @@ class AgentExecutionWorkflow:
             raise execution_failure(result)
         return result
 
-    # ----- the attempt loop (issue #19) ---------------------------------------
-
     async def _run_attempts(self, inp: ExecutionInput) -> ExecutionResult:
         book = self._book = AttemptBook(inp)
         while True:
@@ -165,8 +163,6 @@ class AgentExecutionWorkflow:
             said,
             goes_on,
         )
-
-    # ----- the path of workflows started before the attempt loop -------------
 
     async def _run_agent(self, inp: ExecutionInput) -> ExecutionResult:
         timeout = timedelta(seconds=inp.timeout_seconds)
