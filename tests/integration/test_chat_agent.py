@@ -24,7 +24,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from agentexec.runner.activity import RunnerActivities
-from agentexec.runner.chat import ChatAgent, ProviderCall, complete
+from agentexec.runner.chat import ChatAgent
+from agentexec.runner.provider_call import ProviderCall, complete
 from agentexec.runner.providers import Provider, dump_providers, parse_providers
 from agentexec.settings import ProxySettings
 from agentexec.temporal.types import (

@@ -14,16 +14,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from agentexec.runner import AgentFailed
-from agentexec.runner.chat import (
-    Bill,
-    ChatAgent,
+from agentexec.runner.answers import SseParser, Streamed, build_completion, build_result
+from agentexec.runner.chat import ChatAgent, build_chat_call, choose_provider
+from agentexec.runner.provider_call import Bill
+from agentexec.runner.provider_errors import (
     ProviderFailure,
-    SseParser,
-    Streamed,
-    build_chat_call,
-    build_completion,
-    build_result,
-    choose_provider,
     provider_words,
     retry_after_seconds,
     scrub,

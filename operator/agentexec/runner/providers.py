@@ -283,7 +283,7 @@ def create_session(
     provider's timeoutSeconds in total). The environment is not consulted
     (trust_env off): the settings already said which proxy."""
     # A login in the proxy URL is sent as Proxy-Authorization by aiohttp;
-    # its errors name that URL, login included (chat.scrub removes it).
+    # its errors name that URL, login included (provider_errors.scrub removes it).
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=build_ssl_context(provider)),
         timeout=timeout or aiohttp.ClientTimeout(total=provider.timeout_seconds),

@@ -21,8 +21,9 @@ from temporalio import activity
 
 from agentexec.runner import tools
 from agentexec.runner.activity import run_attempt
+from agentexec.runner.answers import Completion
 from agentexec.runner.api import AgentContext
-from agentexec.runner.chat import ChatAgent, Completion, build_chat_call
+from agentexec.runner.chat import ChatAgent, build_chat_call
 from agentexec.runner.tools import McpServers
 from agentexec.temporal.steps import (
     LIST_TOOLS_ACTIVITY,
