@@ -51,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="as the operator's --check-config, and check the agents to serve too",
     )
+    runner.add_argument(
+        "--drain",
+        action="store_true",
+        help=(
+            "ask the runner of this pod (AGENTEXEC_HTTP_PORT on loopback) to stop taking "
+            "agents and wait until those in flight finished or were handed over: the "
+            "chart's preStop hook"
+        ),
+    )
     codec = commands.add_parser(
         "codec-server",
         help="serve Temporal's remote codec protocol: read encrypted histories "
@@ -82,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     config = _with_codec(read_configuration(os.environ))
     if args.command == "codec-server":
         return _codec_server(config, args)
+    if args.command == "runner" and args.drain:
+        return _drain(config.settings.http_port)
     if args.command == "runner":
         return _runner(config, check_only=args.check_config)
     if args.check_config:
@@ -203,6 +214,17 @@ def _runner(config: Configuration, check_only: bool) -> int:
     _warn_unknown(config)
     asyncio.run(run_runner(settings, agents))
     return exit_without_finalizing(0)
+
+
+def _drain(port: int) -> int:
+    from agentexec.runner.process import drain_local
+
+    try:
+        print(drain_local(port))
+    except OSError as exc:  # URLError and HTTPError are OSErrors
+        print(f"{PROG} runner --drain: no drain from port {port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _with_codec(config: Configuration) -> Configuration:

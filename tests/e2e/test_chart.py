@@ -283,8 +283,8 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # Rollouts (#19): a new runner first, old ones drain on their own build.
     assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    prestop = container["lifecycle"]["preStop"]["httpGet"]
-    assert (prestop["path"], prestop["port"]) == ("/drain", "http")
+    prestop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert prestop == ["agentexec-operator", "runner", "--drain"]
     env = env_of(deploy)
     op_env = env_of(operator)
     grace = int(env["TEMPORAL_WORKER_GRACE_SECONDS"]["value"])
@@ -346,8 +346,9 @@ async def test_runner_deployment_runs_agents_with_no_api_rights(
         assert done["status"]["output"] == "hello"
         assert runner.statusz()["runner"]["agents"] == ["chat", "echo"]  # the image's entry points
         assert "KUBECONFIG" not in runner.environ
-        # What the kubelet calls before SIGTERM: the runner drains and ends.
-        assert runner.get(prestop["path"], timeout=30)[0] == 200
+        # What the kubelet runs in the pod before SIGTERM: the runner drains and ends.
+        hook = runner.run_in_pod(prestop)
+        assert (hook.returncode, hook.stdout.strip()) == (0, '{"drained": true}'), hook
         await eventually(lambda: runner.returncode, lambda rc: rc == 0, what="runner exited 0")
     finally:
         operator_process.stop()

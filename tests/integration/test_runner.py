@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -254,9 +257,10 @@ async def test_sigterm_lets_agents_finish_within_the_grace_then_hands_the_rest_o
 async def test_the_prestop_drain_answers_once_the_agents_in_flight_finished(
     executions: Executions, runners: list[RunnerProcess], tmp_path: Path
 ) -> None:
-    # The chart's preStop hook: GET /drain stops the runner taking agents and
-    # answers when those in flight are done (finished within the grace here),
-    # so the kubelet's SIGTERM finds nothing left to hand over.
+    # The chart's preStop hook, `runner --drain` in the pod: GET /drain on
+    # loopback stops the runner taking agents and answers when those in
+    # flight are done (finished within the grace here), so the kubelet's
+    # SIGTERM finds nothing left to hand over.
     runner = executions.runner(tmp_path)
     runners.append(runner)
     runner.start()
@@ -264,10 +268,19 @@ async def test_the_prestop_drain_answers_once_the_agents_in_flight_finished(
     await eventually(
         lambda: runner.statusz()["runner"]["in_flight"], lambda n: n == 1, what="the agent running"
     )
+    # From anywhere but the pod itself (whoever may scrape its metrics), /drain
+    # is refused and nothing stops.
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for address in own_addresses():
+        url = f"http://{address}:{runner.http_port}/drain"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(direct.open, url, None, 5)
+        assert refused.value.code == 403
+    assert runner.statusz()["runner"]["stopping"] is False
     loop = asyncio.get_running_loop()
     asked = loop.time()
-    status, body = await asyncio.to_thread(runner.get, "/drain", 30)
-    assert (status, body) == (200, '{"drained": true}')
+    hook = await asyncio.to_thread(runner.run_in_pod, ["agentexec-operator", "runner", "--drain"])
+    assert (hook.returncode, hook.stdout.strip()) == (0, '{"drained": true}'), hook
     result = await asyncio.wait_for(handle.result(), 10)
     assert result.output == "drained"
     assert disrupted(result) == (1, 0, 0, None)  # finished where it ran
@@ -343,3 +356,9 @@ async def test_a_retried_api_agent_resumes_from_its_checkpoint(
     second.start()
     result = await asyncio.wait_for(handle.result(), 30)
     assert result.output == "attempt 2 resumed from [('note', 'm'), ('step', 1)]", result
+
+
+def own_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback (as a pod's IP is)."""
+    found = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False)
+    return [a for a in found.stdout.split() if "." in a and not a.startswith("127.")]

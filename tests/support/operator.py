@@ -188,8 +188,14 @@ class RunnerProcess:
 
     def check_config(self) -> subprocess.CompletedProcess[str]:
         """`agentexec-operator runner --check-config` in this runner's environment."""
+        return self.run_in_pod(["agentexec-operator", "runner", "--check-config"])
+
+    def run_in_pod(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        """``command`` (an agentexec-operator command line, as a pod's exec
+        hook has it) with this runner's environment."""
+        assert command[0] == "agentexec-operator", command
         return subprocess.run(
-            [str(Path(sys.executable).parent / "agentexec-operator"), "runner", "--check-config"],
+            [str(Path(sys.executable).parent / "agentexec-operator"), *command[1:]],
             env=self.environ, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 

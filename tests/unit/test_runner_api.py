@@ -21,8 +21,9 @@ from agentexec.runner import (
 )
 from agentexec.runner.activity import _heartbeat
 from agentexec.runner.echo import EchoAgent
-from agentexec.runner.process import select_agents
+from agentexec.runner.process import is_loopback, select_agents
 from agentexec.settings import load_settings
+from localenv.procs import free_port
 from tests.support.waiting import eventually
 
 
@@ -154,3 +155,29 @@ async def test_an_attempts_first_heartbeat_waits_an_interval() -> None:
     await eventually(lambda: beats, lambda b: len(b) >= 2, timeout=5, interval=0.05, what="beats")
     beating.cancel()
     assert beats[0] - started >= 0.2
+
+
+@pytest.mark.parametrize(
+    ("peer", "own"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.7", False),
+        ("::ffff:10.0.0.7", False),
+        ("fd00::2", False),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_drain_is_served_to_the_pod_itself_only(peer: str | None, own: bool) -> None:
+    assert is_loopback(peer) is own
+
+
+def test_the_drain_hook_says_when_no_runner_answers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTEXEC_HTTP_PORT", str(free_port()))
+    assert main(["runner", "--drain"]) == 1
+    assert "runner --drain: no drain from port" in capsys.readouterr().err

@@ -2,8 +2,9 @@
 
 No kopf, no Kubernetes client and no Kubernetes credentials: only a Temporal
 connection (the operator's resilient manager), the agents, and a small HTTP
-server for probes and metrics. On SIGTERM (or ``GET /drain``, the chart's
-preStop hook) it stops polling, lets agents in flight finish within
+server for probes and metrics. On SIGTERM (or ``GET /drain`` from inside
+its pod: ``agentexec-operator runner --drain``, the chart's preStop hook) it
+stops polling, lets agents in flight finish within
 TEMPORAL_WORKER_GRACE_SECONDS, then cancels them: each is handed over, with
 its checkpoint, as a disruption (RunnerShutdown) that another runner resumes
 at once without spending the execution's backoffLimit.
@@ -12,11 +13,13 @@ at once without spending the execution's backoffLimit.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
+import urllib.request
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -67,6 +70,25 @@ def select_agents(settings: Settings, agents: Mapping[str, Agent]) -> dict[str, 
     return {name: agents[name] for name in settings.runner_agents}
 
 
+def is_loopback(address: str | None) -> bool:
+    """Whether a peer address is this host's own (IPv4, IPv6 or mapped)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
+
+
+def drain_local(port: int) -> str:
+    """Ask the runner serving ``port`` in this pod to drain, and wait for it
+    (the preStop hook; the kubelet bounds it by the pod's grace period)."""
+    # Straight to loopback: never through the pod's HTTP(S)_PROXY.
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://127.0.0.1:{port}/drain", timeout=None) as answer:
+        return str(answer.read().decode())
+
+
 async def run_runner(
     settings: Settings, agents: Mapping[str, Agent], stop: asyncio.Event | None = None
 ) -> None:
@@ -104,10 +126,17 @@ async def run_runner(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop, sig.name)
 
-    async def drain(_: web.Request) -> web.Response:
+    async def drain(request: web.Request) -> web.Response:
         # The pod's preStop hook: the kubelet waits for the answer (within
         # terminationGracePeriodSeconds) before it sends SIGTERM, so the pod
-        # ends once every agent finished or was handed over.
+        # ends once every agent finished or was handed over. Served to the
+        # pod itself only: whoever reaches the port for metrics must not be
+        # able to stop the runner taking agents.
+        if not is_loopback(request.remote):
+            return web.json_response(
+                {"error": "/drain is served to the runner's own pod only (runner --drain)"},
+                status=403,
+            )
         request_stop("preStop")
         await drained.wait()
         return web.json_response({"drained": True})
