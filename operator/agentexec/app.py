@@ -20,10 +20,6 @@ from agentexec.http import build_app, build_secure_app, build_server_tls, livene
 from agentexec.kube import Kube, TokenAuthorizer
 from agentexec.leader import LeaseElector
 from agentexec.metrics import Metrics
-from agentexec.runner import configure_agents, load_agents
-from agentexec.runner.activity import RunnerActivities
-from agentexec.runner.api import HEARTBEAT_EVERY
-from agentexec.runner.steps import StepActivities
 from agentexec.settings import Settings
 from agentexec.temporal.codec import build_codec
 from agentexec.temporal.codec import describe as describe_codec
@@ -60,6 +56,13 @@ def build_worker_specs(settings: Settings, controller: Controller) -> Sequence[W
         if queue != settings.task_queue
     ]
     if settings.runner_enabled:
+        # Imported only for it: the runner's tools (the mcp SDK) cost an
+        # operator without one ~30 MB and half a second of start-up.
+        from agentexec.runner import configure_agents, load_agents
+        from agentexec.runner.activity import RunnerActivities
+        from agentexec.runner.api import HEARTBEAT_EVERY
+        from agentexec.runner.steps import StepActivities
+
         agents = load_agents()
         configure_agents(agents, settings)
         log.info(
