@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,21 +91,16 @@ class OperatorProcess:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.http_port}/readyz", timeout=1
-            ) as r:
-                return bool(r.status == 200)
-        except OSError:
+            return http_get("127.0.0.1", self.http_port, "/readyz", 1)[0] == 200
+        except (OSError, http.client.HTTPException):
             return False
 
     def statusz(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/statusz", timeout=2) as r:
-            data: dict[str, Any] = json.load(r)
-            return data
+        data: dict[str, Any] = json.loads(ok_body(self.http_port, "/statusz"))
+        return data
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=2) as r:
-            return str(r.read().decode())
+        return ok_body(self.http_port, "/metrics")
 
     def kill(self) -> None:
         self._proc.kill()
@@ -170,21 +164,15 @@ class RunnerProcess:
     def _polling(self) -> bool:
         try:
             return bool(self.statusz()["temporal"]["workers_running"] >= 1)
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return False
 
     def statusz(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/statusz", timeout=2) as r:
-            data: dict[str, Any] = json.load(r)
-            return data
+        data: dict[str, Any] = json.loads(ok_body(self.http_port, "/statusz"))
+        return data
 
-    def get(self, path: str, timeout: float = 2) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                return int(r.status), r.read().decode()
-        except urllib.error.HTTPError as err:
-            return int(err.code), err.read().decode()
+    def get(self, path: str, timeout: float = 2, host: str = "127.0.0.1") -> tuple[int, str]:
+        return http_get(host, self.http_port, path, timeout)
 
     def check_config(self) -> subprocess.CompletedProcess[str]:
         """`agentexec-operator runner --check-config` in this runner's environment."""
@@ -223,3 +211,24 @@ class RunnerProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return self._proc.log_tail(lines)
+
+
+def http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, str]:
+    """GET: the status and the body, whatever the status; the connection is
+    closed on every path (an unread error response left for the garbage
+    collector fails whichever test runs then, on its ResourceWarning)."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def ok_body(port: int, path: str) -> str:
+    """The body of a GET on loopback that must answer 200 (else an OSError)."""
+    status, body = http_get("127.0.0.1", port, path, 2)
+    if status != 200:
+        raise OSError(f"GET {path} answered {status}: {body[:200]}")
+    return body
