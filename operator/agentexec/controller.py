@@ -317,7 +317,8 @@ class Controller:
         built-in agent of the same name). Best effort: the watch fills in."""
         try:
             for namespace in self.settings.watch_namespaces or (None,):
-                listed = await asyncio.wait_for(self.kube.list_agents(namespace), timeout=10)
+                async with asyncio.timeout(10):
+                    listed = await self.kube.list_agents(namespace)
                 for body in listed:
                     self.agents.put(body)
         except Exception as exc:
@@ -351,7 +352,9 @@ class Controller:
             raise _not_leader("this replica is not the leader")
         waiter = self.reports.submit(report)
         self.queue.add((report.ref.namespace, report.ref.name), Priority.FINISH)
-        if not await asyncio.wait_for(asyncio.shield(waiter), REPORT_WAIT_SECONDS):
+        async with asyncio.timeout(REPORT_WAIT_SECONDS):
+            written = await asyncio.shield(waiter)
+        if not written:
             raise _not_leader("leadership moved before the report was written")
 
     def _foreign(self, report: StatusReport) -> ApplicationError | None:

@@ -61,9 +61,8 @@ class EventRecorder:
                 return
             patch = {"count": agg.count, "lastTimestamp": _now(), "message": message}
             try:
-                await asyncio.wait_for(
-                    self.kube.patch_event(namespace, agg.name, patch), self.timeout
-                )
+                async with asyncio.timeout(self.timeout):
+                    await self.kube.patch_event(namespace, agg.name, patch)
             except KubeError as exc:
                 if exc.status != 404:
                     raise
@@ -116,5 +115,6 @@ class EventRecorder:
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT,
         }
-        await asyncio.wait_for(self.kube.create_event(str(namespace), event), self.timeout)
+        async with asyncio.timeout(self.timeout):
+            await self.kube.create_event(str(namespace), event)
         return name

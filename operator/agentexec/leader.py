@@ -81,9 +81,8 @@ class LeaseElector:
         try:
             while True:
                 try:
-                    acquired = await asyncio.wait_for(
-                        self._try_acquire_or_renew(), self.retry_period * 2
-                    )
+                    async with asyncio.timeout(self.retry_period * 2):
+                        acquired = await self._try_acquire_or_renew()
                 except Exception as exc:
                     acquired = False
                     log.warning(
@@ -123,9 +122,8 @@ class LeaseElector:
         body = self._lease(holder="", transitions=None, duration=1)
         body["metadata"]["resourceVersion"] = self._resource_version
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                self.kube.request("PUT", Kube.lease_path(self.namespace, self.name), body), 5
-            )
+            async with asyncio.timeout(5):
+                await self.kube.request("PUT", Kube.lease_path(self.namespace, self.name), body)
             log.info("released the lease", extra={"lease": self.name})
 
     def _lease(

@@ -237,7 +237,8 @@ class Connection:
         """
         client = self.client()
         try:
-            return await asyncio.wait_for(fn(client), timeout or self.settings.rpc_timeout)
+            async with asyncio.timeout(timeout or self.settings.rpc_timeout):
+                return await fn(client)
         except Exception as exc:
             if is_namespace_not_found(exc, self.settings.namespace):
                 # The next probe asks the way this call did (through the
@@ -373,7 +374,8 @@ class Connection:
         # probe interval rather than one (possibly 5 min) backoff step.
         self._redial_wanted.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._redial_wanted.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._redial_wanted.wait()
 
     def _install(self, client: Client) -> None:
         """The workers move to the new client (``on_client``), then the swap."""
@@ -398,7 +400,8 @@ class Connection:
                 else min(self.settings.probe_interval, self.settings.probe_interval_disconnected)
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._probe_now.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._probe_now.wait()
 
     async def _probe_once(self) -> None:
         client = self._client

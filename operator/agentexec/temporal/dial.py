@@ -69,9 +69,9 @@ async def dial(
     if identity:
         kwargs["identity"] = identity
     # connect_timeout alone does not bound a dial to a port that accepts
-    # and never answers (measured: 30 s); wait_for does.
-    return await asyncio.wait_for(
-        Client.connect(
+    # and never answers (measured: 30 s); this deadline does.
+    async with asyncio.timeout(s.connect_timeout):
+        return await Client.connect(
             s.address,
             namespace=s.namespace,
             tls=tls,
@@ -80,9 +80,7 @@ async def dial(
             runtime=forwarding_runtime(),
             data_converter=data_converter,
             **kwargs,
-        ),
-        s.connect_timeout,
-    )
+        )
 
 
 def fingerprint(settings: TemporalSettings) -> tuple[str, str]:

@@ -77,9 +77,8 @@ class Probe:
         # that is draining answers NOT_SERVING while it still serves calls.
         if self._health_refused_by is not client:
             asks.append(client.service_client.check_health(timeout=per_call))
-        described, *rest = await asyncio.wait_for(
-            asyncio.gather(*asks, return_exceptions=True), timeout + 0.25
-        )
+        async with asyncio.timeout(timeout + 0.25):
+            described, *rest = await asyncio.gather(*asks, return_exceptions=True)
         health = rest[0] if rest else True
         if isinstance(health, RPCError) and health.status in HEALTH_REFUSED_CODES:
             self._health_refused_by = client
@@ -120,12 +119,10 @@ class Probe:
             execution=WorkflowExecution(workflow_id=_PROBE_WORKFLOW_ID),
         )
         try:
-            await asyncio.wait_for(
-                client.workflow_service.describe_workflow_execution(
+            async with asyncio.timeout(timeout + 0.25):
+                await client.workflow_service.describe_workflow_execution(
                     request, retry=False, timeout=timedelta(seconds=timeout)
-                ),
-                timeout + 0.25,
-            )
+                )
         except RPCError as exc:
             if is_namespace_not_found(exc, self.settings.namespace):
                 return NAMESPACE_NOT_FOUND
@@ -136,9 +133,8 @@ class Probe:
     async def tcp_reachable(self) -> bool:
         """Whether the server's port accepts a plain TCP dial (within the probe timeout)."""
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), self.settings.probe_timeout
-            )
+            async with asyncio.timeout(self.settings.probe_timeout):
+                _, writer = await asyncio.open_connection(self._host, self._port)
         except (OSError, TimeoutError):
             return False
         writer.close()

@@ -106,8 +106,8 @@ class PollerCheck:
         client = self.manager.client()
         seen: dict[tuple[str, str], list[str]] = {}
         for queue, kind in self.queues:
-            response = await asyncio.wait_for(
-                client.workflow_service.describe_task_queue(
+            async with asyncio.timeout(10):
+                response = await client.workflow_service.describe_task_queue(
                     DescribeTaskQueueRequest(
                         namespace=self.namespace,
                         task_queue=TaskQueue(name=queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL),
@@ -115,9 +115,7 @@ class PollerCheck:
                     ),
                     retry=True,
                     timeout=timedelta(seconds=5),
-                ),
-                10,
-            )
+                )
             seen[(queue, kind)] = [p.identity for p in response.pollers]
         found = build_foreign(self.install, seen)
         for queue, kind in self.queues:
