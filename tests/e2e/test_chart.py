@@ -39,8 +39,16 @@ NO_CRDS = ("--set", "crds.install=false")
 
 
 @pytest.fixture
-def helm(control_plane: ControlPlane, tmp_path: Path) -> Helm:
-    return Helm(control_plane, tmp_path / "helm")
+def helm(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Helm]:
+    helm = Helm(control_plane, tmp_path / "helm")
+    yield helm
+    # A release owns cluster-wide objects (its admission policy and binding,
+    # cluster roles) that act on every later test's namespace: none outlives
+    # its test. (A leftover admission policy refused every later create for
+    # a while after a test restarted the API server: kubernetes#124237.)
+    helm.plane = control_plane
+    for release in json.loads(helm.run("list", "-A", "-o", "json").stdout or "[]"):
+        helm.run("uninstall", release["name"], "-n", release["namespace"], "--wait")
 
 
 def objects(rendered: str) -> list[dict[str, Any]]:
