@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a file holding the token every request must carry as 'Authorization: Bearer ...'",
     )
     args = parser.parse_args(argv)
+    if args.command == "runner" and args.drain:
+        # The preStop hook: the runner keeps taking agents until it is told,
+        # so this imports nothing heavy (no temporalio) before telling it.
+        return _drain(read_configuration(os.environ).settings.http_port)
     config = _with_codec(read_configuration(os.environ))
     if args.command == "codec-server":
         return _codec_server(config, args)
-    if args.command == "runner" and args.drain:
-        return _drain(config.settings.http_port)
     if args.command == "runner":
         return _runner(config, check_only=args.check_config)
     if args.check_config:
@@ -217,10 +220,13 @@ def _runner(config: Configuration, check_only: bool) -> int:
 
 
 def _drain(port: int) -> int:
-    from agentexec.runner.process import drain_local
-
+    """Ask the runner serving ``port`` in this pod to drain, and wait for it
+    (the kubelet bounds the hook by the pod's grace period). Straight to
+    loopback: never through the pod's HTTP(S)_PROXY."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        print(drain_local(port))
+        with direct.open(f"http://127.0.0.1:{port}/drain", timeout=None) as answer:
+            print(answer.read().decode())
     except OSError as exc:  # URLError and HTTPError are OSErrors
         print(f"{PROG} runner --drain: no drain from port {port}: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import sys
-import urllib.request
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -78,15 +77,6 @@ def is_loopback(address: str | None) -> bool:
         return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return bool((mapped or ip).is_loopback)
-
-
-def drain_local(port: int) -> str:
-    """Ask the runner serving ``port`` in this pod to drain, and wait for it
-    (the preStop hook; the kubelet bounds it by the pod's grace period)."""
-    # Straight to loopback: never through the pod's HTTP(S)_PROXY.
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with direct.open(f"http://127.0.0.1:{port}/drain", timeout=None) as answer:
-        return str(answer.read().decode())
 
 
 async def run_runner(
