@@ -9,6 +9,7 @@ kubectl did, so `eventually` still stops at once on one.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -64,17 +65,37 @@ def manifest(name: str, message: str = "hello", **spec: Any) -> str:
     )
 
 
+# A ValidatingAdmissionPolicy whose parameters are a custom resource refuses
+# every request for a while after it is created, or after the API server
+# restarts, until the API server knows the CRD and has listed its objects
+# (kubernetes#124237, #141367; docs/multi-team.md): retried, as a user would.
+PARAMS_NOT_READY = (
+    "not yet synced to use for admission",
+    "failed to find resource referenced by paramKind",
+)
+
+
 def create(
     plane: ControlPlane, namespace: str, name: str, message: str = "hello", **spec: Any
 ) -> None:
     body = json.loads(manifest(name, message, **spec))
     api = objects(plane)
-    call(
-        f"create aex {namespace}/{name}",
-        lambda: api.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body, _request_timeout=TIMEOUT
-        ),
-    )
+    deadline = time.monotonic() + 45
+    while True:
+        try:
+            api.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=TIMEOUT
+            )
+            return
+        except ApiException as exc:
+            waiting = exc.status == 422 and any(m in str(exc.body) for m in PARAMS_NOT_READY)
+            if not waiting or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"create aex {namespace}/{name} failed ({exc.status} {exc.reason}): {exc.body}"
+                ) from exc
+            time.sleep(1)
+        except (HTTPError, OSError) as exc:
+            raise AssertionError(f"create aex {namespace}/{name} failed: {exc}") from exc
 
 
 def get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
