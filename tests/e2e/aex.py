@@ -83,19 +83,23 @@ def create(
     deadline = time.monotonic() + 45
     while True:
         try:
-            api.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=TIMEOUT
+            call(
+                f"create aex {namespace}/{name}",
+                lambda: api.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, body, _request_timeout=TIMEOUT
+                ),
             )
             return
-        except ApiException as exc:
-            waiting = exc.status == 422 and any(m in str(exc.body) for m in PARAMS_NOT_READY)
+        except AssertionError as exc:
+            refused = exc.__cause__
+            waiting = (
+                isinstance(refused, ApiException)
+                and refused.status == 422
+                and any(m in str(refused.body) for m in PARAMS_NOT_READY)
+            )
             if not waiting or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"create aex {namespace}/{name} failed ({exc.status} {exc.reason}): {exc.body}"
-                ) from exc
+                raise
             time.sleep(1)
-        except (HTTPError, OSError) as exc:
-            raise AssertionError(f"create aex {namespace}/{name} failed: {exc}") from exc
 
 
 def get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
